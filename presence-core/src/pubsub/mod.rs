@@ -1,0 +1,1 @@
+//! Publish/subscribe between tasks and between nodes.

@@ -1,0 +1,1 @@
+//! The `#[presence]` attribute macro.

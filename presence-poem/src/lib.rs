@@ -1,0 +1,1 @@
+//! Phoenix channels over poem.

@@ -1,0 +1,1 @@
+//! Cross-crate tests of the presence workspace live under `tests/`.
