@@ -47,5 +47,4 @@ pub mod tracker;
 
 pub use meta::{Meta, PhxRef};
 pub use owner::{Owner, OwnerId};
-
-
+pub use pubsub::PubSub;

@@ -193,7 +193,10 @@ impl Meta {
     /// The full wire object, with `phx_ref` (and `phx_ref_prev`) included (a copy).
     pub fn to_wire_value(&self) -> Value {
         let mut m = self.0.fields.clone();
-        m.insert("phx_ref".to_owned(), Value::String(self.phx_ref().to_string()));
+        m.insert(
+            "phx_ref".to_owned(),
+            Value::String(self.phx_ref().to_string()),
+        );
         if let Some(prev) = self.phx_ref_prev() {
             m.insert("phx_ref_prev".to_owned(), Value::String(prev.to_string()));
         }
