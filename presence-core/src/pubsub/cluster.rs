@@ -216,7 +216,7 @@ impl LocalCluster {
             let mut guard = self.lock();
             let state = &mut *guard;
             state.nodes.retain(|_, n| n.inbound.is_alive());
-            let targets: Vec<Arc<str>> = match to {
+            let mut targets: Vec<Arc<str>> = match to {
                 Some(name) => state
                     .nodes
                     .keys()
@@ -225,6 +225,10 @@ impl LocalCluster {
                     .collect(),
                 None => state.nodes.keys().filter(|k| *k != from).cloned().collect(),
             };
+            // Visit targets in a fixed order: the random draws are taken per target, so the
+            // `HashMap`'s (randomly seeded) iteration order would otherwise make a seeded run
+            // unreproducible.
+            targets.sort_unstable();
             for target in targets {
                 let link = (from.clone(), target.clone());
                 if state.cut.contains(&link) {
@@ -391,7 +395,13 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(seed | 1)
+        // xorshift needs a non-zero state. Mix the seed with splitmix64's finalizer (a
+        // bijection) rather than `seed | 1`, which gave seeds 2k and 2k + 1 the same stream.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        Rng(z.max(1))
     }
 
     fn next(&mut self) -> u64 {
