@@ -1,1 +1,183 @@
-fn main() {}
+//! `cargo bench -p presence-core`: tracker throughput, latency, memory and convergence.
+//!
+//! A plain harness (no framework), so that it can also measure memory (RSS growth) and
+//! multi-node convergence. Figures go into BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use presence_core::pubsub::LocalCluster;
+use presence_core::{Owner, PubSub, Tracker, TrackerConfig};
+use serde_json::json;
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn per_sec(n: usize, d: Duration) -> String {
+    format!("{:.0}/s", n as f64 / d.as_secs_f64())
+}
+
+fn topic_of(i: usize, topics: usize) -> String {
+    format!("room:{}", i % topics)
+}
+
+fn ops(n: usize, topics: usize) {
+    let tracker = Tracker::start("Bench", PubSub::new("a"), TrackerConfig::default()).unwrap();
+    let owners: Vec<Owner> = (0..n).map(|_| Owner::new()).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("user{i}")).collect();
+    let topic_names: Vec<String> = (0..n).map(|i| topic_of(i, topics)).collect();
+    let rss0 = rss_bytes();
+
+    let t = Instant::now();
+    for i in 0..n {
+        tracker
+            .track(&owners[i], &topic_names[i], &names[i], json!({"status": "online", "device": "web"}))
+            .unwrap();
+    }
+    let track = t.elapsed();
+    let rss1 = rss_bytes();
+
+    let t = Instant::now();
+    for i in 0..n {
+        tracker
+            .update(&owners[i], &topic_names[i], &names[i], json!({"status": "away", "device": "web"}))
+            .unwrap();
+    }
+    let update = t.elapsed();
+
+    let lists = if topics == 1 { 20 } else { 2000 };
+    let t = Instant::now();
+    for i in 0..lists {
+        black_box(tracker.list(&topic_of(i, topics)));
+    }
+    let list = t.elapsed() / lists as u32;
+
+    let gets = 10_000;
+    let t = Instant::now();
+    for i in 0..gets {
+        let j = (i * 7919) % n;
+        black_box(tracker.get_by_key(&topic_names[j], &names[j]));
+    }
+    let get = t.elapsed() / gets as u32;
+
+    let t = Instant::now();
+    for i in 0..n {
+        tracker.untrack(&owners[i], &topic_names[i], &names[i]);
+    }
+    let untrack = t.elapsed();
+
+    println!(
+        "| {n} | {topics} | {} | {} | {} | {:.3} ms | {:.2} µs | {} B |",
+        per_sec(n, track),
+        per_sec(n, update),
+        per_sec(n, untrack),
+        list.as_secs_f64() * 1e3,
+        get.as_secs_f64() * 1e6,
+        rss1.saturating_sub(rss0) / n as u64,
+    );
+}
+
+async fn converge(n: usize) {
+    let cluster = LocalCluster::new();
+    let config = TrackerConfig {
+        broadcast_period: Duration::from_millis(100),
+        ..TrackerConfig::default()
+    };
+    let a = Tracker::start("Conv", PubSub::builder("a").adapter(cluster.adapter()).build(), config.clone()).unwrap();
+    let owners: Vec<Owner> = (0..n).map(|_| Owner::new()).collect();
+    for (i, o) in owners.iter().enumerate() {
+        a.track(o, &topic_of(i, 1), &format!("user{i}"), json!({"status": "online"})).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let b = Tracker::start("Conv", PubSub::builder("b").adapter(cluster.adapter()).build(), config).unwrap();
+    while b.list("room:0").len() < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(t.elapsed() < Duration::from_secs(60), "no convergence");
+    }
+    println!("| {n} | {:.0} ms | broadcast_period 100 ms |", t.elapsed().as_secs_f64() * 1e3);
+}
+
+async fn burst(n: usize) {
+    let tracker = Tracker::start("Burst", PubSub::new("a"), TrackerConfig::default()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let updated = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n + 1));
+    for i in 0..n {
+        let (tracker, done, updated, barrier, stop, tx) =
+            (tracker.clone(), done.clone(), updated.clone(), barrier.clone(), stop.clone(), tx.clone());
+        let _ = &go;
+        tasks.spawn(async move {
+            let owner = Owner::new();
+            let topic = topic_of(i, 1);
+            let key = format!("user{i}");
+            tracker.track(&owner, &topic, &key, json!({"status": "online"})).unwrap();
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            barrier.wait().await;
+            barrier.wait().await;
+            tracker.update(&owner, &topic, &key, json!({"status": "away"})).unwrap();
+            updated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(tx);
+            stop.notified().await;
+        });
+    }
+    drop(tx);
+    let t = Instant::now();
+    barrier.wait().await;
+    let tracks = t.elapsed();
+    let t = Instant::now();
+    barrier.wait().await;
+    let _ = rx.recv().await; // every task dropped its sender after updating
+    let updates = t.elapsed();
+    println!(
+        "| {n} concurrent tracks | {} of {n} completed | {:.0} ms | {} |",
+        done.load(std::sync::atomic::Ordering::Relaxed),
+        tracks.as_secs_f64() * 1e3,
+        per_sec(n, tracks)
+    );
+    println!(
+        "| {n} concurrent updates | {} of {n} completed | {:.0} ms | {} |",
+        updated.load(std::sync::atomic::Ordering::Relaxed),
+        updates.as_secs_f64() * 1e3,
+        per_sec(n, updates)
+    );
+    stop.notify_waiters();
+    tasks.abort_all();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument picks sections.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let want = |s: &str| filter.is_empty() || filter.iter().any(|f| s.contains(f.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let _guard = rt.enter();
+
+    if want("ops") {
+        println!("| presences | topics | track | update | untrack | list one topic | get_by_key | RSS per presence |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (n, topics) in [(10_000, 1), (10_000, 1000), (100_000, 1), (100_000, 1000)] {
+            ops(n, topics);
+        }
+    }
+    if want("converge") {
+        println!("\n| presences | second node converged after | note |\n|---|---|---|");
+        for n in [10_000, 50_000] {
+            rt.block_on(converge(n));
+        }
+    }
+    if want("burst") {
+        println!("\n| burst | completed | wall time | rate |\n|---|---|---|---|");
+        rt.block_on(burst(100_000));
+    }
+}

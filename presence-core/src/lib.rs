@@ -42,9 +42,14 @@ extern crate self as presence_core;
 
 mod meta;
 mod owner;
+pub mod presence;
 pub mod pubsub;
+pub mod registry;
 pub mod tracker;
 
 pub use meta::{Meta, PhxRef};
 pub use owner::{Owner, OwnerId};
 pub use pubsub::PubSub;
+pub use presence::{Presence, PresenceHandle};
+pub use registry::Registry;
+pub use tracker::{Tracker, TrackerConfig};

@@ -39,7 +39,7 @@ mod message;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
@@ -82,12 +82,15 @@ pub struct PubSub {
 
 struct Inner {
     node_name: Arc<str>,
-    partitions: Box<[RwLock<HashMap<Arc<str>, Vec<Entry>>>]>,
+    partitions: Box<[Partition]>,
     hasher: std::collections::hash_map::RandomState,
     adapter: Arc<dyn Adapter>,
     capacity: usize,
     next_id: AtomicU64,
 }
+
+/// One slice of the registry: topic to subscribers.
+type Partition = RwLock<HashMap<Arc<str>, Vec<Entry>>>;
 
 struct Entry {
     id: SubscriberId,
@@ -296,10 +299,9 @@ impl fmt::Debug for PubSub {
 }
 
 impl Inner {
-    fn partition(&self, topic: &str) -> &RwLock<HashMap<Arc<str>, Vec<Entry>>> {
-        let mut h = self.hasher.build_hasher();
-        topic.hash(&mut h);
-        &self.partitions[(h.finish() % self.partitions.len() as u64) as usize]
+    fn partition(&self, topic: &str) -> &Partition {
+        let h = self.hasher.hash_one(topic);
+        &self.partitions[(h % self.partitions.len() as u64) as usize]
     }
 
     fn dispatch(&self, message: &Arc<Message>, skip: Option<SubscriberId>) {

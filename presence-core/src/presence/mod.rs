@@ -1,0 +1,638 @@
+//! The Presence layer, after Phoenix.Presence: presences grouped by key, enriched by an
+//! optional fetch, and `presence_diff` broadcasts in tracker order.
+//!
+//! Most applications declare a presence with the [`presence`](crate::presence) attribute, which
+//! implements [`Presence`] and adds typed helpers. Underneath, a [`PresenceHandle`] runs a
+//! [`Tracker`] and turns each of its diffs into a [`PresenceDiff`] per topic, broadcast to the
+//! topic's local subscribers as the event `presence_diff` (every node broadcasts its own diffs to
+//! its own subscribers).
+//!
+//! # Fetch and ordering
+//!
+//! When a presence implements [`Fetch`], each diff's fetch runs in its own task, so fetches of
+//! consecutive diffs overlap; the diffs are still broadcast strictly in tracker order. A fetch
+//! that fails or panics is logged and its diff goes out unenriched. Diffs wait in an unbounded
+//! queue while earlier fetches run: dropping one would desynchronise clients, and blocking
+//! would stall the tracker, so a fetch slower than the rate of changes grows the queue (a
+//! warning is logged past 10 000 waiting diffs). Use [`PresenceHandle::settled`] in tests to
+//! wait for every in-flight fetch.
+//!
+//! # Examples
+//!
+//! Without the macro, implementing [`Presence`] by hand:
+//!
+//! ```
+//! use presence_core::presence::{Presence, PresenceHandle, PresenceOptions};
+//! use presence_core::registry::{Registry, RegistryError};
+//! use presence_core::{Owner, PubSub};
+//!
+//! presence_core::pubsub_server!(pub AppPubSub);
+//!
+//! struct RoomPresence;
+//!
+//! impl Presence for RoomPresence {
+//!     type Meta = serde_json::Map<String, serde_json::Value>;
+//!     type Extra = ();
+//!     type State = ();
+//!     const NAME: &'static str = "RoomPresence";
+//!     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> {
+//!         registry.pubsub(&AppPubSub)
+//!     }
+//!     fn init(&self) {}
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let presence = PresenceHandle::start(RoomPresence, PubSub::new("a"), PresenceOptions::default())?;
+//! let owner = Owner::new();
+//! let mut meta = serde_json::Map::new();
+//! meta.insert("device".into(), "phone".into());
+//! presence.track(&owner, "room:1", "alice", &meta)?;
+//! let list = presence.list("room:1").await;
+//! assert_eq!(list["alice"].metas[0].get("device"), Some(&serde_json::json!("phone")));
+//! # Ok(())
+//! # }
+//! ```
+
+mod entry;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, mpsc};
+
+pub use entry::{PresenceDiff, PresenceEntry, PresenceMap, TopicMetas};
+
+use crate::pubsub::Message;
+use crate::registry::{Registry, RegistryError};
+use crate::tracker::{ConfigError, Diff, TrackError, UpdateError};
+use crate::{Meta, Owner, PhxRef, PubSub, Tracker, TrackerConfig};
+
+/// The event name of diff broadcasts.
+pub const PRESENCE_DIFF: &str = "presence_diff";
+/// The event name of the state pushed after a join.
+pub const PRESENCE_STATE: &str = "presence_state";
+
+/// Past this many diffs waiting for earlier fetches, a warning is logged.
+const QUEUE_WARNING: usize = 10_000;
+
+/// The error a [`Fetch`] returns; it is logged and the presences go out unenriched.
+pub type FetchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A presence: what the `#[presence]` attribute implements for a struct.
+///
+/// Implement it by hand only without the macro; the hooks are then methods here. With the
+/// macro, implement [`Fetch`], [`Init`] and [`HandleMetas`] instead and name them in the
+/// attribute.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a presence",
+    note = "put `#[presence(pubsub = ...)]` on the struct"
+)]
+pub trait Presence: Send + Sync + Sized + 'static {
+    /// The metadata users track: any serde type, a JSON object by default.
+    type Meta: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What [`fetch`](Self::fetch) adds to each entry, serialized beside `metas`; `()` when
+    /// there is no fetch.
+    type Extra: Serialize + Clone + Send + Sync + 'static;
+    /// The state [`handle_metas`](Self::handle_metas) threads through; `()` when unused.
+    type State: Send + 'static;
+
+    /// The tracker name: presences of the same name replicate across nodes.
+    const NAME: &'static str;
+    /// Whether [`fetch`](Self::fetch) is more than a pass-through.
+    const FETCHES: bool = false;
+    /// Whether [`handle_metas`](Self::handle_metas) is more than a pass-through.
+    const HANDLES_METAS: bool = false;
+
+    /// The running pub/sub this presence broadcasts on.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::PubSubNotRunning`] when it was not started.
+    fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError>;
+
+    /// The tracker options the declaration sets; child-spec options are merged over them.
+    fn options() -> PresenceOptions {
+        PresenceOptions::default()
+    }
+
+    /// Enriches presences before they are listed or broadcast. Passes them through by
+    /// default.
+    fn fetch(
+        &self,
+        topic: &str,
+        presences: PresenceMap<Self::Extra>,
+    ) -> impl Future<Output = Result<PresenceMap<Self::Extra>, FetchError>> + Send {
+        let _ = topic;
+        async move { Ok(presences) }
+    }
+
+    /// The initial state of [`handle_metas`](Self::handle_metas).
+    fn init(&self) -> Self::State;
+
+    /// Called after each diff of a topic is broadcast, in order, with the topic's metas as
+    /// this node has seen them; returns the new state.
+    fn handle_metas(
+        &self,
+        topic: &str,
+        diff: &PresenceDiff<Self::Extra>,
+        presences: &TopicMetas,
+        state: Self::State,
+    ) -> impl Future<Output = Self::State> + Send {
+        let _ = (topic, diff, presences);
+        async move { state }
+    }
+}
+
+/// Enriches presences, e.g. with user records loaded in one query for all keys. Name it in the
+/// attribute: `#[presence(pubsub = AppPubSub, fetch)]`.
+///
+/// # Examples
+///
+/// ```
+/// use presence_core::presence::{Fetch, FetchError, PresenceMap};
+/// use serde::Serialize;
+///
+/// #[derive(Clone, Serialize)]
+/// struct UserInfo { name: String }
+///
+/// struct RoomPresence;
+///
+/// impl Fetch for RoomPresence {
+///     type Extra = UserInfo;
+///     async fn fetch(&self, _topic: &str, mut presences: PresenceMap<UserInfo>)
+///         -> Result<PresenceMap<UserInfo>, FetchError>
+///     {
+///         // One query for every key, then attach each user.
+///         for (key, entry) in presences.iter_mut() {
+///             entry.extra = Some(UserInfo { name: key.to_uppercase() });
+///         }
+///         Ok(presences)
+///     }
+/// }
+/// ```
+pub trait Fetch: Send + Sync {
+    /// What is added to each entry; its fields are serialized beside `metas`.
+    type Extra: Serialize + Clone + Send + Sync + 'static;
+
+    /// Fills `extra` of the entries of `topic`.
+    ///
+    /// # Errors
+    ///
+    /// Any error: it is logged and the presences go out unenriched.
+    fn fetch(
+        &self,
+        topic: &str,
+        presences: PresenceMap<Self::Extra>,
+    ) -> impl Future<Output = Result<PresenceMap<Self::Extra>, FetchError>> + Send;
+}
+
+/// The state of [`HandleMetas`]. Name it in the attribute: `init`.
+pub trait Init {
+    /// The state.
+    type State: Send + 'static;
+
+    /// The initial state.
+    fn init(&self) -> Self::State;
+}
+
+/// Sees every diff after it is broadcast, with the topic's current metas. Name it in the
+/// attribute, after `init`: `#[presence(pubsub = AppPubSub, init, handle_metas)]`.
+pub trait HandleMetas: Presence {
+    /// Returns the new state.
+    fn handle_metas(
+        &self,
+        topic: &str,
+        diff: &PresenceDiff<Self::Extra>,
+        presences: &TopicMetas,
+        state: Self::State,
+    ) -> impl Future<Output = Self::State> + Send;
+}
+
+/// Tracker options for a presence. Unset fields take the value beneath: child-spec options
+/// are merged over the attribute's, which are merged over [`TrackerConfig::default`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PresenceOptions {
+    /// See [`TrackerConfig::pool_size`].
+    pub pool_size: Option<usize>,
+    /// See [`TrackerConfig::broadcast_period`].
+    pub broadcast_period: Option<Duration>,
+    /// See [`TrackerConfig::max_silent_periods`].
+    pub max_silent_periods: Option<u32>,
+    /// See [`TrackerConfig::down_period`].
+    pub down_period: Option<Duration>,
+    /// See [`TrackerConfig::permdown_period`].
+    pub permdown_period: Option<Duration>,
+    /// See [`TrackerConfig::clock_sample_periods`].
+    pub clock_sample_periods: Option<u32>,
+    /// See [`TrackerConfig::max_delta_sizes`].
+    pub max_delta_sizes: Option<Vec<usize>>,
+}
+
+impl PresenceOptions {
+    /// No option set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `pool_size`.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = Some(n);
+        self
+    }
+
+    /// Sets `broadcast_period`.
+    pub fn broadcast_period(mut self, d: Duration) -> Self {
+        self.broadcast_period = Some(d);
+        self
+    }
+
+    /// Sets `max_silent_periods`.
+    pub fn max_silent_periods(mut self, n: u32) -> Self {
+        self.max_silent_periods = Some(n);
+        self
+    }
+
+    /// Sets `down_period`.
+    pub fn down_period(mut self, d: Duration) -> Self {
+        self.down_period = Some(d);
+        self
+    }
+
+    /// Sets `permdown_period`.
+    pub fn permdown_period(mut self, d: Duration) -> Self {
+        self.permdown_period = Some(d);
+        self
+    }
+
+    /// Sets `clock_sample_periods`.
+    pub fn clock_sample_periods(mut self, n: u32) -> Self {
+        self.clock_sample_periods = Some(n);
+        self
+    }
+
+    /// Sets `max_delta_sizes`.
+    pub fn max_delta_sizes(mut self, sizes: Vec<usize>) -> Self {
+        self.max_delta_sizes = Some(sizes);
+        self
+    }
+
+    /// These options, with the unset ones taken from `base`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::presence::PresenceOptions;
+    /// let attribute = PresenceOptions::new().pool_size(2).max_silent_periods(5);
+    /// let child = PresenceOptions::new().pool_size(8);
+    /// let merged = child.merged_over(&attribute);
+    /// assert_eq!((merged.pool_size, merged.max_silent_periods), (Some(8), Some(5)));
+    /// ```
+    pub fn merged_over(&self, base: &PresenceOptions) -> PresenceOptions {
+        PresenceOptions {
+            pool_size: self.pool_size.or(base.pool_size),
+            broadcast_period: self.broadcast_period.or(base.broadcast_period),
+            max_silent_periods: self.max_silent_periods.or(base.max_silent_periods),
+            down_period: self.down_period.or(base.down_period),
+            permdown_period: self.permdown_period.or(base.permdown_period),
+            clock_sample_periods: self.clock_sample_periods.or(base.clock_sample_periods),
+            max_delta_sizes: self
+                .max_delta_sizes
+                .clone()
+                .or_else(|| base.max_delta_sizes.clone()),
+        }
+    }
+
+    /// The tracker configuration: these options over the defaults.
+    pub fn tracker_config(&self) -> TrackerConfig {
+        let d = TrackerConfig::default();
+        TrackerConfig {
+            pool_size: self.pool_size.unwrap_or(d.pool_size),
+            broadcast_period: self.broadcast_period.unwrap_or(d.broadcast_period),
+            max_silent_periods: self.max_silent_periods.unwrap_or(d.max_silent_periods),
+            down_period: self.down_period.or(d.down_period),
+            permdown_period: self.permdown_period.unwrap_or(d.permdown_period),
+            clock_sample_periods: self.clock_sample_periods.unwrap_or(d.clock_sample_periods),
+            max_delta_sizes: self.max_delta_sizes.clone().unwrap_or(d.max_delta_sizes),
+        }
+    }
+}
+
+/// What a channel socket offers to presence helpers: the application's registry, the
+/// channel's owner and its topic. presence-poem's channel context implements it.
+pub trait PresenceSocket {
+    /// The application's running services.
+    fn registry(&self) -> &Registry;
+    /// The owner of the presences this channel tracks.
+    fn owner(&self) -> &Owner;
+    /// The channel's topic.
+    fn topic(&self) -> &str;
+}
+
+/// A running presence. Clones share it; the last one dropped stops it.
+///
+/// See the [module docs](self).
+pub struct PresenceHandle<P: Presence> {
+    shared: Arc<Shared<P>>,
+    tracker: Tracker,
+}
+
+impl<P: Presence> Clone for PresenceHandle<P> {
+    fn clone(&self) -> Self {
+        PresenceHandle {
+            shared: self.shared.clone(),
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
+impl<P: Presence> fmt::Debug for PresenceHandle<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceHandle")
+            .field("name", &P::NAME)
+            .field("tracker", &self.tracker)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<P: Presence> {
+    presence: Arc<P>,
+    pubsub: PubSub,
+    runtime: tokio::runtime::Handle,
+    queue: mpsc::UnboundedSender<Pending<P::Extra>>,
+    in_flight: AtomicUsize,
+    settled: Notify,
+    broadcaster: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<P: Presence> Drop for Shared<P> {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .broadcaster
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// A diff waiting to be broadcast, with its fetch if one runs.
+struct Pending<X> {
+    topic: Arc<str>,
+    plain: PresenceDiff<X>,
+    fetch: Option<AbortOnDrop<Result<PresenceDiff<X>, FetchError>>>,
+}
+
+/// A task handle that aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Feeds tracker diffs into the ordered broadcast queue.
+struct Feeder<P: Presence> {
+    shared: std::sync::Weak<Shared<P>>,
+}
+
+impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
+    fn handle_diff(&self, diff: Diff) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for (topic, changes) in diff.into_topics() {
+            let plain = PresenceDiff {
+                joins: entry::group(changes.joins),
+                leaves: entry::group(changes.leaves),
+            };
+            let fetch = P::FETCHES.then(|| {
+                let presence = shared.presence.clone();
+                let (topic, diff) = (topic.clone(), plain.clone());
+                AbortOnDrop(shared.runtime.spawn(async move {
+                    let joins = presence.fetch(&topic, diff.joins).await?;
+                    let leaves = presence.fetch(&topic, diff.leaves).await?;
+                    Ok(PresenceDiff { joins, leaves })
+                }))
+            });
+            let waiting = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            if waiting == QUEUE_WARNING {
+                tracing::warn!(presence = P::NAME, waiting, "presence diffs are queueing behind slow fetches");
+            }
+            if shared
+                .queue
+                .send(Pending {
+                    topic,
+                    plain,
+                    fetch,
+                })
+                .is_err()
+            {
+                shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl<P: Presence> PresenceHandle<P> {
+    /// Starts `presence` over `pubsub`, with `options` merged over [`Presence::options`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for invalid tracker options or outside a tokio runtime.
+    pub fn start(presence: P, pubsub: PubSub, options: PresenceOptions) -> Result<Self, ConfigError> {
+        let config = options.merged_over(&P::options()).tracker_config();
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let (queue, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            presence: Arc::new(presence),
+            pubsub: pubsub.clone(),
+            runtime: runtime.clone(),
+            queue,
+            in_flight: AtomicUsize::new(0),
+            settled: Notify::new(),
+            broadcaster: Mutex::new(None),
+        });
+        let tracker = Tracker::builder(P::NAME, pubsub)
+            .config(config)
+            .on_diff(Feeder::<P> {
+                shared: Arc::downgrade(&shared),
+            })
+            .start()?;
+        let task = runtime.spawn(broadcast_loop(Arc::downgrade(&shared), rx));
+        *shared
+            .broadcaster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        Ok(PresenceHandle { shared, tracker })
+    }
+
+    /// The user's presence value.
+    pub fn presence(&self) -> &P {
+        &self.shared.presence
+    }
+
+    /// The tracker underneath.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// The pub/sub it broadcasts on.
+    pub fn pubsub(&self) -> &PubSub {
+        &self.shared.pubsub
+    }
+
+    /// Tracks `owner` under `key` in `topic`.
+    ///
+    /// # Errors
+    ///
+    /// [`TrackError::AlreadyTracked`], [`TrackError::Stopped`], or
+    /// [`TrackError::InvalidMeta`] when `meta` does not serialize to JSON.
+    pub fn track(&self, owner: &Owner, topic: &str, key: &str, meta: &P::Meta) -> Result<PhxRef, TrackError> {
+        let value = serde_json::to_value(meta).map_err(|e| TrackError::InvalidMeta(e.to_string()))?;
+        self.tracker.track(owner, topic, key, value)
+    }
+
+    /// Stops tracking `owner` under `key` in `topic`; a no-op when not tracked.
+    pub fn untrack(&self, owner: &Owner, topic: &str, key: &str) {
+        self.tracker.untrack(owner, topic, key);
+    }
+
+    /// Stops tracking everything `owner` tracks.
+    pub fn untrack_all(&self, owner: &Owner) {
+        self.tracker.untrack_all(owner);
+    }
+
+    /// Replaces the meta of `owner`'s presence under `key` in `topic`.
+    ///
+    /// # Errors
+    ///
+    /// [`UpdateError::NoPresence`], [`UpdateError::Stopped`], or
+    /// [`UpdateError::InvalidMeta`] when `meta` does not serialize to JSON.
+    pub fn update(&self, owner: &Owner, topic: &str, key: &str, meta: &P::Meta) -> Result<PhxRef, UpdateError> {
+        let value = serde_json::to_value(meta).map_err(|e| UpdateError::InvalidMeta(e.to_string()))?;
+        self.tracker.update(owner, topic, key, value)
+    }
+
+    /// The presences of `topic`, grouped by key and fetched.
+    pub async fn list(&self, topic: &str) -> PresenceMap<P::Extra> {
+        let grouped = entry::group(self.tracker.list(topic));
+        self.fetch(topic, grouped).await
+    }
+
+    /// The entry of `key` in `topic`, fetched; `None` when nobody is there.
+    pub async fn get_by_key(&self, topic: &str, key: &str) -> Option<PresenceEntry<P::Extra>> {
+        let metas: Vec<Meta> = self
+            .tracker
+            .get_by_key(topic, key)
+            .into_iter()
+            .map(|(_, meta)| meta)
+            .collect();
+        if metas.is_empty() {
+            return None;
+        }
+        let mut map = PresenceMap::new();
+        map.insert(key.to_owned(), PresenceEntry::new(metas));
+        self.fetch(topic, map).await.remove(key)
+    }
+
+    /// Runs the fetch in its own task, so that a panic is caught; falls back to `presences`.
+    async fn fetch(&self, topic: &str, presences: PresenceMap<P::Extra>) -> PresenceMap<P::Extra> {
+        if !P::FETCHES || presences.is_empty() {
+            return presences;
+        }
+        let presence = self.shared.presence.clone();
+        let (t, plain) = (topic.to_owned(), presences.clone());
+        let task = AbortOnDrop(self.shared.runtime.spawn(async move { presence.fetch(&t, plain).await }));
+        match (&mut { task }).0.await {
+            Ok(Ok(fetched)) => fetched,
+            Ok(Err(e)) => {
+                tracing::error!(presence = P::NAME, topic, error = %e, "fetch failed; listing presences unenriched");
+                presences
+            }
+            Err(e) => {
+                tracing::error!(presence = P::NAME, topic, error = %e, "fetch panicked; listing presences unenriched");
+                presences
+            }
+        }
+    }
+
+    /// The number of diffs not yet broadcast (their fetches may be running).
+    pub fn pending_diffs(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Waits until every diff so far has been fetched and broadcast (Phoenix's
+    /// `fetchers_pids` made into a wait).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.shared.settled.notified();
+            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+async fn broadcast_loop<P: Presence>(
+    shared: std::sync::Weak<Shared<P>>,
+    mut rx: mpsc::UnboundedReceiver<Pending<P::Extra>>,
+) {
+    let Some(presence) = shared.upgrade().map(|s| s.presence.clone()) else {
+        return;
+    };
+    let mut state = P::HANDLES_METAS.then(|| presence.init());
+    let mut metas: HashMap<Arc<str>, TopicMetas> = HashMap::new();
+    while let Some(pending) = rx.recv().await {
+        let Pending { topic, plain, fetch } = pending;
+        let diff = match fetch {
+            None => plain,
+            Some(mut task) => match (&mut task.0).await {
+                Ok(Ok(diff)) => diff,
+                Ok(Err(e)) => {
+                    tracing::error!(presence = P::NAME, topic = %topic, error = %e, "fetch failed; the diff goes out unenriched");
+                    plain
+                }
+                Err(e) => {
+                    tracing::error!(presence = P::NAME, topic = %topic, error = %e, "fetch panicked; the diff goes out unenriched");
+                    plain
+                }
+            },
+        };
+        let Some(s) = shared.upgrade() else { return };
+        match serde_json::to_value(&diff) {
+            Ok(payload) => s
+                .pubsub
+                .local_broadcast(Message::json(topic.clone(), PRESENCE_DIFF, payload)),
+            Err(e) => tracing::error!(presence = P::NAME, topic = %topic, error = %e, "presence diff does not serialize; not broadcast"),
+        }
+        if let Some(current) = state.take() {
+            let topic_metas = metas.entry(topic.clone()).or_default();
+            entry::apply_diff(topic_metas, &diff);
+            let next = presence.handle_metas(&topic, &diff, topic_metas, current).await;
+            if topic_metas.is_empty() {
+                metas.remove(&topic);
+            }
+            state = Some(next);
+        }
+        if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            s.settled.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The tokio side of a shard: its lock, its ordered reporting and its task.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::clock::ReplicaRef;
+use super::message::{EVENT, TrackerMsg};
+use super::shard_core::{Effects, Outgoing, ShardCore, Timing};
+use super::{Diff, DiffHandler, ReplicaEvent, TrackError, TrackerConfig, UpdateError};
+use crate::pubsub::{Message, Payload, RecvError, SubscriberId};
+use crate::{Meta, OwnerId, PhxRef, PubSub};
+
+enum Report {
+    Diff(Diff),
+    Event(ReplicaEvent),
+}
+
+pub(super) struct Shard {
+    topic: Arc<str>,
+    core: RwLock<ShardCore>,
+    stopped: std::sync::atomic::AtomicBool,
+    handler: Option<Arc<dyn DiffHandler>>,
+    /// Reports made under the core lock, delivered in order after it is released.
+    pending: Mutex<VecDeque<Report>>,
+    /// Held while reports are delivered, so they reach the handler one at a time, in order.
+    delivery: Mutex<()>,
+    /// Set by the task once subscribed, for `broadcast_from`.
+    subscriber: Mutex<Option<SubscriberId>>,
+}
+
+thread_local! {
+    /// The shard whose reports this thread is delivering, to let handlers call back in.
+    static DELIVERING: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Shard {
+    pub(super) fn new(
+        tracker: &str,
+        index: usize,
+        node: &str,
+        vsn: u64,
+        config: &TrackerConfig,
+        handler: Option<Arc<dyn DiffHandler>>,
+    ) -> Self {
+        let timing = Timing {
+            max_silent_periods: config.max_silent_periods,
+            down_period: config.effective_down_period().as_millis() as u64,
+            permdown_period: config.permdown_period.as_millis() as u64,
+            clock_sample_periods: config.clock_sample_periods,
+            max_delta_sizes: config.max_delta_sizes.clone(),
+        };
+        let replica = ReplicaRef {
+            name: Arc::from(node),
+            vsn,
+        };
+        Shard {
+            topic: Arc::from(format!("phx_presence:{tracker}_shard{index}")),
+            core: RwLock::new(ShardCore::new(replica, timing)),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            handler,
+            pending: Mutex::new(VecDeque::new()),
+            delivery: Mutex::new(()),
+            subscriber: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn read<T>(&self, f: impl FnOnce(&ShardCore) -> T) -> T {
+        f(&self.core.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `f` under the write lock, queues its reports, then delivers them and returns its
+    /// messages for peers.
+    fn step<T>(&self, f: impl FnOnce(&mut ShardCore) -> (T, Effects)) -> (T, Vec<Outgoing>) {
+        let (value, out) = {
+            let mut core = self.core.write().unwrap_or_else(PoisonError::into_inner);
+            let (value, fx) = f(&mut core);
+            if self.handler.is_some() && (!fx.diff.is_empty() || !fx.events.is_empty()) {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                pending.extend(fx.events.into_iter().map(Report::Event));
+                if !fx.diff.is_empty() {
+                    pending.push_back(Report::Diff(fx.diff));
+                }
+            }
+            (value, fx.out)
+        };
+        self.deliver();
+        (value, out)
+    }
+
+    fn deliver(&self) {
+        let Some(handler) = &self.handler else {
+            return;
+        };
+        let me = self as *const Shard as usize;
+        if DELIVERING.with(Cell::get) == me {
+            // A handler called back into this shard: the outer delivery loop sends it on.
+            return;
+        }
+        let _turn = self.delivery.lock().unwrap_or_else(PoisonError::into_inner);
+        let outer = DELIVERING.with(|d| d.replace(me));
+        loop {
+            let next = self
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            let Some(report) = next else { break };
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| match report {
+                Report::Diff(diff) => handler.handle_diff(diff),
+                Report::Event(event) => handler.handle_replica_event(&event),
+            }));
+            if result.is_err() {
+                tracing::error!(shard = %self.topic, "a tracker diff handler panicked; the diff was dropped for it");
+            }
+        }
+        DELIVERING.with(|d| d.set(outer));
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(super) fn track(
+        &self,
+        owner: OwnerId,
+        topic: &str,
+        key: &str,
+        meta: Value,
+    ) -> Result<PhxRef, TrackError> {
+        if self.is_stopped() {
+            return Err(TrackError::Stopped);
+        }
+        self.step(|core| match core.track(owner, topic, key, meta) {
+            Ok((r, fx)) => (Ok(r), fx),
+            Err(e) => (Err(e), Effects::default()),
+        })
+        .0
+    }
+
+    pub(super) fn untrack(&self, owner: OwnerId, topic: &str, key: &str) {
+        self.step(|core| ((), core.untrack(owner, topic, key)));
+    }
+
+    pub(super) fn untrack_all(&self, owner: OwnerId) {
+        self.step(|core| ((), core.untrack_all(owner)));
+    }
+
+    pub(super) fn update(
+        &self,
+        owner: OwnerId,
+        topic: &str,
+        key: &str,
+        f: impl FnOnce(&Meta) -> Value,
+    ) -> Result<PhxRef, UpdateError> {
+        if self.is_stopped() {
+            return Err(UpdateError::Stopped);
+        }
+        self.step(|core| match core.update(owner, topic, key, f) {
+            Ok((r, fx)) => (Ok(r), fx),
+            Err(e) => (Err(e), Effects::default()),
+        })
+        .0
+    }
+
+    pub(super) fn graceful_permdown(&self, pubsub: &PubSub) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        let msg = self.read(|core| core.graceful_permdown());
+        self.send(pubsub, vec![msg]);
+    }
+
+    fn send(&self, pubsub: &PubSub, out: Vec<Outgoing>) {
+        let from = *self.subscriber.lock().unwrap_or_else(PoisonError::into_inner);
+        for o in out {
+            let result = match o {
+                Outgoing::Broadcast(msg) => {
+                    let m = Message::binary(self.topic.clone(), EVENT, msg.encode());
+                    match from {
+                        Some(id) => pubsub.broadcast_from(id, m),
+                        None => pubsub.broadcast(m),
+                    }
+                }
+                Outgoing::Direct(node, msg) => pubsub.direct_broadcast(
+                    &node,
+                    Message::binary(self.topic.clone(), EVENT, msg.encode()),
+                ),
+            };
+            if let Err(e) = result {
+                tracing::warn!(shard = %self.topic, error = %e, "could not send a replication message");
+            }
+        }
+    }
+}
+
+/// Starts the shard's task: it ticks every `broadcast_period` and handles peer messages.
+pub(super) fn spawn(
+    runtime: &tokio::runtime::Handle,
+    shard: Arc<Shard>,
+    pubsub: PubSub,
+    config: &TrackerConfig,
+) -> tokio::task::JoinHandle<()> {
+    let mut sub = pubsub.subscribe(&shard.topic);
+    *shard.subscriber.lock().unwrap_or_else(PoisonError::into_inner) = Some(sub.id());
+    let period = config.broadcast_period;
+    // The first tick comes after a random stutter of up to a quarter period, so nodes started
+    // together do not beat in step.
+    let quarter = (period.as_millis() as u64 / 4).max(1);
+    let stutter = Duration::from_millis(crate::meta::random_u64() % quarter);
+    let epoch = Instant::now();
+    runtime.spawn(async move {
+        let now_ms = move || epoch.elapsed().as_millis() as u64;
+        let mut next_tick = epoch + stutter;
+        loop {
+            tokio::select! {
+                msg = sub.recv() => match msg {
+                    Ok(msg) => {
+                        if msg.event() != EVENT {
+                            continue;
+                        }
+                        let Payload::Binary(bytes) = msg.payload() else { continue };
+                        match TrackerMsg::decode(bytes) {
+                            Ok(msg) => {
+                                let now = now_ms();
+                                let ((), out) = shard.step(|core| ((), core.handle(now, msg)));
+                                shard.send(&pubsub, out);
+                            }
+                            Err(e) => tracing::warn!(shard = %shard.topic, error = %e, "malformed replication message ignored"),
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(shard = %shard.topic, missed = n, "shard lagged behind its replication traffic; transfers will catch up");
+                    }
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep_until(next_tick) => {
+                    let now = now_ms();
+                    let ((), out) = shard.step(|core| ((), core.tick(now)));
+                    shard.send(&pubsub, out);
+                    next_tick += period;
+                    if next_tick < Instant::now() {
+                        next_tick = Instant::now() + period;
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,318 @@
+//! One shard's replication protocol as a state machine without IO (reference 1.7 to 1.10).
+//!
+//! The tokio driver in `shard.rs` feeds it local operations, peer messages and ticks, with the
+//! current time in milliseconds, and carries out the [`Effects`] it returns: messages to send,
+//! the diff to report and replica events. Tests drive several of them over a simulated network.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::clock::{self, Context, ReplicaRef};
+use super::diff::Diff;
+use super::generations::{DeltaGenerations, Transfer};
+use super::message::TrackerMsg;
+use super::replica::{ReplicaStatus, Replicas, Transition};
+use super::state::{Entry, State};
+use super::{ReplicaEvent, TrackError, UpdateError};
+use crate::{Meta, OwnerId, PhxRef};
+
+/// The timing settings of a shard, in milliseconds.
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    pub(crate) max_silent_periods: u32,
+    pub(crate) down_period: u64,
+    pub(crate) permdown_period: u64,
+    pub(crate) clock_sample_periods: u32,
+    pub(crate) max_delta_sizes: Vec<usize>,
+}
+
+/// A message for peers.
+#[derive(Debug, Clone)]
+pub(crate) enum Outgoing {
+    /// To every other node.
+    Broadcast(TrackerMsg),
+    /// To the node of that name only.
+    Direct(Arc<str>, TrackerMsg),
+}
+
+/// What one step asks the driver to do.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub(crate) out: Vec<Outgoing>,
+    pub(crate) diff: Diff,
+    pub(crate) events: Vec<ReplicaEvent>,
+}
+
+impl Effects {
+    fn joins(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            self.diff.join(&e.topic, e.key, e.meta);
+        }
+    }
+
+    fn leaves(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            self.diff.leave(&e.topic, e.key, e.meta);
+        }
+    }
+}
+
+/// One shard: the CRDT, its delta generations and what it knows of its peers.
+#[derive(Debug)]
+pub(crate) struct ShardCore {
+    state: State,
+    generations: DeltaGenerations,
+    replicas: Replicas,
+    timing: Timing,
+    silent_periods: u32,
+    sample_count: u32,
+    pending_clocks: Vec<(ReplicaRef, Context)>,
+}
+
+impl ShardCore {
+    pub(crate) fn new(replica: ReplicaRef, timing: Timing) -> Self {
+        ShardCore {
+            state: State::new(replica),
+            generations: DeltaGenerations::new(timing.max_delta_sizes.clone()),
+            replicas: Replicas::default(),
+            silent_periods: timing.max_silent_periods,
+            sample_count: timing.clock_sample_periods,
+            pending_clocks: Vec::new(),
+            timing,
+        }
+    }
+
+    pub(crate) fn replica(&self) -> &ReplicaRef {
+        self.state.replica()
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    // ----- local operations -----
+
+    pub(crate) fn track(
+        &mut self,
+        owner: OwnerId,
+        topic: &str,
+        key: &str,
+        meta: Value,
+    ) -> Result<(PhxRef, Effects), TrackError> {
+        if self.state.get(topic, owner, key).is_some() {
+            return Err(TrackError::AlreadyTracked {
+                topic: topic.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        let phx_ref = PhxRef::generate();
+        let meta = Meta::new(meta, phx_ref, None);
+        let topic: Arc<str> = Arc::from(topic);
+        let key: Arc<str> = Arc::from(key);
+        self.state
+            .join(owner, topic.clone(), key.clone(), meta.clone());
+        let mut fx = Effects::default();
+        fx.diff.join(&topic, key, meta);
+        Ok((phx_ref, fx))
+    }
+
+    pub(crate) fn untrack(&mut self, owner: OwnerId, topic: &str, key: &str) -> Effects {
+        let mut fx = Effects::default();
+        if let Some(e) = self.state.leave(topic, owner, key) {
+            fx.leaves(vec![e]);
+        }
+        fx
+    }
+
+    pub(crate) fn untrack_all(&mut self, owner: OwnerId) -> Effects {
+        let mut fx = Effects::default();
+        fx.leaves(self.state.leave_owner(owner));
+        fx
+    }
+
+    pub(crate) fn update(
+        &mut self,
+        owner: OwnerId,
+        topic: &str,
+        key: &str,
+        f: impl FnOnce(&Meta) -> Value,
+    ) -> Result<(PhxRef, Effects), UpdateError> {
+        let Some(prev) = self.state.get(topic, owner, key).cloned() else {
+            return Err(UpdateError::NoPresence);
+        };
+        let phx_ref = PhxRef::generate();
+        let meta = Meta::new(f(&prev), phx_ref, Some(prev.phx_ref()));
+        let Some((old, new)) = self.state.leave_join(topic, owner, key, meta) else {
+            return Err(UpdateError::NoPresence);
+        };
+        let mut fx = Effects::default();
+        fx.joins(vec![new]);
+        fx.leaves(vec![old]);
+        Ok((phx_ref, fx))
+    }
+
+    // ----- time -----
+
+    /// One heartbeat tick at `now` (ms): broadcast, sample clocks, detect downs (reference 1.9).
+    pub(crate) fn tick(&mut self, now: u64) -> Effects {
+        let mut fx = Effects::default();
+        let own = self.state.replica().clone();
+
+        if self.state.has_delta() {
+            let delta = self.state.take_delta();
+            fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {
+                from: own.clone(),
+                delta: Some(delta.clone()),
+                clocks: self.state.clocks(),
+            }));
+            self.generations.push(&delta);
+            self.silent_periods = 0;
+        } else if self.silent_periods >= self.timing.max_silent_periods {
+            fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {
+                from: own.clone(),
+                delta: None,
+                clocks: self.state.clocks(),
+            }));
+            self.silent_periods = 0;
+        } else {
+            self.silent_periods += 1;
+        }
+
+        if self.sample_count <= 1 {
+            let context = self.state.clocks();
+            clock::append_clock(&mut self.pending_clocks, own.clone(), context.clone());
+            for target in clock::clockset_replicas(&self.pending_clocks) {
+                if target.name == own.name {
+                    continue;
+                }
+                fx.out.push(Outgoing::Direct(
+                    target.name.clone(),
+                    TrackerMsg::TransferReq {
+                        from: own.clone(),
+                        context: context.clone(),
+                    },
+                ));
+            }
+            self.pending_clocks.clear();
+            self.sample_count = self.timing.clock_sample_periods;
+        } else {
+            self.sample_count -= 1;
+        }
+
+        let transitions =
+            self.replicas
+                .detect_downs(now, self.timing.down_period, self.timing.permdown_period);
+        self.apply(transitions, &mut fx);
+        fx
+    }
+
+    // ----- peers -----
+
+    /// Handles one message from a peer at `now` (ms).
+    pub(crate) fn handle(&mut self, now: u64, msg: TrackerMsg) -> Effects {
+        let mut fx = Effects::default();
+        if msg.from_ref().name == self.state.replica().name {
+            // Our own broadcast, or a stale incarnation of this node: nothing to learn.
+            return fx;
+        }
+        if self.replicas.is_stale(msg.from_ref()) {
+            // Delayed past a newer incarnation of its sender, or past its permdown.
+            return fx;
+        }
+        match msg {
+            TrackerMsg::Heartbeat {
+                from,
+                delta,
+                clocks,
+            } => {
+                let transitions = self.replicas.put_heartbeat(&from, now);
+                self.apply(transitions, &mut fx);
+                if let Some(delta) = delta {
+                    match self.state.merge_delta(&delta) {
+                        Ok(changes) => {
+                            fx.joins(changes.joins);
+                            fx.leaves(changes.leaves);
+                            self.generations.push(&delta);
+                        }
+                        Err(_) => {
+                            tracing::debug!(from = %from.name, "delta not contiguous with local state; a transfer will catch up");
+                        }
+                    }
+                }
+                clock::append_clock(&mut self.pending_clocks, from, clocks);
+            }
+            TrackerMsg::TransferReq { from, context } => {
+                let transfer = self.generations.extract(&self.state, &from, &context);
+                fx.out.push(Outgoing::Direct(
+                    from.name.clone(),
+                    TrackerMsg::TransferAck {
+                        from: self.state.replica().clone(),
+                        transfer,
+                    },
+                ));
+            }
+            TrackerMsg::TransferAck { transfer, .. } => match &transfer {
+                Transfer::Delta(delta) => {
+                    if let Ok(changes) = self.state.merge_delta(delta) {
+                        fx.joins(changes.joins);
+                        fx.leaves(changes.leaves);
+                        self.generations.push(delta);
+                    }
+                }
+                Transfer::State(extract) => {
+                    let changes = self.state.merge_state(extract);
+                    fx.joins(changes.joins);
+                    fx.leaves(changes.leaves);
+                    self.generations.clear();
+                }
+            },
+            TrackerMsg::GracefulPermdown { from } => {
+                let transitions = self.replicas.graceful_permdown(&from);
+                self.apply(transitions, &mut fx);
+            }
+        }
+        fx
+    }
+
+    /// The message that tells peers this shard leaves for good.
+    pub(crate) fn graceful_permdown(&self) -> Outgoing {
+        Outgoing::Broadcast(TrackerMsg::GracefulPermdown {
+            from: self.state.replica().clone(),
+        })
+    }
+
+    /// The peers this shard knows, with their status.
+    pub(crate) fn replicas(&self) -> impl Iterator<Item = (&Arc<str>, u64, ReplicaStatus)> {
+        self.replicas.iter().map(|(n, r)| (n, r.vsn, r.status))
+    }
+
+    fn apply(&mut self, transitions: Vec<Transition>, fx: &mut Effects) {
+        for t in transitions {
+            match t {
+                Transition::Up(r) => {
+                    fx.joins(self.state.replica_up(&r));
+                    fx.events.push(ReplicaEvent::Up {
+                        name: r.name.to_string(),
+                        vsn: r.vsn,
+                    });
+                }
+                Transition::Down(r) => {
+                    fx.leaves(self.state.replica_down(&r));
+                    fx.events.push(ReplicaEvent::Down {
+                        name: r.name.to_string(),
+                        vsn: r.vsn,
+                    });
+                }
+                Transition::Permdown(r) => {
+                    self.state.remove_down_replica(&r);
+                    self.generations.remove_replica(&r);
+                    fx.events.push(ReplicaEvent::Permdown {
+                        name: r.name.to_string(),
+                        vsn: r.vsn,
+                    });
+                }
+            }
+        }
+    }
+}

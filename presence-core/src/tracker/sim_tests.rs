@@ -1,0 +1,384 @@
+//! Property tests of the replication protocol: several shards over a simulated network that
+//! drops, duplicates, delays and reorders messages, with partitions, crashes and restarts.
+//!
+//! Each case drives real [`ShardCore`]s (the same code the tokio driver runs) with simulated
+//! milliseconds, heals everything, lets the cluster settle, then checks every live replica
+//! against a model of the presences that should exist.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::clock::ReplicaRef;
+use super::message::TrackerMsg;
+use super::shard_core::{Outgoing, ShardCore, Timing};
+use crate::{OwnerId, PhxRef};
+
+const PERIOD: u64 = 100;
+const TOPICS: [&str; 3] = ["room:a", "room:b", "room:c"];
+const KEYS: [&str; 3] = ["k0", "k1", "k2"];
+
+fn timing() -> Timing {
+    // The timings of Phoenix's own tracker test harness.
+    Timing {
+        max_silent_periods: 2,
+        down_period: 400,
+        permdown_period: 1500,
+        clock_sample_periods: 2,
+        max_delta_sizes: vec![5, 20, 100],
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Track { node: usize, owner: u8, topic: usize, key: usize, meta: u8 },
+    Update { node: usize, owner: u8, topic: usize, key: usize, meta: u8 },
+    Untrack { node: usize, owner: u8, topic: usize, key: usize },
+    OwnerExit { node: usize, owner: u8 },
+    Partition { a: usize, b: usize },
+    Heal,
+    Faults { drop: u8, dup: u8, jitter: u8 },
+    Advance { ticks: u8 },
+    Crash { node: usize },
+    Restart { node: usize },
+}
+
+fn op(nodes: usize) -> impl Strategy<Value = Op> {
+    let n = 0..nodes;
+    prop_oneof![
+        6 => (n.clone(), 0..4u8, 0..3usize, 0..3usize, any::<u8>())
+            .prop_map(|(node, owner, topic, key, meta)| Op::Track { node, owner, topic, key, meta }),
+        3 => (n.clone(), 0..4u8, 0..3usize, 0..3usize, any::<u8>())
+            .prop_map(|(node, owner, topic, key, meta)| Op::Update { node, owner, topic, key, meta }),
+        2 => (n.clone(), 0..4u8, 0..3usize, 0..3usize)
+            .prop_map(|(node, owner, topic, key)| Op::Untrack { node, owner, topic, key }),
+        1 => (n.clone(), 0..4u8).prop_map(|(node, owner)| Op::OwnerExit { node, owner }),
+        1 => (n.clone(), n.clone()).prop_map(|(a, b)| Op::Partition { a, b }),
+        1 => Just(Op::Heal),
+        1 => (0..40u8, 0..30u8, 0..4u8).prop_map(|(drop, dup, jitter)| Op::Faults { drop, dup, jitter }),
+        4 => (1..12u8).prop_map(|ticks| Op::Advance { ticks }),
+        1 => n.clone().prop_map(|node| Op::Crash { node }),
+        1 => n.prop_map(|node| Op::Restart { node }),
+    ]
+}
+
+/// A presence the model expects: (topic, key, phx_ref).
+type Expected = BTreeSet<(String, String, PhxRef)>;
+
+struct Node {
+    name: Arc<str>,
+    core: Option<ShardCore>,
+    incarnation: u64,
+    /// What this incarnation's owners track: (owner, topic, key) -> current ref.
+    live: BTreeMap<(u8, usize, usize), PhxRef>,
+}
+
+struct Sim {
+    nodes: Vec<Node>,
+    now: u64,
+    seq: u64,
+    queue: Vec<(u64, u64, usize, TrackerMsg)>,
+    cut: HashSet<(usize, usize)>,
+    drop: u8,
+    dup: u8,
+    jitter: u8,
+    rng: u64,
+    /// Every incarnation that ever ran, to look for ghosts.
+    incarnations: Vec<ReplicaRef>,
+}
+
+impl Sim {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut sim = Sim {
+            nodes: Vec::new(),
+            now: 0,
+            seq: 0,
+            queue: Vec::new(),
+            cut: HashSet::new(),
+            drop: 0,
+            dup: 0,
+            jitter: 0,
+            rng: seed | 1,
+            incarnations: Vec::new(),
+        };
+        for i in 0..n {
+            let name: Arc<str> = Arc::from(format!("n{i}"));
+            sim.nodes.push(Node {
+                name,
+                core: None,
+                incarnation: 0,
+                live: BTreeMap::new(),
+            });
+            sim.start(i);
+        }
+        sim
+    }
+
+    fn rand(&mut self, below: u64) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        if below == 0 { 0 } else { x % below }
+    }
+
+    fn start(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.incarnation += 1;
+        let r = ReplicaRef {
+            name: node.name.clone(),
+            vsn: node.incarnation,
+        };
+        self.incarnations.push(r.clone());
+        node.core = Some(ShardCore::new(r, timing()));
+        node.live.clear();
+    }
+
+    fn owner(&self, i: usize, owner: u8) -> OwnerId {
+        OwnerId::from_parts(i as u64 * 1000 + self.nodes[i].incarnation, u64::from(owner))
+    }
+
+    fn send(&mut self, from: usize, out: Vec<Outgoing>) {
+        for o in out {
+            let (targets, msg): (Vec<usize>, TrackerMsg) = match o {
+                Outgoing::Broadcast(msg) => ((0..self.nodes.len()).filter(|&j| j != from).collect(), msg),
+                Outgoing::Direct(name, msg) => (
+                    (0..self.nodes.len()).filter(|&j| self.nodes[j].name == name).collect(),
+                    msg,
+                ),
+            };
+            // Every message crosses the wire as bytes.
+            let bytes = msg.encode();
+            for to in targets {
+                if self.cut.contains(&(from, to)) || self.rand(100) < u64::from(self.drop) {
+                    continue;
+                }
+                let copies = if self.rand(100) < u64::from(self.dup) { 2 } else { 1 };
+                for _ in 0..copies {
+                    let delay = self.rand(u64::from(self.jitter) * PERIOD + 1);
+                    let decoded = TrackerMsg::decode(&bytes).expect("a message decodes");
+                    self.seq += 1;
+                    self.queue.push((self.now + delay, self.seq, to, decoded));
+                }
+            }
+        }
+    }
+
+    fn deliver_due(&mut self) {
+        loop {
+            self.queue.sort_by_key(|(at, seq, _, _)| (*at, *seq));
+            let Some(pos) = self.queue.iter().position(|(at, _, _, _)| *at <= self.now) else {
+                return;
+            };
+            let (_, _, to, msg) = self.queue.remove(pos);
+            let now = self.now;
+            let out = match self.nodes[to].core.as_mut() {
+                Some(core) => core.handle(now, msg).out,
+                None => continue,
+            };
+            self.send(to, out);
+        }
+    }
+
+    fn advance(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            self.now += PERIOD;
+            for i in 0..self.nodes.len() {
+                let now = self.now;
+                let out = match self.nodes[i].core.as_mut() {
+                    Some(core) => core.tick(now).out,
+                    None => continue,
+                };
+                self.send(i, out);
+            }
+            self.deliver_due();
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Track { node, owner, topic, key, meta } => {
+                let id = self.owner(node, owner);
+                let n = &mut self.nodes[node];
+                let Some(core) = n.core.as_mut() else { return };
+                let result = core.track(id, TOPICS[topic], KEYS[key], json!({ "m": meta }));
+                match (result, n.live.contains_key(&(owner, topic, key))) {
+                    (Ok((r, _)), false) => {
+                        n.live.insert((owner, topic, key), r);
+                    }
+                    (Err(_), true) => {}
+                    (result, tracked) => panic!("track gave {result:?} with tracked = {tracked}"),
+                }
+            }
+            Op::Update { node, owner, topic, key, meta } => {
+                let id = self.owner(node, owner);
+                let n = &mut self.nodes[node];
+                let Some(core) = n.core.as_mut() else { return };
+                let result = core.update(id, TOPICS[topic], KEYS[key], |_| json!({ "m": meta }));
+                match (result, n.live.get_mut(&(owner, topic, key))) {
+                    (Ok((r, _)), Some(slot)) => *slot = r,
+                    (Err(_), None) => {}
+                    (result, slot) => panic!("update gave {result:?} with slot {slot:?}"),
+                }
+            }
+            Op::Untrack { node, owner, topic, key } => {
+                let id = self.owner(node, owner);
+                let n = &mut self.nodes[node];
+                let Some(core) = n.core.as_mut() else { return };
+                core.untrack(id, TOPICS[topic], KEYS[key]);
+                n.live.remove(&(owner, topic, key));
+            }
+            Op::OwnerExit { node, owner } => {
+                let id = self.owner(node, owner);
+                let n = &mut self.nodes[node];
+                let Some(core) = n.core.as_mut() else { return };
+                core.untrack_all(id);
+                n.live.retain(|(o, _, _), _| *o != owner);
+            }
+            Op::Partition { a, b } => {
+                if a != b {
+                    self.cut.insert((a, b));
+                    self.cut.insert((b, a));
+                }
+            }
+            Op::Heal => self.cut.clear(),
+            Op::Faults { drop, dup, jitter } => {
+                self.drop = drop;
+                self.dup = dup;
+                self.jitter = jitter;
+            }
+            Op::Advance { ticks } => self.advance(u64::from(ticks)),
+            Op::Crash { node } => {
+                self.nodes[node].core = None;
+                self.nodes[node].live.clear();
+            }
+            Op::Restart { node } => {
+                if self.nodes[node].core.is_none() {
+                    self.start(node);
+                }
+            }
+        }
+    }
+
+    fn expected(&self) -> Expected {
+        let mut set = Expected::new();
+        for n in &self.nodes {
+            if n.core.is_none() {
+                continue;
+            }
+            for ((_, topic, key), r) in &n.live {
+                set.insert((TOPICS[*topic].to_owned(), KEYS[*key].to_owned(), *r));
+            }
+        }
+        set
+    }
+}
+
+fn listed(core: &ShardCore, dirty: bool) -> Expected {
+    let mut set = Expected::new();
+    for topic in TOPICS {
+        let rows = if dirty {
+            core.state().dirty_list(topic)
+        } else {
+            core.state().list(topic)
+        };
+        for (key, meta) in rows {
+            set.insert((topic.to_owned(), key.to_string(), meta.phx_ref()));
+        }
+    }
+    set
+}
+
+fn run(nodes: usize, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut sim = Sim::new(nodes, seed);
+    for op in ops {
+        sim.apply(op);
+    }
+    // Heal: perfect links, everyone connected; crashed nodes stay down for good.
+    sim.cut.clear();
+    sim.drop = 0;
+    sim.dup = 0;
+    sim.jitter = 0;
+    // Long enough for in-flight messages, a permdown (1500 ms) and the catch-up after it.
+    sim.advance(40);
+    let expected = sim.expected();
+    for n in &sim.nodes {
+        let Some(core) = &n.core else { continue };
+        prop_assert_eq!(&listed(core, false), &expected, "list of {} differs from the model", n.name);
+        prop_assert_eq!(&listed(core, true), &expected, "{} keeps ghost rows", n.name);
+        for (name, vsn, _) in core.replicas() {
+            let current = sim.nodes.iter().find(|m| &m.name == name).expect("a known node");
+            prop_assert!(
+                current.core.is_some() && current.incarnation == vsn,
+                "{} still knows {}/{} which is gone",
+                n.name,
+                name,
+                vsn
+            );
+        }
+    }
+    prop_assert!(!sim.incarnations.is_empty());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn replicas_converge_on_the_model(
+        nodes in 3..=5usize,
+        seed in any::<u64>(),
+        ops in proptest::collection::vec(op(5), 1..80),
+    ) {
+        let ops = ops
+            .into_iter()
+            .map(|op| clamp(op, nodes))
+            .collect();
+        run(nodes, seed, ops)?;
+    }
+}
+
+/// Maps node indexes drawn for five nodes onto `nodes`.
+fn clamp(op: Op, nodes: usize) -> Op {
+    let c = |i: usize| i % nodes;
+    match op {
+        Op::Track { node, owner, topic, key, meta } => Op::Track { node: c(node), owner, topic, key, meta },
+        Op::Update { node, owner, topic, key, meta } => Op::Update { node: c(node), owner, topic, key, meta },
+        Op::Untrack { node, owner, topic, key } => Op::Untrack { node: c(node), owner, topic, key },
+        Op::OwnerExit { node, owner } => Op::OwnerExit { node: c(node), owner },
+        Op::Partition { a, b } => Op::Partition { a: c(a), b: c(b) },
+        Op::Crash { node } => Op::Crash { node: c(node) },
+        Op::Restart { node } => Op::Restart { node: c(node) },
+        other => other,
+    }
+}
+
+#[test]
+fn a_quiet_cluster_converges_after_a_netsplit() {
+    let mut sim = Sim::new(3, 7);
+    sim.apply(Op::Track { node: 0, owner: 0, topic: 0, key: 0, meta: 1 });
+    sim.apply(Op::Advance { ticks: 10 });
+    sim.apply(Op::Partition { a: 0, b: 1 });
+    sim.apply(Op::Partition { a: 0, b: 2 });
+    sim.apply(Op::Track { node: 1, owner: 1, topic: 0, key: 1, meta: 2 });
+    sim.apply(Op::Untrack { node: 0, owner: 0, topic: 0, key: 0 });
+    sim.apply(Op::Advance { ticks: 6 });
+    // Node 0 is down for the others by now: its rows are hidden.
+    let others = listed(sim.nodes[1].core.as_ref().unwrap(), false);
+    assert!(others.iter().all(|(_, key, _)| key == "k1"));
+    run_checked(sim);
+}
+
+fn run_checked(mut sim: Sim) {
+    sim.cut.clear();
+    sim.advance(40);
+    let expected = sim.expected();
+    for n in &sim.nodes {
+        if let Some(core) = &n.core {
+            assert_eq!(listed(core, false), expected, "{}", n.name);
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Multi-node tracker scenarios (reference 1.16) over the in-process cluster, on tokio's paused
+//! clock: virtual time advances only when every task waits, so no test races a real timer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presence_core::pubsub::LocalCluster;
+use presence_core::tracker::{Diff, ReplicaEvent, ReplicaStatus, TrackError, UpdateError};
+use presence_core::{Owner, PubSub, Tracker, TrackerConfig};
+use serde_json::json;
+
+/// Phoenix's own test timings: heartbeat 100 ms, down after 400 ms, permdown after 1500 ms.
+fn config() -> TrackerConfig {
+    TrackerConfig {
+        broadcast_period: Duration::from_millis(100),
+        max_silent_periods: 2,
+        permdown_period: Duration::from_millis(1500),
+        ..TrackerConfig::default()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Record>>>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Record {
+    Join(String, String),
+    Leave(String, String),
+    Event(ReplicaEvent),
+}
+
+impl presence_core::tracker::DiffHandler for Log {
+    fn handle_diff(&self, diff: Diff) {
+        let mut log = self.0.lock().unwrap();
+        for (topic, d) in diff.iter() {
+            for (key, _) in &d.joins {
+                log.push(Record::Join(topic.to_string(), key.to_string()));
+            }
+            for (key, _) in &d.leaves {
+                log.push(Record::Leave(topic.to_string(), key.to_string()));
+            }
+        }
+    }
+
+    fn handle_replica_event(&self, event: &ReplicaEvent) {
+        self.0.lock().unwrap().push(Record::Event(event.clone()));
+    }
+}
+
+impl Log {
+    fn take(&self) -> Vec<Record> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+struct Node {
+    tracker: Tracker,
+    log: Log,
+}
+
+fn node(cluster: &LocalCluster, name: &str) -> Node {
+    let pubsub = PubSub::builder(name).adapter(cluster.adapter()).build();
+    let log = Log::default();
+    let tracker = Tracker::builder("Presence", pubsub)
+        .config(config())
+        .on_diff(log.clone())
+        .start()
+        .unwrap();
+    Node { tracker, log }
+}
+
+fn keys(tracker: &Tracker, topic: &str) -> Vec<String> {
+    let mut keys: Vec<String> = tracker
+        .list(topic)
+        .into_iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Waits (in virtual time) until `cond` holds, failing after `within`.
+async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test(start_paused = true)]
+async fn gossip_from_an_unseen_node_brings_it_up_and_transfers_its_presences() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let owner = Owner::new();
+    a.tracker.track(&owner, "room:1", "alice", json!({})).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let b = node(&cluster, "b");
+    eventually(LONG, "b to list alice", || keys(&b.tracker, "room:1") == ["alice"]).await;
+    let log = b.log.take();
+    assert!(log.iter().any(|r| matches!(r, Record::Event(ReplicaEvent::Up { name, .. }) if name == "a")));
+    assert!(log.contains(&Record::Join("room:1".into(), "alice".into())));
+    assert_eq!(b.tracker.replicas()[0][0].name, "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_and_remote_joins_and_leaves_are_reported() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let alice = Owner::new();
+    let bob = Owner::new();
+    a.tracker.track(&alice, "room:1", "alice", json!({})).unwrap();
+    assert_eq!(a.log.take(), [Record::Join("room:1".into(), "alice".into())], "reported before track returned");
+    b.tracker.track(&bob, "room:1", "bob", json!({})).unwrap();
+    eventually(LONG, "both to list both", || {
+        keys(&a.tracker, "room:1") == ["alice", "bob"] && keys(&b.tracker, "room:1") == ["alice", "bob"]
+    })
+    .await;
+    assert!(a.log.take().contains(&Record::Join("room:1".into(), "bob".into())));
+
+    drop(bob);
+    assert!(b.log.take().contains(&Record::Leave("room:1".into(), "bob".into())));
+    eventually(LONG, "a to see bob leave", || keys(&a.tracker, "room:1") == ["alice"]).await;
+    assert!(a.log.take().contains(&Record::Leave("room:1".into(), "bob".into())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn tempdown_and_up_with_the_same_vsn_then_permdown() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let owner = Owner::new();
+    b.tracker.track(&owner, "room:1", "bob", json!({})).unwrap();
+    eventually(LONG, "a to see bob", || keys(&a.tracker, "room:1") == ["bob"]).await;
+    a.log.take();
+
+    // A netsplit: after down_period, a reports bob's leave and hides him.
+    cluster.partition(&["a"], &["b"]);
+    eventually(LONG, "b to go down on a", || a.tracker.list("room:1").is_empty()).await;
+    let log = a.log.take();
+    assert!(log.contains(&Record::Leave("room:1".into(), "bob".into())));
+    assert!(log.iter().any(|r| matches!(r, Record::Event(ReplicaEvent::Down { name, .. }) if name == "b")));
+    assert_eq!(a.tracker.replicas()[0][0].status, ReplicaStatus::Down);
+
+    // Healed before permdown: the same incarnation comes back up and bob joins again.
+    cluster.heal();
+    eventually(LONG, "bob back on a", || keys(&a.tracker, "room:1") == ["bob"]).await;
+    let log = a.log.take();
+    assert!(log.contains(&Record::Join("room:1".into(), "bob".into())));
+    assert!(log.iter().any(|r| matches!(r, Record::Event(ReplicaEvent::Up { name, .. }) if name == "b")));
+
+    // Split for longer than permdown_period: b is purged on a.
+    cluster.partition(&["a"], &["b"]);
+    eventually(LONG, "b purged on a", || a.tracker.replicas()[0].is_empty()).await;
+    assert!(a.log.take().iter().any(|r| matches!(r, Record::Event(ReplicaEvent::Permdown { name, .. }) if name == "b")));
+    assert!(a.tracker.list("room:1").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_replaces_its_old_incarnation() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let old_owner = Owner::new();
+    b.tracker.track(&old_owner, "room:1", "old", json!({})).unwrap();
+    eventually(LONG, "a to see old", || keys(&a.tracker, "room:1") == ["old"]).await;
+    let old_vsn = a.tracker.replicas()[0][0].vsn;
+
+    // b crashes (no graceful permdown) and restarts at once under the same name.
+    std::mem::forget(old_owner); // the crash takes the owner with it, unannounced
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let b2 = node(&cluster, "b");
+    let owner = Owner::new();
+    b2.tracker.track(&owner, "room:1", "new", json!({})).unwrap();
+    eventually(LONG, "a to list only the new incarnation's presence", || {
+        keys(&a.tracker, "room:1") == ["new"]
+    })
+    .await;
+    let info = &a.tracker.replicas()[0][0];
+    assert_ne!(info.vsn, old_vsn);
+    let log = a.log.take();
+    assert!(log.contains(&Record::Leave("room:1".into(), "old".into())));
+    assert!(log.iter().any(|r| matches!(r, Record::Event(ReplicaEvent::Permdown { vsn, .. }) if *vsn == old_vsn)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_presences_of_a_killed_node_are_purged_when_it_comes_back() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let owner = Owner::new();
+    b.tracker.track(&owner, "room:1", "ghost", json!({})).unwrap();
+    eventually(LONG, "a sees ghost", || keys(&a.tracker, "room:1") == ["ghost"]).await;
+    std::mem::forget(owner);
+    drop(b);
+    eventually(LONG, "ghost hidden after down_period", || a.tracker.list("room:1").is_empty()).await;
+    let b2 = node(&cluster, "b");
+    eventually(LONG, "the new b to be up on a", || {
+        a.tracker.replicas()[0].iter().any(|r| r.status == ReplicaStatus::Up)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.tracker.list("room:1").is_empty(), "no ghost after the restart");
+    assert!(b2.tracker.list("room:1").is_empty(), "the new incarnation never adopts its old rows");
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_permdown_makes_peers_drop_presences_at_once() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let owner = Owner::new();
+    b.tracker.track(&owner, "room:1", "bob", json!({})).unwrap();
+    eventually(LONG, "a sees bob", || keys(&a.tracker, "room:1") == ["bob"]).await;
+    a.log.take();
+
+    b.tracker.graceful_permdown();
+    // Well under down_period (400 ms): the leave is immediate, not a timeout.
+    eventually(Duration::from_millis(50), "bob to leave a at once", || a.tracker.list("room:1").is_empty()).await;
+    assert!(a.log.take().contains(&Record::Leave("room:1".into(), "bob".into())));
+    assert!(a.tracker.replicas()[0].is_empty());
+    assert_eq!(
+        b.tracker.track(&Owner::new(), "room:1", "late", json!({})),
+        Err(TrackError::Stopped)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_update_replaces_a_node_without_losing_the_others() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let (oa, ob) = (Owner::new(), Owner::new());
+    a.tracker.track(&oa, "room:1", "on-a", json!({})).unwrap();
+    b.tracker.track(&ob, "room:1", "on-b", json!({})).unwrap();
+    eventually(LONG, "both converge", || keys(&a.tracker, "room:1").len() == 2 && keys(&b.tracker, "room:1").len() == 2).await;
+
+    // Replace b with c: c starts, b leaves gracefully.
+    let c = node(&cluster, "c");
+    let oc = Owner::new();
+    c.tracker.track(&oc, "room:1", "on-c", json!({})).unwrap();
+    eventually(LONG, "c catches up", || keys(&c.tracker, "room:1").len() == 3).await;
+    b.tracker.graceful_permdown();
+    drop(ob);
+    eventually(LONG, "a and c agree without b", || {
+        keys(&a.tracker, "room:1") == ["on-a", "on-c"] && keys(&c.tracker, "room:1") == ["on-a", "on-c"]
+    })
+    .await;
+    // Nothing flaps afterwards.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(keys(&a.tracker, "room:1"), ["on-a", "on-c"]);
+    assert_eq!(keys(&c.tracker, "room:1"), ["on-a", "on-c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_tracking_update_and_untrack_all() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let owner = Owner::new();
+    let first = a.tracker.track(&owner, "room:1", "alice", json!({"s": 1})).unwrap();
+    assert_eq!(
+        a.tracker.track(&owner, "room:1", "alice", json!({})),
+        Err(TrackError::AlreadyTracked { topic: "room:1".into(), key: "alice".into() })
+    );
+    a.tracker.track(&owner, "room:2", "alice", json!({})).unwrap();
+    a.tracker.track(&owner, "room:1", "alias", json!({})).unwrap();
+    assert_eq!(
+        a.tracker.update(&Owner::new(), "room:1", "alice", json!({})),
+        Err(UpdateError::NoPresence)
+    );
+
+    a.log.take();
+    let second = a
+        .tracker
+        .update_with(&owner, "room:1", "alice", |old| {
+            assert_eq!(old.phx_ref(), first);
+            json!({"s": old.get("s").and_then(|v| v.as_i64()).unwrap() + 1})
+        })
+        .unwrap();
+    // One diff, with the new meta joining and the old one leaving under the same key.
+    assert_eq!(
+        a.log.take(),
+        [Record::Join("room:1".into(), "alice".into()), Record::Leave("room:1".into(), "alice".into())]
+    );
+    eventually(LONG, "b sees the update", || {
+        b.tracker
+            .get_by_key("room:1", "alice")
+            .first()
+            .is_some_and(|(_, m)| m.phx_ref() == second && m.phx_ref_prev() == Some(first) && m.get("s") == Some(&json!(2)))
+    })
+    .await;
+
+    a.tracker.untrack(&owner, "room:1", "nobody"); // a no-op
+    a.tracker.untrack_all(&owner);
+    assert!(a.tracker.list("room:1").is_empty() && a.tracker.list("room:2").is_empty());
+    eventually(LONG, "b sees every leave", || b.tracker.list("room:1").is_empty() && b.tracker.list("room:2").is_empty()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn convergence_survives_lossy_duplicating_reordering_links() {
+    let cluster = LocalCluster::new();
+    cluster.seed(42);
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| node(&cluster, n)).collect();
+    cluster.set_faults(presence_core::pubsub::LinkFaults {
+        drop: 0.3,
+        duplicate: 0.2,
+        jitter: Duration::from_millis(250),
+        ..Default::default()
+    });
+    let owners: Vec<Owner> = (0..30).map(|_| Owner::new()).collect();
+    for (i, owner) in owners.iter().enumerate() {
+        nodes[i % 3].tracker.track(owner, "room:1", &format!("u{i}"), json!({})).unwrap();
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    drop(owners.into_iter().step_by(2).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.heal();
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (1..30).step_by(2).map(|i| format!("u{i}")).collect();
+        v.sort();
+        v
+    };
+    eventually(LONG, "all nodes to agree", || nodes.iter().all(|n| keys(&n.tracker, "room:1") == want)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_sizes_spread_topics_over_shards() {
+    for pool_size in [1, 2, 8, 512] {
+        let tracker = Tracker::start("P", PubSub::new("a"), TrackerConfig { pool_size, ..config() }).unwrap();
+        let owner = Owner::new();
+        for i in 0..100 {
+            let r = tracker.track(&owner, &format!("topic:{i}"), "k", json!({})).unwrap();
+            assert_eq!(tracker.list(&format!("topic:{i}"))[0].1.phx_ref(), r);
+        }
+        tracker.untrack(&owner, "topic:7", "k");
+        assert!(tracker.list("topic:7").is_empty());
+        tracker.untrack_all(&owner);
+        assert!((0..100).all(|i| tracker.list(&format!("topic:{i}")).is_empty()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_diff_handler_does_not_stop_the_tracker() {
+    let tracker = Tracker::builder("P", PubSub::new("a"))
+        .config(config())
+        .on_diff(|_diff: Diff| panic!("handler bug"))
+        .start()
+        .unwrap();
+    let owner = Owner::new();
+    tracker.track(&owner, "t", "k", json!({})).unwrap();
+    tracker.update(&owner, "t", "k", json!({"x": 1})).unwrap();
+    assert_eq!(tracker.list("t").len(), 1);
+}
+
+#[test]
+fn invalid_configurations_are_refused_at_start() {
+    use presence_core::tracker::ConfigError;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let bad = |c: TrackerConfig| Tracker::start("P", PubSub::new("a"), c).unwrap_err();
+    assert_eq!(
+        bad(TrackerConfig { down_period: Some(Duration::from_millis(2999)), ..TrackerConfig::default() }),
+        ConfigError::DownPeriod
+    );
+    assert_eq!(
+        bad(TrackerConfig { permdown_period: Duration::from_secs(30), ..TrackerConfig::default() }),
+        ConfigError::PermdownPeriod
+    );
+    assert_eq!(bad(TrackerConfig { pool_size: 0, ..TrackerConfig::default() }), ConfigError::PoolSize);
+    assert_eq!(bad(TrackerConfig { max_delta_sizes: vec![], ..TrackerConfig::default() }), ConfigError::MaxDeltaSizes);
+    assert_eq!(TrackerConfig::default().effective_down_period(), Duration::from_secs(30));
+    drop(_guard);
+    assert_eq!(
+        Tracker::start("P", PubSub::new("a"), TrackerConfig::default()).unwrap_err(),
+        ConfigError::NoRuntime
+    );
+}
