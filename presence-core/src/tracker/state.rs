@@ -984,3 +984,595 @@ impl State {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[path = "tracker_state_props.rs"]
+mod tracker_state_props;
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Helpers shared by the unit tests and the property tests.
+    use super::*;
+
+    /// A canonical, comparable view of everything a state holds.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct Canonical {
+        reps: BTreeMap<ReplicaRef, (Option<u64>, BTreeSet<u64>, Option<ReplicaStatus>)>,
+        rows: BTreeSet<(ReplicaRef, u64, String, String, OwnerId, String)>,
+        owners: BTreeMap<OwnerId, BTreeSet<u64>>,
+        delta: Delta,
+        len: usize,
+    }
+
+    impl State {
+        pub(crate) fn canonical(&self) -> Canonical {
+            let mut rows = BTreeSet::new();
+            for (rid, rep) in self.reps.iter().enumerate() {
+                for (&n, loc) in &rep.rows {
+                    let meta = self
+                        .slot_meta(loc, (Rid::try_from(rid).unwrap(), n))
+                        .expect("row indexed");
+                    rows.insert((
+                        rep.id.clone(),
+                        n,
+                        loc.topic.to_string(),
+                        loc.key.to_string(),
+                        loc.owner,
+                        meta.phx_ref().to_string(),
+                    ));
+                }
+            }
+            Canonical {
+                reps: self
+                    .reps
+                    .iter()
+                    .map(|r| (r.id.clone(), (r.ctx, r.cloud.clone(), r.status)))
+                    .collect(),
+                rows,
+                owners: self
+                    .owners
+                    .iter()
+                    .map(|(o, ns)| (*o, ns.iter().copied().collect()))
+                    .collect(),
+                delta: self.delta.clone(),
+                len: self.len,
+            }
+        }
+
+        /// Visible rows of every topic as comparable tuples.
+        pub(crate) fn visible_rows(&self) -> BTreeSet<(String, String, OwnerId, String)> {
+            let mut out = BTreeSet::new();
+            for t in self.topics() {
+                for e in self.list_entries(&t) {
+                    out.insert((
+                        e.topic.to_string(),
+                        e.key.to_string(),
+                        e.owner,
+                        e.meta.phx_ref().to_string(),
+                    ));
+                }
+            }
+            out
+        }
+
+        /// Checks the internal indexes agree with each other.
+        pub(crate) fn check_indexes(&self) {
+            let total: usize = self.reps.iter().map(|r| r.rows.len()).sum();
+            assert_eq!(total, self.len);
+            let slots: usize = self
+                .topics
+                .values()
+                .map(|t| {
+                    let n: usize = t.keys.values().map(Vec::len).sum();
+                    assert_eq!(n, t.len);
+                    assert!(n > 0);
+                    n
+                })
+                .sum();
+            assert_eq!(slots, self.len);
+            let owned: usize = self.owners.values().map(Vec::len).sum();
+            assert_eq!(owned, self.rep(ME).rows.len());
+            for rep in &self.reps {
+                if let Some(c) = rep.ctx {
+                    for &n in rep.rows.keys() {
+                        assert!(rep.seen(n), "row dot {n} not seen (ctx {c})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PhxRef;
+    use serde_json::json;
+
+    fn rr(name: &str) -> ReplicaRef {
+        ReplicaRef::new(name, 1)
+    }
+
+    fn owner(n: u64) -> OwnerId {
+        OwnerId::from_parts(7, n)
+    }
+
+    fn meta(v: &str) -> Meta {
+        Meta::new(json!({ "v": v }), PhxRef::generate(), None)
+    }
+
+    fn keys(list: &[(Arc<str>, Meta)]) -> Vec<String> {
+        let mut k: Vec<String> = list.iter().map(|(k, _)| k.to_string()).collect();
+        k.sort();
+        k
+    }
+
+    fn join(s: &mut State, o: u64, topic: &str, key: &str) -> Meta {
+        let m = meta(key);
+        s.join(owner(o), topic.into(), key.into(), m.clone());
+        m
+    }
+
+    /// `to` merges the whole state of `from` (as it would after a transfer).
+    fn sync(to: &mut State, from: &State) -> Changes {
+        let ex = from.extract(to.replica(), &to.context());
+        to.merge_state(&ex)
+    }
+
+    fn ctx(pairs: &[(&str, u64)]) -> Context {
+        pairs.iter().map(|(n, c)| (rr(n), *c)).collect()
+    }
+
+    /// Three replicas that all know each other.
+    fn trio() -> (State, State, State) {
+        let (mut a, mut b, mut c) = (
+            State::new(rr("a")),
+            State::new(rr("b")),
+            State::new(rr("c")),
+        );
+        for s in [&mut a, &mut b, &mut c] {
+            for n in ["a", "b", "c"] {
+                s.replica_up(&rr(n));
+            }
+        }
+        (a, b, c)
+    }
+
+    #[test]
+    fn fresh_state_extracts_empty() {
+        let a = State::new(rr("a"));
+        let ex = a.extract(&rr("b"), &ctx(&[("a", 0), ("b", 0)]));
+        assert!(ex.is_empty());
+        assert_eq!(ex.context(), &ctx(&[("a", 0)]));
+        assert!(!a.has_delta());
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn join_visible_leave_removes() {
+        let mut a = State::new(rr("a"));
+        let m = join(&mut a, 1, "t", "alice");
+        assert_eq!(a.list("t"), vec![(Arc::from("alice"), m.clone())]);
+        assert_eq!(a.topic_len("t"), 1);
+        assert_eq!(a.topics(), vec![Arc::from("t")]);
+        let e = a.leave("t", owner(1), "alice").expect("own row");
+        assert_eq!(e.meta, m);
+        assert!(a.list("t").is_empty());
+        assert!(a.topics().is_empty());
+        assert!(a.leave("t", owner(1), "alice").is_none());
+        a.check_indexes();
+    }
+
+    #[test]
+    fn leave_of_another_replicas_row_is_refused() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        sync(&mut b, &a);
+        assert!(b.get("t", owner(1), "alice").is_some());
+        assert!(b.get_own("t", owner(1), "alice").is_none());
+        assert!(b.leave("t", owner(1), "alice").is_none());
+        assert!(b.leave_join("t", owner(1), "alice", meta("x")).is_none());
+        assert!(b.leave_owner(owner(1)).is_empty());
+        assert_eq!(b.list("t").len(), 1);
+    }
+
+    #[test]
+    fn remote_join_emitted_once_and_idempotent() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut a, 2, "t", "bob");
+        let ch = sync(&mut b, &a);
+        assert_eq!(ch.joins.len(), 2);
+        assert!(ch.leaves.is_empty());
+        let before = b.canonical();
+        let ch = sync(&mut b, &a);
+        assert!(ch.is_empty(), "{ch:?}");
+        assert_eq!(b.canonical(), before);
+        // the same through a delta
+        let d = a.take_delta();
+        let ch = b.merge_delta(&d);
+        assert!(ch.is_empty(), "{ch:?}");
+        assert_eq!(b.canonical(), before);
+        b.check_indexes();
+    }
+
+    #[test]
+    fn remote_leave_observed_once() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut a, 2, "t", "bob");
+        sync(&mut b, &a);
+        let left = a.leave("t", owner(1), "alice").unwrap();
+        let ch = sync(&mut b, &a);
+        assert!(ch.joins.is_empty());
+        assert_eq!(ch.leaves, vec![left]);
+        assert_eq!(keys(&b.list("t")), vec!["bob"]);
+        assert!(sync(&mut b, &a).is_empty());
+        b.check_indexes();
+    }
+
+    #[test]
+    fn mutual_merges_converge() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut b, 2, "t", "bob");
+        join(&mut b, 3, "u", "carol");
+        sync(&mut b, &a);
+        sync(&mut a, &b);
+        assert_eq!(a.visible_rows(), b.visible_rows());
+        assert_eq!(keys(&a.list("t")), vec!["alice", "bob"]);
+        assert_eq!(a.context(), b.context());
+    }
+
+    #[test]
+    fn update_merges_as_one_join_and_one_leave() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        sync(&mut b, &a);
+        let len = b.len();
+        let new = meta("away");
+        let (old_e, new_e) = a.leave_join("t", owner(1), "alice", new.clone()).unwrap();
+        assert_eq!(a.list("t"), vec![(Arc::from("alice"), new.clone())]);
+        let ch = b.merge_delta(&a.take_delta());
+        assert_eq!(ch.joins, vec![new_e]);
+        assert_eq!(ch.leaves, vec![old_e]);
+        assert_eq!(b.list("t"), vec![(Arc::from("alice"), new)]);
+        assert_eq!(b.len(), len);
+        a.check_indexes();
+        b.check_indexes();
+    }
+
+    #[test]
+    fn netsplit_down_hides_and_up_reemits() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut b, 2, "t", "bob");
+        sync(&mut b, &a);
+        let leaves = b.replica_down(&rr("a"));
+        assert_eq!(leaves.len(), 1);
+        assert_eq!(leaves[0].key.as_ref(), "alice");
+        assert_eq!(keys(&b.list("t")), vec!["bob"]);
+        assert_eq!(keys(&b.dirty_list("t")), vec!["alice", "bob"]);
+        assert_eq!(b.topic_len("t"), 1);
+        assert!(b.get_by_key("t", "alice").is_empty());
+        assert!(!b.clocks().contains(&rr("a")));
+        assert!(sync(&mut b, &a).is_empty());
+        let joins = b.replica_up(&rr("a"));
+        assert_eq!(joins.len(), 1);
+        assert_eq!(keys(&b.list("t")), vec!["alice", "bob"]);
+        assert!(b.replica_up(&rr("a")).is_empty(), "already up");
+    }
+
+    #[test]
+    fn joins_and_removes_observed_via_third_replica() {
+        let (mut a, mut b, mut c) = trio();
+        // a and c never talk directly
+        join(&mut a, 1, "t", "alice");
+        sync(&mut b, &a);
+        let ch = sync(&mut c, &b);
+        assert_eq!(ch.joins.len(), 1);
+        assert_eq!(keys(&c.list("t")), vec!["alice"]);
+        a.leave("t", owner(1), "alice");
+        sync(&mut b, &a);
+        let ch = sync(&mut c, &b);
+        assert_eq!(ch.leaves.len(), 1);
+        assert!(c.list("t").is_empty());
+        // also through relayed deltas: b's pending delta records the observed remove
+        join(&mut a, 1, "t", "alice");
+        let d = a.take_delta();
+        b.merge_delta(&d);
+        c.merge_delta(&d);
+        a.leave("t", owner(1), "alice");
+        b.merge_delta(&a.take_delta());
+        assert!(b.has_delta());
+        let ch = c.merge_delta(&b.take_delta());
+        assert_eq!(ch.leaves.len(), 1);
+        assert!(c.list("t").is_empty());
+    }
+
+    #[test]
+    fn own_rows_get_and_first_dot() {
+        let mut a = State::new(rr("a"));
+        let m = join(&mut a, 1, "t", "alice");
+        assert_eq!(a.get("t", owner(1), "alice"), Some(&m));
+        assert_eq!(a.get_own("t", owner(1), "alice"), Some(&m));
+        assert_eq!(a.delta().end(), &ctx(&[("a", 1)]));
+        assert!(a.delta().dots()[&rr("a")].values.contains_key(&1));
+        assert_eq!(a.get("t", owner(2), "alice"), None);
+        assert_eq!(a.get("t", owner(1), "bob"), None);
+        assert_eq!(a.get("u", owner(1), "alice"), None);
+        assert!(a.list("u").is_empty());
+        let left = a.leave_owner(owner(1));
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].replica, rr("a"));
+    }
+
+    #[test]
+    fn leave_owner_removes_all_topics() {
+        let mut a = State::new(rr("a"));
+        join(&mut a, 1, "t", "alice");
+        join(&mut a, 1, "u", "alice");
+        join(&mut a, 1, "u", "alias");
+        join(&mut a, 2, "t", "bob");
+        let mut left: Vec<String> = a
+            .leave_owner(owner(1))
+            .into_iter()
+            .map(|e| format!("{}/{}", e.topic, e.key))
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["t/alice", "u/alias", "u/alice"]);
+        assert_eq!(keys(&a.list("t")), vec!["bob"]);
+        assert!(a.list("u").is_empty());
+        assert!(a.leave_owner(owner(1)).is_empty());
+        a.check_indexes();
+    }
+
+    #[test]
+    fn get_by_key_returns_all_owners_under_key() {
+        let (mut a, mut b, _) = trio();
+        let m1 = join(&mut a, 1, "t", "alice");
+        let m2 = join(&mut a, 2, "t", "alice");
+        let m3 = join(&mut b, 3, "t", "alice");
+        join(&mut a, 4, "t", "bob");
+        join(&mut a, 5, "u", "alice");
+        sync(&mut b, &a);
+        let mut got = b.get_by_key("t", "alice");
+        got.sort_by_key(|(o, _)| *o);
+        assert_eq!(got, vec![(owner(1), m1), (owner(2), m2), (owner(3), m3)]);
+        assert!(b.get_by_key("t", "nobody").is_empty());
+        assert!(b.get_by_key("v", "alice").is_empty());
+    }
+
+    #[test]
+    fn mutual_replica_up_contexts_and_down_filtering() {
+        let (mut a, mut b, mut c) = trio();
+        for s in [&a, &b, &c] {
+            assert_eq!(s.context(), ctx(&[("a", 0), ("b", 0), ("c", 0)]));
+        }
+        join(&mut a, 1, "t", "alice");
+        join(&mut b, 2, "t", "bob");
+        join(&mut c, 3, "t", "carol");
+        sync(&mut c, &a);
+        sync(&mut c, &b);
+        assert_eq!(keys(&c.list("t")), vec!["alice", "bob", "carol"]);
+        c.replica_down(&rr("a"));
+        assert_eq!(keys(&c.list("t")), vec!["bob", "carol"]);
+        c.replica_down(&rr("b"));
+        assert_eq!(keys(&c.list("t")), vec!["carol"]);
+        assert_eq!(c.replica_status(&rr("b")), Some(ReplicaStatus::Down));
+        assert_eq!(c.clocks(), ctx(&[("c", 1)]));
+        assert_eq!(c.replicas().len(), 2);
+    }
+
+    #[test]
+    fn remove_down_replica_purges_and_up_does_not_resurrect() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut b, 2, "t", "bob");
+        sync(&mut b, &a);
+        a.leave("t", owner(1), "alice");
+        b.merge_delta(&a.take_delta());
+        join(&mut a, 1, "t", "alice2");
+        sync(&mut b, &a);
+        assert!(b.has_delta(), "observed remove recorded");
+        b.replica_down(&rr("a"));
+        b.remove_down_replica(&rr("a"));
+        assert_eq!(keys(&b.dirty_list("t")), vec!["bob"]);
+        assert!(!b.context().contains(&rr("a")));
+        assert!(!b.delta().dots().contains_key(&rr("a")));
+        // values of a forgotten replica are never adopted
+        assert!(sync(&mut b, &a).is_empty());
+        assert!(b.replica_up(&rr("a")).is_empty());
+        assert_eq!(keys(&b.list("t")), vec!["bob"]);
+        b.check_indexes();
+    }
+
+    #[test]
+    fn basic_deltas_clocks() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut b, 2, "t", "bob");
+        let ch = b.merge_delta(&a.take_delta());
+        assert_eq!(ch.joins.len(), 1);
+        assert_eq!(b.clocks(), ctx(&[("a", 1), ("b", 1), ("c", 0)]));
+        a.leave("t", owner(1), "alice");
+        assert_eq!(a.clocks().get(&rr("a")), Some(2));
+        let ch = b.merge_delta(&a.take_delta());
+        assert_eq!(ch.leaves.len(), 1);
+        assert_eq!(b.clocks().get(&rr("a")), Some(2));
+        join(&mut a, 1, "t", "alice");
+        assert_eq!(a.clocks().get(&rr("a")), Some(3));
+        let ch = b.merge_delta(&a.take_delta());
+        assert_eq!(ch.joins.len(), 1);
+        assert_eq!(b.clocks().get(&rr("a")), Some(3));
+        b.take_delta();
+        assert!(b.reps.iter().all(|r| r.cloud.is_empty()));
+        assert!(a.reps.iter().all(|r| r.cloud.is_empty()));
+    }
+
+    #[test]
+    fn gaps_in_deltas_stay_in_clouds_until_filled() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        let d1 = a.take_delta();
+        join(&mut a, 2, "t", "bob");
+        let d2 = a.take_delta();
+        b.merge_delta(&d2);
+        assert_eq!(b.context().get(&rr("a")), Some(0));
+        assert_eq!(keys(&b.list("t")), vec!["bob"]);
+        b.merge_delta(&d1);
+        assert_eq!(b.context().get(&rr("a")), Some(2));
+        assert_eq!(keys(&b.list("t")), vec!["alice", "bob"]);
+    }
+
+    #[test]
+    fn non_contiguous_deltas_do_not_merge() {
+        let mut a = State::new(rr("a"));
+        join(&mut a, 1, "t", "alice");
+        let d1 = a.take_delta();
+        join(&mut a, 2, "t", "bob");
+        let d2 = a.take_delta();
+        join(&mut a, 3, "t", "carol");
+        let d3 = a.take_delta();
+        assert_eq!(merge_deltas(&d1, &d3), Err(NotContiguous));
+        assert_eq!(merge_deltas(&d3, &d1), Err(NotContiguous));
+        let d12 = merge_deltas(&d1, &d2).unwrap();
+        assert_eq!(d12.start(), &ctx(&[("a", 0)]));
+        assert_eq!(d12.end(), &ctx(&[("a", 2)]));
+        assert!(merge_deltas(&d12, &d3).is_ok());
+        assert!(merge_deltas(&d3, &d12).is_ok());
+    }
+
+    #[test]
+    fn extract_context_only_known_replicas() {
+        let (mut a, mut b, mut c) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut b, 2, "t", "bob");
+        join(&mut c, 3, "t", "carol");
+        sync(&mut a, &b);
+        sync(&mut a, &c);
+        let mut d = State::new(rr("d"));
+        d.replica_up(&rr("a"));
+        d.replica_up(&rr("b"));
+        let ex = a.extract(d.replica(), &d.context());
+        assert_eq!(ex.context(), &ctx(&[("a", 1), ("b", 1)]));
+        assert_eq!(ex.len(), 2);
+        let ch = d.merge_state(&ex);
+        assert_eq!(ch.joins.len(), 2);
+        assert_eq!(keys(&d.list("t")), vec!["alice", "bob"]);
+    }
+
+    #[test]
+    fn merging_deltas_unions_independent_replicas() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut b, 2, "t", "bob");
+        let (da, db) = (a.take_delta(), b.take_delta());
+        let m = merge_deltas(&da, &db).unwrap();
+        assert_eq!(m.size(), 4);
+        assert_eq!(m.dots()[&rr("a")].cloud, BTreeSet::from([1]));
+        assert_eq!(m.dots()[&rr("b")].cloud, BTreeSet::from([1]));
+        assert_eq!(m.end(), &ctx(&[("a", 1), ("b", 1)]));
+        assert_eq!(merge_deltas(&db, &da).unwrap(), m);
+        let mut c = State::new(rr("c"));
+        c.replica_up(&rr("a"));
+        c.replica_up(&rr("b"));
+        assert_eq!(c.merge_delta(&m).joins.len(), 2);
+    }
+
+    #[test]
+    fn merging_deltas_with_removes_add_wins() {
+        let (mut a, mut b, mut c) = trio();
+        join(&mut a, 1, "t", "alice");
+        let d1 = a.take_delta();
+        b.merge_delta(&d1);
+        // a removes its row while b concurrently adds one under the same key
+        a.leave("t", owner(1), "alice");
+        let d2 = a.take_delta();
+        join(&mut b, 2, "t", "alice");
+        let db = b.take_delta();
+        let m = merge_deltas(&merge_deltas(&d1, &d2).unwrap(), &db).unwrap();
+        // observed remove: value gone, dot kept as a tombstone
+        assert!(m.dots()[&rr("a")].values.is_empty());
+        assert_eq!(m.dots()[&rr("a")].cloud, BTreeSet::from([1, 2]));
+        assert_eq!(m.dots()[&rr("b")].values.len(), 1);
+        // duplicate merge is a no-op
+        assert_eq!(merge_deltas(&m, &d2).unwrap(), m);
+        assert_eq!(merge_deltas(&m, &m).unwrap(), m);
+        // the concurrent add survives the remove
+        c.merge_delta(&m);
+        let got = c.get_by_key("t", "alice");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, owner(2));
+        let before = c.canonical();
+        assert!(c.merge_delta(&m).is_empty());
+        assert_eq!(c.canonical(), before);
+        b.merge_delta(&d2);
+        assert_eq!(b.visible_rows(), c.visible_rows());
+    }
+
+    #[test]
+    fn unknown_replicas_values_are_ignored_until_up() {
+        let mut a = State::new(rr("a"));
+        let mut b = State::new(rr("b"));
+        join(&mut a, 1, "t", "alice");
+        let d = a.take_delta();
+        assert!(b.merge_delta(&d).is_empty());
+        assert!(b.list("t").is_empty());
+        b.replica_up(&rr("a"));
+        assert_eq!(b.merge_delta(&d).joins.len(), 1);
+    }
+
+    #[test]
+    fn own_rows_never_lost_through_merge() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        sync(&mut b, &a);
+        // b's extract for a excludes a's rows but its context covers them
+        let ex = b.extract(a.replica(), &a.context());
+        assert!(ex.is_empty());
+        assert!(a.merge_state(&ex).is_empty());
+        assert_eq!(keys(&a.list("t")), vec!["alice"]);
+    }
+
+    #[test]
+    fn wire_forms_round_trip_through_json() {
+        let (mut a, mut b, _) = trio();
+        join(&mut a, 1, "t", "alice");
+        join(&mut a, 2, "t", "bob");
+        a.leave("t", owner(2), "bob");
+        let d = a.take_delta();
+        let json = serde_json::to_string(&Transfer::Delta(d.clone())).unwrap();
+        let back: Transfer = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Transfer::Delta(d));
+        let ex = a.extract(b.replica(), &b.context());
+        let json = serde_json::to_string(&Transfer::State(ex.clone())).unwrap();
+        let back: Transfer = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Transfer::State(ex));
+        assert_eq!(b.merge(&back).joins.len(), 1);
+    }
+
+    #[test]
+    fn large_topic_lists_quickly() {
+        let mut a = State::new(rr("a"));
+        let topic: Arc<str> = "big".into();
+        let m = meta("x");
+        for i in 0..100_000u64 {
+            a.join(
+                owner(i),
+                Arc::clone(&topic),
+                i.to_string().into(),
+                m.clone(),
+            );
+        }
+        a.take_delta();
+        let t = std::time::Instant::now();
+        let l = a.list("big");
+        let took = t.elapsed();
+        assert_eq!(l.len(), 100_000);
+        assert_eq!(a.topic_len("big"), 100_000);
+        eprintln!("list of 100k rows took {took:?} (debug build)");
+        // topic strings are shared, not copied per row
+        assert!(Arc::strong_count(&topic) > 100_000);
+    }
+}
