@@ -38,7 +38,12 @@ fn ops(n: usize, topics: usize) {
     let t = Instant::now();
     for i in 0..n {
         tracker
-            .track(&owners[i], &topic_names[i], &names[i], json!({"status": "online", "device": "web"}))
+            .track(
+                &owners[i],
+                &topic_names[i],
+                &names[i],
+                json!({"status": "online", "device": "web"}),
+            )
             .unwrap();
     }
     let track = t.elapsed();
@@ -47,7 +52,12 @@ fn ops(n: usize, topics: usize) {
     let t = Instant::now();
     for i in 0..n {
         tracker
-            .update(&owners[i], &topic_names[i], &names[i], json!({"status": "away", "device": "web"}))
+            .update(
+                &owners[i],
+                &topic_names[i],
+                &names[i],
+                json!({"status": "away", "device": "web"}),
+            )
             .unwrap();
     }
     let update = t.elapsed();
@@ -90,19 +100,38 @@ async fn converge(n: usize) {
         broadcast_period: Duration::from_millis(100),
         ..TrackerConfig::default()
     };
-    let a = Tracker::start("Conv", PubSub::builder("a").adapter(cluster.adapter()).build(), config.clone()).unwrap();
+    let a = Tracker::start(
+        "Conv",
+        PubSub::builder("a").adapter(cluster.adapter()).build(),
+        config.clone(),
+    )
+    .unwrap();
     let owners: Vec<Owner> = (0..n).map(|_| Owner::new()).collect();
     for (i, o) in owners.iter().enumerate() {
-        a.track(o, &topic_of(i, 1), &format!("user{i}"), json!({"status": "online"})).unwrap();
+        a.track(
+            o,
+            &topic_of(i, 1),
+            &format!("user{i}"),
+            json!({"status": "online"}),
+        )
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    let b = Tracker::start("Conv", PubSub::builder("b").adapter(cluster.adapter()).build(), config).unwrap();
+    let b = Tracker::start(
+        "Conv",
+        PubSub::builder("b").adapter(cluster.adapter()).build(),
+        config,
+    )
+    .unwrap();
     while b.list("room:0").len() < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(t.elapsed() < Duration::from_secs(60), "no convergence");
     }
-    println!("| {n} | {:.0} ms | broadcast_period 100 ms |", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "| {n} | {:.0} ms | broadcast_period 100 ms |",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 async fn burst(n: usize) {
@@ -115,18 +144,28 @@ async fn burst(n: usize) {
     let updated = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n + 1));
     for i in 0..n {
-        let (tracker, done, updated, barrier, stop, tx) =
-            (tracker.clone(), done.clone(), updated.clone(), barrier.clone(), stop.clone(), tx.clone());
+        let (tracker, done, updated, barrier, stop, tx) = (
+            tracker.clone(),
+            done.clone(),
+            updated.clone(),
+            barrier.clone(),
+            stop.clone(),
+            tx.clone(),
+        );
         let _ = &go;
         tasks.spawn(async move {
             let owner = Owner::new();
             let topic = topic_of(i, 1);
             let key = format!("user{i}");
-            tracker.track(&owner, &topic, &key, json!({"status": "online"})).unwrap();
+            tracker
+                .track(&owner, &topic, &key, json!({"status": "online"}))
+                .unwrap();
             done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             barrier.wait().await;
             barrier.wait().await;
-            tracker.update(&owner, &topic, &key, json!({"status": "away"})).unwrap();
+            tracker
+                .update(&owner, &topic, &key, json!({"status": "away"}))
+                .unwrap();
             updated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(tx);
             stop.notified().await;
@@ -158,13 +197,21 @@ async fn burst(n: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument picks sections.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let want = |s: &str| filter.is_empty() || filter.iter().any(|f| s.contains(f.as_str()));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _guard = rt.enter();
 
     if want("ops") {
-        println!("| presences | topics | track | update | untrack | list one topic | get_by_key | RSS per presence |");
+        println!(
+            "| presences | topics | track | update | untrack | list one topic | get_by_key | RSS per presence |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
         for (n, topics) in [(10_000, 1), (10_000, 1000), (100_000, 1), (100_000, 1000)] {
             ops(n, topics);

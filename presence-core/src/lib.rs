@@ -49,7 +49,7 @@ pub mod tracker;
 
 pub use meta::{Meta, PhxRef};
 pub use owner::{Owner, OwnerId};
-pub use pubsub::PubSub;
 pub use presence::{Presence, PresenceHandle};
+pub use pubsub::PubSub;
 pub use registry::Registry;
 pub use tracker::{Tracker, TrackerConfig};

@@ -45,8 +45,13 @@ impl<X> PresenceEntry<X> {
     /// # Errors
     ///
     /// The first meta that does not decode.
-    pub fn decode_metas<M: serde::de::DeserializeOwned>(&self) -> Result<Vec<M>, serde_json::Error> {
-        self.metas.iter().map(|m| serde_json::from_value(m.to_value())).collect()
+    pub fn decode_metas<M: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<M>, serde_json::Error> {
+        self.metas
+            .iter()
+            .map(|m| serde_json::from_value(m.to_value()))
+            .collect()
     }
 }
 
@@ -167,11 +172,17 @@ mod tests {
         assert_eq!(grouped.keys().collect::<Vec<_>>(), ["j", "k"]);
 
         let mut metas = TopicMetas::new();
-        let joins = PresenceDiff { joins: grouped.clone(), leaves: PresenceMap::new() };
+        let joins = PresenceDiff {
+            joins: grouped.clone(),
+            leaves: PresenceMap::new(),
+        };
         apply_diff(&mut metas, &joins);
         apply_diff(&mut metas, &joins);
         assert_eq!(metas["k"].len(), 2, "joins are not added twice");
-        let leave = PresenceDiff::<()> { joins: PresenceMap::new(), leaves: group([(Arc::from("j"), ma)]) };
+        let leave = PresenceDiff::<()> {
+            joins: PresenceMap::new(),
+            leaves: group([(Arc::from("j"), ma)]),
+        };
         apply_diff(&mut metas, &leave);
         assert!(!metas.contains_key("j"), "an emptied key is dropped");
     }

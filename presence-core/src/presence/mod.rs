@@ -43,7 +43,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let presence = PresenceHandle::start(RoomPresence, PubSub::new("a"), PresenceOptions::default())?;
+//! let presence = PresenceHandle::start(RoomPresence, PubSub::new("a"), &PresenceOptions::default())?;
 //! let owner = Owner::new();
 //! let mut meta = serde_json::Map::new();
 //! meta.insert("device".into(), "phone".into());
@@ -427,7 +427,11 @@ impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
             });
             let waiting = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
             if waiting == QUEUE_WARNING {
-                tracing::warn!(presence = P::NAME, waiting, "presence diffs are queueing behind slow fetches");
+                tracing::warn!(
+                    presence = P::NAME,
+                    waiting,
+                    "presence diffs are queueing behind slow fetches"
+                );
             }
             if shared
                 .queue
@@ -450,7 +454,11 @@ impl<P: Presence> PresenceHandle<P> {
     /// # Errors
     ///
     /// [`ConfigError`] for invalid tracker options or outside a tokio runtime.
-    pub fn start(presence: P, pubsub: PubSub, options: PresenceOptions) -> Result<Self, ConfigError> {
+    pub fn start(
+        presence: P,
+        pubsub: PubSub,
+        options: &PresenceOptions,
+    ) -> Result<Self, ConfigError> {
         let config = options.merged_over(&P::options()).tracker_config();
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
@@ -499,8 +507,15 @@ impl<P: Presence> PresenceHandle<P> {
     ///
     /// [`TrackError::AlreadyTracked`], [`TrackError::Stopped`], or
     /// [`TrackError::InvalidMeta`] when `meta` does not serialize to JSON.
-    pub fn track(&self, owner: &Owner, topic: &str, key: &str, meta: &P::Meta) -> Result<PhxRef, TrackError> {
-        let value = serde_json::to_value(meta).map_err(|e| TrackError::InvalidMeta(e.to_string()))?;
+    pub fn track(
+        &self,
+        owner: &Owner,
+        topic: &str,
+        key: &str,
+        meta: &P::Meta,
+    ) -> Result<PhxRef, TrackError> {
+        let value =
+            serde_json::to_value(meta).map_err(|e| TrackError::InvalidMeta(e.to_string()))?;
         self.tracker.track(owner, topic, key, value)
     }
 
@@ -520,8 +535,15 @@ impl<P: Presence> PresenceHandle<P> {
     ///
     /// [`UpdateError::NoPresence`], [`UpdateError::Stopped`], or
     /// [`UpdateError::InvalidMeta`] when `meta` does not serialize to JSON.
-    pub fn update(&self, owner: &Owner, topic: &str, key: &str, meta: &P::Meta) -> Result<PhxRef, UpdateError> {
-        let value = serde_json::to_value(meta).map_err(|e| UpdateError::InvalidMeta(e.to_string()))?;
+    pub fn update(
+        &self,
+        owner: &Owner,
+        topic: &str,
+        key: &str,
+        meta: &P::Meta,
+    ) -> Result<PhxRef, UpdateError> {
+        let value =
+            serde_json::to_value(meta).map_err(|e| UpdateError::InvalidMeta(e.to_string()))?;
         self.tracker.update(owner, topic, key, value)
     }
 
@@ -554,8 +576,12 @@ impl<P: Presence> PresenceHandle<P> {
         }
         let presence = self.shared.presence.clone();
         let (t, plain) = (topic.to_owned(), presences.clone());
-        let task = AbortOnDrop(self.shared.runtime.spawn(async move { presence.fetch(&t, plain).await }));
-        match (&mut { task }).0.await {
+        let mut task = AbortOnDrop(
+            self.shared
+                .runtime
+                .spawn(async move { presence.fetch(&t, plain).await }),
+        );
+        match (&mut task.0).await {
             Ok(Ok(fetched)) => fetched,
             Ok(Err(e)) => {
                 tracing::error!(presence = P::NAME, topic, error = %e, "fetch failed; listing presences unenriched");
@@ -600,7 +626,11 @@ async fn broadcast_loop<P: Presence>(
     let mut state = P::HANDLES_METAS.then(|| presence.init());
     let mut metas: HashMap<Arc<str>, TopicMetas> = HashMap::new();
     while let Some(pending) = rx.recv().await {
-        let Pending { topic, plain, fetch } = pending;
+        let Pending {
+            topic,
+            plain,
+            fetch,
+        } = pending;
         let diff = match fetch {
             None => plain,
             Some(mut task) => match (&mut task.0).await {
@@ -617,15 +647,20 @@ async fn broadcast_loop<P: Presence>(
         };
         let Some(s) = shared.upgrade() else { return };
         match serde_json::to_value(&diff) {
-            Ok(payload) => s
-                .pubsub
-                .local_broadcast(Message::json(topic.clone(), PRESENCE_DIFF, payload)),
-            Err(e) => tracing::error!(presence = P::NAME, topic = %topic, error = %e, "presence diff does not serialize; not broadcast"),
+            Ok(payload) => {
+                s.pubsub
+                    .local_broadcast(Message::json(topic.clone(), PRESENCE_DIFF, payload))
+            }
+            Err(e) => {
+                tracing::error!(presence = P::NAME, topic = %topic, error = %e, "presence diff does not serialize; not broadcast")
+            }
         }
         if let Some(current) = state.take() {
             let topic_metas = metas.entry(topic.clone()).or_default();
             entry::apply_diff(topic_metas, &diff);
-            let next = presence.handle_metas(&topic, &diff, topic_metas, current).await;
+            let next = presence
+                .handle_metas(&topic, &diff, topic_metas, current)
+                .await;
             if topic_metas.is_empty() {
                 metas.remove(&topic);
             }

@@ -5,15 +5,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::clock::{Context, ReplicaRef};
-use super::generations::Transfer;
-use super::state::Delta;
+use super::state::{Delta, Transfer};
 
 /// The pub/sub event name of every replication message.
 pub(crate) const EVENT: &str = "phx_tracker";
 
 /// One replication message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum TrackerMsg {
     /// A periodic heartbeat: the local delta since the last one (or none), and the sender's
     /// clock (its context without down replicas).
@@ -25,7 +24,10 @@ pub(crate) enum TrackerMsg {
     /// A request for what the sender lacks, given its context.
     TransferReq { from: ReplicaRef, context: Context },
     /// The answer to a transfer request: a delta generation or the whole state.
-    TransferAck { from: ReplicaRef, transfer: Transfer },
+    TransferAck {
+        from: ReplicaRef,
+        transfer: Transfer,
+    },
     /// The sender is leaving for good: drop its presences now.
     GracefulPermdown { from: ReplicaRef },
 }
@@ -40,7 +42,7 @@ impl TrackerMsg {
         serde_json::from_slice(bytes)
     }
 
-    pub(crate) fn from_ref(&self) -> &ReplicaRef {
+    pub(crate) fn sender(&self) -> &ReplicaRef {
         match self {
             TrackerMsg::Heartbeat { from, .. }
             | TrackerMsg::TransferReq { from, .. }

@@ -47,9 +47,9 @@ mod message;
 mod replica;
 mod shard;
 mod shard_core;
-mod state;
 #[cfg(test)]
 mod sim_tests;
+mod state;
 
 use std::fmt;
 use std::sync::Arc;

@@ -38,7 +38,8 @@ pub(crate) enum Transition {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Replicas {
     by_name: HashMap<Arc<str>, Replica>,
-    /// The newest purged incarnation of each name: anything from it or older is stale.
+    /// The newest incarnation of each name that was replaced by a newer one or left
+    /// gracefully: anything from it or older is stale.
     gone: HashMap<Arc<str>, u64>,
 }
 
@@ -47,7 +48,10 @@ impl Replicas {
     /// from it was delayed past its successor (or its own permdown) and must be ignored.
     pub(crate) fn is_stale(&self, from: &ReplicaRef) -> bool {
         self.gone.get(&from.name).is_some_and(|v| from.vsn <= *v)
-            || self.by_name.get(&from.name).is_some_and(|r| from.vsn < r.vsn)
+            || self
+                .by_name
+                .get(&from.name)
+                .is_some_and(|r| from.vsn < r.vsn)
     }
 
     /// Records a heartbeat from `from` at `now` (ms) and returns the transitions to apply, in
@@ -107,10 +111,10 @@ impl Replicas {
                 out.push(Transition::Down(r));
             }
         }
+        // No tombstone here: a node purged for silence may only have been split off, and is
+        // welcome back with the same incarnation when the split heals.
         for name in purged {
-            if let Some(r) = self.by_name.remove(&name) {
-                self.gone.insert(name, r.vsn);
-            }
+            self.by_name.remove(&name);
         }
         out.sort_by(|a, b| transition_order(a).cmp(&transition_order(b)));
         out
@@ -136,6 +140,7 @@ impl Replicas {
     }
 
     /// The known incarnation of `name`.
+    #[cfg(test)]
     pub(crate) fn get(&self, name: &str) -> Option<&Replica> {
         self.by_name.get(name)
     }
@@ -169,9 +174,15 @@ mod tests {
     #[test]
     fn put_heartbeat_with_no_previously_tracked_name_adds_it_up() {
         let mut reps = Replicas::default();
-        assert_eq!(reps.put_heartbeat(&r("b", 1), 10), vec![Transition::Up(r("b", 1))]);
+        assert_eq!(
+            reps.put_heartbeat(&r("b", 1), 10),
+            vec![Transition::Up(r("b", 1))]
+        );
         let b = reps.get("b").unwrap();
-        assert_eq!((b.status, b.last_heartbeat_at, b.vsn), (ReplicaStatus::Up, 10, 1));
+        assert_eq!(
+            (b.status, b.last_heartbeat_at, b.vsn),
+            (ReplicaStatus::Up, 10, 1)
+        );
     }
 
     #[test]
@@ -180,8 +191,14 @@ mod tests {
         reps.put_heartbeat(&r("b", 1), 0);
         assert!(reps.put_heartbeat(&r("b", 1), 5).is_empty());
         assert_eq!(reps.get("b").unwrap().last_heartbeat_at, 5);
-        assert_eq!(reps.detect_downs(100, 50, 1000), vec![Transition::Down(r("b", 1))]);
-        assert_eq!(reps.put_heartbeat(&r("b", 1), 101), vec![Transition::Up(r("b", 1))]);
+        assert_eq!(
+            reps.detect_downs(100, 50, 1000),
+            vec![Transition::Down(r("b", 1))]
+        );
+        assert_eq!(
+            reps.put_heartbeat(&r("b", 1), 101),
+            vec![Transition::Up(r("b", 1))]
+        );
         assert_eq!(reps.get("b").unwrap().status, ReplicaStatus::Up);
     }
 
@@ -214,10 +231,19 @@ mod tests {
     fn detect_down_with_temporarily_downed_node_keeps_it() {
         let mut reps = Replicas::default();
         reps.put_heartbeat(&r("b", 1), 0);
-        assert!(reps.detect_downs(50, 50, 1000).is_empty(), "the comparison is strict");
-        assert_eq!(reps.detect_downs(51, 50, 1000), vec![Transition::Down(r("b", 1))]);
+        assert!(
+            reps.detect_downs(50, 50, 1000).is_empty(),
+            "the comparison is strict"
+        );
+        assert_eq!(
+            reps.detect_downs(51, 50, 1000),
+            vec![Transition::Down(r("b", 1))]
+        );
         assert_eq!(reps.get("b").unwrap().status, ReplicaStatus::Down);
-        assert!(reps.detect_downs(60, 50, 1000).is_empty(), "down is reported once");
+        assert!(
+            reps.detect_downs(60, 50, 1000).is_empty(),
+            "down is reported once"
+        );
     }
 
     #[test]

@@ -176,7 +176,10 @@ impl Shard {
     }
 
     fn send(&self, pubsub: &PubSub, out: Vec<Outgoing>) {
-        let from = *self.subscriber.lock().unwrap_or_else(PoisonError::into_inner);
+        let from = *self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for o in out {
             let result = match o {
                 Outgoing::Broadcast(msg) => {
@@ -206,7 +209,10 @@ pub(super) fn spawn(
     config: &TrackerConfig,
 ) -> tokio::task::JoinHandle<()> {
     let mut sub = pubsub.subscribe(&shard.topic);
-    *shard.subscriber.lock().unwrap_or_else(PoisonError::into_inner) = Some(sub.id());
+    *shard
+        .subscriber
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(sub.id());
     let period = config.broadcast_period;
     // The first tick comes after a random stutter of up to a quarter period, so nodes started
     // together do not beat in step.

@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use super::clock::{self, Context, ReplicaRef};
 use super::diff::Diff;
-use super::generations::{DeltaGenerations, Transfer};
+use super::generations::DeltaGenerations;
 use super::message::TrackerMsg;
 use super::replica::{ReplicaStatus, Replicas, Transition};
-use super::state::{Entry, State};
+use super::state::{Entry, State, Transfer};
 use super::{ReplicaEvent, TrackError, UpdateError};
 use crate::{Meta, OwnerId, PhxRef};
 
@@ -83,10 +83,6 @@ impl ShardCore {
         }
     }
 
-    pub(crate) fn replica(&self) -> &ReplicaRef {
-        self.state.replica()
-    }
-
     pub(crate) fn state(&self) -> &State {
         &self.state
     }
@@ -100,7 +96,7 @@ impl ShardCore {
         key: &str,
         meta: Value,
     ) -> Result<(PhxRef, Effects), TrackError> {
-        if self.state.get(topic, owner, key).is_some() {
+        if self.state.get_own(topic, owner, key).is_some() {
             return Err(TrackError::AlreadyTracked {
                 topic: topic.to_owned(),
                 key: key.to_owned(),
@@ -138,7 +134,7 @@ impl ShardCore {
         key: &str,
         f: impl FnOnce(&Meta) -> Value,
     ) -> Result<(PhxRef, Effects), UpdateError> {
-        let Some(prev) = self.state.get(topic, owner, key).cloned() else {
+        let Some(prev) = self.state.get_own(topic, owner, key).cloned() else {
             return Err(UpdateError::NoPresence);
         };
         let phx_ref = PhxRef::generate();
@@ -166,7 +162,7 @@ impl ShardCore {
                 delta: Some(delta.clone()),
                 clocks: self.state.clocks(),
             }));
-            self.generations.push(&delta);
+            self.generations.push(self.state.delta(), &delta);
             self.silent_periods = 0;
         } else if self.silent_periods >= self.timing.max_silent_periods {
             fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {
@@ -212,11 +208,11 @@ impl ShardCore {
     /// Handles one message from a peer at `now` (ms).
     pub(crate) fn handle(&mut self, now: u64, msg: TrackerMsg) -> Effects {
         let mut fx = Effects::default();
-        if msg.from_ref().name == self.state.replica().name {
+        if msg.sender().name == self.state.replica().name {
             // Our own broadcast, or a stale incarnation of this node: nothing to learn.
             return fx;
         }
-        if self.replicas.is_stale(msg.from_ref()) {
+        if self.replicas.is_stale(msg.sender()) {
             // Delayed past a newer incarnation of its sender, or past its permdown.
             return fx;
         }
@@ -229,16 +225,10 @@ impl ShardCore {
                 let transitions = self.replicas.put_heartbeat(&from, now);
                 self.apply(transitions, &mut fx);
                 if let Some(delta) = delta {
-                    match self.state.merge_delta(&delta) {
-                        Ok(changes) => {
-                            fx.joins(changes.joins);
-                            fx.leaves(changes.leaves);
-                            self.generations.push(&delta);
-                        }
-                        Err(_) => {
-                            tracing::debug!(from = %from.name, "delta not contiguous with local state; a transfer will catch up");
-                        }
-                    }
+                    let changes = self.state.merge_delta(&delta);
+                    fx.joins(changes.joins);
+                    fx.leaves(changes.leaves);
+                    self.generations.push(self.state.delta(), &delta);
                 }
                 clock::append_clock(&mut self.pending_clocks, from, clocks);
             }
@@ -254,11 +244,10 @@ impl ShardCore {
             }
             TrackerMsg::TransferAck { transfer, .. } => match &transfer {
                 Transfer::Delta(delta) => {
-                    if let Ok(changes) = self.state.merge_delta(delta) {
-                        fx.joins(changes.joins);
-                        fx.leaves(changes.leaves);
-                        self.generations.push(delta);
-                    }
+                    let changes = self.state.merge_delta(delta);
+                    fx.joins(changes.joins);
+                    fx.leaves(changes.leaves);
+                    self.generations.push(self.state.delta(), delta);
                 }
                 Transfer::State(extract) => {
                     let changes = self.state.merge_state(extract);

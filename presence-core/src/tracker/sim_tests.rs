@@ -33,16 +33,49 @@ fn timing() -> Timing {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Track { node: usize, owner: u8, topic: usize, key: usize, meta: u8 },
-    Update { node: usize, owner: u8, topic: usize, key: usize, meta: u8 },
-    Untrack { node: usize, owner: u8, topic: usize, key: usize },
-    OwnerExit { node: usize, owner: u8 },
-    Partition { a: usize, b: usize },
+    Track {
+        node: usize,
+        owner: u8,
+        topic: usize,
+        key: usize,
+        meta: u8,
+    },
+    Update {
+        node: usize,
+        owner: u8,
+        topic: usize,
+        key: usize,
+        meta: u8,
+    },
+    Untrack {
+        node: usize,
+        owner: u8,
+        topic: usize,
+        key: usize,
+    },
+    OwnerExit {
+        node: usize,
+        owner: u8,
+    },
+    Partition {
+        a: usize,
+        b: usize,
+    },
     Heal,
-    Faults { drop: u8, dup: u8, jitter: u8 },
-    Advance { ticks: u8 },
-    Crash { node: usize },
-    Restart { node: usize },
+    Faults {
+        drop: u8,
+        dup: u8,
+        jitter: u8,
+    },
+    Advance {
+        ticks: u8,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
 }
 
 fn op(nodes: usize) -> impl Strategy<Value = Op> {
@@ -138,15 +171,22 @@ impl Sim {
     }
 
     fn owner(&self, i: usize, owner: u8) -> OwnerId {
-        OwnerId::from_parts(i as u64 * 1000 + self.nodes[i].incarnation, u64::from(owner))
+        OwnerId::from_parts(
+            i as u64 * 1000 + self.nodes[i].incarnation,
+            u64::from(owner),
+        )
     }
 
     fn send(&mut self, from: usize, out: Vec<Outgoing>) {
         for o in out {
             let (targets, msg): (Vec<usize>, TrackerMsg) = match o {
-                Outgoing::Broadcast(msg) => ((0..self.nodes.len()).filter(|&j| j != from).collect(), msg),
+                Outgoing::Broadcast(msg) => {
+                    ((0..self.nodes.len()).filter(|&j| j != from).collect(), msg)
+                }
                 Outgoing::Direct(name, msg) => (
-                    (0..self.nodes.len()).filter(|&j| self.nodes[j].name == name).collect(),
+                    (0..self.nodes.len())
+                        .filter(|&j| self.nodes[j].name == name)
+                        .collect(),
                     msg,
                 ),
             };
@@ -156,7 +196,11 @@ impl Sim {
                 if self.cut.contains(&(from, to)) || self.rand(100) < u64::from(self.drop) {
                     continue;
                 }
-                let copies = if self.rand(100) < u64::from(self.dup) { 2 } else { 1 };
+                let copies = if self.rand(100) < u64::from(self.dup) {
+                    2
+                } else {
+                    1
+                };
                 for _ in 0..copies {
                     let delay = self.rand(u64::from(self.jitter) * PERIOD + 1);
                     let decoded = TrackerMsg::decode(&bytes).expect("a message decodes");
@@ -200,7 +244,13 @@ impl Sim {
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Track { node, owner, topic, key, meta } => {
+            Op::Track {
+                node,
+                owner,
+                topic,
+                key,
+                meta,
+            } => {
                 let id = self.owner(node, owner);
                 let n = &mut self.nodes[node];
                 let Some(core) = n.core.as_mut() else { return };
@@ -213,7 +263,13 @@ impl Sim {
                     (result, tracked) => panic!("track gave {result:?} with tracked = {tracked}"),
                 }
             }
-            Op::Update { node, owner, topic, key, meta } => {
+            Op::Update {
+                node,
+                owner,
+                topic,
+                key,
+                meta,
+            } => {
                 let id = self.owner(node, owner);
                 let n = &mut self.nodes[node];
                 let Some(core) = n.core.as_mut() else { return };
@@ -224,7 +280,12 @@ impl Sim {
                     (result, slot) => panic!("update gave {result:?} with slot {slot:?}"),
                 }
             }
-            Op::Untrack { node, owner, topic, key } => {
+            Op::Untrack {
+                node,
+                owner,
+                topic,
+                key,
+            } => {
                 let id = self.owner(node, owner);
                 let n = &mut self.nodes[node];
                 let Some(core) = n.core.as_mut() else { return };
@@ -307,10 +368,24 @@ fn run(nodes: usize, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let expected = sim.expected();
     for n in &sim.nodes {
         let Some(core) = &n.core else { continue };
-        prop_assert_eq!(&listed(core, false), &expected, "list of {} differs from the model", n.name);
-        prop_assert_eq!(&listed(core, true), &expected, "{} keeps ghost rows", n.name);
+        prop_assert_eq!(
+            &listed(core, false),
+            &expected,
+            "list of {} differs from the model",
+            n.name
+        );
+        prop_assert_eq!(
+            &listed(core, true),
+            &expected,
+            "{} keeps ghost rows",
+            n.name
+        );
         for (name, vsn, _) in core.replicas() {
-            let current = sim.nodes.iter().find(|m| &m.name == name).expect("a known node");
+            let current = sim
+                .nodes
+                .iter()
+                .find(|m| &m.name == name)
+                .expect("a known node");
             prop_assert!(
                 current.core.is_some() && current.incarnation == vsn,
                 "{} still knows {}/{} which is gone",
@@ -325,7 +400,7 @@ fn run(nodes: usize, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn replicas_converge_on_the_model(
@@ -341,14 +416,59 @@ proptest! {
     }
 }
 
+/// 512 cases, or `PROPTEST_CASES` when set (CI raises it).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 /// Maps node indexes drawn for five nodes onto `nodes`.
 fn clamp(op: Op, nodes: usize) -> Op {
     let c = |i: usize| i % nodes;
     match op {
-        Op::Track { node, owner, topic, key, meta } => Op::Track { node: c(node), owner, topic, key, meta },
-        Op::Update { node, owner, topic, key, meta } => Op::Update { node: c(node), owner, topic, key, meta },
-        Op::Untrack { node, owner, topic, key } => Op::Untrack { node: c(node), owner, topic, key },
-        Op::OwnerExit { node, owner } => Op::OwnerExit { node: c(node), owner },
+        Op::Track {
+            node,
+            owner,
+            topic,
+            key,
+            meta,
+        } => Op::Track {
+            node: c(node),
+            owner,
+            topic,
+            key,
+            meta,
+        },
+        Op::Update {
+            node,
+            owner,
+            topic,
+            key,
+            meta,
+        } => Op::Update {
+            node: c(node),
+            owner,
+            topic,
+            key,
+            meta,
+        },
+        Op::Untrack {
+            node,
+            owner,
+            topic,
+            key,
+        } => Op::Untrack {
+            node: c(node),
+            owner,
+            topic,
+            key,
+        },
+        Op::OwnerExit { node, owner } => Op::OwnerExit {
+            node: c(node),
+            owner,
+        },
         Op::Partition { a, b } => Op::Partition { a: c(a), b: c(b) },
         Op::Crash { node } => Op::Crash { node: c(node) },
         Op::Restart { node } => Op::Restart { node: c(node) },
@@ -359,12 +479,29 @@ fn clamp(op: Op, nodes: usize) -> Op {
 #[test]
 fn a_quiet_cluster_converges_after_a_netsplit() {
     let mut sim = Sim::new(3, 7);
-    sim.apply(Op::Track { node: 0, owner: 0, topic: 0, key: 0, meta: 1 });
+    sim.apply(Op::Track {
+        node: 0,
+        owner: 0,
+        topic: 0,
+        key: 0,
+        meta: 1,
+    });
     sim.apply(Op::Advance { ticks: 10 });
     sim.apply(Op::Partition { a: 0, b: 1 });
     sim.apply(Op::Partition { a: 0, b: 2 });
-    sim.apply(Op::Track { node: 1, owner: 1, topic: 0, key: 1, meta: 2 });
-    sim.apply(Op::Untrack { node: 0, owner: 0, topic: 0, key: 0 });
+    sim.apply(Op::Track {
+        node: 1,
+        owner: 1,
+        topic: 0,
+        key: 1,
+        meta: 2,
+    });
+    sim.apply(Op::Untrack {
+        node: 0,
+        owner: 0,
+        topic: 0,
+        key: 0,
+    });
     sim.apply(Op::Advance { ticks: 6 });
     // Node 0 is down for the others by now: its rows are hidden.
     let others = listed(sim.nodes[1].core.as_ref().unwrap(), false);
@@ -381,4 +518,101 @@ fn run_checked(mut sim: Sim) {
             assert_eq!(listed(core, false), expected, "{}", n.name);
         }
     }
+}
+
+/// Delivers `out` from `from` to the cores named in `to` (by index), returning nothing.
+fn route(cores: &mut [ShardCore], now: u64, from: usize, to: &[usize], out: Vec<Outgoing>) {
+    for o in out {
+        let (targets, msg) = match o {
+            Outgoing::Broadcast(m) => (to.to_vec(), m),
+            Outgoing::Direct(name, m) => (
+                to.iter()
+                    .copied()
+                    .filter(|&j| *cores[j].state().replica().name == *name)
+                    .collect(),
+                m,
+            ),
+        };
+        for j in targets {
+            if j != from {
+                let reply = cores[j]
+                    .handle(now, TrackerMsg::decode(&msg.encode()).unwrap())
+                    .out;
+                route(cores, now, j, &[from], reply);
+            }
+        }
+    }
+}
+
+fn core(name: &str) -> ShardCore {
+    ShardCore::new(
+        ReplicaRef {
+            name: Arc::from(name),
+            vsn: 1,
+        },
+        timing(),
+    )
+}
+
+#[test]
+fn transfer_requests_collapse_to_the_dominant_clock() {
+    let mut cores = vec![core("a"), core("b"), core("c")];
+    // b and c meet and sync; c has one presence.
+    let o = OwnerId::from_parts(9, 1);
+    cores[2].track(o, "t", "x", json!({})).unwrap();
+    for now in [100, 200, 300, 400] {
+        for i in [1, 2] {
+            let out = cores[i].tick(now).out;
+            route(&mut cores, now, i, &[1, 2], out);
+        }
+    }
+    assert_eq!(cores[1].state().list("t").len(), 1, "b caught up with c");
+    // c moves ahead of b; a hears both heartbeats, c's clock dominates b's.
+    cores[2].track(o, "t", "y", json!({})).unwrap();
+    let hb = |core: &mut ShardCore| {
+        (0..3)
+            .flat_map(|k| core.tick(500 + k).out)
+            .find_map(|o| match o {
+                Outgoing::Broadcast(m @ TrackerMsg::Heartbeat { .. }) => Some(m),
+                _ => None,
+            })
+            .expect("a heartbeat within max_silent_periods + 1 ticks")
+    };
+    let (hb_c, hb_b) = (hb(&mut cores[2]), hb(&mut cores[1]));
+    cores[0].handle(500, hb_b);
+    cores[0].handle(500, hb_c);
+    // a samples over two ticks, then asks for a transfer.
+    let mut requests = Vec::new();
+    for now in [600, 700] {
+        for o in cores[0].tick(now).out {
+            if let Outgoing::Direct(to, TrackerMsg::TransferReq { .. }) = o {
+                requests.push(to.to_string());
+            }
+        }
+    }
+    assert_eq!(requests, ["c"], "only the most advanced peer is asked");
+}
+
+#[test]
+fn heartbeats_announce_an_idle_replica_every_max_silent_periods_plus_one_ticks() {
+    let mut a = core("a");
+    let beats: Vec<u64> = (1..=9)
+        .filter(|t| {
+            a.tick(t * PERIOD).out.iter().any(|o| {
+                matches!(
+                    o,
+                    Outgoing::Broadcast(TrackerMsg::Heartbeat { delta: None, .. })
+                )
+            })
+        })
+        .collect();
+    // The first tick announces; then one beat every max_silent_periods + 1 = 3 ticks.
+    assert_eq!(beats, [1, 4, 7]);
+    a.track(OwnerId::from_parts(1, 1), "t", "k", json!({}))
+        .unwrap();
+    let out = a.tick(10 * PERIOD).out;
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Outgoing::Broadcast(TrackerMsg::Heartbeat { delta: Some(_), .. })
+    )));
 }
