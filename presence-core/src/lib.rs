@@ -45,7 +45,12 @@ mod owner;
 pub mod presence;
 pub mod pubsub;
 pub mod registry;
+pub mod supervisor;
 pub mod tracker;
+
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+pub mod __private;
 
 pub use meta::{Meta, PhxRef};
 pub use owner::{Owner, OwnerId};
@@ -53,3 +58,6 @@ pub use presence::{Presence, PresenceHandle};
 pub use pubsub::PubSub;
 pub use registry::Registry;
 pub use tracker::{Tracker, TrackerConfig};
+
+#[cfg(feature = "macros")]
+pub use presence_macros::presence;

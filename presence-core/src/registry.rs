@@ -146,9 +146,8 @@ impl Registry {
             .ok_or(RegistryError::PubSubNotRunning(server.name()))
     }
 
-    /// Removes the pub/sub named by `server`.
-    pub fn remove_pubsub<S: PubSubServer>(&self, server: &S) {
-        let _ = server;
+    /// Removes the pub/sub named by the server type `S`.
+    pub fn remove_pubsub<S: PubSubServer>(&self) {
         self.remove::<PubSubSlot<S>>();
     }
 }

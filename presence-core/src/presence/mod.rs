@@ -82,6 +82,21 @@ pub const PRESENCE_STATE: &str = "presence_state";
 /// Past this many diffs waiting for earlier fetches, a warning is logged.
 const QUEUE_WARNING: usize = 10_000;
 
+/// A presence helper failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The presence (or its pub/sub) is not running in the registry used.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Tracking failed.
+    #[error(transparent)]
+    Track(#[from] TrackError),
+    /// Updating failed.
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+}
+
 /// The error a [`Fetch`] returns; it is logged and the presences go out unenriched.
 pub type FetchError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -459,12 +474,26 @@ impl<P: Presence> PresenceHandle<P> {
         pubsub: PubSub,
         options: &PresenceOptions,
     ) -> Result<Self, ConfigError> {
+        Self::start_shared(Arc::new(presence), pubsub, options)
+    }
+
+    /// Like [`start`](Self::start), with the presence value already shared (a supervisor
+    /// restarts a presence from the same value).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_shared(
+        presence: Arc<P>,
+        pubsub: PubSub,
+        options: &PresenceOptions,
+    ) -> Result<Self, ConfigError> {
         let config = options.merged_over(&P::options()).tracker_config();
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let (queue, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            presence: Arc::new(presence),
+            presence,
             pubsub: pubsub.clone(),
             runtime: runtime.clone(),
             queue,
@@ -484,6 +513,17 @@ impl<P: Presence> PresenceHandle<P> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(task);
         Ok(PresenceHandle { shared, tracker })
+    }
+
+    /// The running presence `P` of `registry`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::PresenceNotRunning`] when it was not started there.
+    pub fn from_registry(registry: &Registry) -> Result<Self, RegistryError> {
+        registry
+            .get::<Self>()
+            .ok_or(RegistryError::PresenceNotRunning(P::NAME))
     }
 
     /// The user's presence value.

@@ -242,6 +242,7 @@ impl Sim {
         }
     }
 
+    #[allow(clippy::needless_pass_by_value)]
     fn apply(&mut self, op: Op) {
         match op {
             Op::Track {
