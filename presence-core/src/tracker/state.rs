@@ -313,64 +313,69 @@ struct Slot {
     meta: Meta,
 }
 
-/// The rows under one topic and key: nearly always one, so it is stored inline (no allocation,
-/// one pointer chase less when listing).
+/// A list that is nearly always of length one (the rows under one topic and key, the own rows
+/// of one owner), so one element is stored inline: no allocation, one pointer chase less.
 #[derive(Clone, Debug)]
-enum Slots {
-    One(Slot),
-    Many(Vec<Slot>),
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
 }
 
-impl Slots {
-    fn as_slice(&self) -> &[Slot] {
+impl<T> OneOrMany<T> {
+    fn as_slice(&self) -> &[T] {
         match self {
-            Slots::One(s) => std::slice::from_ref(s),
-            Slots::Many(v) => v,
+            OneOrMany::One(x) => std::slice::from_ref(x),
+            OneOrMany::Many(v) => v,
         }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [Slot] {
+    fn as_mut_slice(&mut self) -> &mut [T] {
         match self {
-            Slots::One(s) => std::slice::from_mut(s),
-            Slots::Many(v) => v,
+            OneOrMany::One(x) => std::slice::from_mut(x),
+            OneOrMany::Many(v) => v,
         }
     }
 
-    fn push(&mut self, slot: Slot) {
+    fn push(&mut self, x: T) {
         match self {
-            Slots::Many(v) => v.push(slot),
-            Slots::One(_) => {
-                if let Slots::One(first) = std::mem::replace(self, Slots::Many(Vec::new())) {
-                    *self = Slots::Many(vec![first, slot]);
+            OneOrMany::Many(v) => v.push(x),
+            OneOrMany::One(_) => {
+                if let OneOrMany::One(first) = std::mem::replace(self, OneOrMany::Many(Vec::new()))
+                {
+                    *self = OneOrMany::Many(vec![first, x]);
                 }
             }
         }
     }
 
-    /// Removes the slot tagged `dot`; also says whether none is left.
-    fn take(&mut self, dot: Dot) -> Option<(Slot, bool)> {
+    /// Removes the first element matching `pred`; also says whether none is left (the caller
+    /// then drops the whole list).
+    fn take(&mut self, pred: impl Fn(&T) -> bool) -> Option<(T, bool)> {
         match self {
-            Slots::One(s) if s.dot == dot => {
-                match std::mem::replace(self, Slots::Many(Vec::new())) {
-                    Slots::One(s) => Some((s, true)),
-                    Slots::Many(_) => None,
+            OneOrMany::One(x) if pred(x) => {
+                match std::mem::replace(self, OneOrMany::Many(Vec::new())) {
+                    OneOrMany::One(x) => Some((x, true)),
+                    OneOrMany::Many(_) => None,
                 }
             }
-            Slots::One(_) => None,
-            Slots::Many(v) => {
-                let i = v.iter().position(|s| s.dot == dot)?;
-                let slot = v.swap_remove(i);
+            OneOrMany::One(_) => None,
+            OneOrMany::Many(v) => {
+                let i = v.iter().position(pred)?;
+                let x = v.swap_remove(i);
                 let empty = v.is_empty();
                 if v.len() == 1
                     && let Some(last) = v.pop()
                 {
-                    *self = Slots::One(last);
+                    *self = OneOrMany::One(last);
                 }
-                Some((slot, empty))
+                Some((x, empty))
             }
         }
     }
 }
+
+/// The rows under one topic and key.
+type Slots = OneOrMany<Slot>;
 
 /// The rows of one topic, by key.
 #[derive(Clone, Debug, Default)]
@@ -429,7 +434,7 @@ pub(crate) struct State {
     down: usize,
     topics: HashMap<Arc<str>, TopicRows>,
     /// Own rows' counters by owner.
-    owners: IntMap<OwnerId, Vec<u64>>,
+    owners: IntMap<OwnerId, OneOrMany<u64>>,
     /// The pending outgoing delta.
     delta: Delta,
     len: usize,
@@ -534,7 +539,7 @@ impl State {
             }
             hash_map::Entry::Vacant(e) => {
                 let key = Arc::clone(e.key());
-                e.insert(Slots::One(slot));
+                e.insert(OneOrMany::One(slot));
                 key
             }
         };
@@ -549,7 +554,12 @@ impl State {
             },
         );
         if dot.0 == ME {
-            self.owners.entry(owner).or_default().push(dot.1);
+            match self.owners.entry(owner) {
+                hash_map::Entry::Occupied(mut e) => e.get_mut().push(dot.1),
+                hash_map::Entry::Vacant(e) => {
+                    e.insert(OneOrMany::One(dot.1));
+                }
+            }
         }
         (topic, key)
     }
@@ -558,7 +568,7 @@ impl State {
     fn remove_row(&mut self, dot: Dot) -> Option<Entry> {
         let loc = self.rep_mut(dot.0).rows.remove(&dot.1)?;
         let rows = self.topics.get_mut(&*loc.topic)?;
-        let (slot, empty) = rows.keys.get_mut(&*loc.key)?.take(dot)?;
+        let (slot, empty) = rows.keys.get_mut(&*loc.key)?.take(|s| s.dot == dot)?;
         if empty {
             rows.keys.remove(&*loc.key);
         }
@@ -569,13 +579,9 @@ impl State {
         self.len -= 1;
         if dot.0 == ME
             && let Some(ns) = self.owners.get_mut(&loc.owner)
+            && let Some((_, true)) = ns.take(|&n| n == dot.1)
         {
-            if let Some(i) = ns.iter().position(|&n| n == dot.1) {
-                ns.swap_remove(i);
-            }
-            if ns.is_empty() {
-                self.owners.remove(&loc.owner);
-            }
+            self.owners.remove(&loc.owner);
         }
         Some(Entry {
             topic: loc.topic,
@@ -683,8 +689,8 @@ impl State {
         let Some(ns) = self.owners.remove(&owner) else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(ns.len());
-        for n in ns {
+        let mut out = Vec::with_capacity(ns.as_slice().len());
+        for &n in ns.as_slice() {
             if let Some(e) = self.remove_row((ME, n)) {
                 self.delta_remove(ME, n);
                 self.bump();
@@ -724,7 +730,7 @@ impl State {
         if let Some(n) = self
             .owners
             .get_mut(&owner)
-            .and_then(|ns| ns.iter_mut().find(|n| **n == old))
+            .and_then(|ns| ns.as_mut_slice().iter_mut().find(|n| **n == old))
         {
             *n = new;
         }
@@ -1150,7 +1156,7 @@ pub(crate) mod test_support {
                 owners: self
                     .owners
                     .iter()
-                    .map(|(o, ns)| (*o, ns.iter().copied().collect()))
+                    .map(|(o, ns)| (*o, ns.as_slice().iter().copied().collect()))
                     .collect(),
                 delta: self.delta.clone(),
                 len: self.len,
@@ -1189,7 +1195,7 @@ pub(crate) mod test_support {
                 })
                 .sum();
             assert_eq!(slots, self.len);
-            let owned: usize = self.owners.values().map(Vec::len).sum();
+            let owned: usize = self.owners.values().map(|ns| ns.as_slice().len()).sum();
             assert_eq!(owned, self.rep(ME).rows.len());
             for rep in &self.reps {
                 if let Some(c) = rep.ctx {
@@ -1670,6 +1676,17 @@ mod tests {
         let back: Transfer = serde_json::from_str(&json).unwrap();
         assert_eq!(back, Transfer::State(ex));
         assert_eq!(b.merge(&back).joins.len(), 1);
+    }
+
+    #[test]
+    fn state_is_send_sync_and_rows_are_small() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<State>();
+        send_sync::<Transfer>();
+        // per presence: one `Slots` in the key index, one `Loc` in the replica's row map
+        assert!(size_of::<Slots>() <= 48, "{}", size_of::<Slots>());
+        assert!(size_of::<Loc>() <= 48, "{}", size_of::<Loc>());
+        assert!(size_of::<OneOrMany<u64>>() <= 24);
     }
 
     #[test]
