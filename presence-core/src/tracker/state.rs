@@ -14,7 +14,8 @@
 //! - the owner index (own rows only) makes `leave_owner` proportional to the owner's rows.
 #![cfg_attr(not(test), allow(dead_code))]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,30 @@ type Rid = u32;
 type Dot = (Rid, u64);
 /// The own replica is always interned first.
 const ME: Rid = 0;
+
+/// A cheap hasher for trusted integer keys (dot counters, locally generated owner ids): one
+/// multiply per word instead of SipHash. Never used for user-supplied strings.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by integers, hashed with [`IntHasher`].
+pub(crate) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 /// Whether a replica's rows are visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,7 +124,7 @@ pub(crate) struct ReplicaDots {
     pub(crate) cloud: BTreeSet<u64>,
     /// Live rows by counter.
     #[serde(rename = "v", default)]
-    pub(crate) values: HashMap<u64, Element>,
+    pub(crate) values: IntMap<u64, Element>,
 }
 
 impl ReplicaDots {
@@ -208,7 +233,10 @@ pub(crate) fn merge_deltas(a: &Delta, b: &Delta) -> Result<Delta, NotContiguous>
         let db = b.dots.get(r).unwrap_or(&empty);
         let mut out = ReplicaDots {
             cloud: da.cloud.union(&db.cloud).copied().collect(),
-            values: HashMap::with_capacity(da.values.len() + db.values.len()),
+            values: IntMap::with_capacity_and_hasher(
+                da.values.len() + db.values.len(),
+                BuildHasherDefault::default(),
+            ),
         };
         for (n, v) in &da.values {
             if db.values.contains_key(n) || !db.cloud.contains(n) {
@@ -285,10 +313,74 @@ struct Slot {
     meta: Meta,
 }
 
+/// A list that is nearly always of length one (the rows under one topic and key, the own rows
+/// of one owner), so one element is stored inline: no allocation, one pointer chase less.
+#[derive(Clone, Debug)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(x) => std::slice::from_ref(x),
+            OneOrMany::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            OneOrMany::One(x) => std::slice::from_mut(x),
+            OneOrMany::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, x: T) {
+        match self {
+            OneOrMany::Many(v) => v.push(x),
+            OneOrMany::One(_) => {
+                if let OneOrMany::One(first) = std::mem::replace(self, OneOrMany::Many(Vec::new()))
+                {
+                    *self = OneOrMany::Many(vec![first, x]);
+                }
+            }
+        }
+    }
+
+    /// Removes the first element matching `pred`; also says whether none is left (the caller
+    /// then drops the whole list).
+    fn take(&mut self, pred: impl Fn(&T) -> bool) -> Option<(T, bool)> {
+        match self {
+            OneOrMany::One(x) if pred(x) => {
+                match std::mem::replace(self, OneOrMany::Many(Vec::new())) {
+                    OneOrMany::One(x) => Some((x, true)),
+                    OneOrMany::Many(_) => None,
+                }
+            }
+            OneOrMany::One(_) => None,
+            OneOrMany::Many(v) => {
+                let i = v.iter().position(pred)?;
+                let x = v.swap_remove(i);
+                let empty = v.is_empty();
+                if v.len() == 1
+                    && let Some(last) = v.pop()
+                {
+                    *self = OneOrMany::One(last);
+                }
+                Some((x, empty))
+            }
+        }
+    }
+}
+
+/// The rows under one topic and key.
+type Slots = OneOrMany<Slot>;
+
 /// The rows of one topic, by key.
 #[derive(Clone, Debug, Default)]
 struct TopicRows {
-    keys: HashMap<Arc<str>, Vec<Slot>>,
+    keys: HashMap<Arc<str>, Slots>,
     len: usize,
 }
 
@@ -300,7 +392,7 @@ struct Rep {
     ctx: Option<u64>,
     cloud: BTreeSet<u64>,
     status: Option<ReplicaStatus>,
-    rows: HashMap<u64, Loc>,
+    rows: IntMap<u64, Loc>,
 }
 
 impl Rep {
@@ -310,7 +402,7 @@ impl Rep {
             ctx: None,
             cloud: BTreeSet::new(),
             status: None,
-            rows: HashMap::new(),
+            rows: IntMap::default(),
         }
     }
 
@@ -342,7 +434,7 @@ pub(crate) struct State {
     down: usize,
     topics: HashMap<Arc<str>, TopicRows>,
     /// Own rows' counters by owner.
-    owners: HashMap<OwnerId, Vec<u64>>,
+    owners: IntMap<OwnerId, OneOrMany<u64>>,
     /// The pending outgoing delta.
     delta: Delta,
     len: usize,
@@ -360,7 +452,7 @@ impl State {
             ids: std::iter::once((replica, ME)).collect(),
             down: 0,
             topics: HashMap::new(),
-            owners: HashMap::new(),
+            owners: IntMap::default(),
             delta,
             len: 0,
         }
@@ -411,9 +503,11 @@ impl State {
         let me = &mut self.reps[ME as usize];
         let n = me.ctx.unwrap_or(0) + 1;
         me.ctx = Some(n);
-        let id = me.id.clone();
-        self.delta.dots_mut(&id).cloud.insert(n);
-        self.delta.end.insert(id, n);
+        self.delta.dots_mut(&me.id).cloud.insert(n);
+        match self.delta.end.0.get_mut(&me.id) {
+            Some(end) => *end = n,
+            None => self.delta.end.insert(me.id.clone(), n),
+        }
         n
     }
 
@@ -429,17 +523,26 @@ impl State {
     fn insert_row(
         &mut self,
         dot: Dot,
-        topic: &Arc<str>,
-        key: &Arc<str>,
+        topic: Arc<str>,
+        key: Arc<str>,
         owner: OwnerId,
         meta: Meta,
     ) -> (Arc<str>, Arc<str>) {
-        let entry = self.topics.entry(Arc::clone(topic));
+        let entry = self.topics.entry(topic);
         let topic = Arc::clone(entry.key());
         let rows = entry.or_default();
-        let kentry = rows.keys.entry(Arc::clone(key));
-        let key = Arc::clone(kentry.key());
-        kentry.or_default().push(Slot { owner, dot, meta });
+        let slot = Slot { owner, dot, meta };
+        let key = match rows.keys.entry(key) {
+            hash_map::Entry::Occupied(mut e) => {
+                e.get_mut().push(slot);
+                Arc::clone(e.key())
+            }
+            hash_map::Entry::Vacant(e) => {
+                let key = Arc::clone(e.key());
+                e.insert(OneOrMany::One(slot));
+                key
+            }
+        };
         rows.len += 1;
         self.len += 1;
         self.rep_mut(dot.0).rows.insert(
@@ -451,7 +554,12 @@ impl State {
             },
         );
         if dot.0 == ME {
-            self.owners.entry(owner).or_default().push(dot.1);
+            match self.owners.entry(owner) {
+                hash_map::Entry::Occupied(mut e) => e.get_mut().push(dot.1),
+                hash_map::Entry::Vacant(e) => {
+                    e.insert(OneOrMany::One(dot.1));
+                }
+            }
         }
         (topic, key)
     }
@@ -460,10 +568,8 @@ impl State {
     fn remove_row(&mut self, dot: Dot) -> Option<Entry> {
         let loc = self.rep_mut(dot.0).rows.remove(&dot.1)?;
         let rows = self.topics.get_mut(&*loc.topic)?;
-        let slots = rows.keys.get_mut(&*loc.key)?;
-        let i = slots.iter().position(|s| s.dot == dot)?;
-        let slot = slots.swap_remove(i);
-        if slots.is_empty() {
+        let (slot, empty) = rows.keys.get_mut(&*loc.key)?.take(|s| s.dot == dot)?;
+        if empty {
             rows.keys.remove(&*loc.key);
         }
         rows.len -= 1;
@@ -471,15 +577,11 @@ impl State {
             self.topics.remove(&*loc.topic);
         }
         self.len -= 1;
-        if dot.0 == ME {
-            if let Some(ns) = self.owners.get_mut(&loc.owner) {
-                if let Some(i) = ns.iter().position(|&n| n == dot.1) {
-                    ns.swap_remove(i);
-                }
-                if ns.is_empty() {
-                    self.owners.remove(&loc.owner);
-                }
-            }
+        if dot.0 == ME
+            && let Some(ns) = self.owners.get_mut(&loc.owner)
+            && let Some((_, true)) = ns.take(|&n| n == dot.1)
+        {
+            self.owners.remove(&loc.owner);
         }
         Some(Entry {
             topic: loc.topic,
@@ -507,6 +609,7 @@ impl State {
             .get(&*loc.topic)?
             .keys
             .get(&*loc.key)?
+            .as_slice()
             .iter()
             .find(|s| s.dot == dot)
             .map(|s| &s.meta)
@@ -524,7 +627,7 @@ impl State {
         self.topics
             .get(topic)
             .and_then(|t| t.keys.get(key))
-            .map_or(&[], Vec::as_slice)
+            .map_or(&[], Slots::as_slice)
     }
 
     fn find_own(&self, topic: &str, owner: OwnerId, key: &str) -> Option<u64> {
@@ -538,7 +641,7 @@ impl State {
     /// `(topic, owner, key)` is not tracked yet.
     pub(crate) fn join(&mut self, owner: OwnerId, topic: Arc<str>, key: Arc<str>, meta: Meta) {
         let n = self.bump();
-        let (topic, key) = self.insert_row((ME, n), &topic, &key, owner, meta.clone());
+        let (topic, key) = self.insert_row((ME, n), topic, key, owner, meta.clone());
         self.delta
             .dots_mut(&self.reps[ME as usize].id)
             .values
@@ -586,8 +689,8 @@ impl State {
         let Some(ns) = self.owners.remove(&owner) else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(ns.len());
-        for n in ns {
+        let mut out = Vec::with_capacity(ns.as_slice().len());
+        for &n in ns.as_slice() {
             if let Some(e) = self.remove_row((ME, n)) {
                 self.delta_remove(ME, n);
                 self.bump();
@@ -619,6 +722,7 @@ impl State {
             .get_mut(&*loc.topic)?
             .keys
             .get_mut(&*loc.key)?
+            .as_mut_slice()
             .iter_mut()
             .find(|s| s.dot == (ME, old))?;
         let old_meta = std::mem::replace(&mut slot.meta, new_meta.clone());
@@ -626,7 +730,7 @@ impl State {
         if let Some(n) = self
             .owners
             .get_mut(&owner)
-            .and_then(|ns| ns.iter_mut().find(|n| **n == old))
+            .and_then(|ns| ns.as_mut_slice().iter_mut().find(|n| **n == old))
         {
             *n = new;
         }
@@ -671,7 +775,7 @@ impl State {
         let mut out = Vec::with_capacity(rows.len);
         let filter = hide_down && self.down > 0;
         for (key, slots) in &rows.keys {
-            for s in slots {
+            for s in slots.as_slice() {
                 if !filter || self.visible(s.dot.0) {
                     out.push((Arc::clone(key), s.meta.clone()));
                 }
@@ -691,7 +795,7 @@ impl State {
         };
         let mut out = Vec::with_capacity(rows.len);
         for (key, slots) in &rows.keys {
-            for s in slots.iter().filter(|s| self.visible(s.dot.0)) {
+            for s in slots.as_slice().iter().filter(|s| self.visible(s.dot.0)) {
                 out.push(Entry {
                     topic: Arc::clone(topic),
                     key: Arc::clone(key),
@@ -721,7 +825,7 @@ impl State {
             Some(rows) => rows
                 .keys
                 .values()
-                .flatten()
+                .flat_map(Slots::as_slice)
                 .filter(|s| self.visible(s.dot.0))
                 .count(),
         }
@@ -839,8 +943,13 @@ impl State {
         // Joins first, so that an update (old dot removed, new dot added under the same
         // topic/owner/key) never leaves the row missing.
         for ((rid, n), el) in added {
-            let (topic, key) =
-                self.insert_row((rid, n), &el.topic, &el.key, el.owner, el.meta.clone());
+            let (topic, key) = self.insert_row(
+                (rid, n),
+                Arc::clone(&el.topic),
+                Arc::clone(&el.key),
+                el.owner,
+                el.meta.clone(),
+            );
             self.rep_mut(rid).cloud.insert(n);
             if self.visible(rid) {
                 changes.joins.push(Entry {
@@ -890,7 +999,7 @@ impl State {
             context.insert(rep.id.clone(), c);
             let mut rd = ReplicaDots {
                 cloud: rep.cloud.clone(),
-                values: HashMap::new(),
+                values: IntMap::default(),
             };
             if rep.id != *requester {
                 let rid = Rid::try_from(rid).expect("interned");
@@ -994,14 +1103,29 @@ pub(crate) mod test_support {
     //! Helpers shared by the unit tests and the property tests.
     use super::*;
 
+    /// Context entry, cloud and status of one replica.
+    type RepView = (Option<u64>, BTreeSet<u64>, Option<ReplicaStatus>);
+
     /// A canonical, comparable view of everything a state holds.
     #[derive(Debug, PartialEq, Eq)]
     pub(crate) struct Canonical {
-        reps: BTreeMap<ReplicaRef, (Option<u64>, BTreeSet<u64>, Option<ReplicaStatus>)>,
+        reps: BTreeMap<ReplicaRef, RepView>,
         rows: BTreeSet<(ReplicaRef, u64, String, String, OwnerId, String)>,
         owners: BTreeMap<OwnerId, BTreeSet<u64>>,
         delta: Delta,
         len: usize,
+        me: ReplicaRef,
+    }
+
+    impl Canonical {
+        /// Drops the pending delta's record of observed removes (the cloud dots of other
+        /// replicas), which depends on the order merges happened in (a remove that arrives
+        /// before the add it removes is never "observed"). Own values and dots are kept.
+        pub(crate) fn without_observed_removes(mut self) -> Self {
+            let me = self.me.clone();
+            self.delta.dots.retain(|r, _| *r == me);
+            self
+        }
     }
 
     impl State {
@@ -1032,10 +1156,11 @@ pub(crate) mod test_support {
                 owners: self
                     .owners
                     .iter()
-                    .map(|(o, ns)| (*o, ns.iter().copied().collect()))
+                    .map(|(o, ns)| (*o, ns.as_slice().iter().copied().collect()))
                     .collect(),
                 delta: self.delta.clone(),
                 len: self.len,
+                me: self.replica().clone(),
             }
         }
 
@@ -1063,14 +1188,14 @@ pub(crate) mod test_support {
                 .topics
                 .values()
                 .map(|t| {
-                    let n: usize = t.keys.values().map(Vec::len).sum();
+                    let n: usize = t.keys.values().map(|s| s.as_slice().len()).sum();
                     assert_eq!(n, t.len);
                     assert!(n > 0);
                     n
                 })
                 .sum();
             assert_eq!(slots, self.len);
-            let owned: usize = self.owners.values().map(Vec::len).sum();
+            let owned: usize = self.owners.values().map(|ns| ns.as_slice().len()).sum();
             assert_eq!(owned, self.rep(ME).rows.len());
             for rep in &self.reps {
                 if let Some(c) = rep.ctx {
@@ -1457,6 +1582,7 @@ mod tests {
         let ex = a.extract(d.replica(), &d.context());
         assert_eq!(ex.context(), &ctx(&[("a", 1), ("b", 1)]));
         assert_eq!(ex.len(), 2);
+        assert!(!ex.dots().contains_key(&rr("c")));
         let ch = d.merge_state(&ex);
         assert_eq!(ch.joins.len(), 2);
         assert_eq!(keys(&d.list("t")), vec!["alice", "bob"]);
@@ -1553,25 +1679,49 @@ mod tests {
     }
 
     #[test]
+    fn state_is_send_sync_and_rows_are_small() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<State>();
+        send_sync::<Transfer>();
+        // per presence: one `Slots` in the key index, one `Loc` in the replica's row map
+        assert!(size_of::<Slots>() <= 48, "{}", size_of::<Slots>());
+        assert!(size_of::<Loc>() <= 48, "{}", size_of::<Loc>());
+        assert!(size_of::<OneOrMany<u64>>() <= 24);
+    }
+
+    #[test]
     fn large_topic_lists_quickly() {
         let mut a = State::new(rr("a"));
         let topic: Arc<str> = "big".into();
         let m = meta("x");
-        for i in 0..100_000u64 {
+        let keys: Vec<Arc<str>> = (0..100_000u64).map(|i| i.to_string().into()).collect();
+        let t = std::time::Instant::now();
+        for (i, key) in keys.iter().enumerate() {
             a.join(
-                owner(i),
+                owner(i as u64),
                 Arc::clone(&topic),
-                i.to_string().into(),
+                Arc::clone(key),
                 m.clone(),
             );
         }
-        a.take_delta();
+        let joins = t.elapsed();
         let t = std::time::Instant::now();
-        let l = a.list("big");
-        let took = t.elapsed();
-        assert_eq!(l.len(), 100_000);
+        let d = a.take_delta();
+        let wire = serde_json::to_vec(&d).unwrap();
+        let ser = t.elapsed();
+        eprintln!(
+            "100k joins took {joins:?}; delta of {} bytes serialized in {ser:?}",
+            wire.len()
+        );
+        let mut took = std::time::Duration::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let l = a.list("big");
+            took = took.min(t.elapsed());
+            assert_eq!(l.len(), 100_000);
+        }
         assert_eq!(a.topic_len("big"), 100_000);
-        eprintln!("list of 100k rows took {took:?} (debug build)");
+        eprintln!("list of 100k rows took {took:?}");
         // topic strings are shared, not copied per row
         assert!(Arc::strong_count(&topic) > 100_000);
     }
