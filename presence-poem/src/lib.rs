@@ -11,7 +11,7 @@
 //! use presence_core::PubSub;
 //! use presence_core::pubsub::Payload;
 //! use presence_poem::{Channel, ChannelContext, Connected, HandleIn, Join, PhoenixSocket};
-//! use serde_json::{Value, json};
+//! use serde_json::Value;
 //!
 //! struct Room;
 //!
