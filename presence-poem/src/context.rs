@@ -1,0 +1,430 @@
+//! [`ChannelContext`]: what a channel's callbacks can do, and the task that runs a channel.
+
+use std::any::Any;
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+
+use poem::http::Extensions;
+use presence_core::pubsub::{BroadcastError, Message, Payload, RecvError, Subscription};
+use presence_core::{Owner, PubSub};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::channel::{HandleIn, Info, IntoPayload, MAILBOX_CAPACITY, Mailbox, Reply, StopReason};
+use crate::hub::{HubRegistration, Hubs};
+use crate::outbox::Outbox;
+use crate::protocol::{Out, Vsn, event};
+use crate::{Channel, Join};
+
+/// What one socket shares with all its channels.
+#[derive(Debug)]
+pub(crate) struct SocketShared {
+    pub(crate) assigns: Extensions,
+    pub(crate) id: Option<Arc<str>>,
+    pub(crate) key: u64,
+    pub(crate) vsn: Vsn,
+    pub(crate) outbox: Outbox,
+    pub(crate) hubs: Hubs,
+}
+
+/// The request a reply answers: a channel's join_ref and the request's ref.
+///
+/// Get it with [`ChannelContext::socket_ref`] inside [`Channel::handle_in`] and keep it to
+/// [reply](ChannelContext::reply) later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketRef {
+    join_ref: Arc<str>,
+    reference: Option<Arc<str>>,
+}
+
+/// The handle a channel's callbacks get: push, reply and broadcast, assigns, the channel's
+/// presence [`Owner`], its topic and join_ref, and the [`PubSub`].
+///
+/// One context lives as long as one joined channel.
+pub struct ChannelContext {
+    topic: Arc<str>,
+    join_ref: Arc<str>,
+    socket: Arc<SocketShared>,
+    assigns: Extensions,
+    owner: Owner,
+    registration: Option<HubRegistration>,
+    subscriptions: Vec<Subscription>,
+    mailbox: Option<(Mailbox, mpsc::Receiver<Box<dyn Any + Send>>)>,
+    current: Option<SocketRef>,
+    /// Frames pushed during `join`, sent after the join reply.
+    deferred: Option<Vec<Out>>,
+}
+
+impl fmt::Debug for ChannelContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelContext")
+            .field("topic", &self.topic)
+            .field("join_ref", &self.join_ref)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelContext {
+    pub(crate) fn new(topic: Arc<str>, join_ref: Arc<str>, socket: Arc<SocketShared>) -> Self {
+        ChannelContext {
+            topic,
+            join_ref,
+            socket,
+            assigns: Extensions::new(),
+            owner: Owner::new(),
+            registration: None,
+            subscriptions: Vec::new(),
+            mailbox: None,
+            current: None,
+            deferred: Some(Vec::new()),
+        }
+    }
+
+    /// The channel's topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The join_ref of this join (the client's `phx_join` join_ref, or its ref).
+    pub fn join_ref(&self) -> &str {
+        &self.join_ref
+    }
+
+    /// The pub/sub this socket endpoint uses.
+    pub fn pubsub(&self) -> &PubSub {
+        self.socket.hubs.pubsub()
+    }
+
+    /// The owner of this channel's presences: track with it, and they leave when the channel
+    /// leaves, crashes or its socket closes.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// The socket id set by the connect hook, if any.
+    pub fn socket_id(&self) -> Option<&str> {
+        self.socket.id.as_deref()
+    }
+
+    /// The socket-level assigns set by the connect hook, shared by all the socket's channels.
+    pub fn socket_assigns(&self) -> &Extensions {
+        &self.socket.assigns
+    }
+
+    /// This channel's own assigns.
+    pub fn assigns(&self) -> &Extensions {
+        &self.assigns
+    }
+
+    /// This channel's own assigns, mutably.
+    pub fn assigns_mut(&mut self) -> &mut Extensions {
+        &mut self.assigns
+    }
+
+    /// The request being handled, inside [`Channel::handle_in`]; `None` elsewhere.
+    pub fn socket_ref(&self) -> Option<SocketRef> {
+        self.current.clone()
+    }
+
+    /// Pushes `event` to this client on this channel (join_ref set, ref null). A binary payload
+    /// goes out as a V2 binary frame; on a V1 socket it is dropped with a warning.
+    ///
+    /// Pushes made in [`Channel::join`] are sent right after the join reply.
+    pub fn push(&mut self, event: &str, payload: impl IntoPayload) {
+        let payload = payload.into_payload();
+        let encoded =
+            self.socket
+                .vsn
+                .message(Some(&self.join_ref), None, &self.topic, event, &payload);
+        self.send(encoded, event);
+    }
+
+    /// Replies to the request `to` (see [`socket_ref`](Self::socket_ref)), now or later.
+    pub fn reply(&mut self, to: &SocketRef, reply: Reply) {
+        let (status, payload) = reply.into_parts();
+        let encoded = self.socket.vsn.reply(
+            Some(&to.join_ref),
+            to.reference.as_deref(),
+            &self.topic,
+            status,
+            &payload,
+        );
+        self.send(encoded, event::REPLY);
+    }
+
+    /// Broadcasts `event` to every subscriber of this channel's topic, on every node (this
+    /// client included).
+    ///
+    /// # Errors
+    ///
+    /// [`BroadcastError`] when the pub/sub adapter could not take the message for other nodes;
+    /// this node's subscribers got it all the same.
+    pub fn broadcast(&self, event: &str, payload: impl IntoPayload) -> Result<(), BroadcastError> {
+        let message = Message::new(self.topic.clone(), event, payload.into_payload());
+        self.pubsub().broadcast(message)
+    }
+
+    /// Like [`broadcast`](Self::broadcast), but not to this socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`broadcast`](Self::broadcast).
+    pub fn broadcast_from(
+        &self,
+        event: &str,
+        payload: impl IntoPayload,
+    ) -> Result<(), BroadcastError> {
+        let message = Arc::new(Message::new(
+            self.topic.clone(),
+            event,
+            payload.into_payload(),
+        ));
+        match &self.registration {
+            Some(registration) => registration.broadcast_from(self.pubsub(), message),
+            // Not registered yet (inside `join`): this socket would not receive it anyway.
+            None => self.pubsub().broadcast(message),
+        }
+    }
+
+    /// Subscribes this channel to a pub/sub `topic`: its messages arrive in
+    /// [`Channel::handle_info`] as [`Info::Message`] until the channel stops.
+    pub fn subscribe(&mut self, topic: &str) {
+        let subscription = self.pubsub().subscribe(topic);
+        self.subscriptions.push(subscription);
+    }
+
+    /// Ends the subscriptions made with [`subscribe`](Self::subscribe) to `topic`.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.subscriptions.retain(|s| s.topic() != topic);
+    }
+
+    /// A handle other tasks can use to send values to [`Channel::handle_info`].
+    pub fn mailbox(&mut self) -> Mailbox {
+        self.mailbox
+            .get_or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
+                (Mailbox { tx }, rx)
+            })
+            .0
+            .clone()
+    }
+
+    fn send(&mut self, encoded: Result<Out, crate::protocol::CodecError>, event: &str) {
+        match encoded {
+            Ok(out) => match &mut self.deferred {
+                Some(deferred) => deferred.push(out),
+                None => self.socket.outbox.send(out),
+            },
+            Err(error) => tracing::warn!(topic = %self.topic, event, %error,
+                "message cannot be encoded for this socket's serializer; not sent"),
+        }
+    }
+
+    fn send_now(&self, encoded: Result<Out, crate::protocol::CodecError>) {
+        match encoded {
+            Ok(out) => self.socket.outbox.send(out),
+            Err(error) => tracing::warn!(topic = %self.topic, %error, "reply cannot be encoded"),
+        }
+    }
+
+    async fn next_info(&mut self) -> Info {
+        poll_fn(|cx| {
+            if let Some((_, rx)) = &mut self.mailbox
+                && let Poll::Ready(Some(value)) = rx.poll_recv(cx)
+            {
+                return Poll::Ready(Info::Custom(value));
+            }
+            for sub in &mut self.subscriptions {
+                loop {
+                    match sub.poll_recv(cx) {
+                        Poll::Ready(Ok(message)) => return Poll::Ready(Info::Message(message)),
+                        Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                            tracing::warn!(
+                                topic = sub.topic(),
+                                missed,
+                                "channel subscription lagged"
+                            );
+                        }
+                        Poll::Ready(Err(_)) | Poll::Pending => break,
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A command from the connection to a channel task.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    In {
+        event: String,
+        reference: Option<String>,
+        payload: Payload,
+    },
+    Leave {
+        reference: Option<String>,
+    },
+    Shutdown(StopReason),
+}
+
+/// Everything a channel task starts with.
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) ctx: ChannelContext,
+    pub(crate) params: Value,
+    pub(crate) reference: Option<String>,
+    pub(crate) joined: oneshot::Sender<()>,
+    pub(crate) cmds: mpsc::Receiver<Box<Cmd>>,
+}
+
+/// Reports a panic to the client: `join crashed` during join, `phx_error` afterwards.
+struct CrashGuard {
+    socket: Arc<SocketShared>,
+    topic: Arc<str>,
+    join_ref: Arc<str>,
+    reference: Option<String>,
+    joining: bool,
+    done: bool,
+}
+
+impl Drop for CrashGuard {
+    fn drop(&mut self) {
+        if self.done || !std::thread::panicking() {
+            return; // finished, or aborted by the connection
+        }
+        let vsn = self.socket.vsn;
+        let encoded = if self.joining {
+            tracing::warn!(topic = %self.topic, "channel join crashed");
+            vsn.reply(
+                Some(&self.join_ref),
+                self.reference.as_deref(),
+                &self.topic,
+                "error",
+                &Payload::Json(json!({"reason": "join crashed"})),
+            )
+        } else {
+            tracing::warn!(topic = %self.topic, "channel crashed");
+            vsn.message(
+                Some(&self.join_ref),
+                Some(&self.join_ref),
+                &self.topic,
+                event::ERROR,
+                &Payload::Json(json!({"reason": "channel_crash"})),
+            )
+        };
+        if let Ok(out) = encoded {
+            self.socket.outbox.send(out);
+        }
+    }
+}
+
+/// Runs one joined channel to its end. Spawned by the connection, which owns the task.
+pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
+    let Start {
+        mut ctx,
+        params,
+        reference,
+        joined,
+        mut cmds,
+    } = start;
+    let mut guard = CrashGuard {
+        socket: ctx.socket.clone(),
+        topic: ctx.topic.clone(),
+        join_ref: ctx.join_ref.clone(),
+        reference: reference.clone(),
+        joining: true,
+        done: false,
+    };
+    let mut channel = make();
+    let topic = ctx.topic.clone();
+    let join_ref = ctx.join_ref.clone();
+    let vsn = ctx.socket.vsn;
+    match channel.join(&topic, params, &mut ctx).await {
+        Join::Ok(response) => {
+            let socket = &ctx.socket;
+            ctx.registration = Some(socket.hubs.register(
+                &topic,
+                socket.key,
+                vsn,
+                socket.outbox.clone(),
+            ));
+            ctx.send_now(vsn.reply(
+                Some(&join_ref),
+                reference.as_deref(),
+                &topic,
+                "ok",
+                &response,
+            ));
+            for out in ctx.deferred.take().unwrap_or_default() {
+                ctx.socket.outbox.send(out);
+            }
+            guard.joining = false;
+            let _ = joined.send(());
+        }
+        Join::Error(response) => {
+            ctx.send_now(vsn.reply(
+                Some(&join_ref),
+                reference.as_deref(),
+                &topic,
+                "error",
+                &response,
+            ));
+            guard.done = true;
+            return;
+        }
+    }
+
+    let reason = loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd.map(|cmd| *cmd) {
+                None => break StopReason::Closed,
+                Some(Cmd::Shutdown(reason)) => break reason,
+                Some(Cmd::Leave { reference }) => {
+                    let to = SocketRef { join_ref: join_ref.clone(), reference: reference.map(Arc::from) };
+                    ctx.reply(&to, Reply::ok(json!({})));
+                    break StopReason::Left;
+                }
+                Some(Cmd::In { event, reference, payload }) => {
+                    let to = SocketRef { join_ref: join_ref.clone(), reference: reference.map(Arc::from) };
+                    ctx.current = Some(to.clone());
+                    let outcome = channel.handle_in(&event, payload, &mut ctx).await;
+                    ctx.current = None;
+                    match outcome {
+                        HandleIn::Reply(reply) => ctx.reply(&to, reply),
+                        HandleIn::NoReply => {}
+                        HandleIn::Stop(reply) => {
+                            if let Some(reply) = reply {
+                                ctx.reply(&to, reply);
+                            }
+                            break StopReason::Stopped;
+                        }
+                    }
+                }
+            },
+            info = ctx.next_info() => {
+                if channel.handle_info(info, &mut ctx).await.is_break() {
+                    break StopReason::Stopped;
+                }
+            }
+        }
+    };
+    // From here on the connection sees this channel as gone.
+    drop(cmds);
+    ctx.registration = None;
+    channel.terminate(reason, &mut ctx).await;
+    if reason != StopReason::Closed {
+        ctx.send_now(vsn.message(
+            Some(&join_ref),
+            Some(&join_ref),
+            &topic,
+            event::CLOSE,
+            &Payload::Json(json!({})),
+        ));
+    }
+    guard.done = true;
+}

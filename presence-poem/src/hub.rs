@@ -1,0 +1,296 @@
+//! Fastlane: one pub/sub subscription and one fan-out task per topic with joined sockets.
+//!
+//! A broadcast to a topic reaches this node's [`Hub`] for the topic once. The hub encodes it
+//! at most once per serializer (V1 text, V2 text or V2 binary, chosen by the payload) and puts
+//! the same encoded frame (a refcounted `Arc<str>` or `Bytes`) in the outbound queue of every
+//! registered socket. The hub and its task live exactly as long as some socket is registered:
+//! dropping the last [`HubRegistration`] drops the hub, which aborts its task.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use presence_core::PubSub;
+use presence_core::pubsub::{BroadcastError, Message, RecvError, SubscriberId, Subscription};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::outbox::Outbox;
+use crate::protocol::{Out, Vsn};
+
+/// The hubs of one socket endpoint on this node, by topic.
+#[derive(Debug, Clone)]
+pub(crate) struct Hubs {
+    inner: Arc<HubsInner>,
+}
+
+#[derive(Debug)]
+struct HubsInner {
+    pubsub: PubSub,
+    map: Mutex<HashMap<Arc<str>, Weak<Hub>>>,
+    next_key: AtomicU64,
+}
+
+/// One topic's fan-out.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    topic: Arc<str>,
+    sub_id: SubscriberId,
+    shared: Arc<HubShared>,
+    inject: mpsc::UnboundedSender<(Arc<Message>, u64)>,
+    task: JoinHandle<()>,
+    hubs: Weak<HubsInner>,
+}
+
+#[derive(Debug, Default)]
+struct HubShared {
+    targets: RwLock<HashMap<u64, Target>>,
+    #[cfg(test)]
+    encodes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Target {
+    vsn: Vsn,
+    outbox: Outbox,
+}
+
+/// A socket's registration with a hub; dropping it unregisters.
+#[derive(Debug)]
+pub(crate) struct HubRegistration {
+    hub: Arc<Hub>,
+    key: u64,
+}
+
+impl Hubs {
+    pub(crate) fn new(pubsub: PubSub) -> Self {
+        Hubs {
+            inner: Arc::new(HubsInner {
+                pubsub,
+                map: Mutex::new(HashMap::new()),
+                next_key: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub(crate) fn pubsub(&self) -> &PubSub {
+        &self.inner.pubsub
+    }
+
+    /// A fresh key identifying one socket in every hub.
+    pub(crate) fn socket_key(&self) -> u64 {
+        self.inner.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers the socket `key` for broadcasts on `topic`, starting the hub if needed.
+    /// Must be called inside a tokio runtime.
+    pub(crate) fn register(
+        &self,
+        topic: &str,
+        key: u64,
+        vsn: Vsn,
+        outbox: Outbox,
+    ) -> HubRegistration {
+        let hub = {
+            let mut map = self
+                .inner
+                .map
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match map.get(topic).and_then(Weak::upgrade) {
+                Some(hub) => hub,
+                None => {
+                    let hub = Arc::new(Hub::start(&self.inner, topic));
+                    map.insert(hub.topic.clone(), Arc::downgrade(&hub));
+                    hub
+                }
+            }
+        };
+        hub.shared
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Target { vsn, outbox });
+        HubRegistration { hub, key }
+    }
+
+    /// The number of live hubs (for tests and metrics).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let map = self
+            .inner
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+impl Hub {
+    fn start(hubs: &Arc<HubsInner>, topic: &str) -> Hub {
+        let sub = hubs.pubsub.subscribe(topic);
+        let sub_id = sub.id();
+        let shared = Arc::new(HubShared::default());
+        let (inject, inject_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(sub, inject_rx, shared.clone()));
+        Hub {
+            topic: Arc::from(topic),
+            sub_id,
+            shared,
+            inject,
+            task,
+            hubs: Arc::downgrade(hubs),
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(hubs) = self.hubs.upgrade() {
+            let mut map = hubs.map.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.get(&self.topic).is_some_and(|w| w.strong_count() == 0) {
+                map.remove(&self.topic);
+            }
+        }
+    }
+}
+
+impl HubRegistration {
+    /// Broadcasts to every subscriber of the topic on every node except the socket that owns
+    /// this registration.
+    pub(crate) fn broadcast_from(
+        &self,
+        pubsub: &PubSub,
+        message: Arc<Message>,
+    ) -> Result<(), BroadcastError> {
+        // Other local subscribers and other nodes get it through the pub/sub, skipping the hub;
+        // the hub then delivers to its sockets but this one, in order with what it already got.
+        let result = pubsub.broadcast_from(self.hub.sub_id, message.clone());
+        let _ = self.hub.inject.send((message, self.key));
+        result
+    }
+}
+
+impl Drop for HubRegistration {
+    fn drop(&mut self) {
+        self.hub
+            .shared
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+async fn run(
+    mut sub: Subscription,
+    mut inject: mpsc::UnboundedReceiver<(Arc<Message>, u64)>,
+    shared: Arc<HubShared>,
+) {
+    loop {
+        // Biased towards the subscription: a socket's broadcast followed by its broadcast_from
+        // reach the other sockets in that order.
+        let (message, skip) = tokio::select! {
+            biased;
+            received = sub.recv() => match received {
+                Ok(message) => (message, None),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(topic = sub.topic(), missed, "fastlane hub lagged; broadcasts dropped");
+                    continue;
+                }
+                Err(_) => return,
+            },
+            Some((message, key)) = inject.recv() => (message, Some(key)),
+            else => return,
+        };
+        shared.fanout(&message, skip);
+    }
+}
+
+impl HubShared {
+    fn fanout(&self, message: &Message, skip: Option<u64>) {
+        // Encoded lazily, at most once per serializer; `Some(None)` means "cannot be encoded".
+        let mut v1: Option<Option<Out>> = None;
+        let mut v2: Option<Option<Out>> = None;
+        let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
+        for (key, target) in targets.iter() {
+            if Some(*key) == skip {
+                continue;
+            }
+            let slot = match target.vsn {
+                Vsn::V1 => &mut v1,
+                Vsn::V2 => &mut v2,
+            };
+            let encoded = slot.get_or_insert_with(|| self.encode(target.vsn, message));
+            if let Some(out) = encoded {
+                target.outbox.send(out.clone());
+            }
+        }
+    }
+
+    fn encode(&self, vsn: Vsn, message: &Message) -> Option<Out> {
+        #[cfg(test)]
+        self.encodes.fetch_add(1, Ordering::Relaxed);
+        vsn.broadcast(message.topic(), message.event(), message.payload())
+            .map_err(|error| {
+                tracing::warn!(topic = message.topic(), event = message.event(), ?vsn, %error,
+                    "broadcast cannot be encoded for this serializer; not delivered");
+            })
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn encodes_once_per_serializer_and_skips_the_sender() {
+        let pubsub = PubSub::new("n");
+        let hubs = Hubs::new(pubsub.clone());
+        let mut rxs = Vec::new();
+        let mut regs = Vec::new();
+        for i in 0..6 {
+            let (outbox, rx) = Outbox::new(8);
+            let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
+            regs.push(hubs.register("t", i, vsn, outbox));
+            rxs.push(rx);
+        }
+        assert_eq!(hubs.len(), 1);
+        let msg = Arc::new(Message::json("t", "e", json!({"a": 1})));
+        regs[0].hub.shared.fanout(&msg, Some(0));
+        assert_eq!(regs[0].hub.shared.encodes.load(Ordering::Relaxed), 2);
+        assert!(rxs[0].frames.try_recv().is_err());
+        let mut frames = Vec::new();
+        for rx in &mut rxs[1..] {
+            frames.push(rx.frames.try_recv().unwrap());
+        }
+        // Same Arc for every socket of one serializer.
+        let (Out::Text(a), Out::Text(b)) = (&frames[1], &frames[3]) else {
+            panic!("text frames expected")
+        };
+        assert!(Arc::ptr_eq(a, b));
+        drop(regs);
+        assert_eq!(hubs.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn hub_task_ends_with_the_last_registration() {
+        let pubsub = PubSub::new("n");
+        let hubs = Hubs::new(pubsub.clone());
+        let (outbox, mut rx) = Outbox::new(8);
+        let reg = hubs.register("t", 1, Vsn::V2, outbox);
+        assert_eq!(pubsub.subscriber_count("t"), 1);
+        pubsub
+            .broadcast(Message::json("t", "e", json!({})))
+            .unwrap();
+        let out = rx.frames.recv().await.unwrap();
+        assert_eq!(out, Out::Text(Arc::from(r#"[null,null,"t","e",{}]"#)));
+        drop(reg);
+        tokio::task::yield_now().await;
+        assert_eq!(pubsub.subscriber_count("t"), 0);
+    }
+}

@@ -1,0 +1,193 @@
+//! The Phoenix channel wire model and its two serializers.
+//!
+//! Everything here is pure: decoding a websocket frame into an [`Inbound`] message and encoding
+//! replies, pushes and broadcasts into an [`Out`] frame. The socket picks a [`Vsn`] once, from
+//! the `vsn` query parameter.
+
+mod v1;
+mod v2;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use presence_core::pubsub::Payload;
+use serde_json::Value;
+
+/// Reserved event names.
+pub(crate) mod event {
+    pub(crate) const JOIN: &str = "phx_join";
+    pub(crate) const LEAVE: &str = "phx_leave";
+    pub(crate) const REPLY: &str = "phx_reply";
+    pub(crate) const CLOSE: &str = "phx_close";
+    pub(crate) const ERROR: &str = "phx_error";
+    pub(crate) const HEARTBEAT: &str = "heartbeat";
+}
+
+/// The topic of socket-level messages (heartbeats).
+pub(crate) const PHOENIX_TOPIC: &str = "phoenix";
+
+/// A serializer version, negotiated from the `vsn` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vsn {
+    /// `1.0.x`: JSON objects, no binary frames.
+    V1,
+    /// `2.0.x`: JSON arrays plus binary frames.
+    V2,
+}
+
+impl Vsn {
+    /// Parses a `vsn` parameter the way Phoenix matches `~> 1.0.0` and `~> 2.0.0`: absent means
+    /// 1.0.0; anything else that is not `1.0.x` or `2.0.x` is refused.
+    pub(crate) fn negotiate(vsn: Option<&str>) -> Option<Vsn> {
+        let Some(vsn) = vsn else {
+            return Some(Vsn::V1);
+        };
+        let mut parts = vsn.split('.');
+        let mut next = || parts.next().and_then(|p| p.parse::<u64>().ok());
+        let (major, minor, _patch) = (next()?, next()?, next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        match (major, minor) {
+            (1, 0) => Some(Vsn::V1),
+            (2, 0) => Some(Vsn::V2),
+            _ => None,
+        }
+    }
+}
+
+/// An encoded frame, ready to be written to any number of sockets (cloning is a refcount).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Out {
+    /// A text frame.
+    Text(Arc<str>),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+/// A message received from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Inbound {
+    pub(crate) join_ref: Option<String>,
+    pub(crate) reference: Option<String>,
+    pub(crate) topic: String,
+    pub(crate) event: String,
+    pub(crate) payload: Payload,
+}
+
+/// Why a frame could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CodecError {
+    /// The text frame is not valid JSON.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// The JSON is not a Phoenix message.
+    #[error("malformed message: {0}")]
+    Shape(&'static str),
+    /// The binary frame is malformed.
+    #[error("malformed binary frame: {0}")]
+    Binary(&'static str),
+    /// This serializer has no binary frames (V1).
+    #[error("binary frames are not supported by this serializer")]
+    BinaryUnsupported,
+    /// A field is longer than 255 bytes and cannot go in a binary frame header.
+    #[error("field too long for a binary frame: {0} bytes")]
+    FieldTooLong(usize),
+}
+
+/// A websocket frame as received, before decoding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Raw<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+impl Vsn {
+    /// Decodes one client frame.
+    pub(crate) fn decode(self, raw: Raw<'_>) -> Result<Inbound, CodecError> {
+        match (self, raw) {
+            (Vsn::V1, Raw::Text(text)) => v1::decode(text),
+            (Vsn::V1, Raw::Binary(_)) => Err(CodecError::BinaryUnsupported),
+            (Vsn::V2, Raw::Text(text)) => v2::decode_text(text),
+            (Vsn::V2, Raw::Binary(bytes)) => v2::decode_binary(bytes),
+        }
+    }
+
+    /// Encodes a reply (`phx_reply`) to the request `reference`.
+    pub(crate) fn reply(
+        self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        status: &str,
+        response: &Payload,
+    ) -> Result<Out, CodecError> {
+        match self {
+            Vsn::V1 => v1::reply(reference, topic, status, response),
+            Vsn::V2 => v2::reply(join_ref, reference, topic, status, response),
+        }
+    }
+
+    /// Encodes a message with explicit refs: a server push (`join_ref`, no ref), a channel
+    /// close or error (`ref` = `join_ref`).
+    pub(crate) fn message(
+        self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+    ) -> Result<Out, CodecError> {
+        match self {
+            Vsn::V1 => v1::message(reference, topic, event, payload),
+            Vsn::V2 => v2::message(join_ref, reference, topic, event, payload),
+        }
+    }
+
+    /// Encodes a fastlane broadcast (no join_ref, no ref).
+    pub(crate) fn broadcast(
+        self,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+    ) -> Result<Out, CodecError> {
+        match self {
+            Vsn::V1 => v1::message(None, topic, event, payload),
+            Vsn::V2 => v2::broadcast(topic, event, payload),
+        }
+    }
+}
+
+/// A reply's payload, serialized in Phoenix's key order.
+#[derive(serde::Serialize)]
+struct ReplyPayload<'a> {
+    status: &'a str,
+    response: &'a Value,
+}
+
+/// The JSON value of a payload, or an error for binary payloads (V1 and the JSON parts of V2).
+fn json_of(payload: &Payload) -> Result<&Value, CodecError> {
+    match payload {
+        Payload::Json(v) => Ok(v),
+        _ => Err(CodecError::BinaryUnsupported),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vsn_negotiation() {
+        assert_eq!(Vsn::negotiate(None), Some(Vsn::V1));
+        assert_eq!(Vsn::negotiate(Some("1.0.0")), Some(Vsn::V1));
+        assert_eq!(Vsn::negotiate(Some("2.0.0")), Some(Vsn::V2));
+        assert_eq!(Vsn::negotiate(Some("2.0.7")), Some(Vsn::V2));
+        assert_eq!(Vsn::negotiate(Some("2.1.0")), None);
+        assert_eq!(Vsn::negotiate(Some("3.0.0")), None);
+        assert_eq!(Vsn::negotiate(Some("2.0")), None);
+        assert_eq!(Vsn::negotiate(Some("two")), None);
+        assert_eq!(Vsn::negotiate(Some("")), None);
+        assert_eq!(Vsn::negotiate(Some("2.0.0.1")), None);
+    }
+}

@@ -1,0 +1,483 @@
+//! [`PhoenixSocket`]: the poem endpoint that upgrades `/socket/websocket` requests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use poem::http::{Extensions, HeaderMap, StatusCode, header};
+use poem::web::RemoteAddr;
+use poem::web::websocket::{WebSocket, WebSocketConfig};
+use poem::{Endpoint, FromRequest, IntoResponse, Request, Response};
+use presence_core::PubSub;
+use tokio::task::JoinHandle;
+
+use crate::Channel;
+use crate::connection;
+use crate::context::{self, Start};
+use crate::hub::Hubs;
+use crate::protocol::Vsn;
+
+/// The connect hook's input: what Phoenix's `connect/3` sees.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectInfo {
+    /// The query parameters (phoenix.js `params`, plus `vsn`). Nested params arrive flat, with
+    /// their bracketed names (`user[id]`).
+    pub params: HashMap<String, String>,
+    /// The upgrade request's headers.
+    pub headers: HeaderMap,
+    /// The peer's address.
+    pub remote_addr: RemoteAddr,
+    /// The token phoenix.js sends with `authToken`, decoded from
+    /// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<base64>`.
+    pub auth_token: Option<String>,
+}
+
+/// The connect hook's acceptance: socket-level assigns and an optional socket id.
+///
+/// # Examples
+///
+/// ```
+/// use presence_poem::Connected;
+///
+/// #[derive(Clone)]
+/// struct UserId(u64);
+///
+/// let connected = Connected::new().assign(UserId(7)).id("user_socket:7");
+/// ```
+#[derive(Debug, Default)]
+#[must_use = "a Connected does nothing until returned from the connect hook"]
+pub struct Connected {
+    assigns: Extensions,
+    id: Option<String>,
+}
+
+impl Connected {
+    /// Accepts with no assigns and no id.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a socket-level assign, readable from every channel with
+    /// [`ChannelContext::socket_assigns`](crate::ChannelContext::socket_assigns).
+    pub fn assign<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.assigns.insert(value);
+        self
+    }
+
+    /// Sets the socket id: a `"disconnect"` broadcast on this topic closes the socket with
+    /// code 1001 (phoenix.js then reconnects).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// The connect hook refused the connection: the upgrade is answered HTTP 403 with an empty
+/// body. The reason is only logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("connection refused: {reason}")]
+pub struct ConnectError {
+    reason: String,
+}
+
+impl ConnectError {
+    /// A refusal; `reason` goes to the logs, never to the client.
+    pub fn new(reason: impl Into<String>) -> Self {
+        ConnectError {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl poem::error::ResponseError for ConnectError {
+    fn status(&self) -> StatusCode {
+        StatusCode::FORBIDDEN
+    }
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, ConnectError>> + Send>>;
+type ConnectFn = dyn Fn(ConnectInfo) -> ConnectFuture + Send + Sync;
+type SpawnFn = dyn Fn(Start) -> JoinHandle<()> + Send + Sync;
+
+/// A topic pattern and the channel it routes to.
+pub(crate) struct Route {
+    pattern: String,
+    prefix: bool,
+    pub(crate) spawn: Box<SpawnFn>,
+}
+
+impl Route {
+    fn matches(&self, topic: &str) -> bool {
+        if self.prefix {
+            topic.starts_with(&self.pattern)
+        } else {
+            topic == self.pattern
+        }
+    }
+}
+
+/// Settings shared by every connection of one endpoint.
+pub(crate) struct Config {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_channels: usize,
+    pub(crate) outbound_capacity: usize,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) websocket: WebSocketConfig,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) hubs: Hubs,
+    connect: Option<Box<ConnectFn>>,
+}
+
+impl Inner {
+    pub(crate) fn route(&self, topic: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(topic))
+    }
+}
+
+/// A Phoenix socket endpoint: mount it at `/socket/websocket`.
+///
+/// It negotiates the serializer from the `vsn` query parameter (`1.0.x` or absent: V1 JSON
+/// objects; `2.0.x`: V2 JSON arrays and binary frames; anything else: HTTP 403), runs the
+/// connect hook (refusal: HTTP 403), then upgrades and serves the Phoenix channel protocol.
+/// Cloning is cheap and clones share their fastlane hubs.
+///
+/// # Examples
+///
+/// ```no_run
+/// use poem::{Route, Server, listener::TcpListener};
+/// use presence_core::PubSub;
+/// use presence_poem::{Channel, ChannelContext, Join, PhoenixSocket};
+///
+/// struct Lobby;
+/// impl Channel for Lobby {
+///     async fn join(&mut self, _: &str, _: serde_json::Value, _: &mut ChannelContext) -> Join {
+///         Join::ok()
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> std::io::Result<()> {
+/// let socket = PhoenixSocket::builder(PubSub::new("node-a"))
+///     .channel("room:*", || Lobby)
+///     .build();
+/// let app = Route::new().at("/socket/websocket", socket);
+/// Server::new(TcpListener::bind("0.0.0.0:4000")).run(app).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PhoenixSocket {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for PhoenixSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PhoenixSocket")
+            .field(
+                "routes",
+                &self
+                    .inner
+                    .routes
+                    .iter()
+                    .map(|r| &r.pattern)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`PhoenixSocket`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PhoenixSocketBuilder {
+    pubsub: PubSub,
+    routes: Vec<Route>,
+    connect: Option<Box<ConnectFn>>,
+    config: Config,
+}
+
+impl fmt::Debug for PhoenixSocketBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PhoenixSocketBuilder")
+            .field("pubsub", &self.pubsub)
+            .field("idle_timeout", &self.config.idle_timeout)
+            .field("max_channels", &self.config.max_channels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default server idle timeout: a socket that receives nothing for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit of channels joined on one socket.
+pub const DEFAULT_MAX_CHANNELS: usize = 100;
+/// Default capacity, in frames, of a socket's outbound queue.
+pub const DEFAULT_OUTBOUND_CAPACITY: usize = 256;
+/// Default limit on an incoming message (and frame) size, in bytes.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
+impl PhoenixSocket {
+    /// A builder for a socket endpoint whose channels use `pubsub`.
+    pub fn builder(pubsub: PubSub) -> PhoenixSocketBuilder {
+        PhoenixSocketBuilder {
+            pubsub,
+            routes: Vec::new(),
+            connect: None,
+            config: Config {
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                max_channels: DEFAULT_MAX_CHANNELS,
+                outbound_capacity: DEFAULT_OUTBOUND_CAPACITY,
+                shutdown_timeout: Duration::from_secs(5),
+                websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
+            },
+        }
+    }
+}
+
+/// Small buffers: an idle socket should cost a few KiB, not tungstenite's default 128 KiB
+/// read buffer. Writes are not batched by tungstenite (the connection flushes in batches).
+fn default_websocket_config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+}
+
+impl PhoenixSocketBuilder {
+    /// Routes topics matching `pattern` to a new channel made by `factory` for every join.
+    /// A pattern ending in `*` matches by prefix (`"room:*"`), any other exactly. The first
+    /// matching route wins.
+    pub fn channel<C, F>(mut self, pattern: &str, factory: F) -> Self
+    where
+        C: Channel,
+        F: Fn() -> C + Send + Sync + 'static,
+    {
+        let factory = Arc::new(factory);
+        let (pattern, prefix) = match pattern.strip_suffix('*') {
+            Some(prefix) => (prefix.to_owned(), true),
+            None => (pattern.to_owned(), false),
+        };
+        self.routes.push(Route {
+            pattern,
+            prefix,
+            spawn: Box::new(move |start| {
+                let factory = factory.clone();
+                tokio::spawn(context::run(move || factory(), start))
+            }),
+        });
+        self
+    }
+
+    /// Sets the connect hook. It sees the [`ConnectInfo`] and accepts with [`Connected`] or
+    /// refuses with [`ConnectError`] (HTTP 403). Without a hook every connection is accepted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::{ConnectError, Connected, PhoenixSocket};
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("a"))
+    ///     .on_connect(|info| async move {
+    ///         match info.auth_token.or_else(|| info.params.get("token").cloned()) {
+    ///             Some(token) if token == "letmein" => Ok(Connected::new().id("user_socket:1")),
+    ///             _ => Err(ConnectError::new("bad token")),
+    ///         }
+    ///     })
+    ///     .build();
+    /// ```
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Connected, ConnectError>> + Send + 'static,
+    {
+        self.connect = Some(Box::new(move |info| Box::pin(hook(info))));
+        self
+    }
+
+    /// Closes sockets that receive nothing (not even a heartbeat) for `timeout` (default 60 s),
+    /// with code 1000.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Limits the channels joined on one socket (default 100).
+    pub fn max_channels(mut self, max: usize) -> Self {
+        self.config.max_channels = max;
+        self
+    }
+
+    /// Sets the capacity, in frames, of each socket's outbound queue (default 256). A socket
+    /// whose queue is full is closed with code 1013; see the crate docs.
+    pub fn outbound_capacity(mut self, capacity: usize) -> Self {
+        self.config.outbound_capacity = capacity.max(1);
+        self
+    }
+
+    /// Limits incoming messages and frames to `bytes` (default 1 MiB). A larger one closes the
+    /// socket with code 1009.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.websocket = self
+            .config
+            .websocket
+            .max_message_size(Some(bytes))
+            .max_frame_size(Some(bytes));
+        self
+    }
+
+    /// Replaces the websocket configuration entirely (buffers and limits). The default uses a
+    /// 4 KiB read buffer, no write batching, and 1 MiB message and frame limits.
+    pub fn websocket_config(mut self, config: WebSocketConfig) -> Self {
+        self.config.websocket = config;
+        self
+    }
+
+    /// Builds the endpoint.
+    pub fn build(self) -> PhoenixSocket {
+        PhoenixSocket {
+            inner: Arc::new(Inner {
+                config: self.config,
+                routes: self.routes,
+                hubs: Hubs::new(self.pubsub),
+                connect: self.connect,
+            }),
+        }
+    }
+}
+
+const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
+
+/// Finds and decodes the phoenix.js auth token in `Sec-WebSocket-Protocol`. `Err` when it is
+/// present but not valid base64 UTF-8.
+fn auth_token(headers: &HeaderMap) -> Result<Option<String>, ()> {
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let engines = [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, config),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, config),
+    ];
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(value) = value.to_str() else { continue };
+        for protocol in value.split(',').map(str::trim) {
+            if let Some(encoded) = protocol.strip_prefix(AUTH_TOKEN_PREFIX) {
+                let bytes = engines
+                    .iter()
+                    .find_map(|e| e.decode(encoded).ok())
+                    .ok_or(())?;
+                return String::from_utf8(bytes).map(Some).map_err(|_| ());
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn forbidden() -> Response {
+    Response::builder().status(StatusCode::FORBIDDEN).finish()
+}
+
+impl Endpoint for PhoenixSocket {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let params: HashMap<String, String> = req.params().unwrap_or_default();
+        let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
+            tracing::warn!(vsn = ?params.get("vsn"), "refusing websocket: unsupported serializer version");
+            return Ok(forbidden());
+        };
+        let ws = WebSocket::from_request_without_body(&req).await?;
+        let Ok(auth_token) = auth_token(req.headers()) else {
+            tracing::warn!("refusing websocket: malformed auth token");
+            return Ok(forbidden());
+        };
+        let connected = match &self.inner.connect {
+            None => Connected::new(),
+            Some(hook) => {
+                let info = ConnectInfo {
+                    params,
+                    headers: req.headers().clone(),
+                    remote_addr: req.remote_addr().clone(),
+                    auth_token,
+                };
+                match hook(info).await {
+                    Ok(connected) => connected,
+                    Err(error) => {
+                        tracing::info!(%error, "websocket connect refused");
+                        return Ok(forbidden());
+                    }
+                }
+            }
+        };
+        let inner = self.inner.clone();
+        Ok(ws
+            .protocols(["phoenix"])
+            .config(self.inner.config.websocket)
+            .on_upgrade(move |stream| {
+                connection::run(
+                    stream,
+                    inner,
+                    vsn,
+                    connected.assigns,
+                    connected.id.map(Arc::from),
+                )
+            })
+            .into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn decodes_auth_tokens() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(auth_token(&headers), Ok(None));
+        // btoa("my-token") = "bXktdG9rZW4=", phoenix.js strips the padding.
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("phoenix, base64url.bearer.phx.bXktdG9rZW4"),
+        );
+        assert_eq!(auth_token(&headers), Ok(Some("my-token".to_owned())));
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("phoenix, base64url.bearer.phx.!!!"),
+        );
+        assert_eq!(auth_token(&headers), Err(()));
+    }
+
+    #[test]
+    fn routes_by_prefix_or_exactly() {
+        let socket = PhoenixSocket::builder(PubSub::new("a"))
+            .channel("room:*", || Nop)
+            .channel("lobby", || Nop)
+            .build();
+        assert!(socket.inner.route("room:1").is_some());
+        assert!(socket.inner.route("room:").is_some());
+        assert!(socket.inner.route("lobby").is_some());
+        assert!(socket.inner.route("lobby:1").is_none());
+        assert!(socket.inner.route("rooms").is_none());
+    }
+
+    struct Nop;
+    impl Channel for Nop {
+        async fn join(
+            &mut self,
+            _: &str,
+            _: serde_json::Value,
+            _: &mut crate::ChannelContext,
+        ) -> crate::Join {
+            crate::Join::ok()
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Shared helpers for the `poem_*` integration tests: a loopback server, a raw websocket
+//! client speaking V1/V2, and a scriptable test channel.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{Route, Server};
+use presence_core::PubSub;
+use presence_core::pubsub::{Message, Payload, Subscription};
+use presence_poem::{
+    Channel, ChannelContext, HandleIn, Info, Join, PhoenixSocket, PhoenixSocketBuilder, Reply,
+    StopReason,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous deadline for anything the server should do "soon".
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The pub/sub topic where test channels report `terminate` and context drops.
+pub const EVENTS: &str = "test:events";
+
+/// A running server; aborted when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub pubsub: PubSub,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The default test socket: `room:*` and `lobby` routed to [`TestChannel`].
+pub fn builder(pubsub: &PubSub) -> PhoenixSocketBuilder {
+    PhoenixSocket::builder(pubsub.clone())
+        .channel("room:*", TestChannel::default)
+        .channel("lobby", TestChannel::default)
+}
+
+pub async fn serve(pubsub: PubSub, socket: PhoenixSocket) -> TestServer {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    let app = Route::new().at("/socket/websocket", socket);
+    let task = tokio::spawn(async move {
+        let _ = Server::new_with_acceptor(acceptor).run(app).await;
+    });
+    TestServer { addr, pubsub, task }
+}
+
+/// A server with the default test socket.
+pub async fn default_server() -> TestServer {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub).build();
+    serve(pubsub, socket).await
+}
+
+pub fn url(addr: SocketAddr, query: &str) -> String {
+    format!("ws://{addr}/socket/websocket?{query}")
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw client. `v2` selects the frame shape used by `send`/`recv`.
+pub struct Client {
+    pub ws: Ws,
+    pub v2: bool,
+}
+
+/// What the client received, normalised to the V2 tuple (V1 has no join_ref on output).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub join_ref: Value,
+    pub reference: Value,
+    pub topic: String,
+    pub event: String,
+    pub payload: Value,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, query: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url(addr, query))
+            .await
+            .expect("connect");
+        Client {
+            ws,
+            v2: query.contains("vsn=2."),
+        }
+    }
+
+    pub async fn v2(addr: SocketAddr) -> Client {
+        Self::connect(addr, "vsn=2.0.0").await
+    }
+
+    pub async fn v1(addr: SocketAddr) -> Client {
+        Self::connect(addr, "vsn=1.0.0").await
+    }
+
+    pub async fn send(
+        &mut self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) {
+        let text = if self.v2 {
+            json!([join_ref, reference, topic, event, payload]).to_string()
+        } else {
+            json!({"join_ref": join_ref, "ref": reference, "topic": topic, "event": event, "payload": payload})
+                .to_string()
+        };
+        self.ws.send(WsMessage::text(text)).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: WsMessage) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next websocket message, within [`DEADLINE`].
+    pub async fn next_message(&mut self) -> Option<Result<WsMessage, tungstenite::Error>> {
+        tokio::time::timeout(DEADLINE, self.ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+    }
+
+    /// The next text frame, decoded.
+    pub async fn recv(&mut self) -> Frame {
+        loop {
+            match self.next_message().await {
+                Some(Ok(WsMessage::Text(text))) => return self.parse(&text),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    fn parse(&self, text: &str) -> Frame {
+        let value: Value = serde_json::from_str(text).expect("JSON");
+        if self.v2 {
+            let a = value.as_array().expect("array");
+            assert_eq!(a.len(), 5, "{text}");
+            Frame {
+                join_ref: a[0].clone(),
+                reference: a[1].clone(),
+                topic: a[2].as_str().unwrap().to_owned(),
+                event: a[3].as_str().unwrap().to_owned(),
+                payload: a[4].clone(),
+            }
+        } else {
+            let o = value.as_object().expect("object");
+            assert!(
+                !o.contains_key("join_ref"),
+                "V1 output has no join_ref: {text}"
+            );
+            Frame {
+                join_ref: Value::Null,
+                reference: o["ref"].clone(),
+                topic: o["topic"].as_str().unwrap().to_owned(),
+                event: o["event"].as_str().unwrap().to_owned(),
+                payload: o["payload"].clone(),
+            }
+        }
+    }
+
+    /// The next binary frame.
+    pub async fn recv_binary(&mut self) -> Bytes {
+        match self.next_message().await {
+            Some(Ok(WsMessage::Binary(bytes))) => bytes,
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    /// Joins `topic` with join_ref = ref = `r` and returns the reply.
+    pub async fn join(&mut self, topic: &str, r: &str, params: Value) -> Frame {
+        self.send(Some(r), Some(r), topic, "phx_join", params).await;
+        self.recv().await
+    }
+
+    /// Joins and asserts the reply is ok.
+    pub async fn join_ok(&mut self, topic: &str, r: &str) {
+        let reply = self.join(topic, r, json!({})).await;
+        assert_eq!(reply.event, "phx_reply");
+        assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    }
+
+    /// Reads until the server closes; returns the close frame (None if the connection
+    /// ended without one). Other frames are skipped.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match self.next_message().await {
+                Some(Ok(WsMessage::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for a short while.
+    pub async fn assert_silent(&mut self, wait: Duration) {
+        if let Ok(got) = tokio::time::timeout(wait, self.ws.next()).await {
+            panic!("expected nothing, got {got:?}");
+        }
+    }
+
+    /// Sends a heartbeat and waits for its reply (a barrier: everything the server sent before
+    /// it has been received).
+    pub async fn heartbeat(&mut self, r: &str) -> Frame {
+        self.send(None, Some(r), "phoenix", "heartbeat", json!({}))
+            .await;
+        self.recv().await
+    }
+}
+
+pub fn close_code(frame: Option<CloseFrame>) -> u16 {
+    u16::from(frame.expect("a close frame").code)
+}
+
+/// A connect request with extra headers.
+pub fn request(addr: SocketAddr, query: &str) -> tungstenite::handshake::client::Request {
+    url(addr, query).into_client_request().expect("request")
+}
+
+/// Waits for the next test event (terminate / drop reports) on [`EVENTS`].
+pub async fn next_event(sub: &mut Subscription) -> (String, Value) {
+    let message = tokio::time::timeout(DEADLINE, sub.recv())
+        .await
+        .expect("timed out waiting for a test event")
+        .expect("pubsub");
+    let Payload::Json(payload) = message.payload().clone() else {
+        panic!("json expected")
+    };
+    (message.event().to_owned(), payload)
+}
+
+/// Reports on [`EVENTS`] when the channel context (and so its Owner) is dropped.
+#[derive(Clone)]
+struct DropReporter {
+    pubsub: PubSub,
+    topic: String,
+}
+
+impl Drop for DropReporter {
+    fn drop(&mut self) {
+        let _ = self.pubsub.broadcast(Message::json(
+            EVENTS,
+            "context_dropped",
+            json!({"topic": self.topic}),
+        ));
+    }
+}
+
+/// A socket-level assign used by the connect tests.
+#[derive(Clone, Debug)]
+pub struct UserName(pub String);
+
+/// A channel scripted by its join params and the events it receives.
+#[derive(Default)]
+pub struct TestChannel {
+    handled: u64,
+}
+
+impl Channel for TestChannel {
+    async fn join(&mut self, topic: &str, params: Value, ctx: &mut ChannelContext) -> Join {
+        let reporter = DropReporter {
+            pubsub: ctx.pubsub().clone(),
+            topic: topic.to_owned(),
+        };
+        ctx.assigns_mut().insert(reporter);
+        if params["crash"] == true {
+            panic!("join crash requested");
+        }
+        if params["fail"] == true {
+            return Join::error(json!({"reason": "refused"}));
+        }
+        if params["push"] == true {
+            ctx.push(
+                "joined_push",
+                json!({"owner_id": format!("{:?}", ctx.owner().id())}),
+            );
+        }
+        if let Some(topic) = params["subscribe"].as_str() {
+            ctx.subscribe(topic);
+        }
+        match params.get("reply") {
+            Some(reply) => Join::ok_with(reply.clone()),
+            None => Join::ok(),
+        }
+    }
+
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext,
+    ) -> HandleIn {
+        self.handled += 1;
+        let json = match &payload {
+            Payload::Json(v) => v.clone(),
+            _ => Value::Null,
+        };
+        match event {
+            "echo" => HandleIn::Reply(Reply::Ok(payload)),
+            "fail" => HandleIn::Reply(Reply::error(json!({"reason": "failed"}))),
+            "noreply" => HandleIn::NoReply,
+            "stop" => HandleIn::Stop(Some(Reply::ok(json!({"bye": true})))),
+            "crash" => panic!("crash requested"),
+            "push" => {
+                ctx.push("pushed", payload);
+                HandleIn::NoReply
+            }
+            "binary_push" => {
+                ctx.push("bin", Bytes::from_static(b"\x00\x01\xff"));
+                HandleIn::NoReply
+            }
+            "broadcast" => {
+                ctx.broadcast("shout", payload).unwrap();
+                HandleIn::Reply(Reply::ok(json!({})))
+            }
+            "broadcast_from" => {
+                ctx.broadcast_from("shout", payload).unwrap();
+                HandleIn::Reply(Reply::ok(json!({})))
+            }
+            "later" => {
+                // Reply from handle_info, through the mailbox.
+                let to = ctx.socket_ref().expect("inside handle_in");
+                ctx.mailbox().send(to).unwrap();
+                HandleIn::NoReply
+            }
+            "info" => {
+                ctx.mailbox().send(json).unwrap();
+                HandleIn::NoReply
+            }
+            "whoami" => {
+                let user = ctx.socket_assigns().get::<UserName>().map(|u| u.0.clone());
+                HandleIn::Reply(Reply::ok(json!({
+                    "user": user,
+                    "socket_id": ctx.socket_id(),
+                    "topic": ctx.topic(),
+                    "join_ref": ctx.join_ref(),
+                    "handled": self.handled,
+                })))
+            }
+            _ => HandleIn::Reply(Reply::error(json!({"reason": "unknown event"}))),
+        }
+    }
+
+    async fn handle_info(&mut self, info: Info, ctx: &mut ChannelContext) -> ControlFlow<()> {
+        match info {
+            Info::Message(message) => {
+                ctx.push("info", json!({"event": message.event()}));
+            }
+            Info::Custom(value) => {
+                let value = match value.downcast::<presence_poem::SocketRef>() {
+                    Ok(to) => {
+                        ctx.reply(&to, Reply::ok(json!({"later": true})));
+                        return ControlFlow::Continue(());
+                    }
+                    Err(value) => value,
+                };
+                if let Ok(value) = value.downcast::<Value>() {
+                    if value["stop"] == true {
+                        return ControlFlow::Break(());
+                    }
+                    ctx.push("custom", *value);
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    async fn terminate(&mut self, reason: StopReason, ctx: &mut ChannelContext) {
+        let _ = ctx.pubsub().broadcast(Message::json(
+            EVENTS,
+            "terminate",
+            json!({"topic": ctx.topic(), "reason": format!("{reason:?}")}),
+        ));
+    }
+}

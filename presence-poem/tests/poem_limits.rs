@@ -1,0 +1,133 @@
+//! Idle timeout, oversize and malformed frames, slow clients.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use presence_core::PubSub;
+use presence_core::pubsub::Message;
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn idle_socket_is_closed_with_1000_and_heartbeats_keep_it_open() {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .idle_timeout(Duration::from_millis(500))
+        .build();
+    let server = serve(pubsub, socket).await;
+    let mut idle = Client::v2(server.addr).await;
+    let mut busy = Client::v2(server.addr).await;
+    // `busy` heartbeats every 50 ms for well over the timeout.
+    for i in 0..20 {
+        assert_eq!(busy.heartbeat(&i.to_string()).await.payload["status"], "ok");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `idle` was closed long ago; `busy` is still open.
+    let close = idle.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1000);
+    assert_eq!(close.reason.as_str(), "idle timeout");
+    assert_eq!(busy.heartbeat("x").await.payload["status"], "ok");
+    // Once it stops, it is closed too.
+    assert_eq!(close_code(busy.closed().await), 1000);
+}
+
+#[tokio::test]
+async fn oversize_frame_closes_1009() {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub).max_message_size(1024).build();
+    let server = serve(pubsub, socket).await;
+    let mut c = Client::v2(server.addr).await;
+    let mut other = Client::v2(server.addr).await;
+    c.join_ok("room:1", "1").await;
+    let big = "x".repeat(2048);
+    c.send(Some("1"), Some("2"), "room:1", "echo", json!({"big": big}))
+        .await;
+    assert_eq!(close_code(c.closed().await), 1009);
+    assert_eq!(other.heartbeat("1").await.payload["status"], "ok");
+}
+
+#[tokio::test]
+async fn invalid_json_and_wrong_shapes_close_1007() {
+    let server = default_server().await;
+    let mut other = Client::v2(server.addr).await;
+    other.join_ok("room:1", "1").await;
+    for bad in [
+        "not json",
+        "{\"topic\": 1}",
+        "[\"1\",\"2\",\"room:1\"]",
+        "[1,2,3,4,5]",
+        "",
+    ] {
+        let mut c = Client::v2(server.addr).await;
+        c.send_raw(WsMessage::text(bad)).await;
+        assert_eq!(close_code(c.closed().await), 1007, "{bad:?}");
+    }
+    let mut v1 = Client::v1(server.addr).await;
+    v1.send_raw(WsMessage::text("[\"1\",\"2\",\"t\",\"e\",{}]"))
+        .await;
+    assert_eq!(close_code(v1.closed().await), 1007);
+    // Nobody else noticed.
+    other
+        .send(Some("1"), Some("2"), "room:1", "echo", json!({}))
+        .await;
+    assert_eq!(other.recv().await.payload["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_is_closed_with_1013_and_others_keep_up() {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub).outbound_capacity(8).build();
+    let server = serve(pubsub.clone(), socket).await;
+    let mut events = pubsub.subscribe(EVENTS);
+
+    // A client with a tiny receive buffer that stops reading after joining.
+    let tcp = TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        url(server.addr, "vsn=2.0.0"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut slow = Client { ws, v2: true };
+    slow.join_ok("room:slow", "1").await;
+    let mut fast = Client::v2(server.addr).await;
+    fast.join_ok("room:slow", "1").await;
+
+    let blob = Bytes::from(vec![7u8; 16 * 1024]);
+    let mut sent = 0;
+    let terminated = loop {
+        pubsub
+            .broadcast(Message::binary("room:slow", "blob", blob.clone()))
+            .unwrap();
+        sent += 1;
+        // The fast client reads everything as it comes.
+        assert_eq!(fast.recv_binary().await.len(), 16 * 1024 + 3 + 9 + 4);
+        if let Ok(message) = events.try_recv() {
+            break message;
+        }
+        assert!(sent < 20_000, "the slow client was never closed");
+    };
+    assert_eq!(terminated.event(), "terminate");
+    // The slow client gets what fitted, then a 1013 close (or the connection ends if even the
+    // close frame could not be written).
+    let mut received = 0;
+    let close = loop {
+        match slow.next_message().await {
+            Some(Ok(WsMessage::Binary(_))) => received += 1,
+            Some(Ok(WsMessage::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert!(received < sent, "received {received} of {sent}");
+    if let Some(close) = close {
+        assert_eq!(u16::from(close.code), 1013);
+    }
+    assert_eq!(fast.heartbeat("2").await.payload["status"], "ok");
+}
