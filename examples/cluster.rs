@@ -1,1 +1,3 @@
+//! Placeholder until the macro lands.
+
 fn main() {}

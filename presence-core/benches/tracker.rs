@@ -137,7 +137,6 @@ async fn converge(n: usize) {
 async fn burst(n: usize) {
     let tracker = Tracker::start("Burst", PubSub::new("a"), TrackerConfig::default()).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let go = std::sync::Arc::new(tokio::sync::Notify::new());
     let stop = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -152,7 +151,6 @@ async fn burst(n: usize) {
             stop.clone(),
             tx.clone(),
         );
-        let _ = &go;
         tasks.spawn(async move {
             let owner = Owner::new();
             let topic = topic_of(i, 1);
