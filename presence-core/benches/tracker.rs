@@ -33,8 +33,6 @@ fn ops(n: usize, topics: usize) {
     let owners: Vec<Owner> = (0..n).map(|_| Owner::new()).collect();
     let names: Vec<String> = (0..n).map(|i| format!("user{i}")).collect();
     let topic_names: Vec<String> = (0..n).map(|i| topic_of(i, topics)).collect();
-    let rss0 = rss_bytes();
-
     let t = Instant::now();
     for i in 0..n {
         tracker
@@ -47,7 +45,6 @@ fn ops(n: usize, topics: usize) {
             .unwrap();
     }
     let track = t.elapsed();
-    let rss1 = rss_bytes();
 
     let t = Instant::now();
     for i in 0..n {
@@ -84,13 +81,12 @@ fn ops(n: usize, topics: usize) {
     let untrack = t.elapsed();
 
     println!(
-        "| {n} | {topics} | {} | {} | {} | {:.3} ms | {:.2} µs | {} B |",
+        "| {n} | {topics} | {} | {} | {} | {:.3} ms | {:.2} µs |",
         per_sec(n, track),
         per_sec(n, update),
         per_sec(n, untrack),
         list.as_secs_f64() * 1e3,
         get.as_secs_f64() * 1e6,
-        rss1.saturating_sub(rss0) / n as u64,
     );
 }
 
@@ -193,7 +189,55 @@ async fn burst(n: usize) {
     tasks.abort_all();
 }
 
+/// Runs in a fresh child process: tracks `n` presences over `topics` topics and prints the
+/// growth of the resident set per presence, after a heartbeat has flushed the pending delta.
+fn memory_child(n: usize, topics: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = TrackerConfig {
+            broadcast_period: Duration::from_millis(20),
+            ..TrackerConfig::default()
+        };
+        let tracker = Tracker::start("Mem", PubSub::new("a"), config).unwrap();
+        let names: Vec<String> = (0..n).map(|i| format!("user{i}")).collect();
+        let topic_names: Vec<String> = (0..n).map(|i| topic_of(i, topics)).collect();
+        let metas: Vec<serde_json::Value> = (0..n)
+            .map(|_| json!({"status": "online", "device": "web"}))
+            .collect();
+        let owners: Vec<Owner> = (0..n).map(|_| Owner::new()).collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = rss_bytes();
+        for (i, meta) in metas.into_iter().enumerate() {
+            tracker
+                .track(&owners[i], &topic_names[i], &names[i], meta)
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = rss_bytes();
+        println!("{}", after.saturating_sub(before) / n as u64);
+        black_box(&tracker);
+    });
+}
+
+fn memory(n: usize, topics: usize) {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["memory-child", &n.to_string(), &topics.to_string()])
+        .output()
+        .unwrap();
+    let bytes = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    println!("| {n} | {topics} | {bytes} B |");
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("memory-child") {
+        memory_child(args[2].parse().unwrap(), args[3].parse().unwrap());
+        return;
+    }
     // `cargo bench` passes `--bench`; a filter argument picks sections.
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -213,6 +257,14 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|");
         for (n, topics) in [(10_000, 1), (10_000, 1000), (100_000, 1), (100_000, 1000)] {
             ops(n, topics);
+        }
+    }
+    if want("memory") {
+        println!(
+            "\n| presences | topics | resident memory per presence (meta `{{status, device}}` included) |\n|---|---|---|"
+        );
+        for (n, topics) in [(10_000, 1), (100_000, 1), (100_000, 1000)] {
+            memory(n, topics);
         }
     }
     if want("converge") {

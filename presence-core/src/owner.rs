@@ -103,6 +103,8 @@ impl Owner {
             .iter()
             .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(holder)))
         {
+            // Most owners use one tracker: keep the list exactly as long as needed.
+            holders.reserve_exact(1);
             holders.push(Arc::downgrade(holder));
         }
     }

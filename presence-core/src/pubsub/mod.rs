@@ -178,6 +178,11 @@ impl PubSub {
         &self.inner.node_name
     }
 
+    /// Whether the adapter may reach any other node (false for a single node).
+    pub fn has_peers(&self) -> bool {
+        self.inner.adapter.has_peers()
+    }
+
     /// Subscribes to `topic`. Messages arrive in [`Subscription::recv`]; dropping the
     /// subscription unsubscribes.
     pub fn subscribe(&self, topic: &str) -> Subscription {

@@ -176,6 +176,10 @@ impl Shard {
     }
 
     fn send(&self, pubsub: &PubSub, out: Vec<Outgoing>) {
+        if out.is_empty() || !pubsub.has_peers() {
+            // A single node: nobody to tell, so nothing is encoded.
+            return;
+        }
         let from = *self
             .subscriber
             .lock()

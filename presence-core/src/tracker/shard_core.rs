@@ -162,7 +162,14 @@ impl ShardCore {
                 delta: Some(delta.clone()),
                 clocks: self.state.clocks(),
             }));
-            self.generations.push(self.state.delta(), &delta);
+            // Generations serve peers that already know this replica; with none known, a
+            // newcomer gets the whole state anyway, so keeping history would be wasted work.
+            // Cleared rather than left behind, so that the next push starts a contiguous window.
+            if self.replicas.iter().next().is_some() {
+                self.generations.push(self.state.delta(), &delta);
+            } else {
+                self.generations.clear();
+            }
             self.silent_periods = 0;
         } else if self.silent_periods >= self.timing.max_silent_periods {
             fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {

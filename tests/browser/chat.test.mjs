@@ -1,0 +1,95 @@
+// End-to-end test of the chat page in headless Chromium, driven by playwright-core.
+// The Rust test `tests/tests/browser_chat.rs` starts the chat server and runs this file with
+// CHAT_URL set; SCREENSHOT_DIR says where to save screenshots.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+import path from "node:path";
+
+const url = process.env.CHAT_URL;
+const shots = process.env.SCREENSHOT_DIR || ".";
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const TIMEOUT = 15000;
+
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+after(() => browser.close());
+
+async function openAs(name, room) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${name}] page error:`, e));
+  await page.goto(url, { waitUntil: "load" });
+  await page.fill("#name", name);
+  await page.fill("#room", room);
+  await page.click("#join");
+  await page.waitForSelector(`#presences li[data-user="${name}"]`, { timeout: TIMEOUT });
+  return { context, page };
+}
+
+async function users(page) {
+  return page.$$eval("#presences li", (lis) => lis.map((li) => li.dataset.user));
+}
+
+test("two users see each other, a status change and a leave", { timeout: 60000 }, async () => {
+  const room = `e2e-${Date.now()}`;
+  const alice = await openAs("alice", room);
+  const bob = await openAs("bob", room);
+
+  // Each page lists both users.
+  await alice.page.waitForSelector('#presences li[data-user="bob"]', { timeout: TIMEOUT });
+  assert.deepEqual(await users(alice.page), ["alice", "bob"]);
+  assert.deepEqual(await users(bob.page), ["alice", "bob"]);
+  assert.equal(await alice.page.textContent("#count"), "2");
+
+  // Bob goes away; Alice's page shows it.
+  await bob.page.selectOption("#status", "away");
+  await alice.page.waitForSelector('#presences li[data-user="bob"][data-status="away"]', { timeout: TIMEOUT });
+  assert.equal(await alice.page.textContent('#presences li[data-user="bob"] .status'), "away");
+
+  // A message reaches the other page.
+  await alice.page.fill("#body", "hello bob");
+  await alice.page.press("#body", "Enter");
+  await bob.page.waitForSelector("#messages li:has-text('hello bob')", { timeout: TIMEOUT });
+
+  await alice.page.screenshot({ path: path.join(shots, "chat-two-users.png"), fullPage: true });
+
+  // Bob closes his page; he leaves Alice's list.
+  await bob.context.close();
+  await alice.page.waitForFunction(
+    () => !document.querySelector('#presences li[data-user="bob"]'),
+    null,
+    { timeout: TIMEOUT },
+  );
+  assert.deepEqual(await users(alice.page), ["alice"]);
+  await alice.page.screenshot({ path: path.join(shots, "chat-after-leave.png"), fullPage: true });
+  await alice.context.close();
+});
+
+test("a second device of the same user is counted", { timeout: 60000 }, async () => {
+  const room = `devices-${Date.now()}`;
+  const one = await openAs("carol", room);
+  const two = await openAs("carol", room);
+  await one.page.waitForSelector('#presences li[data-user="carol"][data-devices="2"]', { timeout: TIMEOUT });
+  assert.equal(await users(one.page).then((u) => u.length), 1);
+  await two.context.close();
+  await one.page.waitForSelector('#presences li[data-user="carol"][data-devices="1"]', { timeout: TIMEOUT });
+  await one.context.close();
+});
+
+test("a bad join shows the server's reason", { timeout: 30000 }, async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(url, { waitUntil: "load" });
+  await page.fill("#name", "x".repeat(64));
+  await page.evaluate(() => { document.getElementById("name").maxLength = 200; });
+  await page.fill("#name", "x".repeat(65));
+  await page.click("#join");
+  await page.waitForSelector("#messages li.system:has-text('could not join')", { timeout: TIMEOUT });
+  await context.close();
+});
