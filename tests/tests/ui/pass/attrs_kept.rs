@@ -20,5 +20,8 @@ fn main() {
     assert_eq!(RoomPresence, RoomPresence::default());
     let copy = RoomPresence;
     let _ = (copy, copy);
-    assert_eq!(format!("{:?}", DeriveFirst { n: 1 }), "DeriveFirst { n: 1 }");
+    assert_eq!(
+        format!("{:?}", DeriveFirst { n: 1 }),
+        "DeriveFirst { n: 1 }"
+    );
 }

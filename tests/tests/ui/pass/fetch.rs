@@ -1,5 +1,5 @@
-use presence_core::presence::{Fetch, FetchError, Presence, PresenceMap};
 use presence_core::presence;
+use presence_core::presence::{Fetch, FetchError, Presence, PresenceMap};
 use serde::Serialize;
 
 presence_core::pubsub_server!(pub AppPubSub);
@@ -27,7 +27,9 @@ impl Fetch for Enriched {
         mut presences: PresenceMap<UserInfo>,
     ) -> Result<PresenceMap<UserInfo>, FetchError> {
         for (key, entry) in presences.iter_mut() {
-            entry.extra = Some(UserInfo { name: format!("{}{key}", self.db.prefix) });
+            entry.extra = Some(UserInfo {
+                name: format!("{}{key}", self.db.prefix),
+            });
         }
         Ok(presences)
     }
@@ -37,6 +39,10 @@ fn main() {
     fn assert_extra<P: Presence<Extra = UserInfo>>() {}
     assert_extra::<Enriched>();
     assert!(Enriched::FETCHES);
-    let _spec = Enriched { db: Db { prefix: "user:".to_owned() } }
-        .child_spec(presence_core::presence::PresenceOptions::new());
+    let _spec = Enriched {
+        db: Db {
+            prefix: "user:".to_owned(),
+        },
+    }
+    .child_spec(presence_core::presence::PresenceOptions::new());
 }

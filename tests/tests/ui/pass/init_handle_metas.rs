@@ -1,5 +1,5 @@
-use presence_core::presence::{HandleMetas, Init, Presence, PresenceDiff, TopicMetas};
 use presence_core::presence;
+use presence_core::presence::{HandleMetas, Init, Presence, PresenceDiff, TopicMetas};
 
 presence_core::pubsub_server!(pub AppPubSub);
 

@@ -1,5 +1,5 @@
-use presence_core::presence::{Init, Presence};
 use presence_core::presence;
+use presence_core::presence::{Init, Presence};
 
 presence_core::pubsub_server!(pub AppPubSub);
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
-use presence_core::presence::{Presence, PresenceOptions};
 use presence_core::presence;
+use presence_core::presence::{Presence, PresenceOptions};
 
 presence_core::pubsub_server!(pub AppPubSub);
 

@@ -1,5 +1,5 @@
-use presence_core::presence::{Presence, PresenceOptions};
 use presence_core::presence;
+use presence_core::presence::{Presence, PresenceOptions};
 
 presence_core::pubsub_server!(pub AppPubSub);
 

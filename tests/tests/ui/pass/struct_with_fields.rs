@@ -12,7 +12,10 @@ pub struct Named {
 pub struct Tuple(pub u8, String);
 
 fn main() {
-    let named = Named { limit: 3, secret: "s".to_owned() };
+    let named = Named {
+        limit: 3,
+        secret: "s".to_owned(),
+    };
     assert_eq!(named.secret, "s");
     let _spec = named.child_spec(presence_core::presence::PresenceOptions::new());
     let tuple = Tuple(1, "t".to_owned());

@@ -12,7 +12,9 @@ pub struct UserMeta {
 pub struct Typed;
 
 fn track_typed<S: presence_core::presence::PresenceSocket>(socket: &S) {
-    let meta = UserMeta { device: "web".to_owned() };
+    let meta = UserMeta {
+        device: "web".to_owned(),
+    };
     let _ = Typed::track(socket, "alice", &meta);
 }
 
