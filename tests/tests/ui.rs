@@ -1,0 +1,12 @@
+//! Compile tests of the `#[presence]` attribute: what users see when they get it right and
+//! wrong. Regenerate the `.stderr` files with
+//! `TRYBUILD=overwrite cargo test -p presence-tests --test ui` and review the diff.
+
+#[rustversion::attr(not(stable), ignore)]
+#[cfg_attr(miri, ignore)]
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/pass/*.rs");
+    t.compile_fail("tests/ui/fail/*.rs");
+}

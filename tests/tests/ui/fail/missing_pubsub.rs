@@ -1,0 +1,6 @@
+use presence_core::presence;
+
+#[presence(fetch)]
+pub struct RoomPresence;
+
+fn main() {}

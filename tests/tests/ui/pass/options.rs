@@ -1,0 +1,34 @@
+use std::time::Duration;
+
+use presence_core::presence;
+use presence_core::presence::{Presence, PresenceOptions};
+
+presence_core::pubsub_server!(pub AppPubSub);
+
+const POOL: usize = 4;
+
+#[presence(
+    pubsub = AppPubSub,
+    pool_size = POOL,
+    broadcast_period = Duration::from_millis(500),
+    max_silent_periods = 5,
+    down_period = Duration::from_secs(20),
+    permdown_period = Duration::from_secs(600),
+    clock_sample_periods = 2,
+    max_delta_sizes = vec![10, 100],
+    name = "Custom",
+)]
+pub struct Tuned;
+
+fn main() {
+    assert_eq!(Tuned::NAME, "Custom");
+    let expected = PresenceOptions::new()
+        .pool_size(4)
+        .broadcast_period(Duration::from_millis(500))
+        .max_silent_periods(5)
+        .down_period(Duration::from_secs(20))
+        .permdown_period(Duration::from_secs(600))
+        .clock_sample_periods(2)
+        .max_delta_sizes(vec![10, 100]);
+    assert_eq!(Tuned::options(), expected);
+}
