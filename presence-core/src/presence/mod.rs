@@ -192,6 +192,11 @@ pub trait Presence: Send + Sync + Sized + 'static {
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `Fetch`",
+    label = "`fetch` here needs `impl Fetch for {Self}`",
+    note = "implement `presence_core::presence::Fetch`, or remove `fetch` from `#[presence(...)]`"
+)]
 pub trait Fetch: Send + Sync {
     /// What is added to each entry; its fields are serialized beside `metas`.
     type Extra: Serialize + Clone + Send + Sync + 'static;
@@ -209,6 +214,11 @@ pub trait Fetch: Send + Sync {
 }
 
 /// The state of [`HandleMetas`]. Name it in the attribute: `init`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `Init`",
+    label = "`init` here needs `impl Init for {Self}`",
+    note = "implement `presence_core::presence::Init`, or remove `init` from `#[presence(...)]`"
+)]
 pub trait Init {
     /// The state.
     type State: Send + 'static;
@@ -219,6 +229,11 @@ pub trait Init {
 
 /// Sees every diff after it is broadcast, with the topic's current metas. Name it in the
 /// attribute, after `init`: `#[presence(pubsub = AppPubSub, init, handle_metas)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `HandleMetas`",
+    label = "`handle_metas` here needs `impl HandleMetas for {Self}`",
+    note = "implement `presence_core::presence::HandleMetas`, or remove `handle_metas` from `#[presence(...)]`"
+)]
 pub trait HandleMetas: Presence {
     /// Returns the new state.
     fn handle_metas(

@@ -17,7 +17,7 @@
 //! # Examples
 //!
 //! ```
-//! use presence_core::tracker::{Diff, Tracker, TrackerConfig};
+//! use presence_core::tracker::{Diff, Tracker};
 //! use presence_core::{Owner, PubSub};
 //! use serde_json::json;
 //!
