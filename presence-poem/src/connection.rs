@@ -11,6 +11,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use poem::http::Extensions;
 use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
+use presence_core::Registry;
 use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,6 +36,7 @@ pub(crate) async fn run(
     vsn: Vsn,
     assigns: Extensions,
     id: Option<Arc<str>>,
+    registry: Registry,
 ) {
     let (outbox, OutboxRx { frames, close }) = Outbox::new(inner.config.outbound_capacity);
     let socket = Arc::new(SocketShared {
@@ -44,6 +46,7 @@ pub(crate) async fn run(
         vsn,
         outbox: outbox.clone(),
         hubs: inner.hubs.clone(),
+        registry,
     });
     let (sink, stream) = stream.split();
     let writer = write_loop(

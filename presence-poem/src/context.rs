@@ -2,13 +2,14 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use poem::http::Extensions;
 use presence_core::pubsub::{BroadcastError, Message, Payload, RecvError, Subscription};
-use presence_core::{Owner, PubSub};
+use presence_core::{Owner, PubSub, Registry};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +28,33 @@ pub(crate) struct SocketShared {
     pub(crate) vsn: Vsn,
     pub(crate) outbox: Outbox,
     pub(crate) hubs: Hubs,
+    /// The application's registry, taken from the upgrade request (see
+    /// [`PresenceMiddleware`](crate::PresenceMiddleware)); empty without one.
+    pub(crate) registry: Registry,
+}
+
+/// Work a channel's `join` left for right after its join reply, once the channel receives
+/// its topic's broadcasts.
+pub(crate) type AfterJoin = Box<
+    dyn for<'a> FnOnce(&'a mut ChannelContext) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>
+        + Send,
+>;
+
+/// Something done during `join` that waits for the join reply.
+pub(crate) enum Deferred {
+    /// A frame pushed during `join`.
+    Frame(Out),
+    /// Work to run after the join reply (e.g. listing the presence state).
+    Run(AfterJoin),
+}
+
+impl fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Deferred::Frame(out) => f.debug_tuple("Frame").field(out).finish(),
+            Deferred::Run(_) => f.debug_tuple("Run").finish_non_exhaustive(),
+        }
+    }
 }
 
 /// The request a reply answers: a channel's join_ref and the request's ref.
@@ -40,7 +68,12 @@ pub struct SocketRef {
 }
 
 /// The handle a channel's callbacks get: push, reply and broadcast, assigns, the channel's
-/// presence [`Owner`], its topic and join_ref, and the [`PubSub`].
+/// presence [`Owner`], its topic and join_ref, the [`PubSub`] and the application's
+/// [`Registry`].
+///
+/// It implements [`PresenceSocket`](presence_core::presence::PresenceSocket), so presence
+/// helpers (`RoomPresence::track(ctx, key, &meta)`) track with this channel as the owner; see
+/// [`push_presence_state`](Self::push_presence_state) and the crate docs, "Presence".
 ///
 /// One context lives as long as one joined channel.
 pub struct ChannelContext {
@@ -53,8 +86,8 @@ pub struct ChannelContext {
     subscriptions: Vec<Subscription>,
     mailbox: Option<(Mailbox, mpsc::Receiver<Box<dyn Any + Send>>)>,
     current: Option<SocketRef>,
-    /// Frames pushed during `join`, sent after the join reply.
-    deferred: Option<Vec<Out>>,
+    /// What `join` pushed (or left to do), sent (or run) after the join reply.
+    pub(crate) deferred: Option<Vec<Deferred>>,
 }
 
 impl fmt::Debug for ChannelContext {
@@ -102,6 +135,14 @@ impl ChannelContext {
     /// leaves, crashes or its socket closes.
     pub fn owner(&self) -> &Owner {
         &self.owner
+    }
+
+    /// The application's [`Registry`] (pub/subs and presences), as the
+    /// [`PresenceMiddleware`](crate::PresenceMiddleware) put it on the upgrade request. Without
+    /// the middleware it is empty, and presence helpers fail with
+    /// [`RegistryError::PresenceNotRunning`](presence_core::registry::RegistryError::PresenceNotRunning).
+    pub fn registry(&self) -> &Registry {
+        &self.socket.registry
     }
 
     /// The socket id set by the connect hook, if any.
@@ -215,7 +256,7 @@ impl ChannelContext {
     fn send(&mut self, encoded: Result<Out, crate::protocol::CodecError>, event: &str) {
         match encoded {
             Ok(out) => match &mut self.deferred {
-                Some(deferred) => deferred.push(out),
+                Some(deferred) => deferred.push(Deferred::Frame(out)),
                 None => self.socket.outbox.send(out),
             },
             Err(error) => tracing::warn!(topic = %self.topic, event, %error,
@@ -360,11 +401,14 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                 "ok",
                 &response,
             ));
-            for out in ctx.deferred.take().unwrap_or_default() {
-                ctx.socket.outbox.send(out);
-            }
             guard.joining = false;
             let _ = joined.send(());
+            for deferred in ctx.deferred.take().unwrap_or_default() {
+                match deferred {
+                    Deferred::Frame(out) => ctx.socket.outbox.send(out),
+                    Deferred::Run(work) => work(&mut ctx).await,
+                }
+            }
         }
         Join::Error(response) => {
             ctx.send_now(vsn.reply(

@@ -1,23 +1,48 @@
 //! Phoenix channels over [poem] websockets: the wire protocol the official `phoenix` npm
-//! client speaks, with presence owners from [`presence_core`].
+//! client speaks, with presence from [`presence_core`].
 //!
 //! Build a [`PhoenixSocket`] with channel routes and mount it at `/socket/websocket`; point
-//! phoenix.js at `new Socket("/socket")`.
+//! phoenix.js at `new Socket("/socket")`. Wrap the app in a [`PresenceMiddleware`] with the
+//! application's [`Registry`](presence_core::Registry) so channels find their presences.
 //!
 //! # Examples
 //!
+//! A room channel that tracks the user and pushes `presence_state`; phoenix.js's `Presence`
+//! then stays in sync through the `presence_diff` broadcasts.
+//!
 //! ```no_run
-//! use poem::{Route, Server, listener::TcpListener};
+//! use poem::{EndpointExt, Route, Server, listener::TcpListener};
+//! use presence_core::presence::{Presence, PresenceError, PresenceHandle, PresenceOptions};
+//! use presence_core::registry::{Registry, RegistryError};
 //! use presence_core::PubSub;
 //! use presence_core::pubsub::Payload;
-//! use presence_poem::{Channel, ChannelContext, Connected, HandleIn, Join, PhoenixSocket};
-//! use serde_json::Value;
+//! use presence_poem::{Channel, ChannelContext, Connected, HandleIn, Join, PhoenixSocket, PresenceMiddleware};
+//! use serde_json::{Value, json};
+//!
+//! presence_core::pubsub_server!(pub AppPubSub);
+//!
+//! // What `#[presence(pubsub = AppPubSub)]` generates, written by hand.
+//! struct RoomPresence;
+//! impl Presence for RoomPresence {
+//!     type Meta = Value;
+//!     type Extra = ();
+//!     type State = ();
+//!     const NAME: &'static str = "RoomPresence";
+//!     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> {
+//!         registry.pubsub(&AppPubSub)
+//!     }
+//!     fn init(&self) {}
+//! }
 //!
 //! struct Room;
 //!
 //! impl Channel for Room {
-//!     async fn join(&mut self, _topic: &str, _params: Value, _ctx: &mut ChannelContext) -> Join {
-//!         Join::ok()
+//!     async fn join(&mut self, _topic: &str, params: Value, ctx: &mut ChannelContext) -> Join {
+//!         let user = params["user"].as_str().unwrap_or("anonymous").to_owned();
+//!         match track(ctx, &user).await {
+//!             Ok(()) => Join::ok(),
+//!             Err(e) => Join::error(json!({"reason": e.to_string()})),
+//!         }
 //!     }
 //!
 //!     async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> HandleIn {
@@ -28,16 +53,58 @@
 //!     }
 //! }
 //!
+//! async fn track(ctx: &mut ChannelContext, user: &str) -> Result<(), PresenceError> {
+//!     // With the macro: `RoomPresence::track(ctx, user, &meta)?`.
+//!     let presence = PresenceHandle::<RoomPresence>::from_registry(ctx.registry())?;
+//!     presence.track(ctx.owner(), ctx.topic(), user, &json!({"online_at": 0}))?;
+//!     // Listed and pushed right after the join reply.
+//!     ctx.push_presence_state::<RoomPresence>().await
+//! }
+//!
 //! # #[tokio::main]
-//! # async fn main() -> std::io::Result<()> {
-//! let socket = PhoenixSocket::builder(PubSub::new("node-a"))
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::new();
+//! registry.insert_pubsub(&AppPubSub, PubSub::new("node-a"));
+//! let presence = PresenceHandle::start(RoomPresence, registry.pubsub(&AppPubSub)?, &PresenceOptions::new())?;
+//! registry.insert(presence);
+//!
+//! // The socket broadcasts (and receives presence_diff) on the presences' pub/sub.
+//! let socket = PhoenixSocket::builder(registry.pubsub(&AppPubSub)?)
 //!     .on_connect(|info| async move { Ok(Connected::new().id(format!("user:{}", info.remote_addr))) })
 //!     .channel("room:*", || Room)
 //!     .build();
-//! let app = Route::new().at("/socket/websocket", socket);
-//! Server::new(TcpListener::bind("0.0.0.0:4000")).run(app).await
+//! let app = Route::new()
+//!     .at("/socket/websocket", socket)
+//!     .with(PresenceMiddleware::new(registry));
+//! Server::new(TcpListener::bind("0.0.0.0:4000")).run(app).await?;
+//! # Ok(())
 //! # }
 //! ```
+//!
+//! With a [`Supervisor`](presence_core::supervisor::Supervisor), build the socket and the
+//! middleware inside the endpoint's `TaskSpec` from the registry it is given: when the pub/sub
+//! restarts, the presences and then the endpoint restart after it, on the new pub/sub.
+//!
+//! # Presence
+//!
+//! - **Registry.** [`PresenceMiddleware::new(registry)`](PresenceMiddleware) puts the
+//!   application's [`Registry`](presence_core::Registry) on every request; the socket takes
+//!   it at upgrade time and every [`ChannelContext::registry`] returns it (handlers extract it
+//!   with `Data<&Registry>`). The socket's own pub/sub is still given to
+//!   [`PhoenixSocket::builder`]: its fastlane hubs stay bound to one pub/sub for the endpoint's
+//!   life. It must be the pub/sub the presences use (`registry.pubsub(&AppPubSub)?`), or
+//!   `presence_diff` never reaches the sockets.
+//! - **Owner.** [`ChannelContext`] implements
+//!   [`PresenceSocket`](presence_core::presence::PresenceSocket) (registry, owner, topic): the
+//!   channel owns what it tracks, and its presences leave when the channel leaves, is
+//!   replaced by a duplicate join, crashes, or its socket closes.
+//! - **State.** [`ChannelContext::push_presence_state`] pushes `presence_state` (join_ref set,
+//!   ref null); called in `join`, it runs right after the join reply, once the channel
+//!   receives the topic's broadcasts.
+//! - **Diffs.** The presence layer local-broadcasts `presence_diff` on the topic; the
+//!   topic's hub delivers it to every joined socket as a fastlane broadcast (join_ref and ref
+//!   null). A diff may reach a client before its `presence_state`: phoenix.js queues diffs
+//!   until the state arrives.
 //!
 //! # Protocol
 //!
@@ -92,6 +159,7 @@ mod connection;
 mod context;
 mod hub;
 mod outbox;
+mod presence;
 mod protocol;
 mod socket;
 
@@ -99,6 +167,7 @@ pub use channel::{
     Channel, HandleIn, Info, IntoPayload, Join, Mailbox, MailboxError, Reply, StopReason,
 };
 pub use context::{ChannelContext, SocketRef};
+pub use presence::{PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
     ConnectError, ConnectInfo, Connected, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CHANNELS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,

@@ -13,7 +13,7 @@ use poem::http::{Extensions, HeaderMap, StatusCode, header};
 use poem::web::RemoteAddr;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{Endpoint, FromRequest, IntoResponse, Request, Response};
-use presence_core::PubSub;
+use presence_core::{PubSub, Registry};
 use tokio::task::JoinHandle;
 
 use crate::Channel;
@@ -416,6 +416,8 @@ impl Endpoint for PhoenixSocket {
                 }
             }
         };
+        // Put there by `PresenceMiddleware` (or any `.data(registry)`); empty without it.
+        let registry = req.data::<Registry>().cloned().unwrap_or_default();
         let inner = self.inner.clone();
         Ok(ws
             .protocols(["phoenix"])
@@ -427,6 +429,7 @@ impl Endpoint for PhoenixSocket {
                     vsn,
                     connected.assigns,
                     connected.id.map(Arc::from),
+                    registry,
                 )
             })
             .into_response())

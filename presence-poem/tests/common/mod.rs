@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{Route, Server};
+use poem::{Endpoint, Route, Server};
 use presence_core::PubSub;
 use presence_core::pubsub::{Message, Payload, Subscription};
 use presence_poem::{
@@ -51,6 +51,11 @@ pub fn builder(pubsub: &PubSub) -> PhoenixSocketBuilder {
 }
 
 pub async fn serve(pubsub: PubSub, socket: PhoenixSocket) -> TestServer {
+    serve_app(pubsub, Route::new().at("/socket/websocket", socket)).await
+}
+
+/// Serves any app (e.g. a route wrapped in middleware) on a loopback port.
+pub async fn serve_app(pubsub: PubSub, app: impl Endpoint + 'static) -> TestServer {
     let acceptor = TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
         .await
@@ -59,7 +64,6 @@ pub async fn serve(pubsub: PubSub, socket: PhoenixSocket) -> TestServer {
         .as_socket_addr()
         .copied()
         .expect("a socket address");
-    let app = Route::new().at("/socket/websocket", socket);
     let task = tokio::spawn(async move {
         let _ = Server::new_with_acceptor(acceptor).run(app).await;
     });

@@ -1,0 +1,187 @@
+//! Presence on channels: the [`PresenceMiddleware`] that hands the application's [`Registry`]
+//! to the socket endpoint, [`PresenceSocket`] for [`ChannelContext`], and
+//! [`ChannelContext::push_presence_state`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use poem::{Endpoint, Middleware, Request};
+use presence_core::presence::{
+    PRESENCE_STATE, Presence, PresenceError, PresenceHandle, PresenceSocket,
+};
+use presence_core::{Owner, Registry};
+
+use crate::ChannelContext;
+use crate::context::{AfterJoin, Deferred};
+
+/// A poem middleware that makes the application's [`Registry`] (its running pub/subs and
+/// presences) available to the app: every request carries it as data, so
+///
+/// - a [`PhoenixSocket`](crate::PhoenixSocket) below it hands it to its channels
+///   ([`ChannelContext::registry`]), where presence helpers find their presence, and
+/// - handlers extract it with `poem::web::Data<&Registry>`.
+///
+/// It is `EndpointExt::data(registry)` under a name that says what it is for.
+///
+/// # Examples
+///
+/// ```
+/// use poem::web::Data;
+/// use poem::{EndpointExt, Route, get, handler};
+/// use presence_core::registry::Registry;
+/// use presence_core::PubSub;
+/// use presence_poem::{PhoenixSocket, PresenceMiddleware};
+///
+/// presence_core::pubsub_server!(pub AppPubSub);
+///
+/// #[handler]
+/// fn health(Data(registry): Data<&Registry>) -> String {
+///     format!("{registry:?}")
+/// }
+///
+/// # fn main() -> Result<(), presence_core::registry::RegistryError> {
+/// let registry = Registry::new();
+/// registry.insert_pubsub(&AppPubSub, PubSub::new("node-a"));
+/// let socket = PhoenixSocket::builder(registry.pubsub(&AppPubSub)?).build();
+/// let app = Route::new()
+///     .at("/socket/websocket", socket)
+///     .at("/health", get(health))
+///     .with(PresenceMiddleware::new(registry));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PresenceMiddleware {
+    registry: Registry,
+}
+
+impl PresenceMiddleware {
+    /// A middleware handing `registry` to every request (clones share the registry).
+    pub fn new(registry: Registry) -> Self {
+        PresenceMiddleware { registry }
+    }
+}
+
+impl<E: Endpoint> Middleware<E> for PresenceMiddleware {
+    type Output = PresenceEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        PresenceEndpoint {
+            inner: ep,
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+/// The endpoint [`PresenceMiddleware`] wraps around another.
+#[derive(Debug)]
+pub struct PresenceEndpoint<E> {
+    inner: E,
+    registry: Registry,
+}
+
+impl<E: Endpoint> Endpoint for PresenceEndpoint<E> {
+    type Output = E::Output;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Self::Output> {
+        req.extensions_mut().insert(self.registry.clone());
+        self.inner.call(req).await
+    }
+}
+
+/// A channel is a presence socket: it tracks with its own [`Owner`] on its own topic, so its
+/// presences leave when it leaves, crashes, or its socket closes.
+impl PresenceSocket for ChannelContext {
+    fn registry(&self) -> &Registry {
+        ChannelContext::registry(self)
+    }
+
+    fn owner(&self) -> &Owner {
+        ChannelContext::owner(self)
+    }
+
+    fn topic(&self) -> &str {
+        ChannelContext::topic(self)
+    }
+}
+
+impl ChannelContext {
+    /// Pushes `presence_state` to this client: the presences of this channel's topic in the
+    /// presence `P`, listed (and fetched) from the registry, with this channel's join_ref, as
+    /// Phoenix apps do in `handle_info(:after_join, ...)`.
+    ///
+    /// Called in [`Channel::join`](crate::Channel::join), the state is listed and pushed right
+    /// after the join reply, once the channel receives its topic's broadcasts, so no
+    /// `presence_diff` can fall between the listing and the subscription (one arriving before
+    /// the state is queued by phoenix.js until the state arrives). Called elsewhere, it lists
+    /// and pushes at once.
+    ///
+    /// # Errors
+    ///
+    /// [`PresenceError::Registry`] when `P` is not running in [`registry`](Self::registry)
+    /// (checked at once, even in `join`). A state that does not serialize is logged and not
+    /// pushed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::presence::{Presence, PresenceError, PresenceHandle};
+    /// use presence_poem::{Channel, ChannelContext, Join};
+    /// # use presence_core::registry::{Registry, RegistryError};
+    /// # use presence_core::PubSub;
+    /// # presence_core::pubsub_server!(AppPubSub);
+    /// # struct RoomPresence;
+    /// # impl Presence for RoomPresence {
+    /// #     type Meta = serde_json::Value;
+    /// #     type Extra = ();
+    /// #     type State = ();
+    /// #     const NAME: &'static str = "RoomPresence";
+    /// #     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> { registry.pubsub(&AppPubSub) }
+    /// #     fn init(&self) {}
+    /// # }
+    ///
+    /// struct Room;
+    ///
+    /// impl Channel for Room {
+    ///     async fn join(&mut self, _: &str, params: serde_json::Value, ctx: &mut ChannelContext) -> Join {
+    ///         let user = params["user"].as_str().unwrap_or("anonymous").to_owned();
+    ///         match track_and_list(ctx, &user).await {
+    ///             Ok(()) => Join::ok(),
+    ///             Err(e) => Join::error(serde_json::json!({"reason": e.to_string()})),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// async fn track_and_list(ctx: &mut ChannelContext, user: &str) -> Result<(), PresenceError> {
+    ///     // With the `#[presence]` macro: `RoomPresence::track(ctx, user, &meta)?`.
+    ///     let presence = PresenceHandle::<RoomPresence>::from_registry(ctx.registry())?;
+    ///     presence.track(ctx.owner(), ctx.topic(), user, &serde_json::json!({"online_at": 0}))?;
+    ///     ctx.push_presence_state::<RoomPresence>().await
+    /// }
+    /// ```
+    pub async fn push_presence_state<P: Presence>(&mut self) -> Result<(), PresenceError> {
+        let handle = PresenceHandle::<P>::from_registry(self.registry())?;
+        match &mut self.deferred {
+            Some(deferred) => deferred.push(Deferred::Run(after_join_state(handle))),
+            None => self.push_state_of(&handle).await,
+        }
+        Ok(())
+    }
+
+    async fn push_state_of<P: Presence>(&mut self, handle: &PresenceHandle<P>) {
+        let state = handle.list(self.topic()).await;
+        match serde_json::to_value(&state) {
+            Ok(payload) => self.push(PRESENCE_STATE, payload),
+            Err(error) => tracing::error!(presence = P::NAME, topic = self.topic(), %error,
+                "presence state does not serialize; not pushed"),
+        }
+    }
+}
+
+fn after_join_state<P: Presence>(handle: PresenceHandle<P>) -> AfterJoin {
+    Box::new(
+        move |ctx: &mut ChannelContext| -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async move { ctx.push_state_of(&handle).await })
+        },
+    )
+}
