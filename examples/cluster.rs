@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use presence_core::pubsub::LocalCluster;
 use presence_core::presence::PresenceOptions;
+use presence_core::pubsub::LocalCluster;
 use presence_core::supervisor::{PubSubSpec, Supervisor};
 use presence_core::{Owner, presence, pubsub_server};
 use serde_json::json;
@@ -17,6 +17,7 @@ pubsub_server!(
 );
 
 /// Who is in which room.
+#[derive(Debug)]
 #[presence(pubsub = ClusterPubSub)]
 pub struct RoomPresence;
 
@@ -26,11 +27,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
         let adapter_cluster = cluster.clone();
-        let app = Supervisor::new()
-            .child(PubSubSpec::new(ClusterPubSub, name).with_adapter(move || adapter_cluster.adapter()))
-            .child(RoomPresence.child_spec(PresenceOptions::new().broadcast_period(Duration::from_millis(100))))
-            .start()
-            .await?;
+        let app =
+            Supervisor::new()
+                .child(
+                    PubSubSpec::new(ClusterPubSub, name)
+                        .with_adapter(move || adapter_cluster.adapter()),
+                )
+                .child(RoomPresence.child_spec(
+                    PresenceOptions::new().broadcast_period(Duration::from_millis(100)),
+                ))
+                .start()
+                .await?;
         nodes.push((name, app));
     }
 
@@ -39,7 +46,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, (name, app)) in nodes.iter().enumerate() {
         for user in [["alice", "bob"], ["carol", "dave"], ["carol", "erin"]][i] {
             let owner = Owner::new();
-            let meta = json!({"node": name, "online_at": 1_700_000_000 + i}).as_object().cloned().unwrap_or_default();
+            let meta = json!({"node": name, "online_at": 1_700_000_000 + i})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             RoomPresence::track_owner(app.registry(), &owner, "room:lobby", user, &meta)?;
             owners.push(owner);
         }
@@ -50,7 +60,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let mut converged = true;
         for (_, app) in &nodes {
-            converged &= RoomPresence::list(app.registry(), "room:lobby").await?.len() == 5;
+            converged &= RoomPresence::list(app.registry(), "room:lobby")
+                .await?
+                .len()
+                == 5;
         }
         if converged {
             break;
@@ -68,7 +81,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let devices: Vec<String> = entry
                 .metas
                 .iter()
-                .map(|m| m.get("node").and_then(|v| v.as_str()).unwrap_or("?").to_owned())
+                .map(|m| {
+                    m.get("node")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("?")
+                        .to_owned()
+                })
                 .collect();
             println!("  {user:<6} on {}", devices.join(", "));
         }

@@ -33,6 +33,7 @@ pubsub_server!(
 );
 
 /// Who is in which room: key = user name, one meta per device.
+#[derive(Debug)]
 #[presence(pubsub = ChatPubSub)]
 pub struct RoomPresence;
 
@@ -83,7 +84,9 @@ impl ChatConfig {
             config.host = host;
         }
         if let Ok(port) = std::env::var("PORT") {
-            config.port = port.parse().map_err(|_| format!("PORT must be a port number, got {port:?}"))?;
+            config.port = port
+                .parse()
+                .map_err(|_| format!("PORT must be a port number, got {port:?}"))?;
         }
         if let Ok(node) = std::env::var("PRESENCE_NODE") {
             if node.is_empty() {
@@ -163,7 +166,9 @@ fn parse_join(params: &Value) -> Result<(String, String), String> {
         return Err("join params must be an object with a \"user\"".to_owned());
     };
     if let Some(extra) = map.keys().find(|k| *k != "user" && *k != "status") {
-        return Err(format!("unexpected join param {extra:?}; expected \"user\" and optional \"status\""));
+        return Err(format!(
+            "unexpected join param {extra:?}; expected \"user\" and optional \"status\""
+        ));
     }
     let user = match map.get("user") {
         Some(Value::String(u)) => u,
@@ -215,7 +220,12 @@ impl Channel for RoomChannel {
         Join::ok()
     }
 
-    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> HandleIn {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext,
+    ) -> HandleIn {
         let Payload::Json(payload) = payload else {
             return error_reply("binary payloads are not supported");
         };
@@ -373,15 +383,46 @@ mod tests {
 
     #[test]
     fn join_params_are_checked() {
-        assert_eq!(parse_join(&json!({"user": "ann"})).unwrap(), ("ann".into(), "online".into()));
-        assert_eq!(parse_join(&json!({"user": "ann", "status": "away"})).unwrap().1, "away");
-        assert!(parse_join(&json!({"user": ""})).unwrap_err().contains("1 to 64"));
-        assert!(parse_join(&json!({"user": "x".repeat(65)})).unwrap_err().contains("65"));
-        assert!(parse_join(&json!({"user": "é".repeat(64)})).is_ok(), "characters, not bytes");
-        assert!(parse_join(&json!({"user": 7})).unwrap_err().contains("string"));
+        assert_eq!(
+            parse_join(&json!({"user": "ann"})).unwrap(),
+            ("ann".into(), "online".into())
+        );
+        assert_eq!(
+            parse_join(&json!({"user": "ann", "status": "away"}))
+                .unwrap()
+                .1,
+            "away"
+        );
+        assert!(
+            parse_join(&json!({"user": ""}))
+                .unwrap_err()
+                .contains("1 to 64")
+        );
+        assert!(
+            parse_join(&json!({"user": "x".repeat(65)}))
+                .unwrap_err()
+                .contains("65")
+        );
+        assert!(
+            parse_join(&json!({"user": "é".repeat(64)})).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(
+            parse_join(&json!({"user": 7}))
+                .unwrap_err()
+                .contains("string")
+        );
         assert!(parse_join(&json!({})).unwrap_err().contains("required"));
-        assert!(parse_join(&json!({"user": "a", "status": 1})).unwrap_err().contains("status"));
-        assert!(parse_join(&json!({"user": "a", "admin": true})).unwrap_err().contains("admin"));
+        assert!(
+            parse_join(&json!({"user": "a", "status": 1}))
+                .unwrap_err()
+                .contains("status")
+        );
+        assert!(
+            parse_join(&json!({"user": "a", "admin": true}))
+                .unwrap_err()
+                .contains("admin")
+        );
         assert!(parse_join(&json!("ann")).is_err());
     }
 }
