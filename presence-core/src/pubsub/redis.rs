@@ -1,57 +1,4 @@
-//! Clusters over Redis PUBLISH/SUBSCRIBE (the `redis` feature), after phoenix_pubsub_redis.
-//!
-//! Every node of a cluster connects to the same Redis server and subscribes to one channel,
-//! `presence:<pubsub name>`. A broadcast is one `PUBLISH` of an [envelope](#envelope), whatever
-//! the number of nodes; each node decides from the envelope whether the frame is for it.
-//!
-//! # Envelope
-//!
-//! Big-endian, version 1:
-//!
-//! | bytes | field |
-//! |---|---|
-//! | 1 | format version (`1`); other versions are ignored |
-//! | 1 | kind: `0` broadcast (every node but the origin), `1` direct (one node), `2` hello (name probe), `3` name taken |
-//! | 8 | the sender's instance id, random per [`RedisAdapter::connect`] |
-//! | 2 + n | the origin node name (length, UTF-8) |
-//! | 2 + n | direct only: the target node name |
-//! | 8 | name taken only: the instance id the answer is for |
-//! | rest | broadcast and direct: the pub/sub frame |
-//!
-//! A node delivers a frame when it is a broadcast from another node name, or a direct message
-//! whose target is its own name. Anything else is ignored; malformed envelopes are logged and
-//! dropped. The format is not Phoenix's (Erlang terms), so Rust and BEAM nodes do not mix on one
-//! channel.
-//!
-//! # Unique node names
-//!
-//! Node names must be unique on a channel, or direct messages reach the wrong node and each node
-//! ignores the other's broadcasts. [`RedisAdapter::connect`] publishes a hello carrying its
-//! random instance id, waits for it to come back (so the subscription is live), then listens for
-//! [`RedisOptions::probe_period`]: a node already using the name answers "name taken" for that
-//! instance id, and `connect` fails with [`RedisAdapterError::NodeNameTaken`]. Two nodes
-//! starting together with one name see each other's hello and both fail. Later on, any envelope
-//! with this node's name but another instance id is a clash, logged at error level once per
-//! foreign instance. A node's own messages always carry its own instance id, across reconnects,
-//! so they never count as a clash.
-//!
-//! # Outages
-//!
-//! Sends never wait: [`broadcast`](Adapter::broadcast) and
-//! [`direct_broadcast`](Adapter::direct_broadcast) queue the envelope (capacity
-//! [`RedisOptions::queue_capacity`], 4096 by default) and return; a full queue is
-//! [`BroadcastError::Full`]. A publisher task drains the queue, pipelining what has piled up.
-//!
-//! When Redis goes away, the adapter logs one warning, drops what is sent until it is back
-//! (sends still return `Ok`), and reconnects both its connections with a backoff from 100 ms
-//! doubling to 5 s, subscribing again; it logs the recovery at info level. A subscription
-//! connection that stops answering pings is treated as lost too. Nothing is replayed: a
-//! [`Tracker`](crate::Tracker) over this pub/sub heals by itself, because its heartbeats carry
-//! its clock. A peer that missed deltas sees a clock ahead of its own in the next heartbeat and
-//! asks for a transfer, which also carries the removals it missed. That takes at most
-//! `max_silent_periods + clock_sample_periods` broadcast periods after the reconnect; an outage
-//! longer than the down period marks peers down, and they come back up with their presences on
-//! their next heartbeat.
+//! The Redis pub/sub adapter (the `redis` feature); see [`RedisAdapter`].
 
 use std::collections::HashSet;
 use std::fmt;
@@ -237,7 +184,63 @@ pub struct RedisStats {
     pub delivered: u64,
 }
 
-/// A pub/sub [`Adapter`] over Redis PUBLISH/SUBSCRIBE: see the [module docs](self).
+/// A pub/sub [`Adapter`] that clusters nodes over Redis PUBLISH/SUBSCRIBE, after
+/// phoenix_pubsub_redis.
+///
+/// Every node of a cluster connects to the same Redis server and subscribes to one channel,
+/// `presence:<pubsub name>`. A broadcast is one `PUBLISH` of an [envelope](#envelope), whatever
+/// the number of nodes; each node decides from the envelope whether the frame is for it.
+///
+/// # Envelope
+///
+/// Big-endian, version 1:
+///
+/// | bytes | field |
+/// |---|---|
+/// | 1 | format version (`1`); other versions are ignored |
+/// | 1 | kind: `0` broadcast (every node but the origin), `1` direct (one node), `2` hello (name probe), `3` name taken |
+/// | 8 | the sender's instance id, random per [`RedisAdapter::connect`] |
+/// | 2 + n | the origin node name (length, UTF-8) |
+/// | 2 + n | direct only: the target node name |
+/// | 8 | name taken only: the instance id the answer is for |
+/// | rest | broadcast and direct: the pub/sub frame |
+///
+/// A node delivers a frame when it is a broadcast from another node name, or a direct message
+/// whose target is its own name. Anything else is ignored; malformed envelopes are logged and
+/// dropped. The format is not Phoenix's (Erlang terms), so Rust and BEAM nodes do not mix on one
+/// channel.
+///
+/// # Unique node names
+///
+/// Node names must be unique on a channel, or direct messages reach the wrong node and each node
+/// ignores the other's broadcasts. [`RedisAdapter::connect`] publishes a hello carrying its
+/// random instance id, waits for it to come back (so the subscription is live), then listens for
+/// [`RedisOptions::probe_period`]: a node already using the name answers "name taken" for that
+/// instance id, and `connect` fails with [`RedisAdapterError::NodeNameTaken`]. Two nodes
+/// starting together with one name see each other's hello and both fail. Later on, any envelope
+/// with this node's name but another instance id is a clash, logged at error level once per
+/// foreign instance. A node's own messages always carry its own instance id, across reconnects,
+/// so they never count as a clash.
+///
+/// # Outages
+///
+/// Sends never wait: [`broadcast`](Adapter::broadcast) and
+/// [`direct_broadcast`](Adapter::direct_broadcast) queue the envelope (capacity
+/// [`RedisOptions::queue_capacity`], 4096 by default) and return; a full queue is
+/// [`BroadcastError::Full`]. A publisher task drains the queue, pipelining what has piled up.
+///
+/// When Redis goes away, the adapter logs one warning, drops what is sent until it is back
+/// (sends still return `Ok`), and reconnects both its connections with a backoff from 100 ms
+/// doubling to 5 s, subscribing again; it logs the recovery at info level. A subscription
+/// connection that stops answering pings is treated as lost too. Nothing is replayed: a
+/// [`Tracker`](crate::Tracker) over this pub/sub heals by itself, because its heartbeats carry
+/// its clock. A peer that missed deltas sees a clock ahead of its own in the next heartbeat and
+/// asks for a transfer, which also carries the removals it missed. That takes at most
+/// `max_silent_periods + clock_sample_periods` broadcast periods after the reconnect; an outage
+/// longer than the down period marks peers down, and they come back up with their presences on
+/// their next heartbeat.
+///
+/// # Handles
 ///
 /// A cheap handle: clones share the connections. Its two tasks (publisher and subscriber) are
 /// aborted when the last handle is dropped.
@@ -624,10 +627,10 @@ impl Shared {
                 if first {
                     tracing::error!(node = %me, channel = %self.channel, "another node on the redis channel uses this node name: its broadcasts are ignored and direct messages may reach either node");
                 }
-                if let Kind::Direct(target) = envelope.kind {
-                    if *target == *me {
-                        self.deliver(envelope.frame);
-                    }
+                if let Kind::Direct(target) = envelope.kind
+                    && *target == *me
+                {
+                    self.deliver(envelope.frame);
                 }
             }
             Kind::Broadcast => {
