@@ -411,3 +411,53 @@ async fn trackers_resynchronise_after_a_redis_restart() {
 async fn trackers_resynchronise_after_an_outage_longer_than_the_down_period() {
     survive_restart(true).await;
 }
+
+/// With no traffic during the outage, the publisher has not seen its connection die when the
+/// subscriber is back: the first broadcast after the restart must still go through, without a
+/// second outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_broadcast_after_a_quiet_restart_goes_through() {
+    use presence_core::pubsub::Message;
+
+    let Some(mut server) = Server::start() else {
+        return;
+    };
+    server.wait_ready().await;
+    let url = server.url();
+    let channel = unique("quiet");
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let options = RedisOptions::new(name)
+            .pubsub_name(&channel)
+            .backoff(Duration::from_millis(50), Duration::from_millis(500));
+        let adapter = RedisAdapter::connect(&url, options).await.unwrap();
+        let pubsub = PubSub::builder(name).adapter(adapter.clone()).build();
+        nodes.push((pubsub, adapter));
+    }
+    let mut sub = nodes[1].0.subscribe("t");
+
+    server.kill();
+    eventually("the subscribers notice", DEADLINE, || {
+        nodes.iter().all(|(_, a)| !a.stats().connected)
+    })
+    .await;
+    server.restart().await;
+    eventually("both subscribe again", DEADLINE, || {
+        nodes.iter().all(|(_, a)| {
+            let s = a.stats();
+            s.connected && s.subscriptions == 2
+        })
+    })
+    .await;
+
+    nodes[0]
+        .0
+        .broadcast(Message::json("t", "after", json!({})))
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, sub.recv()).await;
+    assert_eq!(got.expect("delivered").unwrap().event(), "after");
+    for (_, a) in &nodes {
+        let s = a.stats();
+        assert_eq!((s.outages, s.dropped), (1, 0), "{s:?}");
+    }
+}

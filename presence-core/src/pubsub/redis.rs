@@ -293,6 +293,9 @@ struct Shared {
     published: AtomicU64,
     dropped: AtomicU64,
     delivered: AtomicU64,
+    /// Times the subscription connection was lost: the publisher's connection, which only
+    /// notices a dead server when it next publishes, is replaced too.
+    subscriber_losses: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -363,6 +366,7 @@ impl RedisAdapter {
             published: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            subscriber_losses: AtomicU64::new(0),
             options,
         });
 
@@ -669,6 +673,7 @@ async fn run_publisher(
     conn: MultiplexedConnection,
 ) {
     let mut conn = Some(conn);
+    let mut seen_losses = 0;
     let mut backoff = Backoff::new(&shared.options);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -680,6 +685,7 @@ async fn run_publisher(
             {
                 return;
             }
+            seen_losses = shared.subscriber_losses.load(Ordering::Acquire);
             let connect = shared.connect_publisher();
             match drop_until(&shared, &mut rx, connect).await {
                 None => return,
@@ -696,6 +702,24 @@ async fn run_publisher(
         };
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
+        }
+        let losses = shared.subscriber_losses.load(Ordering::Acquire);
+        if losses != seen_losses {
+            // Redis went away since this connection was made: it is probably dead even if it
+            // has not said so yet. Replace it before publishing, without a second warning.
+            seen_losses = losses;
+            match shared.connect_publisher().await {
+                Ok(fresh) => *c = fresh,
+                Err(e) => {
+                    shared
+                        .dropped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                    conn = None;
+                    shared.set_link(true, false, &e);
+                    continue;
+                }
+            }
         }
         let mut pipe = redis::pipe();
         for envelope in &batch {
@@ -782,6 +806,7 @@ async fn run_subscriber(shared: Arc<Shared>, first: (PubSubSink, PubSubStream)) 
                 }
             }
         };
+        shared.subscriber_losses.fetch_add(1, Ordering::AcqRel);
         shared.set_link(false, false, &why);
     }
 }
