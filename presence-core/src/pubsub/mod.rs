@@ -36,6 +36,8 @@ mod cluster;
 pub mod error;
 mod frame;
 mod message;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,6 +51,11 @@ pub use adapter::{Adapter, Inbound, NoAdapter};
 pub use cluster::{ClusterAdapter, LinkFaults, LocalCluster};
 pub use error::{BroadcastError, RecvError};
 pub use message::{Message, Payload};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{
+    DEFAULT_REDIS_QUEUE_CAPACITY, RedisAdapter, RedisAdapterError, RedisOptions, RedisStats,
+};
 
 /// Default capacity of each subscription's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
