@@ -94,7 +94,7 @@ impl Child {
         }
     }
 
-    /// A child that runs `task`; its end, other than through [`stop`](Self::stop), is a crash.
+    /// A child that runs `task`; its end, other than by the supervisor stopping it, is a crash.
     pub fn task(task: JoinHandle<Result<(), BoxError>>) -> Self {
         Child {
             task: Some(task),

@@ -13,7 +13,11 @@ async fn chat_page_in_headless_chromium() {
     let dir = support::package_dir("browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     let has_chromium = Path::new(&chromium).exists();
-    if !support::ready(&dir, "PRESENCE_REQUIRE_BROWSER", Some(("chromium is not installed", has_chromium))) {
+    if !support::ready(
+        &dir,
+        "PRESENCE_REQUIRE_BROWSER",
+        Some(("chromium is not installed", has_chromium)),
+    ) {
         return;
     }
     let server = ChatServer::start(ChatConfig {
@@ -28,7 +32,7 @@ async fn chat_page_in_headless_chromium() {
     let url = format!("http://{}/", server.local_addr());
     support::node_test(
         &dir,
-        "chat.test.mjs",
+        &["chat.test.mjs"],
         &[
             ("CHAT_URL", url),
             ("SCREENSHOT_DIR", shots.display().to_string()),
@@ -37,6 +41,9 @@ async fn chat_page_in_headless_chromium() {
         Duration::from_secs(180),
     )
     .await;
-    assert!(shots.join("chat-two-users.png").exists(), "a screenshot was saved under target/");
+    assert!(
+        shots.join("chat-two-users.png").exists(),
+        "a screenshot was saved under target/"
+    );
     server.shutdown().await;
 }

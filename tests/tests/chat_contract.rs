@@ -7,7 +7,8 @@ use presence_examples::chat::{ChatConfig, ChatServer};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn server() -> ChatServer {
     ChatServer::start(ChatConfig {
@@ -21,11 +22,16 @@ async fn server() -> ChatServer {
 
 async fn connect(server: &ChatServer) -> Ws {
     let url = format!("ws://{}/socket/websocket?vsn=2.0.0", server.local_addr());
-    tokio_tungstenite::connect_async(url).await.expect("connects").0
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects")
+        .0
 }
 
 async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::text(frame.to_string())).await.expect("sends");
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .expect("sends");
 }
 
 /// The next text frame, as JSON; fails after 5 s.
@@ -85,7 +91,12 @@ async fn bad_join_params_get_a_reason() {
     {
         let reply = join(&mut ws, &i.to_string(), "room:lobby", params.clone()).await;
         assert_eq!(reply[4]["status"], "error", "{params}");
-        assert!(reply[4]["response"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{reply}");
+        assert!(
+            reply[4]["response"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{reply}"
+        );
     }
     server.shutdown().await;
 }
@@ -95,22 +106,39 @@ async fn join_tracks_and_pushes_state_then_status_and_messages() {
     let server = server().await;
     let mut ann = connect(&server).await;
     let reply = join(&mut ann, "1", "room:contract", json!({"user": "ann"})).await;
-    assert_eq!(reply, json!(["1", "1", "room:contract", "phx_reply", {"status": "ok", "response": {}}]));
+    assert_eq!(
+        reply,
+        json!(["1", "1", "room:contract", "phx_reply", {"status": "ok", "response": {}}])
+    );
     let state = recv_event(&mut ann, "presence_state").await;
     assert_eq!(state[0], "1", "pushed with the channel's join_ref");
     let meta = &state[4]["ann"]["metas"][0];
     assert_eq!(meta["status"], "online");
-    assert!(meta["online_at"].as_u64().is_some_and(|t| t > 1_600_000_000));
+    assert!(
+        meta["online_at"]
+            .as_u64()
+            .is_some_and(|t| t > 1_600_000_000)
+    );
     assert!(meta["phx_ref"].is_string());
 
     let mut bob = connect(&server).await;
-    join(&mut bob, "1", "room:contract", json!({"user": "bob", "status": "busy"})).await;
+    join(
+        &mut bob,
+        "1",
+        "room:contract",
+        json!({"user": "bob", "status": "busy"}),
+    )
+    .await;
     let diff = recv_diff_about(&mut ann, "bob").await;
     assert_eq!(diff[0], Value::Null);
     assert_eq!(diff[4]["joins"]["bob"]["metas"][0]["status"], "busy");
 
     // A status change is one diff: the new meta joins with phx_ref_prev, the old one leaves.
-    send(&mut bob, json!(["1", "2", "room:contract", "status", {"status": "away"}])).await;
+    send(
+        &mut bob,
+        json!(["1", "2", "room:contract", "status", {"status": "away"}]),
+    )
+    .await;
     let reply = recv_event(&mut bob, "phx_reply").await;
     assert_eq!(reply[4]["status"], "ok");
     let diff = recv_diff_about(&mut ann, "bob").await;
@@ -120,13 +148,24 @@ async fn join_tracks_and_pushes_state_then_status_and_messages() {
     assert_eq!(left["status"], "busy");
     assert_eq!(joined["phx_ref_prev"], left["phx_ref"]);
 
-    send(&mut ann, json!(["1", "3", "room:contract", "new_msg", {"body": "hi bob"}])).await;
+    send(
+        &mut ann,
+        json!(["1", "3", "room:contract", "new_msg", {"body": "hi bob"}]),
+    )
+    .await;
     let msg = recv_event(&mut bob, "new_msg").await;
     assert_eq!(msg[4], json!({"user": "ann", "body": "hi bob"}));
     assert_eq!(recv_event(&mut ann, "phx_reply").await[4]["status"], "ok");
 
-    send(&mut ann, json!(["1", "4", "room:contract", "status", {"status": 5}])).await;
-    assert_eq!(recv_event(&mut ann, "phx_reply").await[4]["status"], "error");
+    send(
+        &mut ann,
+        json!(["1", "4", "room:contract", "status", {"status": 5}]),
+    )
+    .await;
+    assert_eq!(
+        recv_event(&mut ann, "phx_reply").await[4]["status"],
+        "error"
+    );
 
     // Bob's socket closes: ann sees him leave.
     drop(bob);
@@ -139,14 +178,24 @@ async fn join_tracks_and_pushes_state_then_status_and_messages() {
 async fn page_and_socket_are_served() {
     let server = server().await;
     let page = reqwest_free_get(server.local_addr()).await;
-    assert!(page.contains("<select id=\"status\""), "the page has a status selector");
+    assert!(
+        page.contains("<select id=\"status\""),
+        "the page has a status selector"
+    );
     assert!(page.contains("id=\"presences\""));
-    assert!(!page.contains("cdn") && !page.contains("https://"), "nothing is loaded from elsewhere");
+    assert!(
+        !page.contains("cdn") && !page.contains("https://"),
+        "nothing is loaded from elsewhere"
+    );
     let url = format!("ws://{}/socket/websocket?vsn=1.0.0", server.local_addr());
-    let (mut v1, _) = tokio_tungstenite::connect_async(url).await.expect("vsn 1.0.0 connects");
-    v1.send(Message::text(json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "1"}).to_string()))
+    let (mut v1, _) = tokio_tungstenite::connect_async(url)
         .await
-        .unwrap();
+        .expect("vsn 1.0.0 connects");
+    v1.send(Message::text(
+        json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "1"}).to_string(),
+    ))
+    .await
+    .unwrap();
     let reply = recv(&mut v1).await;
     assert_eq!(reply["event"], "phx_reply");
     server.shutdown().await;
@@ -157,11 +206,17 @@ async fn reqwest_free_get(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{}", &body[..body.len().min(200)]);
+    assert!(
+        body.starts_with("HTTP/1.1 200"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
     body
 }

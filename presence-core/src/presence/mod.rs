@@ -1,7 +1,7 @@
 //! The Presence layer, after Phoenix.Presence: presences grouped by key, enriched by an
 //! optional fetch, and `presence_diff` broadcasts in tracker order.
 //!
-//! Most applications declare a presence with the [`presence`](crate::presence) attribute, which
+//! Most applications declare a presence with the [`presence`](macro@crate::presence) attribute, which
 //! implements [`Presence`] and adds typed helpers. Underneath, a [`PresenceHandle`] runs a
 //! [`Tracker`] and turns each of its diffs into a [`PresenceDiff`] per topic, broadcast to the
 //! topic's local subscribers as the event `presence_diff` (every node broadcasts its own diffs to

@@ -12,14 +12,14 @@ import WebSocket from "ws";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const workspace = path.resolve(here, "..", "..", "..");
 
-/** Where `cargo build -p presence-poem --example js_test_server` puts the server. */
+/** Where `cargo build -p presence-tests --bin js_test_server` puts the server. */
 export function serverBinary() {
   if (process.env.PRESENCE_TEST_SERVER) return process.env.PRESENCE_TEST_SERVER;
   const target = process.env.CARGO_TARGET_DIR
     ? path.resolve(workspace, process.env.CARGO_TARGET_DIR)
     : path.join(workspace, "target");
   const exe = process.platform === "win32" ? "js_test_server.exe" : "js_test_server";
-  return path.join(target, "debug", "examples", exe);
+  return path.join(target, "debug", exe);
 }
 
 /** Starts the Rust test server; resolves with {url, stop}. Fails if it does not print its port. */
@@ -27,7 +27,7 @@ export async function startServer({ timeoutMs = 10_000 } = {}) {
   const bin = serverBinary();
   if (!existsSync(bin)) {
     throw new Error(
-      `test server not found at ${bin}: run \`cargo build -p presence-poem --example js_test_server\` first ` +
+      `test server not found at ${bin}: run \`cargo build -p presence-tests --bin js_test_server\` first ` +
         "(or set PRESENCE_TEST_SERVER)"
     );
   }

@@ -4,16 +4,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where a Node test package lives, by folder name under `tests/`.
-pub fn package_dir(name: &str) -> PathBuf {
+pub(crate) fn package_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
 /// Whether the test can run: Node and the package's `node_modules` are there, and `extra`
 /// holds. Otherwise it prints why and returns false, unless `require_var` is set (CI), where a
 /// missing tool is a failure, never a silent skip.
-pub fn ready(dir: &Path, require_var: &str, extra: Option<(&str, bool)>) -> bool {
+pub(crate) fn ready(dir: &Path, require_var: &str, extra: Option<(&str, bool)>) -> bool {
     let mut missing = Vec::new();
-    if std::process::Command::new("node").arg("--version").output().is_err() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         missing.push("node is not installed".to_owned());
     }
     if !dir.join("node_modules").is_dir() {
@@ -33,11 +37,15 @@ pub fn ready(dir: &Path, require_var: &str, extra: Option<(&str, bool)>) -> bool
     false
 }
 
-/// Runs `node --test <file>` in `dir` with `env`, failing the test with Node's output when it
+/// Runs `node --test <args>` in `dir` with `env`, failing the test with Node's output when it
 /// fails or runs past `limit`.
-pub async fn node_test(dir: &Path, file: &str, env: &[(&str, String)], limit: Duration) {
+pub(crate) async fn node_test(dir: &Path, args: &[&str], env: &[(&str, String)], limit: Duration) {
+    let file = args.join(" ");
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("--test").arg(file).current_dir(dir).kill_on_drop(true);
+    cmd.arg("--test")
+        .args(args)
+        .current_dir(dir)
+        .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -49,5 +57,8 @@ pub async fn node_test(dir: &Path, file: &str, env: &[(&str, String)], limit: Du
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(output.status.success(), "node --test {file} failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "node --test {file} failed:\n{stdout}\n{stderr}"
+    );
 }

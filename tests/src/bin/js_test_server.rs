@@ -15,7 +15,7 @@
 //!   1001 (the client reconnects and rejoins);
 //! - `ping`: replies `ok` with the payload.
 //!
-//! Run with `cargo run -p presence-poem --example js_test_server`; `RUST_LOG` sets the log
+//! Run with `cargo run -p presence-tests --bin js_test_server`; `RUST_LOG` sets the log
 //! filter (default `warn`), logs go to stderr.
 
 use std::io::Write;
