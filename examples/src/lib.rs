@@ -2,3 +2,8 @@
 //! and the multi-process cluster tests all run the same server.
 
 pub mod chat;
+
+/// The README, so that its Rust example is compiled as a doctest.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

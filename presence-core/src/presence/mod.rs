@@ -53,6 +53,8 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+#![doc = include_str!("../docs/presence_examples.md")]
 
 mod entry;
 
