@@ -9,8 +9,8 @@
 //!
 //! # Fetch and ordering
 //!
-//! When a presence implements [`Fetch`], each diff's fetch runs in its own task, so fetches of
-//! consecutive diffs overlap; the diffs are still broadcast strictly in tracker order. A fetch
+//! When a presence implements [`Fetch`], each diff is fetched with one call (all its keys,
+//! joins and leaves together) in its own task, so fetches of consecutive diffs overlap; the diffs are still broadcast strictly in tracker order. A fetch
 //! that fails or panics is logged and its diff goes out unenriched. Diffs wait in an unbounded
 //! queue while earlier fetches run: dropping one would desynchronise clients, and blocking
 //! would stall the tracker, so a fetch slower than the rate of changes grows the queue (a
@@ -451,11 +451,11 @@ impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
             let fetch = P::FETCHES.then(|| {
                 let presence = shared.presence.clone();
                 let (topic, diff) = (topic.clone(), plain.clone());
-                AbortOnDrop(shared.runtime.spawn(async move {
-                    let joins = presence.fetch(&topic, diff.joins).await?;
-                    let leaves = presence.fetch(&topic, diff.leaves).await?;
-                    Ok(PresenceDiff { joins, leaves })
-                }))
+                AbortOnDrop(
+                    shared
+                        .runtime
+                        .spawn(async move { fetch_diff(&*presence, &topic, diff).await }),
+                )
             });
             let waiting = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
             if waiting == QUEUE_WARNING {
@@ -671,6 +671,27 @@ impl<P: Presence> PresenceHandle<P> {
             notified.await;
         }
     }
+}
+
+/// Fetches a diff with one call: every key of the joins and the leaves at once (an update has
+/// its key on both sides), then hands each side's entries the extra fetched for their key.
+async fn fetch_diff<P: Presence>(
+    presence: &P,
+    topic: &str,
+    mut diff: PresenceDiff<P::Extra>,
+) -> Result<PresenceDiff<P::Extra>, FetchError> {
+    let mut all: PresenceMap<P::Extra> = PresenceMap::new();
+    for (key, entry) in diff.joins.iter().chain(diff.leaves.iter()) {
+        all.entry(key.clone())
+            .or_insert_with(|| PresenceEntry::new(Vec::new()))
+            .metas
+            .extend(entry.metas.iter().cloned());
+    }
+    let fetched = presence.fetch(topic, all).await?;
+    for (key, entry) in diff.joins.iter_mut().chain(diff.leaves.iter_mut()) {
+        entry.extra = fetched.get(key).and_then(|f| f.extra.clone());
+    }
+    Ok(diff)
 }
 
 async fn broadcast_loop<P: Presence>(
