@@ -7,8 +7,12 @@ use presence_core::presence::{Fetch, FetchError, PresenceHandle, PresenceMap, Pr
 use presence_core::{Owner, PubSub, presence, pubsub_server};
 use serde_json::json;
 
-pubsub_server!(pub TestPubSub);
+pubsub_server!(
+    /// The test's pub/sub.
+    pub TestPubSub
+);
 
+/// Counts its fetches.
 #[derive(Debug)]
 #[presence(pubsub = TestPubSub, fetch)]
 pub struct Counted {
