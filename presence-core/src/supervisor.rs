@@ -276,6 +276,8 @@ async fn supervise(
             }
             (i, result) = first_exit(&mut running) => (i, result.err().unwrap_or_default()),
         };
+        // Its task has ended and was awaited: stopping it must not await it again.
+        running[crashed].task = None;
         let id = sup.children[crashed].id();
         tracing::error!(child = %id, reason = %why, "child crashed; restarting it and the children after it");
         let now = Instant::now();
