@@ -237,8 +237,15 @@ pub(super) fn spawn(
                         match TrackerMsg::decode(bytes) {
                             Ok(msg) => {
                                 let now = now_ms();
-                                let ((), out) = shard.step(|core| ((), core.handle(now, msg)));
-                                shard.send(&pubsub, out);
+                                // A message that trips an internal check must not end the
+                                // shard's task (and with it all replication): it is dropped.
+                                let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    shard.step(|core| ((), core.handle(now, msg)))
+                                }));
+                                match step {
+                                    Ok(((), out)) => shard.send(&pubsub, out),
+                                    Err(_) => tracing::error!(shard = %shard.topic, "a replication message could not be applied and was dropped"),
+                                }
                             }
                             Err(e) => tracing::warn!(shard = %shard.topic, error = %e, "malformed replication message ignored"),
                         }
