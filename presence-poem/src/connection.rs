@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use poem::http::Extensions;
 use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
 use presence_core::Registry;
@@ -30,14 +30,18 @@ const CHANNEL_QUEUE: usize = 16;
 const WRITE_BATCH: usize = 64;
 
 /// Serves one upgraded websocket until it closes.
-pub(crate) async fn run(
+///
+/// The setup runs before the returned future exists, so that the future does not keep room
+/// for its arguments (an unsplit `WebSocketStream` is a few hundred bytes) for its whole
+/// life: it is one of the 10k futures a 10k-socket server holds.
+pub(crate) fn run(
     stream: WebSocketStream,
     inner: Arc<Inner>,
     vsn: Vsn,
     assigns: Extensions,
     id: Option<Arc<str>>,
     registry: Registry,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let (outbox, OutboxRx { frames, close }) = Outbox::new(inner.config.outbound_capacity);
     let socket = Arc::new(SocketShared {
         assigns,
@@ -49,21 +53,16 @@ pub(crate) async fn run(
         registry,
     });
     let (sink, stream) = stream.split();
-    let writer = write_loop(
-        sink,
-        frames,
-        close.clone(),
-        outbox,
-        inner.config.shutdown_timeout,
-    );
+    let deadline = inner.config.shutdown_timeout;
     let control = Control {
         inner,
         socket,
         channels: HashMap::new(),
         dying: Vec::new(),
-        close,
+        close: close.clone(),
     };
-    tokio::join!(writer, control.run(stream));
+    let writer = write_loop(sink, frames, close, outbox, deadline);
+    futures_util::future::join(writer, control.run(stream)).map(|((), ())| ())
 }
 
 fn to_ws(out: Out) -> WsMessage {
@@ -86,7 +85,8 @@ async fn write_loop(
             _ = close.changed() => break *close.borrow(),
             out = frames.recv() => {
                 let Some(out) = out else { break None };
-                let write = async {
+                // Boxed: only the idle state of this loop stays in every socket's task.
+                let write = Box::pin(async {
                     sink.feed(to_ws(out)).await?;
                     for _ in 1..WRITE_BATCH {
                         match frames.try_recv() {
@@ -95,7 +95,7 @@ async fn write_loop(
                         }
                     }
                     sink.flush().await
-                };
+                });
                 tokio::select! {
                     biased;
                     _ = close.changed() => break *close.borrow(),
@@ -108,6 +108,15 @@ async fn write_loop(
             }
         }
     };
+    Box::pin(close_sink(sink, requested, deadline)).await;
+}
+
+/// Writes the close frame, if any, and closes the sink.
+async fn close_sink(
+    mut sink: SplitSink<WebSocketStream, WsMessage>,
+    requested: Option<Close>,
+    deadline: std::time::Duration,
+) {
     if let Some(Close {
         code,
         reason,
@@ -179,7 +188,10 @@ impl Control {
                 frame = stream.next() => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
                     match frame {
-                        Some(Ok(message)) => self.handle_frame(message).await,
+                        // Boxed, as is `shutdown`: their states (joins, timeouts) are far
+                        // larger than the idle loop's and would otherwise stay in every
+                        // socket's task for its whole life.
+                        Some(Ok(message)) => Box::pin(self.handle_frame(message)).await,
                         Some(Err(error)) => self.read_error(&error),
                         None => {
                             self.outbox().request_close(Close { code: code::NORMAL, reason: "", send_frame: false });
@@ -189,7 +201,7 @@ impl Control {
             }
         }
         drop(disconnect);
-        self.shutdown().await;
+        Box::pin(self.shutdown()).await;
     }
 
     fn read_error(&self, error: &io::Error) {
