@@ -287,6 +287,10 @@ impl ShardCore {
         for t in transitions {
             match t {
                 Transition::Up(r) => {
+                    // Announce ourselves at the next tick rather than after up to
+                    // max_silent_periods: the newcomer learns our clock (and asks for a
+                    // transfer) one period later instead of up to eleven.
+                    self.silent_periods = self.timing.max_silent_periods;
                     fx.joins(self.state.replica_up(&r));
                     fx.events.push(ReplicaEvent::Up {
                         name: r.name.to_string(),
