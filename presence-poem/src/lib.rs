@@ -144,6 +144,7 @@
 //! - 1007: an undecodable frame (invalid JSON, wrong shape, invalid UTF-8, a binary frame on V1);
 //! - 1009: a message over [`max_message_size`](PhoenixSocketBuilder::max_message_size) (1 MiB);
 //! - 1011: an internal error;
+//! - 1012: the endpoint is draining for a shutdown ([`PhoenixSocket::drain`]);
 //! - 1013: the outbound queue is full (slow client).
 //!
 //! # Memory
