@@ -12,8 +12,9 @@
 //! # Running it
 //!
 //! [`run`] reads nothing itself: [`ChatConfig::from_env`] reads `HOST`, `PORT`,
-//! `PRESENCE_NODE`, `PRESENCE_REDIS_URL`, `PRESENCE_PUBSUB_NAME` and the tracker periods
-//! `PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`, `PRESENCE_PERMDOWN_PERIOD_MS`.
+//! `PRESENCE_NODE`, `PRESENCE_REDIS_URL`, `PRESENCE_PUBSUB_NAME` and the tracker settings
+//! `PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`, `PRESENCE_PERMDOWN_PERIOD_MS`
+//! and `PRESENCE_MAX_SILENT_PERIODS`.
 //! Once it listens, [`run`] prints one machine-readable line on stdout,
 //! `LISTENING <ip>:<port>` (useful with `PORT=0`); logs go to stderr.
 //!
@@ -85,7 +86,8 @@ pub struct ChatConfig {
     /// This node's name (`PRESENCE_NODE`, default a unique generated name).
     pub node_name: String,
     /// Tracker options (`PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`,
-    /// `PRESENCE_PERMDOWN_PERIOD_MS`).
+    /// `PRESENCE_PERMDOWN_PERIOD_MS`, and `PRESENCE_MAX_SILENT_PERIODS`, which by default is
+    /// lowered to fit two silent heartbeats in a short down period).
     pub presence: PresenceOptions,
     /// The Redis server to cluster over (`PRESENCE_REDIS_URL`); `None`: a single node.
     pub redis_url: Option<String>,
@@ -153,6 +155,12 @@ impl ChatConfig {
         }
         if let Some(d) = ms("PRESENCE_PERMDOWN_PERIOD_MS")? {
             config.presence = config.presence.permdown_period(d);
+        }
+        if let Ok(v) = std::env::var("PRESENCE_MAX_SILENT_PERIODS") {
+            let n: u32 = v.parse().map_err(|_| {
+                format!("PRESENCE_MAX_SILENT_PERIODS must be a positive number, got {v:?}")
+            })?;
+            config.presence = config.presence.max_silent_periods(n);
         }
         config.presence = fit_silent_periods(config.presence);
         if let Ok(url) = std::env::var("PRESENCE_REDIS_URL") {
@@ -625,6 +633,27 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_down_period_lowers_the_silent_periods() {
+        let ms = Duration::from_millis;
+        let fit = |o: PresenceOptions| fit_silent_periods(o).max_silent_periods;
+        let fast = PresenceOptions::new().broadcast_period(ms(100));
+        assert_eq!(fit(fast.clone().down_period(ms(1000))), Some(5));
+        assert_eq!(fit(fast.clone().down_period(ms(250))), Some(1));
+        assert_eq!(
+            fit(fast.clone().down_period(ms(5000))),
+            None,
+            "default fits"
+        );
+        assert_eq!(fit(fast.clone()), None, "default down period");
+        assert_eq!(
+            fit(fast.down_period(ms(1000)).max_silent_periods(8)),
+            Some(8)
+        );
+        // Default broadcast period 1.5 s: a 6 s down period fits 2.
+        assert_eq!(fit(PresenceOptions::new().down_period(ms(6000))), Some(2));
+    }
 
     #[test]
     fn join_params_are_checked() {
