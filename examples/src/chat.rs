@@ -163,10 +163,10 @@ impl ChatConfig {
             config.presence = config.presence.max_silent_periods(n);
         }
         config.presence = fit_silent_periods(config.presence);
-        if let Ok(url) = std::env::var("PRESENCE_REDIS_URL") {
-            if !url.is_empty() {
-                config.redis_url = Some(url);
-            }
+        if let Ok(url) = std::env::var("PRESENCE_REDIS_URL")
+            && !url.is_empty()
+        {
+            config.redis_url = Some(url);
         }
         if let Ok(name) = std::env::var("PRESENCE_PUBSUB_NAME") {
             if name.is_empty() {

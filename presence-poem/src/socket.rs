@@ -270,7 +270,6 @@ impl PhoenixSocket {
     /// # Examples
     ///
     /// ```no_run
-    /// # use presence_core::PubSub;
     /// # use presence_poem::PhoenixSocket;
     /// # async fn stop(socket: PhoenixSocket) {
     /// // On SIGTERM, once the listener stopped accepting connections:

@@ -386,8 +386,7 @@ impl Client {
             view.lock().unwrap().replies.contains_key(&r)
         })
         .await;
-        let reply = self.view.lock().unwrap().replies[&r].clone();
-        reply
+        self.view.lock().unwrap().replies[&r].clone()
     }
 
     fn keys(&self) -> BTreeSet<String> {
