@@ -1,7 +1,16 @@
 //! The chat example: a web page with a room's messages and who is online, over Phoenix channels.
 //!
 //! `cargo run --release --example chat`, then open <http://127.0.0.1:4000>. `HOST` and `PORT`
-//! override the address; `RUST_LOG` the log level (info by default).
+//! override the address; `RUST_LOG` the log level (info by default; logs go to stderr).
+//! Once listening it prints `LISTENING <ip>:<port>` on stdout.
+//!
+//! Cluster: set `PRESENCE_REDIS_URL` (e.g. `redis://127.0.0.1:6379`) and a unique
+//! `PRESENCE_NODE` per node; nodes with the same `PRESENCE_PUBSUB_NAME` (default `chat`) on
+//! that Redis share their presences and messages. `PRESENCE_BROADCAST_PERIOD_MS`,
+//! `PRESENCE_DOWN_PERIOD_MS` and `PRESENCE_PERMDOWN_PERIOD_MS` set the tracker periods.
+//! Ctrl-C or SIGTERM shuts down gracefully (sockets closed with 1012, then a graceful
+//! permdown so peers drop this node's presences at once) and exits 0. Configuration errors exit
+//! 2, start failures (Redis unreachable, port taken) 1.
 
 #[tokio::main]
 async fn main() {

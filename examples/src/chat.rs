@@ -8,17 +8,53 @@
 //! - `"status"` with `{"status": <string>}` updates the meta and replies ok;
 //! - `"new_msg"` with `{"body": <string>}` broadcasts `"new_msg"` `{"user", "body"}` and replies ok;
 //! - one info line per connect, join and leave.
+//!
+//! # Running it
+//!
+//! [`run`] reads nothing itself: [`ChatConfig::from_env`] reads `HOST`, `PORT`,
+//! `PRESENCE_NODE`, `PRESENCE_REDIS_URL`, `PRESENCE_PUBSUB_NAME` and the tracker settings
+//! `PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`, `PRESENCE_PERMDOWN_PERIOD_MS`
+//! and `PRESENCE_MAX_SILENT_PERIODS`.
+//! Once it listens, [`run`] prints one machine-readable line on stdout,
+//! `LISTENING <ip>:<port>` (useful with `PORT=0`); logs go to stderr.
+//!
+//! # Cluster
+//!
+//! With `PRESENCE_REDIS_URL` set, the node joins the cluster of every chat node on that Redis
+//! server with the same `PRESENCE_PUBSUB_NAME` (default `chat`; the Redis channel is
+//! `presence:<name>`), under its `PRESENCE_NODE` name, which must be unique there (by default
+//! it is generated). An unreachable Redis, or a name already in use, is an error at start.
+//! Presences and `new_msg` broadcasts then reach the clients of every node.
+//!
+//! # Shutdown
+//!
+//! On Ctrl-C or SIGTERM, [`ChatServer::shutdown`] runs, in this order:
+//! 1. the listener stops accepting connections;
+//! 2. every socket is closed with code 1012 ([`PhoenixSocket::drain`]): phoenix.js reconnects,
+//!    to another node behind a load balancer. Each channel terminates and its presences leave
+//!    locally (peers learn it from the next heartbeat, or from step 3, whichever comes first:
+//!    one leave either way);
+//! 3. a graceful permdown tells the peers to drop this node's presences now, rather than after
+//!    the down period;
+//! 4. the node waits (up to 2 s) until Redis has published everything queued, the permdown
+//!    included;
+//! 5. the pub/sub and the presence stop. [`run`] then returns `Ok` (exit code 0).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::Html;
 use poem::{EndpointExt, Route, Server, get, handler};
 use presence_core::presence::PresenceOptions;
-use presence_core::pubsub::Payload;
+use presence_core::pubsub::{
+    Adapter, BroadcastError, Inbound, Payload, RedisAdapter, RedisOptions,
+};
 use presence_core::registry::Registry;
 use presence_core::supervisor::{BoxError, PubSubSpec, Running, Supervisor, TaskSpec};
+use presence_core::tracker::TrackerConfig;
 use presence_core::{presence, pubsub_server};
 use presence_poem::{
     Channel, ChannelContext, Connected, HandleIn, Join, PhoenixSocket, PresenceMiddleware, Reply,
@@ -50,8 +86,14 @@ pub struct ChatConfig {
     /// This node's name (`PRESENCE_NODE`, default a unique generated name).
     pub node_name: String,
     /// Tracker options (`PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`,
-    /// `PRESENCE_PERMDOWN_PERIOD_MS`).
+    /// `PRESENCE_PERMDOWN_PERIOD_MS`, and `PRESENCE_MAX_SILENT_PERIODS`, which by default is
+    /// lowered to fit two silent heartbeats in a short down period).
     pub presence: PresenceOptions,
+    /// The Redis server to cluster over (`PRESENCE_REDIS_URL`); `None`: a single node.
+    pub redis_url: Option<String>,
+    /// The cluster's pub/sub name (`PRESENCE_PUBSUB_NAME`, default `chat`): nodes on one Redis
+    /// server form a cluster per name (Redis channel `presence:<name>`).
+    pub pubsub_name: String,
 }
 
 impl Default for ChatConfig {
@@ -61,6 +103,8 @@ impl Default for ChatConfig {
             port: 4000,
             node_name: unique_node_name(),
             presence: PresenceOptions::new(),
+            redis_url: None,
+            pubsub_name: "chat".to_owned(),
         }
     }
 }
@@ -112,15 +156,59 @@ impl ChatConfig {
         if let Some(d) = ms("PRESENCE_PERMDOWN_PERIOD_MS")? {
             config.presence = config.presence.permdown_period(d);
         }
+        if let Ok(v) = std::env::var("PRESENCE_MAX_SILENT_PERIODS") {
+            let n: u32 = v.parse().map_err(|_| {
+                format!("PRESENCE_MAX_SILENT_PERIODS must be a positive number, got {v:?}")
+            })?;
+            config.presence = config.presence.max_silent_periods(n);
+        }
+        config.presence = fit_silent_periods(config.presence);
+        if let Ok(url) = std::env::var("PRESENCE_REDIS_URL")
+            && !url.is_empty()
+        {
+            config.redis_url = Some(url);
+        }
+        if let Ok(name) = std::env::var("PRESENCE_PUBSUB_NAME") {
+            if name.is_empty() {
+                return Err("PRESENCE_PUBSUB_NAME must not be empty".to_owned());
+            }
+            config.pubsub_name = name;
+        }
         Ok(config)
     }
 }
 
-/// Installs a log subscriber: `RUST_LOG`, or info by default.
+/// A node that has nothing to say still heartbeats every `max_silent_periods` broadcast
+/// periods (10 by default). With a down period shorter than two such silences, live peers
+/// would be marked down between heartbeats; so, unless it is set, `max_silent_periods` is
+/// lowered to fit two silent heartbeats in the down period.
+fn fit_silent_periods(options: PresenceOptions) -> PresenceOptions {
+    let (Some(down), None) = (options.down_period, options.max_silent_periods) else {
+        return options;
+    };
+    let defaults = TrackerConfig::default();
+    let broadcast = options
+        .broadcast_period
+        .unwrap_or(defaults.broadcast_period)
+        .as_millis()
+        .max(1);
+    let fit =
+        (down.as_millis() / (2 * broadcast)).clamp(1, u128::from(defaults.max_silent_periods));
+    if fit < u128::from(defaults.max_silent_periods) {
+        options.max_silent_periods(fit as u32)
+    } else {
+        options
+    }
+}
+
+/// Installs a log subscriber writing to stderr: `RUST_LOG`, or info by default.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[handler]
@@ -134,6 +222,13 @@ fn index() -> Html<&'static str> {
 ///
 /// When the pub/sub is not running in `registry`.
 pub fn app(registry: &Registry) -> Result<impl poem::Endpoint + use<>, BoxError> {
+    Ok(app_and_socket(registry)?.0)
+}
+
+/// The routes, and their socket endpoint (to drain it at shutdown).
+fn app_and_socket(
+    registry: &Registry,
+) -> Result<(impl poem::Endpoint + use<>, PhoenixSocket), BoxError> {
     let socket = PhoenixSocket::builder(registry.pubsub(&ChatPubSub)?)
         .on_connect(|info| async move {
             tracing::info!(remote = %info.remote_addr, "connect");
@@ -141,10 +236,11 @@ pub fn app(registry: &Registry) -> Result<impl poem::Endpoint + use<>, BoxError>
         })
         .channel("room:*", RoomChannel::default)
         .build();
-    Ok(Route::new()
+    let app = Route::new()
         .at("/", get(index))
-        .at("/socket/websocket", socket)
-        .with(PresenceMiddleware::new(registry.clone())))
+        .at("/socket/websocket", socket.clone())
+        .with(PresenceMiddleware::new(registry.clone()));
+    Ok((app, socket))
 }
 
 /// The channel of one room.
@@ -257,6 +353,88 @@ impl Channel for RoomChannel {
     }
 }
 
+/// The Redis adapter, counting what it was given to send so that a shutdown can wait until
+/// Redis has published it (the graceful permdown above all).
+#[derive(Debug, Clone)]
+struct ClusterLink {
+    redis: RedisAdapter,
+    queued: Arc<AtomicU64>,
+    /// Published or dropped by the adapter before the pub/sub started (its name probe).
+    baseline: u64,
+}
+
+impl ClusterLink {
+    fn new(redis: RedisAdapter) -> Self {
+        let stats = redis.stats();
+        ClusterLink {
+            redis,
+            queued: Arc::new(AtomicU64::new(0)),
+            baseline: stats.published + stats.dropped,
+        }
+    }
+
+    fn count<T>(&self, sent: Result<T, BroadcastError>) -> Result<T, BroadcastError> {
+        if sent.is_ok() {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Waits until the adapter has published (or, Redis being down, dropped) everything queued
+    /// so far; `false` after `within`. The adapter's own answers to other nodes' name probes
+    /// count as published too, so in a rare race this returns a message early.
+    async fn flush(&self, within: Duration) -> bool {
+        let target = self.baseline + self.queued.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let stats = self.redis.stats();
+            if stats.published + stats.dropped >= target {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Adapter for ClusterLink {
+    fn start(&self, node_name: &str, inbound: Inbound) {
+        self.redis.start(node_name, inbound);
+    }
+
+    fn has_peers(&self) -> bool {
+        self.redis.has_peers()
+    }
+
+    fn broadcast(&self, frame: bytes::Bytes) -> Result<(), BroadcastError> {
+        self.count(self.redis.broadcast(frame))
+    }
+
+    fn direct_broadcast(&self, node: &str, frame: bytes::Bytes) -> Result<(), BroadcastError> {
+        self.count(self.redis.direct_broadcast(node, frame))
+    }
+}
+
+/// Connects to Redis, with an error that says what failed and why.
+async fn connect_redis(url: &str, config: &ChatConfig) -> Result<RedisAdapter, BoxError> {
+    let options =
+        RedisOptions::new(config.node_name.as_str()).pubsub_name(config.pubsub_name.as_str());
+    RedisAdapter::connect(url, options).await.map_err(|e| {
+        let mut message = format!("cannot join the cluster: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.contains(&cause_text) {
+                message.push_str(&format!(": {cause_text}"));
+            }
+            source = cause.source();
+        }
+        message.into()
+    })
+}
+
 /// A running chat server.
 #[derive(Debug)]
 pub struct ChatServer {
@@ -264,15 +442,24 @@ pub struct ChatServer {
     node_name: String,
     app: Running,
     stop: watch::Sender<bool>,
+    /// Every socket endpoint the endpoint task built (one per start).
+    sockets: Arc<Mutex<Vec<PhoenixSocket>>>,
+    cluster: Option<ClusterLink>,
 }
 
 impl ChatServer {
-    /// Starts the pub/sub, the presence and the web endpoint, in that order.
+    /// Connects to Redis when [`ChatConfig::redis_url`] is set, then starts the pub/sub, the
+    /// presence and the web endpoint, in that order.
     ///
     /// # Errors
     ///
-    /// When the address cannot be bound, or a child fails to start.
+    /// When Redis cannot be reached or the node name is taken there, when the address cannot
+    /// be bound, or when a child fails to start.
     pub async fn start(config: ChatConfig) -> Result<ChatServer, BoxError> {
+        let cluster = match &config.redis_url {
+            Some(url) => Some(ClusterLink::new(connect_redis(url, &config).await?)),
+            None => None,
+        };
         let acceptor = TcpListener::bind(format!("{}:{}", config.host, config.port))
             .into_acceptor()
             .await?;
@@ -282,37 +469,64 @@ impl ChatServer {
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or("the listener has no socket address")?;
         let (stop, stopped) = watch::channel(false);
+        let sockets: Arc<Mutex<Vec<PhoenixSocket>>> = Arc::default();
         let mut first: Option<TcpAcceptor> = Some(acceptor);
+        let built = sockets.clone();
         let endpoint = TaskSpec::new("endpoint", move |registry: Registry| {
             let acceptor = first.take();
             let mut stopped = stopped.clone();
+            let built = built.clone();
             async move {
+                if *stopped.borrow() {
+                    // Restarted while shutting down: serve nothing.
+                    return std::future::pending().await;
+                }
                 let acceptor = match acceptor {
                     Some(a) => a,
                     None => TcpListener::bind(addr).into_acceptor().await?,
                 };
-                let app = app(&registry)?;
+                let (app, socket) = app_and_socket(&registry)?;
+                built
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(socket);
                 let signal = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
                 Server::new_with_acceptor(acceptor)
                     .run_with_graceful_shutdown(app, signal, Some(Duration::from_secs(2)))
                     .await?;
-                Ok::<(), BoxError>(())
+                // Stopped by `shutdown`, which drains the sockets and stops the supervisor:
+                // ending here would look like a crash and restart the endpoint.
+                std::future::pending::<Result<(), BoxError>>().await
             }
         });
+        let mut pubsub = PubSubSpec::new(ChatPubSub, config.node_name.clone());
+        if let Some(link) = &cluster {
+            // The pub/sub is a service without a task: it is never restarted, so the one
+            // adapter (which feeds one pub/sub for its life) is never handed out twice.
+            let link = link.clone();
+            pubsub = pubsub.with_adapter(move || link.clone());
+        }
         let app = Supervisor::new()
-            .child(PubSubSpec::new(ChatPubSub, config.node_name.clone()))
+            .child(pubsub)
             .child(RoomPresence.child_spec(config.presence.clone()))
             .child(endpoint)
             .start()
             .await?;
-        tracing::info!(%addr, node = config.node_name, "chat listening on http://{addr}");
+        tracing::info!(
+            %addr,
+            node = config.node_name,
+            cluster = cluster.as_ref().map(|c| c.redis.channel()),
+            "chat listening on http://{addr}"
+        );
         Ok(ChatServer {
             addr,
             node_name: config.node_name,
             app,
             stop,
+            sockets,
+            cluster,
         })
     }
 
@@ -331,12 +545,39 @@ impl ChatServer {
         self.app.registry()
     }
 
-    /// Stops accepting connections, closes the sockets, tells peers this node's presences are
-    /// gone (graceful permdown), then stops everything.
+    /// Stops accepting connections, closes the sockets with 1012, tells peers this node's
+    /// presences are gone (graceful permdown) and waits until Redis has published that, then
+    /// stops everything. See the [module docs](self#shutdown) for the order and why.
     pub async fn shutdown(self) {
+        let started = tokio::time::Instant::now();
         let _ = self.stop.send(true);
+        let sockets: Vec<PhoenixSocket> = self
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let open: usize = sockets.iter().map(PhoenixSocket::open_sockets).sum();
+        for socket in &sockets {
+            // Each connection stops its channels within 5 s; this bounds a stuck writer.
+            if tokio::time::timeout(Duration::from_secs(10), socket.drain())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some sockets did not close within 10 s; shutting down anyway");
+            }
+        }
+        tracing::info!(sockets = open, elapsed = ?started.elapsed(), "sockets drained");
         if let Ok(handle) = RoomPresence::handle(self.app.registry()) {
             handle.tracker().graceful_permdown();
+        }
+        if let Some(link) = &self.cluster {
+            if link.flush(Duration::from_secs(2)).await {
+                tracing::info!(elapsed = ?started.elapsed(), "graceful permdown published");
+            } else {
+                tracing::warn!(
+                    "redis did not publish the graceful permdown within 2 s; peers will drop this node's presences after their down period"
+                );
+            }
         }
         self.app.shutdown().await;
     }
@@ -347,39 +588,72 @@ impl ChatServer {
 /// # Errors
 ///
 /// As [`ChatServer::start`].
+///
+/// Once listening, prints `LISTENING <ip>:<port>` on stdout (the only thing it prints there).
 pub async fn run(config: ChatConfig) -> Result<(), BoxError> {
+    // The handlers are installed before the node says it listens: a SIGTERM right after the
+    // LISTENING line is a graceful shutdown, not the default (immediate) exit.
+    let signal = shutdown_signal()?;
     let server = ChatServer::start(config).await?;
-    shutdown_signal().await;
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "LISTENING {}", server.local_addr())?;
+        stdout.flush()?;
+    }
+    signal.await;
     tracing::info!("shutting down");
     server.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are registered when this is called.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_down_period_lowers_the_silent_periods() {
+        let ms = Duration::from_millis;
+        let fit = |o: PresenceOptions| fit_silent_periods(o).max_silent_periods;
+        let fast = PresenceOptions::new().broadcast_period(ms(100));
+        assert_eq!(fit(fast.clone().down_period(ms(1000))), Some(5));
+        assert_eq!(fit(fast.clone().down_period(ms(250))), Some(1));
+        assert_eq!(
+            fit(fast.clone().down_period(ms(5000))),
+            None,
+            "default fits"
+        );
+        assert_eq!(fit(fast.clone()), None, "default down period");
+        assert_eq!(
+            fit(fast.down_period(ms(1000)).max_silent_periods(8)),
+            Some(8)
+        );
+        // Default broadcast period 1.5 s: a 6 s down period fits 2.
+        assert_eq!(fit(PresenceOptions::new().down_period(ms(6000))), Some(2));
+    }
 
     #[test]
     fn join_params_are_checked() {

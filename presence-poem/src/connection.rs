@@ -22,7 +22,7 @@ use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, SocketShared, Start};
 use crate::outbox::{Close, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
-use crate::socket::Inner;
+use crate::socket::{Drain, Inner};
 
 /// Capacity of the command queue from the connection to one channel task.
 const CHANNEL_QUEUE: usize = 16;
@@ -42,6 +42,8 @@ pub(crate) fn run(
     id: Option<Arc<str>>,
     registry: Registry,
 ) -> impl Future<Output = ()> + Send + 'static {
+    // Counted as open (for a drain) until the returned future ends.
+    let (open, draining) = Drain::enter(&inner);
     let (outbox, OutboxRx { frames, close }) = Outbox::new(inner.config.outbound_capacity);
     let socket = Arc::new(SocketShared {
         assigns,
@@ -60,9 +62,10 @@ pub(crate) fn run(
         channels: HashMap::new(),
         dying: Vec::new(),
         close: close.clone(),
+        draining,
     };
     let writer = write_loop(sink, frames, close, outbox, deadline);
-    futures_util::future::join(writer, control.run(stream)).map(|((), ())| ())
+    futures_util::future::join(writer, control.run(stream)).map(move |((), ())| drop(open))
 }
 
 fn to_ws(out: Out) -> WsMessage {
@@ -144,6 +147,15 @@ struct Control {
     /// Tasks of channels that have stopped but may not have finished yet.
     dying: Vec<JoinHandle<()>>,
     close: watch::Receiver<Option<Close>>,
+    /// Turns true when the endpoint drains.
+    draining: watch::Receiver<bool>,
+}
+
+/// Resolves once the endpoint drains (never when it cannot any more).
+async fn drained(draining: &mut watch::Receiver<bool>) {
+    if draining.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn next_disconnect(sub: &mut Option<Subscription>) -> Arc<Message> {
@@ -171,12 +183,17 @@ impl Control {
             .id
             .as_deref()
             .map(|id| self.socket.hubs.pubsub().subscribe(id));
+        let mut draining = self.draining.clone();
         let idle = sleep(idle_timeout);
         tokio::pin!(idle);
         loop {
             tokio::select! {
                 biased;
                 _ = self.close.changed() => break,
+                () = drained(&mut draining) => {
+                    tracing::debug!("closing websocket: the endpoint is draining");
+                    self.outbox().close(code::SERVICE_RESTART, "server shutting down");
+                }
                 () = &mut idle => {
                     tracing::debug!("closing idle websocket");
                     self.outbox().close(code::NORMAL, "idle timeout");

@@ -137,6 +137,15 @@
 //! with code **1013** ("try again later") and a warning is logged; phoenix.js reconnects with
 //! backoff and rejoins. Other sockets are not affected.
 //!
+//! # Shutdown
+//!
+//! poem's graceful shutdown stops accepting connections but does not wait for upgraded
+//! websockets. Call [`PhoenixSocket::drain`] after it: new upgrades get HTTP 503, open sockets
+//! are closed with code 1012 (phoenix.js reconnects, to another node behind a load balancer),
+//! and it resolves once every channel has terminated, so their presences have left. A
+//! clustered node then calls the tracker's `graceful_permdown` so peers drop its presences at
+//! once.
+//!
 //! # Limits and close codes
 //!
 //! - 1000: the client closed, or nothing was received for the idle timeout (60 s);
@@ -144,6 +153,7 @@
 //! - 1007: an undecodable frame (invalid JSON, wrong shape, invalid UTF-8, a binary frame on V1);
 //! - 1009: a message over [`max_message_size`](PhoenixSocketBuilder::max_message_size) (1 MiB);
 //! - 1011: an internal error;
+//! - 1012: the endpoint is draining for a shutdown ([`PhoenixSocket::drain`]);
 //! - 1013: the outbound queue is full (slow client).
 //!
 //! # Memory

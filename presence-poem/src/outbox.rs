@@ -13,6 +13,7 @@ pub(crate) mod code {
     pub(crate) const INVALID_PAYLOAD: u16 = 1007;
     pub(crate) const TOO_BIG: u16 = 1009;
     pub(crate) const INTERNAL: u16 = 1011;
+    pub(crate) const SERVICE_RESTART: u16 = 1012;
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 }
 

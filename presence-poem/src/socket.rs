@@ -14,6 +14,7 @@ use poem::web::RemoteAddr;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{Endpoint, FromRequest, IntoResponse, Request, Response};
 use presence_core::{PubSub, Registry};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Channel;
@@ -135,7 +136,38 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) routes: Vec<Route>,
     pub(crate) hubs: Hubs,
+    pub(crate) drain: Drain,
     connect: Option<Box<ConnectFn>>,
+}
+
+/// The endpoint's drain state: whether it is draining, and how many connections are open.
+pub(crate) struct Drain {
+    draining: watch::Sender<bool>,
+    open: watch::Sender<usize>,
+}
+
+impl Drain {
+    fn new() -> Self {
+        Drain {
+            draining: watch::channel(false).0,
+            open: watch::channel(0).0,
+        }
+    }
+
+    /// Counts a connection as open until the guard drops; the receiver turns true on drain.
+    pub(crate) fn enter(inner: &Arc<Inner>) -> (OpenGuard, watch::Receiver<bool>) {
+        inner.drain.open.send_modify(|n| *n += 1);
+        (OpenGuard(inner.clone()), inner.drain.draining.subscribe())
+    }
+}
+
+/// One open connection, counted by [`PhoenixSocket::open_sockets`].
+pub(crate) struct OpenGuard(Arc<Inner>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.drain.open.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Inner {
@@ -224,6 +256,44 @@ pub const DEFAULT_OUTBOUND_CAPACITY: usize = 256;
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
 impl PhoenixSocket {
+    /// Drains the endpoint, for a graceful shutdown (Phoenix's socket drainer).
+    ///
+    /// From now on, upgrade requests are answered HTTP 503, and every open socket is closed
+    /// with close code **1012** ("service restart"): phoenix.js reconnects with backoff, to
+    /// another node when a load balancer sends it there. Each connection stops its channels as
+    /// when the client closes (`terminate` with [`StopReason::Closed`](crate::StopReason),
+    /// their [`Owner`](presence_core::Owner)s drop, so their presences leave), within the
+    /// connection's 5 s deadline. The future resolves once every connection of this endpoint
+    /// (and of its clones) has ended. Calling it again only waits. Stopping poem's listener
+    /// is the server's job: call this after (or while) it stops accepting connections.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use presence_poem::PhoenixSocket;
+    /// # async fn stop(socket: PhoenixSocket) {
+    /// // On SIGTERM, once the listener stopped accepting connections:
+    /// tokio::time::timeout(std::time::Duration::from_secs(10), socket.drain()).await.ok();
+    /// assert_eq!(socket.open_sockets(), 0);
+    /// # }
+    /// ```
+    pub async fn drain(&self) {
+        self.inner.drain.draining.send_replace(true);
+        let mut open = self.inner.drain.open.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        *self.inner.drain.draining.borrow()
+    }
+
+    /// The number of websocket connections of this endpoint that are open (upgraded and not
+    /// yet ended).
+    pub fn open_sockets(&self) -> usize {
+        *self.inner.drain.open.borrow()
+    }
+
     /// A builder for a socket endpoint whose channels use `pubsub`.
     pub fn builder(pubsub: PubSub) -> PhoenixSocketBuilder {
         PhoenixSocketBuilder {
@@ -348,6 +418,7 @@ impl PhoenixSocketBuilder {
                 config: self.config,
                 routes: self.routes,
                 hubs: Hubs::new(self.pubsub),
+                drain: Drain::new(),
                 connect: self.connect,
             }),
         }
@@ -388,6 +459,12 @@ impl Endpoint for PhoenixSocket {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
+        if self.is_draining() {
+            tracing::debug!("refusing websocket: the endpoint is draining");
+            return Ok(Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .finish());
+        }
         let params: HashMap<String, String> = req.params().unwrap_or_default();
         let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
             tracing::warn!(vsn = ?params.get("vsn"), "refusing websocket: unsupported serializer version");
