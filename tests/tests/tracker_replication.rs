@@ -542,3 +542,68 @@ fn invalid_configurations_are_refused_at_start() {
         ConfigError::NoRuntime
     );
 }
+
+#[test]
+fn handlers_may_call_back_into_any_shard_from_several_threads() {
+    use std::sync::OnceLock;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let slot: Arc<OnceLock<Tracker>> = Arc::new(OnceLock::new());
+    let echoes: Arc<Mutex<Vec<Owner>>> = Arc::default();
+    let handler = {
+        let (slot, echoes) = (slot.clone(), echoes.clone());
+        move |diff: Diff| {
+            for (topic, changes) in diff.iter() {
+                if topic.starts_with("in:") && !changes.joins.is_empty() {
+                    let tracker = slot.get().expect("set after start");
+                    let owner = Owner::new();
+                    // Another topic, most likely another shard, while this thread delivers.
+                    tracker
+                        .track(&owner, &format!("out:{topic}"), "echo", json!({}))
+                        .unwrap();
+                    echoes.lock().unwrap().push(owner);
+                }
+            }
+        }
+    };
+    let tracker = Tracker::builder("P", PubSub::new("a"))
+        .config(TrackerConfig {
+            pool_size: 8,
+            ..config()
+        })
+        .on_diff(handler)
+        .start()
+        .unwrap();
+    slot.set(tracker.clone()).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for t in 0..4 {
+        let (tracker, done_tx) = (tracker.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let owners: Vec<Owner> = (0..300).map(|_| Owner::new()).collect();
+            for (i, owner) in owners.iter().enumerate() {
+                tracker
+                    .track(owner, &format!("in:{t}:{i}"), "k", json!({}))
+                    .unwrap();
+            }
+            done_tx.send(owners).unwrap();
+        });
+    }
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        kept.push(
+            done_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("no deadlock between shards"),
+        );
+    }
+    assert_eq!(
+        echoes.lock().unwrap().len(),
+        1200,
+        "every join was echoed from inside the handler"
+    );
+    assert_eq!(tracker.list("out:in:3:299").len(), 1);
+}

@@ -61,6 +61,7 @@ mod entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -694,6 +695,19 @@ async fn fetch_diff<P: Presence>(
     Ok(diff)
 }
 
+/// Runs `fut`, turning a panic inside it into `Err(())`.
+async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, ()> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    })
+    .await
+}
+
 async fn broadcast_loop<P: Presence>(
     shared: std::sync::Weak<Shared<P>>,
     mut rx: mpsc::UnboundedReceiver<Pending<P::Extra>>,
@@ -701,7 +715,17 @@ async fn broadcast_loop<P: Presence>(
     let Some(presence) = shared.upgrade().map(|s| s.presence.clone()) else {
         return;
     };
-    let mut state = P::HANDLES_METAS.then(|| presence.init());
+    let init = || match std::panic::catch_unwind(AssertUnwindSafe(|| presence.init())) {
+        Ok(state) => Some(state),
+        Err(_) => {
+            tracing::error!(
+                presence = P::NAME,
+                "init panicked; handle_metas is off for this presence"
+            );
+            None
+        }
+    };
+    let mut state = if P::HANDLES_METAS { init() } else { None };
     let mut metas: HashMap<Arc<str>, TopicMetas> = HashMap::new();
     while let Some(pending) = rx.recv().await {
         let Pending {
@@ -736,13 +760,18 @@ async fn broadcast_loop<P: Presence>(
         if let Some(current) = state.take() {
             let topic_metas = metas.entry(topic.clone()).or_default();
             entry::apply_diff(topic_metas, &diff);
-            let next = presence
-                .handle_metas(&topic, &diff, topic_metas, current)
-                .await;
+            let next =
+                catch_unwind(presence.handle_metas(&topic, &diff, topic_metas, current)).await;
             if topic_metas.is_empty() {
                 metas.remove(&topic);
             }
-            state = Some(next);
+            state = match next {
+                Ok(next) => Some(next),
+                Err(()) => {
+                    tracing::error!(presence = P::NAME, topic = %topic, "handle_metas panicked; its state starts over from init");
+                    init()
+                }
+            };
         }
         if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             s.settled.notify_waiters();

@@ -244,10 +244,15 @@ pub enum ReplicaEvent {
 
 /// Receives a tracker's diffs (Phoenix's `handle_diff`) and replica events.
 ///
-/// Calls come in order per shard, from the thread that made the change: for local changes,
-/// before `track`, `update` or `untrack` returns. Keep them short and never block in them: hand
-/// the work to a queue or a task. Calling back into the tracker is allowed. A panic inside is
-/// caught and logged, and does not stop the tracker.
+/// Calls come one at a time, in order per shard, from the thread that made the change: for
+/// local changes, before `track`, `update` or `untrack` returns (unless another thread is
+/// delivering this tracker's reports at that moment; it then delivers this one too, right
+/// after). Keep them short and never block in them: hand the work to a queue or a task.
+///
+/// Calling back into the same tracker (any shard), or dropping an [`Owner`] there, is allowed;
+/// the diffs such a call makes are delivered after the handler returns. Calling another
+/// tracker whose handler calls back into this one can deadlock. A panic inside is caught and
+/// logged, and does not stop the tracker.
 ///
 /// Closures `Fn(Diff)` implement it.
 pub trait DiffHandler: Send + Sync + 'static {
@@ -317,7 +322,9 @@ impl TrackerBuilder {
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let vsn = new_vsn();
-        let handler = self.handler;
+        let reporter = self
+            .handler
+            .map(|h| Arc::new(shard::Reporter::new(h, self.config.pool_size)));
         let shards: Vec<Arc<Shard>> = (0..self.config.pool_size)
             .map(|index| {
                 Arc::new(Shard::new(
@@ -326,7 +333,7 @@ impl TrackerBuilder {
                     self.pubsub.node_name(),
                     vsn,
                     &self.config,
-                    handler.clone(),
+                    reporter.clone(),
                 ))
             })
             .collect();
@@ -479,6 +486,9 @@ impl Tracker {
 
     /// Like [`update`](Self::update), with the new meta computed from the current one (which
     /// includes its `phx_ref`).
+    ///
+    /// `f` runs under the shard's lock, so that nothing changes the presence between reading
+    /// and replacing it: keep it short, and do not call the tracker from it (that deadlocks).
     ///
     /// # Errors
     ///

@@ -23,20 +23,89 @@ enum Report {
 
 pub(super) struct Shard {
     topic: Arc<str>,
+    index: usize,
     core: RwLock<ShardCore>,
     stopped: std::sync::atomic::AtomicBool,
-    handler: Option<Arc<dyn DiffHandler>>,
-    /// Reports made under the core lock, delivered in order after it is released.
-    pending: Mutex<VecDeque<Report>>,
-    /// Held while reports are delivered, so they reach the handler one at a time, in order.
-    delivery: Mutex<()>,
+    reporter: Option<Arc<Reporter>>,
     /// Set by the task once subscribed, for `broadcast_from`.
     subscriber: Mutex<Option<SubscriberId>>,
 }
 
+/// Hands one tracker's reports to its handler: in order per shard, one at a time.
+///
+/// One delivery lock serves every shard of the tracker, so a handler that calls back into the
+/// tracker (any shard) never waits for another thread that is itself delivering and waiting
+/// for this one: the thread that holds the turn delivers whatever any shard has queued.
+pub(super) struct Reporter {
+    handler: Arc<dyn DiffHandler>,
+    /// Reports made under each shard's core lock, delivered after it is released.
+    pending: Vec<Mutex<VecDeque<Report>>>,
+    /// Held while reports are delivered.
+    delivery: Mutex<()>,
+}
+
 thread_local! {
-    /// The shard whose reports this thread is delivering, to let handlers call back in.
+    /// The reporter whose reports this thread is delivering, to let handlers call back in.
     static DELIVERING: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Reporter {
+    pub(super) fn new(handler: Arc<dyn DiffHandler>, shards: usize) -> Self {
+        Reporter {
+            handler,
+            pending: (0..shards).map(|_| Mutex::new(VecDeque::new())).collect(),
+            delivery: Mutex::new(()),
+        }
+    }
+
+    fn queue(&self, shard: usize, fx: &mut Effects) {
+        if fx.diff.is_empty() && fx.events.is_empty() {
+            return;
+        }
+        let mut pending = self.pending[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.extend(fx.events.drain(..).map(Report::Event));
+        if !fx.diff.is_empty() {
+            pending.push_back(Report::Diff(std::mem::take(&mut fx.diff)));
+        }
+    }
+
+    fn deliver(&self) {
+        let me = self as *const Reporter as usize;
+        if DELIVERING.with(Cell::get) == me {
+            // A handler called back into this tracker: the outer delivery loop sends it on.
+            return;
+        }
+        let _turn = self.delivery.lock().unwrap_or_else(PoisonError::into_inner);
+        let outer = DELIVERING.with(|d| d.replace(me));
+        loop {
+            let mut delivered = false;
+            for queue in &self.pending {
+                loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front();
+                    let Some(report) = next else { break };
+                    delivered = true;
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| match report {
+                        Report::Diff(diff) => self.handler.handle_diff(diff),
+                        Report::Event(event) => self.handler.handle_replica_event(&event),
+                    }));
+                    if result.is_err() {
+                        tracing::error!(
+                            "a tracker diff handler panicked; the diff was dropped for it"
+                        );
+                    }
+                }
+            }
+            if !delivered {
+                break;
+            }
+        }
+        DELIVERING.with(|d| d.set(outer));
+    }
 }
 
 impl Shard {
@@ -46,7 +115,7 @@ impl Shard {
         node: &str,
         vsn: u64,
         config: &TrackerConfig,
-        handler: Option<Arc<dyn DiffHandler>>,
+        reporter: Option<Arc<Reporter>>,
     ) -> Self {
         let timing = Timing {
             max_silent_periods: config.max_silent_periods,
@@ -61,11 +130,10 @@ impl Shard {
         };
         Shard {
             topic: Arc::from(format!("phx_presence:{tracker}_shard{index}")),
+            index,
             core: RwLock::new(ShardCore::new(replica, timing)),
             stopped: std::sync::atomic::AtomicBool::new(false),
-            handler,
-            pending: Mutex::new(VecDeque::new()),
-            delivery: Mutex::new(()),
+            reporter,
             subscriber: Mutex::new(None),
         }
     }
@@ -79,47 +147,16 @@ impl Shard {
     fn step<T>(&self, f: impl FnOnce(&mut ShardCore) -> (T, Effects)) -> (T, Vec<Outgoing>) {
         let (value, out) = {
             let mut core = self.core.write().unwrap_or_else(PoisonError::into_inner);
-            let (value, fx) = f(&mut core);
-            if self.handler.is_some() && (!fx.diff.is_empty() || !fx.events.is_empty()) {
-                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                pending.extend(fx.events.into_iter().map(Report::Event));
-                if !fx.diff.is_empty() {
-                    pending.push_back(Report::Diff(fx.diff));
-                }
+            let (value, mut fx) = f(&mut core);
+            if let Some(reporter) = &self.reporter {
+                reporter.queue(self.index, &mut fx);
             }
             (value, fx.out)
         };
-        self.deliver();
+        if let Some(reporter) = &self.reporter {
+            reporter.deliver();
+        }
         (value, out)
-    }
-
-    fn deliver(&self) {
-        let Some(handler) = &self.handler else {
-            return;
-        };
-        let me = self as *const Shard as usize;
-        if DELIVERING.with(Cell::get) == me {
-            // A handler called back into this shard: the outer delivery loop sends it on.
-            return;
-        }
-        let _turn = self.delivery.lock().unwrap_or_else(PoisonError::into_inner);
-        let outer = DELIVERING.with(|d| d.replace(me));
-        loop {
-            let next = self
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front();
-            let Some(report) = next else { break };
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| match report {
-                Report::Diff(diff) => handler.handle_diff(diff),
-                Report::Event(event) => handler.handle_replica_event(&event),
-            }));
-            if result.is_err() {
-                tracing::error!(shard = %self.topic, "a tracker diff handler panicked; the diff was dropped for it");
-            }
-        }
-        DELIVERING.with(|d| d.set(outer));
     }
 
     fn is_stopped(&self) -> bool {
@@ -257,8 +294,13 @@ pub(super) fn spawn(
                 },
                 () = tokio::time::sleep_until(next_tick) => {
                     let now = now_ms();
-                    let ((), out) = shard.step(|core| ((), core.tick(now)));
-                    shard.send(&pubsub, out);
+                    let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        shard.step(|core| ((), core.tick(now)))
+                    }));
+                    match step {
+                        Ok(((), out)) => shard.send(&pubsub, out),
+                        Err(_) => tracing::error!(shard = %shard.topic, "a heartbeat tick panicked; the next tick tries again"),
+                    }
                     next_tick += period;
                     if next_tick < Instant::now() {
                         next_tick = Instant::now() + period;
