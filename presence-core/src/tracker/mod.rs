@@ -244,10 +244,10 @@ pub enum ReplicaEvent {
 
 /// Receives a tracker's diffs (Phoenix's `handle_diff`) and replica events.
 ///
-/// Calls come one at a time, in order per shard, from the thread that made the change: for
-/// local changes, before `track`, `update` or `untrack` returns (unless another thread is
-/// delivering this tracker's reports at that moment; it then delivers this one too, right
-/// after). Keep them short and never block in them: hand the work to a queue or a task.
+/// Calls come one at a time, in order per shard. A local change is reported before `track`,
+/// `update` or `untrack` returns: by the calling thread, or by the thread delivering this
+/// tracker's reports at that moment, which the call waits for. Keep them short and never block
+/// in them: hand the work to a queue or a task.
 ///
 /// Calling back into the same tracker (any shard), or dropping an [`Owner`] there, is allowed;
 /// the diffs such a call makes are delivered after the handler returns. Calling another
