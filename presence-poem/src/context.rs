@@ -12,6 +12,8 @@ use presence_core::pubsub::{BroadcastError, Message, Payload, RecvError, Subscri
 use presence_core::{Owner, PubSub, Registry};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
 
 use crate::channel::{HandleIn, Info, IntoPayload, MAILBOX_CAPACITY, Mailbox, Reply, StopReason};
 use crate::hub::{HubRegistration, Hubs};
@@ -319,8 +321,62 @@ pub(crate) struct Start {
     pub(crate) ctx: ChannelContext,
     pub(crate) params: Value,
     pub(crate) reference: Option<String>,
-    pub(crate) joined: oneshot::Sender<()>,
+    /// Settles the join with the connection: `true` joined, `false` refused or crashed. Sent
+    /// before the join reply; when the connection has given up on the join (join timeout,
+    /// leave, duplicate join) the send fails and the task replies nothing and stops.
+    pub(crate) joined: oneshot::Sender<bool>,
     pub(crate) cmds: mpsc::Receiver<Box<Cmd>>,
+    /// The channel this join replaces (duplicate join), to wait for before joining.
+    pub(crate) replaces: Option<Replaced>,
+}
+
+/// A channel replaced by a duplicate join, already asked to stop. The new channel's task owns
+/// it: it waits for it to end (at most `deadline`) and aborts it if dropped first.
+#[derive(Debug)]
+pub(crate) struct Replaced {
+    join_ref: Arc<str>,
+    task: JoinHandle<()>,
+    deadline: std::time::Duration,
+}
+
+impl Replaced {
+    pub(crate) fn new(
+        join_ref: Arc<str>,
+        task: JoinHandle<()>,
+        deadline: std::time::Duration,
+    ) -> Self {
+        Replaced {
+            join_ref,
+            task,
+            deadline,
+        }
+    }
+
+    /// Waits for the old channel to end, so its `phx_close` reaches the client first; at the
+    /// deadline aborts it and pushes the `phx_close` itself.
+    async fn stopped(mut self, socket: &SocketShared, topic: &str) {
+        if timeout(self.deadline, &mut self.task).await.is_ok() {
+            return;
+        }
+        self.task.abort();
+        tracing::warn!(topic, "replaced channel did not stop in time; aborted");
+        let close = socket.vsn.message(
+            Some(&self.join_ref),
+            Some(&self.join_ref),
+            topic,
+            event::CLOSE,
+            &Payload::Json(json!({})),
+        );
+        if let Ok(out) = close {
+            socket.outbox.send(out);
+        }
+    }
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Reports a panic to the client: `join crashed` during join, `phx_error` afterwards.
@@ -329,8 +385,17 @@ struct CrashGuard {
     topic: Arc<str>,
     join_ref: Arc<str>,
     reference: Option<String>,
+    joined: Option<oneshot::Sender<bool>>,
     joining: bool,
     done: bool,
+}
+
+impl CrashGuard {
+    /// Settles the join with the connection; false when it gave up on the join and answered
+    /// the client itself.
+    fn settle(&mut self, joined: bool) -> bool {
+        self.joined.take().is_some_and(|tx| tx.send(joined).is_ok())
+    }
 }
 
 impl Drop for CrashGuard {
@@ -340,6 +405,9 @@ impl Drop for CrashGuard {
         }
         let vsn = self.socket.vsn;
         let encoded = if self.joining {
+            if !self.settle(false) {
+                return;
+            }
             tracing::warn!(topic = %self.topic, "channel join crashed");
             vsn.reply(
                 Some(&self.join_ref),
@@ -372,12 +440,17 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         reference,
         joined,
         mut cmds,
+        replaces,
     } = start;
+    if let Some(old) = replaces {
+        old.stopped(&ctx.socket, &ctx.topic).await;
+    }
     let mut guard = CrashGuard {
         socket: ctx.socket.clone(),
         topic: ctx.topic.clone(),
         join_ref: ctx.join_ref.clone(),
         reference: reference.clone(),
+        joined: Some(joined),
         joining: true,
         done: false,
     };
@@ -387,6 +460,10 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
     let vsn = ctx.socket.vsn;
     match channel.join(&topic, params, &mut ctx).await {
         Join::Ok(response) => {
+            if !guard.settle(true) {
+                guard.done = true;
+                return;
+            }
             let socket = &ctx.socket;
             ctx.registration = Some(socket.hubs.register(
                 &topic,
@@ -402,7 +479,6 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                 &response,
             ));
             guard.joining = false;
-            let _ = joined.send(());
             for deferred in ctx.deferred.take().unwrap_or_default() {
                 match deferred {
                     Deferred::Frame(out) => ctx.socket.outbox.send(out),
@@ -411,13 +487,15 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
             }
         }
         Join::Error(response) => {
-            ctx.send_now(vsn.reply(
-                Some(&join_ref),
-                reference.as_deref(),
-                &topic,
-                "error",
-                &response,
-            ));
+            if guard.settle(false) {
+                ctx.send_now(vsn.reply(
+                    Some(&join_ref),
+                    reference.as_deref(),
+                    &topic,
+                    "error",
+                    &response,
+                ));
+            }
             guard.done = true;
             return;
         }

@@ -295,6 +295,10 @@ impl Channel for TestChannel {
         if params["fail"] == true {
             return Join::error(json!({"reason": "refused"}));
         }
+        if params["hang"] == true {
+            // A join that never returns.
+            std::future::pending::<()>().await;
+        }
         if params["push"] == true {
             ctx.push(
                 "joined_push",
@@ -327,6 +331,11 @@ impl Channel for TestChannel {
             "noreply" => HandleIn::NoReply,
             "stop" => HandleIn::Stop(Some(Reply::ok(json!({"bye": true})))),
             "crash" => panic!("crash requested"),
+            "hang" => {
+                // A handle_in that never returns.
+                std::future::pending::<()>().await;
+                HandleIn::NoReply
+            }
             "push" => {
                 ctx.push("pushed", payload);
                 HandleIn::NoReply
