@@ -464,13 +464,10 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                 guard.done = true;
                 return;
             }
-            let socket = &ctx.socket;
-            ctx.registration = Some(socket.hubs.register(
-                &topic,
-                socket.key,
-                vsn,
-                socket.outbox.clone(),
-            ));
+            // The reply (and what `join` pushed) is queued before the socket is registered
+            // with the topic's hub, so no broadcast can reach the client before its join
+            // reply; then the deferred work (e.g. the presence state) runs, registered, so no
+            // diff after its listing is missed.
             ctx.send_now(vsn.reply(
                 Some(&join_ref),
                 reference.as_deref(),
@@ -479,7 +476,25 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                 &response,
             ));
             guard.joining = false;
-            for deferred in ctx.deferred.take().unwrap_or_default() {
+            let mut deferred = ctx
+                .deferred
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .peekable();
+            while let Some(Deferred::Frame(_)) = deferred.peek() {
+                if let Some(Deferred::Frame(out)) = deferred.next() {
+                    ctx.socket.outbox.send(out);
+                }
+            }
+            let socket = &ctx.socket;
+            ctx.registration = Some(socket.hubs.register(
+                &topic,
+                socket.key,
+                vsn,
+                socket.outbox.clone(),
+            ));
+            for deferred in deferred {
                 match deferred {
                     Deferred::Frame(out) => ctx.socket.outbox.send(out),
                     Deferred::Run(work) => work(&mut ctx).await,

@@ -147,7 +147,9 @@
 //! Broadcasts on a channel's topic do not go through the channel tasks. Each node keeps one
 //! hub per topic with joined sockets: one pub/sub subscription and one task, which encodes each
 //! message at most once per serializer and puts the same encoded frame in every socket's
-//! outbound queue. The hub stops when its last socket leaves the topic.
+//! outbound queue. The hub stops when its last socket leaves the topic. A socket joins the
+//! hub once its join reply (and what `join` pushed) is queued, so a client never sees a
+//! broadcast on a topic before that topic's join reply.
 //!
 //! # Slow clients
 //!
