@@ -207,6 +207,10 @@ pub enum StopReason {
     DuplicateJoin,
     /// The socket closed.
     Closed,
+    /// This node's fastlane hub for the topic fell behind and dropped broadcasts: the client
+    /// gets `phx_error` (not `phx_close`), so phoenix.js rejoins and gets a fresh state. See
+    /// the crate docs, "Fastlane".
+    Lagged,
 }
 
 /// Values usable as a message payload: JSON values, raw bytes (V2 binary frames), or a

@@ -608,6 +608,7 @@ impl Control {
             reference: reference.clone(),
             joined: joined_tx,
             cmds,
+            this: tx.downgrade(),
             replaces,
         });
         let pending = Pending {

@@ -326,6 +326,9 @@ pub(crate) struct Start {
     /// leave, duplicate join) the send fails and the task replies nothing and stops.
     pub(crate) joined: oneshot::Sender<bool>,
     pub(crate) cmds: mpsc::Receiver<Box<Cmd>>,
+    /// This channel's own command queue, for its hub to stop it (weak: the channel stops when
+    /// the connection drops its sender).
+    pub(crate) this: mpsc::WeakSender<Box<Cmd>>,
     /// The channel this join replaces (duplicate join), to wait for before joining.
     pub(crate) replaces: Option<Replaced>,
 }
@@ -440,6 +443,7 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         reference,
         joined,
         mut cmds,
+        this,
         replaces,
     } = start;
     if let Some(old) = replaces {
@@ -488,12 +492,12 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                 }
             }
             let socket = &ctx.socket;
-            ctx.registration = Some(socket.hubs.register(
-                &topic,
-                socket.key,
-                vsn,
-                socket.outbox.clone(),
-            ));
+            ctx.registration =
+                Some(
+                    socket
+                        .hubs
+                        .register(&topic, socket.key, vsn, socket.outbox.clone(), this),
+                );
             for deferred in deferred {
                 match deferred {
                     Deferred::Frame(out) => ctx.socket.outbox.send(out),
@@ -554,13 +558,19 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
     drop(cmds);
     ctx.registration = None;
     channel.terminate(reason, &mut ctx).await;
-    if reason != StopReason::Closed {
+    let last = match reason {
+        StopReason::Closed => None,
+        // Errored, not closed: phoenix.js rejoins and resyncs.
+        StopReason::Lagged => Some((event::ERROR, json!({"reason": "lagged"}))),
+        _ => Some((event::CLOSE, json!({}))),
+    };
+    if let Some((event, payload)) = last {
         ctx.send_now(vsn.message(
             Some(&join_ref),
             Some(&join_ref),
             &topic,
-            event::CLOSE,
-            &Payload::Json(json!({})),
+            event,
+            &Payload::Json(payload),
         ));
     }
     guard.done = true;

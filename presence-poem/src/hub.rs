@@ -5,6 +5,11 @@
 //! the same encoded frame (a refcounted `Arc<str>` or `Bytes`) in the outbound queue of every
 //! registered socket. The hub and its task live exactly as long as some socket is registered:
 //! dropping the last [`HubRegistration`] drops the hub, which aborts its task.
+//!
+//! A hub that falls behind has dropped broadcasts for all its sockets, which would stay out
+//! of sync (presence diffs lost) until they rejoin. So it makes them rejoin: it stops every
+//! registered channel with [`StopReason::Lagged`], which pushes `phx_error`; phoenix.js
+//! rejoins and gets a fresh `presence_state`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,8 @@ use presence_core::pubsub::{BroadcastError, Message, RecvError, SubscriberId, Su
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::StopReason;
+use crate::context::Cmd;
 use crate::outbox::Outbox;
 use crate::protocol::{Out, Vsn};
 
@@ -53,6 +60,8 @@ struct HubShared {
 struct Target {
     vsn: Vsn,
     outbox: Outbox,
+    /// The registered channel's command queue, to stop it when the hub lags.
+    channel: mpsc::WeakSender<Box<Cmd>>,
 }
 
 /// A socket's registration with a hub; dropping it unregisters.
@@ -90,6 +99,7 @@ impl Hubs {
         key: u64,
         vsn: Vsn,
         outbox: Outbox,
+        channel: mpsc::WeakSender<Box<Cmd>>,
     ) -> HubRegistration {
         let hub = {
             let mut map = self
@@ -110,7 +120,14 @@ impl Hubs {
             .targets
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, Target { vsn, outbox });
+            .insert(
+                key,
+                Target {
+                    vsn,
+                    outbox,
+                    channel,
+                },
+            );
         HubRegistration { hub, key }
     }
 
@@ -196,7 +213,9 @@ async fn run(
             received = sub.recv() => match received {
                 Ok(message) => (message, None),
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(topic = sub.topic(), missed, "fastlane hub lagged; broadcasts dropped");
+                    tracing::warn!(topic = sub.topic(), missed,
+                        "fastlane hub lagged; broadcasts dropped: erroring the topic's channels so their clients rejoin");
+                    shared.resync();
                     continue;
                 }
                 Err(_) => return,
@@ -209,6 +228,18 @@ async fn run(
 }
 
 impl HubShared {
+    /// Stops every registered channel with [`StopReason::Lagged`] (`phx_error`).
+    fn resync(&self) {
+        let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
+        for target in targets.values() {
+            if let Some(tx) = target.channel.upgrade() {
+                // Fits in the slot kept for stops, unless a leave or stop is already queued:
+                // the channel is stopping then anyway.
+                let _ = tx.try_send(Box::new(Cmd::Shutdown(StopReason::Lagged)));
+            }
+        }
+    }
+
     fn fanout(&self, message: &Message, skip: Option<u64>) {
         // Encoded lazily, at most once per serializer; `Some(None)` means "cannot be encoded".
         let mut v1: Option<Option<Out>> = None;
@@ -247,6 +278,10 @@ mod tests {
 
     use super::*;
 
+    fn no_channel() -> mpsc::WeakSender<Box<Cmd>> {
+        mpsc::channel(1).0.downgrade()
+    }
+
     #[tokio::test]
     async fn encodes_once_per_serializer_and_skips_the_sender() {
         let pubsub = PubSub::new("n");
@@ -256,7 +291,7 @@ mod tests {
         for i in 0..6 {
             let (outbox, rx) = Outbox::new(8);
             let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
-            regs.push(hubs.register("t", i, vsn, outbox));
+            regs.push(hubs.register("t", i, vsn, outbox, no_channel()));
             rxs.push(rx);
         }
         assert_eq!(hubs.len(), 1);
@@ -282,7 +317,7 @@ mod tests {
         let pubsub = PubSub::new("n");
         let hubs = Hubs::new(pubsub.clone());
         let (outbox, mut rx) = Outbox::new(8);
-        let reg = hubs.register("t", 1, Vsn::V2, outbox);
+        let reg = hubs.register("t", 1, Vsn::V2, outbox, no_channel());
         assert_eq!(pubsub.subscriber_count("t"), 1);
         pubsub
             .broadcast(Message::json("t", "e", json!({})))

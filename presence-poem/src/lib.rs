@@ -151,6 +151,15 @@
 //! hub once its join reply (and what `join` pushed) is queued, so a client never sees a
 //! broadcast on a topic before that topic's join reply.
 //!
+//! A hub subscribes with the pub/sub's bounded queue
+//! ([`queue_capacity`](presence_core::pubsub::PubSubBuilder::queue_capacity)). When it falls
+//! behind and broadcasts are dropped, every client of the topic on this node has missed them
+//! (`presence_diff`s included) and would stay out of sync: the hub then stops every channel of
+//! the topic on this node ([`StopReason::Lagged`]), which pushes `phx_error` with
+//! `{"reason": "lagged"}`. phoenix.js rejoins (after its rejoin backoff, 1 s first) and gets a
+//! fresh `presence_state`; meanwhile the channels' [`Owner`](presence_core::Owner)s have dropped,
+//! so their presences leave and join again. The sockets and their other channels go on.
+//!
 //! # Slow clients
 //!
 //! Each socket has a bounded outbound queue ([`PhoenixSocketBuilder::outbound_capacity`], 256
