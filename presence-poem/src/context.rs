@@ -212,6 +212,10 @@ impl ChannelContext {
 
     /// Like [`broadcast`](Self::broadcast), but not to this socket.
     ///
+    /// This node's sockets get it through the topic's hub, whose queue for these holds 1024
+    /// messages; a burst it cannot queue is handled as a lagging hub (see the crate docs,
+    /// "Fastlane").
+    ///
     /// # Errors
     ///
     /// As [`broadcast`](Self::broadcast).

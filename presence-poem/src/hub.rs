@@ -6,13 +6,17 @@
 //! registered socket. The hub and its task live exactly as long as some socket is registered:
 //! dropping the last [`HubRegistration`] drops the hub, which aborts its task.
 //!
+//! `broadcast_from` reaches the hub's sockets through a bounded queue to the hub task
+//! ([`INJECT_QUEUE`] messages), in order with the topic's other broadcasts; when it is full the
+//! message is dropped for them, as when the hub's subscription lags.
+//!
 //! A hub that falls behind has dropped broadcasts for all its sockets, which would stay out
 //! of sync (presence diffs lost) until they rejoin. So it makes them rejoin: it stops every
 //! registered channel with [`StopReason::Lagged`], which pushes `phx_error`; phoenix.js
 //! rejoins and gets a fresh `presence_state`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use presence_core::PubSub;
@@ -24,6 +28,9 @@ use crate::StopReason;
 use crate::context::Cmd;
 use crate::outbox::Outbox;
 use crate::protocol::{Out, Vsn};
+
+/// Capacity of a hub's `broadcast_from` queue, as the pub/sub's default subscription queue.
+pub(crate) const INJECT_QUEUE: usize = presence_core::pubsub::DEFAULT_QUEUE_CAPACITY;
 
 /// The hubs of one socket endpoint on this node, by topic.
 #[derive(Debug, Clone)]
@@ -44,7 +51,7 @@ pub(crate) struct Hub {
     topic: Arc<str>,
     sub_id: SubscriberId,
     shared: Arc<HubShared>,
-    inject: mpsc::UnboundedSender<(Arc<Message>, u64)>,
+    inject: mpsc::Sender<(Arc<Message>, u64)>,
     task: JoinHandle<()>,
     hubs: Weak<HubsInner>,
 }
@@ -52,6 +59,8 @@ pub(crate) struct Hub {
 #[derive(Debug, Default)]
 struct HubShared {
     targets: RwLock<HashMap<u64, Target>>,
+    /// A `broadcast_from` was dropped: its queue was full.
+    lagged: AtomicBool,
     #[cfg(test)]
     encodes: AtomicU64,
 }
@@ -148,7 +157,7 @@ impl Hub {
         let sub = hubs.pubsub.subscribe(topic);
         let sub_id = sub.id();
         let shared = Arc::new(HubShared::default());
-        let (inject, inject_rx) = mpsc::unbounded_channel();
+        let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
         let task = tokio::spawn(run(sub, inject_rx, shared.clone()));
         Hub {
             topic: Arc::from(topic),
@@ -184,7 +193,12 @@ impl HubRegistration {
         // Other local subscribers and other nodes get it through the pub/sub, skipping the hub;
         // the hub then delivers to its sockets but this one, in order with what it already got.
         let result = pubsub.broadcast_from(self.hub.sub_id, message.clone());
-        let _ = self.hub.inject.send((message, self.key));
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.hub.inject.try_send((message, self.key))
+        {
+            // The hub task has a full queue to work through; it resyncs after its next message.
+            self.hub.shared.lagged.store(true, Ordering::Relaxed);
+        }
         result
     }
 }
@@ -202,7 +216,7 @@ impl Drop for HubRegistration {
 
 async fn run(
     mut sub: Subscription,
-    mut inject: mpsc::UnboundedReceiver<(Arc<Message>, u64)>,
+    mut inject: mpsc::Receiver<(Arc<Message>, u64)>,
     shared: Arc<HubShared>,
 ) {
     loop {
@@ -224,6 +238,14 @@ async fn run(
             else => return,
         };
         shared.fanout(&message, skip);
+        if shared.lagged.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                topic = sub.topic(),
+                capacity = INJECT_QUEUE,
+                "fastlane hub's broadcast_from queue was full; broadcasts dropped: erroring the topic's channels so their clients rejoin"
+            );
+            shared.resync();
+        }
     }
 }
 

@@ -152,8 +152,9 @@
 //! broadcast on a topic before that topic's join reply.
 //!
 //! A hub subscribes with the pub/sub's bounded queue
-//! ([`queue_capacity`](presence_core::pubsub::PubSubBuilder::queue_capacity)). When it falls
-//! behind and broadcasts are dropped, every client of the topic on this node has missed them
+//! ([`queue_capacity`](presence_core::pubsub::PubSubBuilder::queue_capacity)), and takes
+//! [`broadcast_from`](ChannelContext::broadcast_from)s through a queue of 1024 messages. When
+//! it falls behind and broadcasts are dropped, every client of the topic on this node has missed them
 //! (`presence_diff`s included) and would stay out of sync: the hub then stops every channel of
 //! the topic on this node ([`StopReason::Lagged`]), which pushes `phx_error` with
 //! `{"reason": "lagged"}`. phoenix.js rejoins (after its rejoin backoff, 1 s first) and gets a

@@ -80,3 +80,43 @@ async fn a_lagging_hub_errors_its_channels_so_clients_rejoin() {
         ("tick", &json!({"n": 99}))
     );
 }
+
+#[tokio::test]
+async fn a_broadcast_from_burst_the_hub_cannot_queue_resyncs_like_a_lag() {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub).outbound_capacity(4096).build();
+    let server = serve(pubsub.clone(), socket).await;
+    let mut a = Client::v2(server.addr).await;
+    let mut b = Client::v2(server.addr).await;
+    a.join_ok("room:burst", "1").await;
+    b.join_ok("room:burst", "1").await;
+    // More than the hub's bounded broadcast_from queue (1024), while it cannot run.
+    a.send(
+        Some("1"),
+        Some("2"),
+        "room:burst",
+        "broadcast_from_burst",
+        json!({"n": 1500}),
+    )
+    .await;
+    let mut shouts = 0;
+    let error = loop {
+        let frame = b.recv().await;
+        if frame.event == "shout" {
+            shouts += 1;
+        } else {
+            break frame;
+        }
+    };
+    assert!(shouts < 1500, "{shouts} shouts");
+    assert_eq!(error.event, "phx_error");
+    assert_eq!(error.payload, json!({"reason": "lagged"}));
+    // The sender's socket goes on (its channel on the topic is restarted as well).
+    let reply = a.recv().await;
+    assert_eq!(
+        (reply.reference, reply.payload["status"].clone()),
+        (json!("2"), json!("ok"))
+    );
+    assert_eq!(a.recv().await.event, "phx_error");
+    assert_eq!(a.heartbeat("3").await.payload["status"], "ok");
+}

@@ -352,6 +352,13 @@ impl Channel for TestChannel {
                 ctx.broadcast_from("shout", payload).unwrap();
                 HandleIn::Reply(Reply::ok(json!({})))
             }
+            "broadcast_from_burst" => {
+                // Many broadcast_from without yielding: the topic's hub cannot run meanwhile.
+                for n in 0..json["n"].as_u64().unwrap_or(0) {
+                    ctx.broadcast_from("shout", json!({"n": n})).unwrap();
+                }
+                HandleIn::Reply(Reply::ok(json!({})))
+            }
             "later" => {
                 // Reply from handle_info, through the mailbox.
                 let to = ctx.socket_ref().expect("inside handle_in");
