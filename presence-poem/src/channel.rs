@@ -86,7 +86,8 @@ pub trait Channel: Send + 'static {
 
     /// Called for messages sent to the channel: pub/sub messages on topics it
     /// [subscribed](ChannelContext::subscribe) to, and values sent to its
-    /// [`Mailbox`]. Return `ControlFlow::Break(())` to stop the channel gracefully
+    /// [`Mailbox`]. The mailbox and each subscription are taken in turn, so a busy one does
+    /// not starve the others. Return `ControlFlow::Break(())` to stop the channel gracefully
     /// (`phx_close`). The default ignores the message.
     fn handle_info(
         &mut self,

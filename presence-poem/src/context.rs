@@ -87,6 +87,9 @@ pub struct ChannelContext {
     registration: Option<HubRegistration>,
     subscriptions: Vec<Subscription>,
     mailbox: Option<(Mailbox, mpsc::Receiver<Box<dyn Any + Send>>)>,
+    /// Where [`next_info`](Self::next_info) looks first: 0 the mailbox, `i` subscription
+    /// `i - 1`. It moves past the source just taken, so no source starves the others.
+    next_source: usize,
     current: Option<SocketRef>,
     /// What `join` pushed (or left to do), sent (or run) after the join reply.
     pub(crate) deferred: Option<Vec<Deferred>>,
@@ -113,6 +116,7 @@ impl ChannelContext {
             registration: None,
             subscriptions: Vec::new(),
             mailbox: None,
+            next_source: 0,
             current: None,
             deferred: Some(Vec::new()),
         }
@@ -277,31 +281,43 @@ impl ChannelContext {
         }
     }
 
+    /// The next message from the mailbox or a subscription, taking the sources in turn.
     async fn next_info(&mut self) -> Info {
         poll_fn(|cx| {
-            if let Some((_, rx)) = &mut self.mailbox
-                && let Poll::Ready(Some(value)) = rx.poll_recv(cx)
-            {
-                return Poll::Ready(Info::Custom(value));
-            }
-            for sub in &mut self.subscriptions {
-                loop {
-                    match sub.poll_recv(cx) {
-                        Poll::Ready(Ok(message)) => return Poll::Ready(Info::Message(message)),
-                        Poll::Ready(Err(RecvError::Lagged(missed))) => {
-                            tracing::warn!(
-                                topic = sub.topic(),
-                                missed,
-                                "channel subscription lagged"
-                            );
-                        }
-                        Poll::Ready(Err(_)) | Poll::Pending => break,
-                    }
+            let sources = 1 + self.subscriptions.len();
+            let first = self.next_source % sources;
+            for source in (first..sources).chain(0..first) {
+                let info = match source {
+                    0 => match &mut self.mailbox {
+                        Some((_, rx)) => match rx.poll_recv(cx) {
+                            Poll::Ready(Some(value)) => Some(Info::Custom(value)),
+                            _ => None,
+                        },
+                        None => None,
+                    },
+                    i => poll_subscription(&mut self.subscriptions[i - 1], cx),
+                };
+                if let Some(info) = info {
+                    self.next_source = source + 1;
+                    return Poll::Ready(info);
                 }
             }
             Poll::Pending
         })
         .await
+    }
+}
+
+/// The next message of `sub`, if one is queued (a lag is logged and skipped).
+fn poll_subscription(sub: &mut Subscription, cx: &mut std::task::Context<'_>) -> Option<Info> {
+    loop {
+        match sub.poll_recv(cx) {
+            Poll::Ready(Ok(message)) => return Some(Info::Message(message)),
+            Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                tracing::warn!(topic = sub.topic(), missed, "channel subscription lagged");
+            }
+            Poll::Ready(Err(_)) | Poll::Pending => return None,
+        }
     }
 }
 

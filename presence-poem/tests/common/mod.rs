@@ -359,6 +359,18 @@ impl Channel for TestChannel {
                 }
                 HandleIn::Reply(Reply::ok(json!({})))
             }
+            "flood" => {
+                // `n` values in the mailbox, then one message on a subscribed topic.
+                let mailbox = ctx.mailbox();
+                for i in 0..json["n"].as_u64().unwrap_or(0) {
+                    mailbox.send(json!({"i": i})).unwrap();
+                }
+                let topic = json["topic"].as_str().unwrap_or_default().to_owned();
+                ctx.pubsub()
+                    .broadcast(Message::json(topic, "flooded", json!({})))
+                    .unwrap();
+                HandleIn::Reply(Reply::ok(json!({})))
+            }
             "later" => {
                 // Reply from handle_info, through the mailbox.
                 let to = ctx.socket_ref().expect("inside handle_in");
