@@ -86,7 +86,8 @@ pub trait Channel: Send + 'static {
 
     /// Called for messages sent to the channel: pub/sub messages on topics it
     /// [subscribed](ChannelContext::subscribe) to, and values sent to its
-    /// [`Mailbox`]. Return `ControlFlow::Break(())` to stop the channel gracefully
+    /// [`Mailbox`]. The mailbox and each subscription are taken in turn, so a busy one does
+    /// not starve the others. Return `ControlFlow::Break(())` to stop the channel gracefully
     /// (`phx_close`). The default ignores the message.
     fn handle_info(
         &mut self,
@@ -207,6 +208,10 @@ pub enum StopReason {
     DuplicateJoin,
     /// The socket closed.
     Closed,
+    /// This node's fastlane hub for the topic fell behind and dropped broadcasts: the client
+    /// gets `phx_error` (not `phx_close`), so phoenix.js rejoins and gets a fresh state. See
+    /// the crate docs, "Fastlane".
+    Lagged,
 }
 
 /// Values usable as a message payload: JSON values, raw bytes (V2 binary frames), or a

@@ -2,10 +2,17 @@
 //! tasks, and a writer that drains the outbound queue. Both run inside the task poem spawns
 //! for the upgraded connection; the channel tasks are owned by the control loop, which stops
 //! them (and waits for them, within a deadline) when the socket closes.
+//!
+//! The control loop never waits on a channel: commands are queued without waiting (a full
+//! queue is answered `channel busy`), and joins run in their channel's task while the loop
+//! goes on serving the socket (see the crate docs, "Channels and isolation").
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -16,15 +23,17 @@ use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 
 use crate::StopReason;
-use crate::context::{ChannelContext, Cmd, SocketShared, Start};
+use crate::context::{ChannelContext, Cmd, Replaced, SocketShared, Start};
 use crate::outbox::{Close, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, Inner};
 
-/// Capacity of the command queue from the connection to one channel task.
+/// Capacity of the command queue from the connection to one channel task. The last slot is
+/// kept for a leave or a stop: client pushes are refused (`channel busy`) when only it is
+/// free, so a busy channel can still be left or replaced.
 const CHANNEL_QUEUE: usize = 16;
 /// Frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -132,12 +141,69 @@ async fn close_sink(
     let _ = timeout(deadline, sink.close()).await;
 }
 
-/// A joined channel, as the connection sees it.
+/// A joined (or joining) channel, as the connection sees it.
 #[derive(Debug)]
 struct Joined {
     join_ref: Arc<str>,
     tx: mpsc::Sender<Box<Cmd>>,
     task: JoinHandle<()>,
+    /// Set while the join runs. Boxed: most channels are joined, and this is per channel.
+    pending: Option<Box<Pending>>,
+}
+
+/// A join in progress: its task settles it (joined or refused) through `joined`, unless the
+/// connection gives up first (join timeout, leave, duplicate join).
+#[derive(Debug)]
+struct Pending {
+    reference: Option<String>,
+    joined: oneshot::Receiver<bool>,
+    timeout: Pin<Box<Sleep>>,
+}
+
+impl Pending {
+    /// Gives up on the join unless its task settled it already: `Some(joined)` if it did,
+    /// `None` if not (the task will neither reply nor run the channel).
+    fn settle(&mut self) -> Option<bool> {
+        self.joined.close();
+        self.joined.try_recv().ok()
+    }
+}
+
+/// How a pending join ended.
+#[derive(Debug, Clone, Copy)]
+enum JoinOutcome {
+    /// Joined: the channel replied `ok` and takes commands.
+    Joined,
+    /// Refused or crashed: the channel replied `error` and stops.
+    Failed,
+    /// No answer within the join timeout.
+    TimedOut,
+}
+
+/// The first pending join that has ended, if any.
+fn poll_joins(
+    channels: &mut HashMap<String, Joined>,
+    cx: &mut Context<'_>,
+) -> Poll<(String, JoinOutcome)> {
+    for (topic, joined) in channels.iter_mut() {
+        let Some(pending) = &mut joined.pending else {
+            continue;
+        };
+        let outcome = match Pin::new(&mut pending.joined).poll(cx) {
+            Poll::Ready(Ok(true)) => JoinOutcome::Joined,
+            Poll::Ready(_) => JoinOutcome::Failed,
+            Poll::Pending => match pending.timeout.as_mut().poll(cx) {
+                Poll::Pending => continue,
+                Poll::Ready(()) => match pending.settle() {
+                    Some(true) => JoinOutcome::Joined,
+                    Some(false) => JoinOutcome::Failed,
+                    None => JoinOutcome::TimedOut,
+                },
+            },
+        };
+        return Poll::Ready((topic.clone(), outcome));
+    }
+    Poll::Pending
 }
 
 struct Control {
@@ -202,13 +268,13 @@ impl Control {
                     tracing::debug!(id = ?self.socket.id, "socket disconnected by broadcast");
                     self.outbox().close(code::GOING_AWAY, "disconnected");
                 }
+                (topic, outcome) = poll_fn(|cx| poll_joins(&mut self.channels, cx)) => {
+                    self.join_ended(&topic, outcome);
+                }
                 frame = stream.next() => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
                     match frame {
-                        // Boxed, as is `shutdown`: their states (joins, timeouts) are far
-                        // larger than the idle loop's and would otherwise stay in every
-                        // socket's task for its whole life.
-                        Some(Ok(message)) => Box::pin(self.handle_frame(message)).await,
+                        Some(Ok(message)) => self.handle_frame(&message),
                         Some(Err(error)) => self.read_error(&error),
                         None => {
                             self.outbox().request_close(Close { code: code::NORMAL, reason: "", send_frame: false });
@@ -218,6 +284,8 @@ impl Control {
             }
         }
         drop(disconnect);
+        // Boxed: its state is far larger than the idle loop's and would otherwise stay in
+        // every socket's task for its whole life.
         Box::pin(self.shutdown()).await;
     }
 
@@ -240,8 +308,8 @@ impl Control {
         }
     }
 
-    async fn handle_frame(&mut self, message: WsMessage) {
-        let decoded = match &message {
+    fn handle_frame(&mut self, message: &WsMessage) {
+        let decoded = match message {
             WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text)),
             WsMessage::Binary(bytes) => self.socket.vsn.decode(Raw::Binary(bytes)),
             WsMessage::Close(_) => {
@@ -256,7 +324,7 @@ impl Control {
             WsMessage::Ping(_) | WsMessage::Pong(_) => return,
         };
         match decoded {
-            Ok(inbound) => self.handle_inbound(inbound).await,
+            Ok(inbound) => self.handle_inbound(inbound),
             Err(error) => {
                 tracing::warn!(%error, "closing websocket: undecodable frame");
                 self.outbox()
@@ -299,7 +367,7 @@ impl Control {
         self.dying.retain(|task| !task.is_finished());
     }
 
-    async fn handle_inbound(&mut self, msg: Inbound) {
+    fn handle_inbound(&mut self, msg: Inbound) {
         if msg.topic == PHOENIX_TOPIC && msg.event == event::HEARTBEAT {
             self.reply(
                 None,
@@ -311,19 +379,13 @@ impl Control {
             return;
         }
         if msg.event == event::JOIN {
-            self.join(msg).await;
+            self.join(msg);
             return;
         }
         self.reap();
+        let leave = msg.event == event::LEAVE;
         let Some(joined) = self.channels.get(&msg.topic) else {
-            if msg.event == event::LEAVE {
-                let (join_ref, reference) = (msg.join_ref.as_deref(), msg.reference.as_deref());
-                self.reply(join_ref, reference, &msg.topic, "ok", json!({}));
-            } else {
-                tracing::debug!(topic = %msg.topic, event = %msg.event, "ignoring unmatched topic");
-                let reason = json!({"reason": "unmatched topic"});
-                self.reply(None, msg.reference.as_deref(), &msg.topic, "error", reason);
-            }
+            self.not_joined(&msg);
             return;
         };
         if msg
@@ -334,23 +396,168 @@ impl Control {
             tracing::debug!(topic = %msg.topic, event = %msg.event, "dropping message with a stale join_ref");
             return;
         }
-        let cmd = if msg.event == event::LEAVE {
-            Cmd::Leave {
-                reference: msg.reference,
+        if joined.pending.is_some() {
+            if leave {
+                self.cancel_join(&msg);
+            } else {
+                // phoenix.js buffers pushes until the join is answered; nothing is queued here.
+                let join_ref = joined.join_ref.clone();
+                let reason = json!({"reason": "join pending"});
+                let reference = msg.reference.as_deref();
+                self.reply(Some(&join_ref), reference, &msg.topic, "error", reason);
             }
+            return;
+        }
+        // Pushes leave the last slot free for a leave (or a stop).
+        if !leave && joined.tx.capacity() <= 1 {
+            self.busy(&msg.topic, msg.reference.as_deref());
+            return;
+        }
+        let Inbound {
+            join_ref,
+            reference,
+            topic,
+            event,
+            payload,
+        } = msg;
+        let cmd = if leave {
+            Cmd::Leave { reference }
         } else {
             Cmd::In {
-                event: msg.event,
-                reference: msg.reference,
-                payload: msg.payload,
+                event,
+                reference,
+                payload,
             }
         };
-        // Waits when the channel is busy: backpressure on this client only. An error means
-        // the channel just stopped; the message is dropped as Phoenix drops it.
-        let _ = joined.tx.send(Box::new(cmd)).await;
+        // Never waits: a read loop blocked on one channel would stop serving the whole socket.
+        let (cmd, full) = match joined.tx.try_send(Box::new(cmd)) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(cmd)) => (cmd, true),
+            Err(mpsc::error::TrySendError::Closed(cmd)) => (cmd, false),
+        };
+        let (event, reference) = match *cmd {
+            Cmd::In {
+                event, reference, ..
+            } => (event, reference),
+            Cmd::Leave { reference } => (event::LEAVE.to_owned(), reference),
+            Cmd::Shutdown(_) => return,
+        };
+        if full {
+            self.busy(&topic, reference.as_deref());
+        } else {
+            // The channel just stopped: answered as for a topic not joined.
+            self.not_joined(&Inbound {
+                join_ref,
+                reference,
+                topic,
+                event,
+                payload: Payload::Json(Value::Null),
+            });
+        }
     }
 
-    async fn join(&mut self, msg: Inbound) {
+    /// Answers a message for a topic this socket has not joined.
+    fn not_joined(&self, msg: &Inbound) {
+        if msg.event == event::LEAVE {
+            let (join_ref, reference) = (msg.join_ref.as_deref(), msg.reference.as_deref());
+            self.reply(join_ref, reference, &msg.topic, "ok", json!({}));
+        } else {
+            tracing::debug!(topic = %msg.topic, event = %msg.event, "ignoring unmatched topic");
+            let reason = json!({"reason": "unmatched topic"});
+            self.reply(None, msg.reference.as_deref(), &msg.topic, "error", reason);
+        }
+    }
+
+    /// Refuses a message its channel has no room for (see the crate docs, "Channels and
+    /// isolation").
+    fn busy(&self, topic: &str, reference: Option<&str>) {
+        tracing::warn!(topic, "channel busy: message refused");
+        let join_ref = self.channels.get(topic).map(|j| j.join_ref.clone());
+        let reason = json!({"reason": "channel busy"});
+        self.reply(join_ref.as_deref(), reference, topic, "error", reason);
+    }
+
+    /// Pushes `phx_close` for `join_ref` on `topic`.
+    fn push_close(&self, topic: &str, join_ref: &str) {
+        let close = self.socket.vsn.message(
+            Some(join_ref),
+            Some(join_ref),
+            topic,
+            event::CLOSE,
+            &Payload::Json(json!({})),
+        );
+        if let Ok(out) = close {
+            self.outbox().send(out);
+        }
+    }
+
+    /// `phx_leave` for a topic whose join is pending: the join is abandoned, as phoenix.js
+    /// does when its join push times out.
+    fn cancel_join(&mut self, msg: &Inbound) {
+        let Some(mut joined) = self.channels.remove(&msg.topic) else {
+            return;
+        };
+        let settled = joined.pending.as_mut().and_then(|p| p.settle());
+        match settled {
+            Some(true) => {
+                // It joined meanwhile: leave it as any joined channel.
+                joined.pending = None;
+                self.channels.insert(msg.topic.clone(), joined);
+                self.handle_inbound(msg.clone());
+            }
+            Some(false) => {
+                self.dying.push(joined.task);
+                self.not_joined(msg);
+            }
+            None => {
+                joined.task.abort();
+                self.dying.push(joined.task);
+                let reference = msg.reference.as_deref();
+                self.reply(
+                    Some(&joined.join_ref),
+                    reference,
+                    &msg.topic,
+                    "ok",
+                    json!({}),
+                );
+                self.push_close(&msg.topic, &joined.join_ref);
+            }
+        }
+    }
+
+    /// A pending join has ended.
+    fn join_ended(&mut self, topic: &str, outcome: JoinOutcome) {
+        match outcome {
+            JoinOutcome::Joined => {
+                if let Some(joined) = self.channels.get_mut(topic) {
+                    joined.pending = None;
+                }
+            }
+            // The channel replied and its task is finishing.
+            JoinOutcome::Failed => {
+                if let Some(joined) = self.channels.remove(topic) {
+                    self.dying.push(joined.task);
+                }
+            }
+            JoinOutcome::TimedOut => {
+                let Some(joined) = self.channels.remove(topic) else {
+                    return;
+                };
+                let timeout = self.inner.config.join_timeout;
+                tracing::warn!(%topic, ?timeout, "channel join timed out; aborting it");
+                joined.task.abort();
+                self.dying.push(joined.task);
+                let reference = joined.pending.and_then(|p| p.reference);
+                let reason = json!({"reason": "join timeout"});
+                let join_ref = Some(&*joined.join_ref);
+                self.reply(join_ref, reference.as_deref(), topic, "error", reason);
+            }
+        }
+    }
+
+    /// Starts a join: the channel's task runs it (after stopping the channel it replaces, if
+    /// any) while this loop goes on; [`poll_joins`] sees it end.
+    fn join(&mut self, msg: Inbound) {
         let Inbound {
             join_ref,
             reference,
@@ -367,9 +574,10 @@ impl Control {
             self.reply(None, reference.as_deref(), &topic, "error", reason);
             return;
         };
-        if let Some(old) = self.channels.remove(&topic) {
-            self.stop_duplicate(&topic, old).await;
-        }
+        let replaces = self
+            .channels
+            .remove(&topic)
+            .and_then(|old| self.replace(&topic, old));
         self.reap();
         if self.channels.len() >= self.inner.config.max_channels {
             tracing::warn!(%topic, max = self.inner.config.max_channels, "too many channels joined");
@@ -394,75 +602,77 @@ impl Control {
             join_ref.clone(),
             self.socket.clone(),
         );
-        let mut task = (route.spawn)(Start {
+        let task = (route.spawn)(Start {
             ctx,
             params,
-            reference,
+            reference: reference.clone(),
             joined: joined_tx,
             cmds,
+            this: tx.downgrade(),
+            replaces,
         });
-        // Like Phoenix, the socket waits for the join; a socket close interrupts it.
-        let joined = tokio::select! {
-            result = joined_rx => result.is_ok(),
-            _ = self.close.changed() => {
-                task.abort();
-                false
-            }
+        let pending = Pending {
+            reference,
+            joined: joined_rx,
+            timeout: Box::pin(sleep(self.inner.config.join_timeout)),
         };
-        if joined {
-            self.channels.insert(topic, Joined { join_ref, tx, task });
-        } else {
-            // Refused or crashed: the task is finishing (or aborted).
-            let _ = timeout(self.inner.config.shutdown_timeout, &mut task).await;
-            task.abort();
-        }
+        self.channels.insert(
+            topic,
+            Joined {
+                join_ref,
+                tx,
+                task,
+                pending: Some(Box::new(pending)),
+            },
+        );
     }
 
-    /// Duplicate join: stops the old channel (which pushes `phx_close` for its join_ref) and
-    /// waits for it, so the close reaches the client before the new join's reply.
-    async fn stop_duplicate(&mut self, topic: &str, old: Joined) {
-        let Joined {
-            join_ref,
-            tx,
-            mut task,
-        } = old;
-        if tx.is_closed() {
-            self.dying.push(task);
-            return;
+    /// Duplicate join: asks the old channel to stop (it pushes `phx_close` for its join_ref).
+    /// The new channel's task waits for it (within the shutdown deadline), so the close
+    /// reaches the client before the new join's reply. A join still pending is abandoned at
+    /// once, with a `phx_close` for its join_ref.
+    fn replace(&mut self, topic: &str, mut old: Joined) -> Option<Replaced> {
+        if let Some(pending) = &mut old.pending {
+            match pending.settle() {
+                Some(true) => {}
+                Some(false) => {
+                    self.dying.push(old.task);
+                    return None;
+                }
+                None => {
+                    old.task.abort();
+                    self.dying.push(old.task);
+                    self.push_close(topic, &old.join_ref);
+                    return None;
+                }
+            }
         }
         tracing::debug!(
             topic,
             "duplicate channel join; closing the existing channel"
         );
-        let deadline = self.inner.config.shutdown_timeout;
-        let _ = timeout(
-            deadline,
-            tx.send(Box::new(Cmd::Shutdown(StopReason::DuplicateJoin))),
-        )
-        .await;
-        if timeout(deadline, &mut task).await.is_err() {
-            task.abort();
-            let close = self.socket.vsn.message(
-                Some(&join_ref),
-                Some(&join_ref),
-                topic,
-                event::CLOSE,
-                &Payload::Json(json!({})),
-            );
-            if let Ok(out) = close {
-                self.outbox().send(out);
-            }
-        }
+        // Fits in the slot kept for stops, unless a leave or stop is already queued.
+        let _ = old
+            .tx
+            .try_send(Box::new(Cmd::Shutdown(StopReason::DuplicateJoin)));
+        Some(Replaced::new(
+            old.join_ref,
+            old.task,
+            self.inner.config.shutdown_timeout,
+        ))
     }
 
     /// Stops every channel (`terminate` with [`StopReason::Closed`]) and waits for their tasks,
-    /// aborting those still running at the deadline.
+    /// aborting those still running at the deadline. Joins still pending are aborted at once.
     async fn shutdown(&mut self) {
-        let mut tasks: Vec<JoinHandle<()>> = self
-            .channels
-            .drain()
-            .map(|(_, joined)| joined.task) // dropping `tx` tells the channel to stop
-            .collect();
+        let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(self.channels.len());
+        // Dropping `tx` tells the channel to stop.
+        for (_, joined) in self.channels.drain() {
+            if joined.pending.is_some() {
+                joined.task.abort();
+            }
+            tasks.push(joined.task);
+        }
         tasks.append(&mut self.dying);
         let deadline = Instant::now() + self.inner.config.shutdown_timeout;
         for mut task in tasks {

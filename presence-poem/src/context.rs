@@ -12,6 +12,8 @@ use presence_core::pubsub::{BroadcastError, Message, Payload, RecvError, Subscri
 use presence_core::{Owner, PubSub, Registry};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
 
 use crate::channel::{HandleIn, Info, IntoPayload, MAILBOX_CAPACITY, Mailbox, Reply, StopReason};
 use crate::hub::{HubRegistration, Hubs};
@@ -85,6 +87,9 @@ pub struct ChannelContext {
     registration: Option<HubRegistration>,
     subscriptions: Vec<Subscription>,
     mailbox: Option<(Mailbox, mpsc::Receiver<Box<dyn Any + Send>>)>,
+    /// Where [`next_info`](Self::next_info) looks first: 0 the mailbox, `i` subscription
+    /// `i - 1`. It moves past the source just taken, so no source starves the others.
+    next_source: usize,
     current: Option<SocketRef>,
     /// What `join` pushed (or left to do), sent (or run) after the join reply.
     pub(crate) deferred: Option<Vec<Deferred>>,
@@ -111,6 +116,7 @@ impl ChannelContext {
             registration: None,
             subscriptions: Vec::new(),
             mailbox: None,
+            next_source: 0,
             current: None,
             deferred: Some(Vec::new()),
         }
@@ -210,6 +216,10 @@ impl ChannelContext {
 
     /// Like [`broadcast`](Self::broadcast), but not to this socket.
     ///
+    /// This node's sockets get it through the topic's hub, whose queue for these holds 1024
+    /// messages; a burst it cannot queue is handled as a lagging hub (see the crate docs,
+    /// "Fastlane").
+    ///
     /// # Errors
     ///
     /// As [`broadcast`](Self::broadcast).
@@ -271,31 +281,43 @@ impl ChannelContext {
         }
     }
 
+    /// The next message from the mailbox or a subscription, taking the sources in turn.
     async fn next_info(&mut self) -> Info {
         poll_fn(|cx| {
-            if let Some((_, rx)) = &mut self.mailbox
-                && let Poll::Ready(Some(value)) = rx.poll_recv(cx)
-            {
-                return Poll::Ready(Info::Custom(value));
-            }
-            for sub in &mut self.subscriptions {
-                loop {
-                    match sub.poll_recv(cx) {
-                        Poll::Ready(Ok(message)) => return Poll::Ready(Info::Message(message)),
-                        Poll::Ready(Err(RecvError::Lagged(missed))) => {
-                            tracing::warn!(
-                                topic = sub.topic(),
-                                missed,
-                                "channel subscription lagged"
-                            );
-                        }
-                        Poll::Ready(Err(_)) | Poll::Pending => break,
-                    }
+            let sources = 1 + self.subscriptions.len();
+            let first = self.next_source % sources;
+            for source in (first..sources).chain(0..first) {
+                let info = match source {
+                    0 => match &mut self.mailbox {
+                        Some((_, rx)) => match rx.poll_recv(cx) {
+                            Poll::Ready(Some(value)) => Some(Info::Custom(value)),
+                            _ => None,
+                        },
+                        None => None,
+                    },
+                    i => poll_subscription(&mut self.subscriptions[i - 1], cx),
+                };
+                if let Some(info) = info {
+                    self.next_source = source + 1;
+                    return Poll::Ready(info);
                 }
             }
             Poll::Pending
         })
         .await
+    }
+}
+
+/// The next message of `sub`, if one is queued (a lag is logged and skipped).
+fn poll_subscription(sub: &mut Subscription, cx: &mut std::task::Context<'_>) -> Option<Info> {
+    loop {
+        match sub.poll_recv(cx) {
+            Poll::Ready(Ok(message)) => return Some(Info::Message(message)),
+            Poll::Ready(Err(RecvError::Lagged(missed))) => {
+                tracing::warn!(topic = sub.topic(), missed, "channel subscription lagged");
+            }
+            Poll::Ready(Err(_)) | Poll::Pending => return None,
+        }
     }
 }
 
@@ -319,8 +341,65 @@ pub(crate) struct Start {
     pub(crate) ctx: ChannelContext,
     pub(crate) params: Value,
     pub(crate) reference: Option<String>,
-    pub(crate) joined: oneshot::Sender<()>,
+    /// Settles the join with the connection: `true` joined, `false` refused or crashed. Sent
+    /// before the join reply; when the connection has given up on the join (join timeout,
+    /// leave, duplicate join) the send fails and the task replies nothing and stops.
+    pub(crate) joined: oneshot::Sender<bool>,
     pub(crate) cmds: mpsc::Receiver<Box<Cmd>>,
+    /// This channel's own command queue, for its hub to stop it (weak: the channel stops when
+    /// the connection drops its sender).
+    pub(crate) this: mpsc::WeakSender<Box<Cmd>>,
+    /// The channel this join replaces (duplicate join), to wait for before joining.
+    pub(crate) replaces: Option<Replaced>,
+}
+
+/// A channel replaced by a duplicate join, already asked to stop. The new channel's task owns
+/// it: it waits for it to end (at most `deadline`) and aborts it if dropped first.
+#[derive(Debug)]
+pub(crate) struct Replaced {
+    join_ref: Arc<str>,
+    task: JoinHandle<()>,
+    deadline: std::time::Duration,
+}
+
+impl Replaced {
+    pub(crate) fn new(
+        join_ref: Arc<str>,
+        task: JoinHandle<()>,
+        deadline: std::time::Duration,
+    ) -> Self {
+        Replaced {
+            join_ref,
+            task,
+            deadline,
+        }
+    }
+
+    /// Waits for the old channel to end, so its `phx_close` reaches the client first; at the
+    /// deadline aborts it and pushes the `phx_close` itself.
+    async fn stopped(mut self, socket: &SocketShared, topic: &str) {
+        if timeout(self.deadline, &mut self.task).await.is_ok() {
+            return;
+        }
+        self.task.abort();
+        tracing::warn!(topic, "replaced channel did not stop in time; aborted");
+        let close = socket.vsn.message(
+            Some(&self.join_ref),
+            Some(&self.join_ref),
+            topic,
+            event::CLOSE,
+            &Payload::Json(json!({})),
+        );
+        if let Ok(out) = close {
+            socket.outbox.send(out);
+        }
+    }
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Reports a panic to the client: `join crashed` during join, `phx_error` afterwards.
@@ -329,8 +408,17 @@ struct CrashGuard {
     topic: Arc<str>,
     join_ref: Arc<str>,
     reference: Option<String>,
+    joined: Option<oneshot::Sender<bool>>,
     joining: bool,
     done: bool,
+}
+
+impl CrashGuard {
+    /// Settles the join with the connection; false when it gave up on the join and answered
+    /// the client itself.
+    fn settle(&mut self, joined: bool) -> bool {
+        self.joined.take().is_some_and(|tx| tx.send(joined).is_ok())
+    }
 }
 
 impl Drop for CrashGuard {
@@ -340,6 +428,9 @@ impl Drop for CrashGuard {
         }
         let vsn = self.socket.vsn;
         let encoded = if self.joining {
+            if !self.settle(false) {
+                return;
+            }
             tracing::warn!(topic = %self.topic, "channel join crashed");
             vsn.reply(
                 Some(&self.join_ref),
@@ -372,12 +463,18 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         reference,
         joined,
         mut cmds,
+        this,
+        replaces,
     } = start;
+    if let Some(old) = replaces {
+        old.stopped(&ctx.socket, &ctx.topic).await;
+    }
     let mut guard = CrashGuard {
         socket: ctx.socket.clone(),
         topic: ctx.topic.clone(),
         join_ref: ctx.join_ref.clone(),
         reference: reference.clone(),
+        joined: Some(joined),
         joining: true,
         done: false,
     };
@@ -387,13 +484,14 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
     let vsn = ctx.socket.vsn;
     match channel.join(&topic, params, &mut ctx).await {
         Join::Ok(response) => {
-            let socket = &ctx.socket;
-            ctx.registration = Some(socket.hubs.register(
-                &topic,
-                socket.key,
-                vsn,
-                socket.outbox.clone(),
-            ));
+            if !guard.settle(true) {
+                guard.done = true;
+                return;
+            }
+            // The reply (and what `join` pushed) is queued before the socket is registered
+            // with the topic's hub, so no broadcast can reach the client before its join
+            // reply; then the deferred work (e.g. the presence state) runs, registered, so no
+            // diff after its listing is missed.
             ctx.send_now(vsn.reply(
                 Some(&join_ref),
                 reference.as_deref(),
@@ -402,8 +500,25 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                 &response,
             ));
             guard.joining = false;
-            let _ = joined.send(());
-            for deferred in ctx.deferred.take().unwrap_or_default() {
+            let mut deferred = ctx
+                .deferred
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .peekable();
+            while let Some(Deferred::Frame(_)) = deferred.peek() {
+                if let Some(Deferred::Frame(out)) = deferred.next() {
+                    ctx.socket.outbox.send(out);
+                }
+            }
+            let socket = &ctx.socket;
+            ctx.registration =
+                Some(
+                    socket
+                        .hubs
+                        .register(&topic, socket.key, vsn, socket.outbox.clone(), this),
+                );
+            for deferred in deferred {
                 match deferred {
                     Deferred::Frame(out) => ctx.socket.outbox.send(out),
                     Deferred::Run(work) => work(&mut ctx).await,
@@ -411,13 +526,15 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
             }
         }
         Join::Error(response) => {
-            ctx.send_now(vsn.reply(
-                Some(&join_ref),
-                reference.as_deref(),
-                &topic,
-                "error",
-                &response,
-            ));
+            if guard.settle(false) {
+                ctx.send_now(vsn.reply(
+                    Some(&join_ref),
+                    reference.as_deref(),
+                    &topic,
+                    "error",
+                    &response,
+                ));
+            }
             guard.done = true;
             return;
         }
@@ -461,13 +578,19 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
     drop(cmds);
     ctx.registration = None;
     channel.terminate(reason, &mut ctx).await;
-    if reason != StopReason::Closed {
+    let last = match reason {
+        StopReason::Closed => None,
+        // Errored, not closed: phoenix.js rejoins and resyncs.
+        StopReason::Lagged => Some((event::ERROR, json!({"reason": "lagged"}))),
+        _ => Some((event::CLOSE, json!({}))),
+    };
+    if let Some((event, payload)) = last {
         ctx.send_now(vsn.message(
             Some(&join_ref),
             Some(&join_ref),
             &topic,
-            event::CLOSE,
-            &Payload::Json(json!({})),
+            event,
+            &Payload::Json(payload),
         ));
     }
     guard.done = true;

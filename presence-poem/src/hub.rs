@@ -5,9 +5,18 @@
 //! the same encoded frame (a refcounted `Arc<str>` or `Bytes`) in the outbound queue of every
 //! registered socket. The hub and its task live exactly as long as some socket is registered:
 //! dropping the last [`HubRegistration`] drops the hub, which aborts its task.
+//!
+//! `broadcast_from` reaches the hub's sockets through a bounded queue to the hub task
+//! ([`INJECT_QUEUE`] messages), in order with the topic's other broadcasts; when it is full the
+//! message is dropped for them, as when the hub's subscription lags.
+//!
+//! A hub that falls behind has dropped broadcasts for all its sockets, which would stay out
+//! of sync (presence diffs lost) until they rejoin. So it makes them rejoin: it stops every
+//! registered channel with [`StopReason::Lagged`], which pushes `phx_error`; phoenix.js
+//! rejoins and gets a fresh `presence_state`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use presence_core::PubSub;
@@ -15,8 +24,13 @@ use presence_core::pubsub::{BroadcastError, Message, RecvError, SubscriberId, Su
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::StopReason;
+use crate::context::Cmd;
 use crate::outbox::Outbox;
 use crate::protocol::{Out, Vsn};
+
+/// Capacity of a hub's `broadcast_from` queue, as the pub/sub's default subscription queue.
+pub(crate) const INJECT_QUEUE: usize = presence_core::pubsub::DEFAULT_QUEUE_CAPACITY;
 
 /// The hubs of one socket endpoint on this node, by topic.
 #[derive(Debug, Clone)]
@@ -37,7 +51,7 @@ pub(crate) struct Hub {
     topic: Arc<str>,
     sub_id: SubscriberId,
     shared: Arc<HubShared>,
-    inject: mpsc::UnboundedSender<(Arc<Message>, u64)>,
+    inject: mpsc::Sender<(Arc<Message>, u64)>,
     task: JoinHandle<()>,
     hubs: Weak<HubsInner>,
 }
@@ -45,6 +59,8 @@ pub(crate) struct Hub {
 #[derive(Debug, Default)]
 struct HubShared {
     targets: RwLock<HashMap<u64, Target>>,
+    /// A `broadcast_from` was dropped: its queue was full.
+    lagged: AtomicBool,
     #[cfg(test)]
     encodes: AtomicU64,
 }
@@ -53,6 +69,8 @@ struct HubShared {
 struct Target {
     vsn: Vsn,
     outbox: Outbox,
+    /// The registered channel's command queue, to stop it when the hub lags.
+    channel: mpsc::WeakSender<Box<Cmd>>,
 }
 
 /// A socket's registration with a hub; dropping it unregisters.
@@ -90,6 +108,7 @@ impl Hubs {
         key: u64,
         vsn: Vsn,
         outbox: Outbox,
+        channel: mpsc::WeakSender<Box<Cmd>>,
     ) -> HubRegistration {
         let hub = {
             let mut map = self
@@ -110,7 +129,14 @@ impl Hubs {
             .targets
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, Target { vsn, outbox });
+            .insert(
+                key,
+                Target {
+                    vsn,
+                    outbox,
+                    channel,
+                },
+            );
         HubRegistration { hub, key }
     }
 
@@ -131,7 +157,7 @@ impl Hub {
         let sub = hubs.pubsub.subscribe(topic);
         let sub_id = sub.id();
         let shared = Arc::new(HubShared::default());
-        let (inject, inject_rx) = mpsc::unbounded_channel();
+        let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
         let task = tokio::spawn(run(sub, inject_rx, shared.clone()));
         Hub {
             topic: Arc::from(topic),
@@ -167,7 +193,12 @@ impl HubRegistration {
         // Other local subscribers and other nodes get it through the pub/sub, skipping the hub;
         // the hub then delivers to its sockets but this one, in order with what it already got.
         let result = pubsub.broadcast_from(self.hub.sub_id, message.clone());
-        let _ = self.hub.inject.send((message, self.key));
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.hub.inject.try_send((message, self.key))
+        {
+            // The hub task has a full queue to work through; it resyncs after its next message.
+            self.hub.shared.lagged.store(true, Ordering::Relaxed);
+        }
         result
     }
 }
@@ -185,7 +216,7 @@ impl Drop for HubRegistration {
 
 async fn run(
     mut sub: Subscription,
-    mut inject: mpsc::UnboundedReceiver<(Arc<Message>, u64)>,
+    mut inject: mpsc::Receiver<(Arc<Message>, u64)>,
     shared: Arc<HubShared>,
 ) {
     loop {
@@ -196,7 +227,9 @@ async fn run(
             received = sub.recv() => match received {
                 Ok(message) => (message, None),
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(topic = sub.topic(), missed, "fastlane hub lagged; broadcasts dropped");
+                    tracing::warn!(topic = sub.topic(), missed,
+                        "fastlane hub lagged; broadcasts dropped: erroring the topic's channels so their clients rejoin");
+                    shared.resync();
                     continue;
                 }
                 Err(_) => return,
@@ -205,10 +238,30 @@ async fn run(
             else => return,
         };
         shared.fanout(&message, skip);
+        if shared.lagged.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                topic = sub.topic(),
+                capacity = INJECT_QUEUE,
+                "fastlane hub's broadcast_from queue was full; broadcasts dropped: erroring the topic's channels so their clients rejoin"
+            );
+            shared.resync();
+        }
     }
 }
 
 impl HubShared {
+    /// Stops every registered channel with [`StopReason::Lagged`] (`phx_error`).
+    fn resync(&self) {
+        let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
+        for target in targets.values() {
+            if let Some(tx) = target.channel.upgrade() {
+                // Fits in the slot kept for stops, unless a leave or stop is already queued:
+                // the channel is stopping then anyway.
+                let _ = tx.try_send(Box::new(Cmd::Shutdown(StopReason::Lagged)));
+            }
+        }
+    }
+
     fn fanout(&self, message: &Message, skip: Option<u64>) {
         // Encoded lazily, at most once per serializer; `Some(None)` means "cannot be encoded".
         let mut v1: Option<Option<Out>> = None;
@@ -247,6 +300,10 @@ mod tests {
 
     use super::*;
 
+    fn no_channel() -> mpsc::WeakSender<Box<Cmd>> {
+        mpsc::channel(1).0.downgrade()
+    }
+
     #[tokio::test]
     async fn encodes_once_per_serializer_and_skips_the_sender() {
         let pubsub = PubSub::new("n");
@@ -256,7 +313,7 @@ mod tests {
         for i in 0..6 {
             let (outbox, rx) = Outbox::new(8);
             let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
-            regs.push(hubs.register("t", i, vsn, outbox));
+            regs.push(hubs.register("t", i, vsn, outbox, no_channel()));
             rxs.push(rx);
         }
         assert_eq!(hubs.len(), 1);
@@ -282,7 +339,7 @@ mod tests {
         let pubsub = PubSub::new("n");
         let hubs = Hubs::new(pubsub.clone());
         let (outbox, mut rx) = Outbox::new(8);
-        let reg = hubs.register("t", 1, Vsn::V2, outbox);
+        let reg = hubs.register("t", 1, Vsn::V2, outbox, no_channel());
         assert_eq!(pubsub.subscriber_count("t"), 1);
         pubsub
             .broadcast(Message::json("t", "e", json!({})))

@@ -123,12 +123,43 @@
 //! [`Owner`](presence_core::Owner) is dropped (its presences leave) and the socket and its
 //! other channels go on.
 //!
+//! The socket never waits on a channel, so a slow or stuck channel cannot stop it from
+//! answering heartbeats, serving its other topics, noticing the client close or its idle
+//! timeout:
+//!
+//! - **Busy channels.** Each channel has a bounded queue of 16 client messages. A push that
+//!   does not fit is not queued: it is answered at once with `phx_reply` status `error`,
+//!   `{"reason": "channel busy"}`, so the client learns its push failed (phoenix.js runs the
+//!   push's `"error"` callback). One slot is kept for `phx_leave`, so a busy channel can still
+//!   be left (or replaced by a duplicate join).
+//! - **Joins.** A join runs in the channel's task while the socket goes on. One that has not
+//!   returned within the [join timeout](PhoenixSocketBuilder::join_timeout) (15 s) is aborted
+//!   and answered `error` with `{"reason": "join timeout"}`. While a topic's join is pending,
+//!   its other messages are refused with `{"reason": "join pending"}` (phoenix.js buffers
+//!   pushes until its join is answered, so it never sends them); a `phx_leave` abandons the
+//!   join (reply `ok`, then `phx_close`), as phoenix.js sends when its own join push times out.
+//! - **Duplicate joins.** The old channel is asked to stop and the new join waits for its
+//!   `phx_close` (at most 5 s, then the old one is aborted) in the new channel's task, not in
+//!   the socket.
+//!
 //! # Fastlane
 //!
 //! Broadcasts on a channel's topic do not go through the channel tasks. Each node keeps one
 //! hub per topic with joined sockets: one pub/sub subscription and one task, which encodes each
 //! message at most once per serializer and puts the same encoded frame in every socket's
-//! outbound queue. The hub stops when its last socket leaves the topic.
+//! outbound queue. The hub stops when its last socket leaves the topic. A socket joins the
+//! hub once its join reply (and what `join` pushed) is queued, so a client never sees a
+//! broadcast on a topic before that topic's join reply.
+//!
+//! A hub subscribes with the pub/sub's bounded queue
+//! ([`queue_capacity`](presence_core::pubsub::PubSubBuilder::queue_capacity)), and takes
+//! [`broadcast_from`](ChannelContext::broadcast_from)s through a queue of 1024 messages. When
+//! it falls behind and broadcasts are dropped, every client of the topic on this node has missed them
+//! (`presence_diff`s included) and would stay out of sync: the hub then stops every channel of
+//! the topic on this node ([`StopReason::Lagged`]), which pushes `phx_error` with
+//! `{"reason": "lagged"}`. phoenix.js rejoins (after its rejoin backoff, 1 s first) and gets a
+//! fresh `presence_state`; meanwhile the channels' [`Owner`](presence_core::Owner)s have dropped,
+//! so their presences leave and join again. The sockets and their other channels go on.
 //!
 //! # Slow clients
 //!
@@ -179,6 +210,7 @@ pub use channel::{
 pub use context::{ChannelContext, SocketRef};
 pub use presence::{PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
-    ConnectError, ConnectInfo, Connected, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CHANNELS,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
+    ConnectError, ConnectInfo, Connected, DEFAULT_IDLE_TIMEOUT, DEFAULT_JOIN_TIMEOUT,
+    DEFAULT_MAX_CHANNELS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket,
+    PhoenixSocketBuilder,
 };

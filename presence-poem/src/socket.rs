@@ -129,6 +129,7 @@ pub(crate) struct Config {
     pub(crate) max_channels: usize,
     pub(crate) outbound_capacity: usize,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) join_timeout: Duration,
     pub(crate) websocket: WebSocketConfig,
 }
 
@@ -252,6 +253,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CHANNELS: usize = 100;
 /// Default capacity, in frames, of a socket's outbound queue.
 pub const DEFAULT_OUTBOUND_CAPACITY: usize = 256;
+/// Default time a channel's `join` may take before the join is answered `join timeout`.
+pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default limit on an incoming message (and frame) size, in bytes.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
@@ -305,6 +308,7 @@ impl PhoenixSocket {
                 max_channels: DEFAULT_MAX_CHANNELS,
                 outbound_capacity: DEFAULT_OUTBOUND_CAPACITY,
                 shutdown_timeout: Duration::from_secs(5),
+                join_timeout: DEFAULT_JOIN_TIMEOUT,
                 websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
             },
         }
@@ -377,6 +381,16 @@ impl PhoenixSocketBuilder {
     /// with code 1000.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Limits how long a channel's [`join`](Channel::join) may run (default 15 s, longer than
+    /// phoenix.js's 10 s push timeout). A join still running then is aborted (the channel's
+    /// [`Owner`](presence_core::Owner) drops, so whatever it tracked leaves) and answered
+    /// `error` with `{"reason": "join timeout"}`. The socket serves its other topics and
+    /// heartbeats while joins run.
+    pub fn join_timeout(mut self, timeout: Duration) -> Self {
+        self.config.join_timeout = timeout;
         self
     }
 

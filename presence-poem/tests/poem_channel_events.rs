@@ -216,3 +216,35 @@ async fn socket_close_terminates_channels_and_drops_their_owners() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_busy_mailbox_does_not_starve_subscriptions() {
+    let server = default_server().await;
+    let mut c = Client::v2(server.addr).await;
+    let reply = c.join("room:1", "1", json!({"subscribe": "sub:x"})).await;
+    assert_eq!(reply.payload["status"], "ok");
+    c.send(
+        Some("1"),
+        Some("2"),
+        "room:1",
+        "flood",
+        json!({"n": 60, "topic": "sub:x"}),
+    )
+    .await;
+    assert_eq!(c.recv().await.payload["status"], "ok");
+    // 60 mailbox values were waiting when the subscription's message arrived: it is handled
+    // in turn with them, not after all of them.
+    let mut order = Vec::new();
+    for _ in 0..61 {
+        order.push(c.recv().await.event);
+    }
+    let info = order
+        .iter()
+        .position(|e| e == "info")
+        .expect("the info push");
+    assert!(
+        info <= 1,
+        "the subscription's message came at {info}: {order:?}"
+    );
+    assert_eq!(order.iter().filter(|e| *e == "custom").count(), 60);
+}

@@ -295,6 +295,10 @@ impl Channel for TestChannel {
         if params["fail"] == true {
             return Join::error(json!({"reason": "refused"}));
         }
+        if params["hang"] == true {
+            // A join that never returns.
+            std::future::pending::<()>().await;
+        }
         if params["push"] == true {
             ctx.push(
                 "joined_push",
@@ -327,6 +331,11 @@ impl Channel for TestChannel {
             "noreply" => HandleIn::NoReply,
             "stop" => HandleIn::Stop(Some(Reply::ok(json!({"bye": true})))),
             "crash" => panic!("crash requested"),
+            "hang" => {
+                // A handle_in that never returns.
+                std::future::pending::<()>().await;
+                HandleIn::NoReply
+            }
             "push" => {
                 ctx.push("pushed", payload);
                 HandleIn::NoReply
@@ -341,6 +350,25 @@ impl Channel for TestChannel {
             }
             "broadcast_from" => {
                 ctx.broadcast_from("shout", payload).unwrap();
+                HandleIn::Reply(Reply::ok(json!({})))
+            }
+            "broadcast_from_burst" => {
+                // Many broadcast_from without yielding: the topic's hub cannot run meanwhile.
+                for n in 0..json["n"].as_u64().unwrap_or(0) {
+                    ctx.broadcast_from("shout", json!({"n": n})).unwrap();
+                }
+                HandleIn::Reply(Reply::ok(json!({})))
+            }
+            "flood" => {
+                // `n` values in the mailbox, then one message on a subscribed topic.
+                let mailbox = ctx.mailbox();
+                for i in 0..json["n"].as_u64().unwrap_or(0) {
+                    mailbox.send(json!({"i": i})).unwrap();
+                }
+                let topic = json["topic"].as_str().unwrap_or_default().to_owned();
+                ctx.pubsub()
+                    .broadcast(Message::json(topic, "flooded", json!({})))
+                    .unwrap();
                 HandleIn::Reply(Reply::ok(json!({})))
             }
             "later" => {
