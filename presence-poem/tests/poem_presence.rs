@@ -10,12 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use poem::web::Data;
 use poem::{EndpointExt, Route, get, handler};
-use presence_core::presence::{
-    Presence, PresenceError, PresenceHandle, PresenceOptions, PresenceSocket,
-};
+use presence_core::PubSub;
+use presence_core::presence::{PresenceHandle, PresenceOptions};
 use presence_core::pubsub::Payload;
-use presence_core::registry::{Registry, RegistryError};
-use presence_core::{PhxRef, PubSub};
+use presence_core::registry::Registry;
 use presence_poem::{
     Channel, ChannelContext, HandleIn, Join, PhoenixSocket, PresenceMiddleware, Reply,
 };
@@ -23,51 +21,9 @@ use serde_json::{Value, json};
 
 presence_core::pubsub_server!(AppPubSub);
 
-/// A presence implemented by hand, as `#[presence(pubsub = AppPubSub)]` will generate it.
+/// Who is in which room; the meta is any JSON value.
+#[presence_core::presence(pubsub = AppPubSub, meta = Value, name = "RoomPresence")]
 struct RoomPresence;
-
-impl Presence for RoomPresence {
-    type Meta = Value;
-    type Extra = ();
-    type State = ();
-    const NAME: &'static str = "RoomPresence";
-    fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> {
-        registry.pubsub(&AppPubSub)
-    }
-    fn init(&self) {}
-}
-
-// The helpers the macro generates (`RoomPresence::track(ctx, ...)`), written against the
-// `PresenceSocket` trait as the generated code is.
-fn track<P: Presence>(
-    socket: &impl PresenceSocket,
-    key: &str,
-    meta: &P::Meta,
-) -> Result<PhxRef, PresenceError> {
-    Ok(
-        PresenceHandle::<P>::from_registry(socket.registry())?.track(
-            socket.owner(),
-            socket.topic(),
-            key,
-            meta,
-        )?,
-    )
-}
-
-fn update<P: Presence>(
-    socket: &impl PresenceSocket,
-    key: &str,
-    meta: &P::Meta,
-) -> Result<PhxRef, PresenceError> {
-    Ok(
-        PresenceHandle::<P>::from_registry(socket.registry())?.update(
-            socket.owner(),
-            socket.topic(),
-            key,
-            meta,
-        )?,
-    )
-}
 
 /// The user a channel tracked.
 #[derive(Clone)]
@@ -81,7 +37,7 @@ impl Channel for RoomChannel {
     async fn join(&mut self, _topic: &str, params: Value, ctx: &mut ChannelContext) -> Join {
         if let Some(user) = params["user"].as_str() {
             let meta = json!({"device": params["device"]});
-            if let Err(e) = track::<RoomPresence>(ctx, user, &meta) {
+            if let Err(e) = RoomPresence::track(ctx, user, &meta) {
                 return Join::error(json!({"reason": e.to_string()}));
             }
             ctx.assigns_mut().insert(User(user.to_owned()));
@@ -103,7 +59,7 @@ impl Channel for RoomChannel {
         };
         let user = ctx.assigns().get::<User>().map(|u| u.0.clone());
         match (event, user) {
-            ("update", Some(user)) => match update::<RoomPresence>(ctx, &user, &payload) {
+            ("update", Some(user)) => match RoomPresence::update(ctx, &user, &payload) {
                 Ok(r) => HandleIn::Reply(Reply::ok(json!({"phx_ref": r.to_string()}))),
                 Err(e) => HandleIn::Reply(Reply::error(json!({"reason": e.to_string()}))),
             },

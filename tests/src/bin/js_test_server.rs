@@ -22,9 +22,9 @@ use std::io::Write;
 
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, Route, Server};
-use presence_core::presence::{Presence, PresenceError, PresenceHandle, PresenceOptions};
+use presence_core::presence::{PresenceError, PresenceHandle, PresenceOptions};
 use presence_core::pubsub::{Message, Payload};
-use presence_core::registry::{Registry, RegistryError};
+use presence_core::registry::Registry;
 use presence_core::{PhxRef, PubSub};
 use presence_poem::{
     Channel, ChannelContext, ConnectError, Connected, HandleIn, Join, PhoenixSocket,
@@ -35,25 +35,9 @@ use tokio::io::AsyncReadExt;
 
 presence_core::pubsub_server!(AppPubSub);
 
-/// A presence implemented by hand (what `#[presence(pubsub = AppPubSub)]` generates).
+/// Who is in which room; the meta is any JSON value.
+#[presence_core::presence(pubsub = AppPubSub, meta = Value, name = "RoomPresence")]
 struct RoomPresence;
-
-impl Presence for RoomPresence {
-    type Meta = Value;
-    type Extra = ();
-    type State = ();
-    const NAME: &'static str = "RoomPresence";
-    fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> {
-        registry.pubsub(&AppPubSub)
-    }
-    fn init(&self) {}
-}
-
-fn handle(ctx: &ChannelContext) -> Result<PresenceHandle<RoomPresence>, PresenceError> {
-    Ok(PresenceHandle::<RoomPresence>::from_registry(
-        ctx.registry(),
-    )?)
-}
 
 #[derive(Clone)]
 struct User(String);
@@ -66,7 +50,7 @@ impl Room {
         user: &str,
         device: &Value,
     ) -> Result<(), PresenceError> {
-        handle(ctx)?.track(ctx.owner(), ctx.topic(), user, &json!({"device": device}))?;
+        RoomPresence::track(ctx, user, &json!({"device": device}))?;
         ctx.push_presence_state::<RoomPresence>().await
     }
 
@@ -76,7 +60,7 @@ impl Room {
             .get::<User>()
             .map(|u| u.0.clone())
             .unwrap_or_default();
-        Ok(handle(ctx)?.update(ctx.owner(), ctx.topic(), &user, &json!({"device": device}))?)
+        RoomPresence::update(ctx, &user, &json!({"device": device}))
     }
 }
 
