@@ -1,5 +1,6 @@
 //! The official phoenix.js client (npm `phoenix`, with `ws`) against presence-poem: the tests in
-//! tests/js, run with Node's test runner against the `js_test_server` binary of this package.
+//! tests/js, run with Node's test runner against the `js_test_server` and `chat_node` binaries
+//! of this package.
 
 mod support;
 

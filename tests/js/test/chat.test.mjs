@@ -1,0 +1,113 @@
+// phoenix.js against the chat example's server (the `chat_node` binary of presence-tests),
+// exactly as the chat contract describes it: `new Socket(".../socket", {transport: WebSocket})`,
+// topics `room:<name>`, join params `{user, status}`, events `status` and `new_msg`.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { existsSync } from "node:fs";
+import { createInterface } from "node:readline";
+
+import { Presence } from "phoenix";
+import { connect, disconnect, push, until, withTimeout } from "../lib/helpers.mjs";
+
+let node;
+let url;
+
+before(async () => {
+  const bin = process.env.CHAT_NODE;
+  if (!bin || !existsSync(bin)) {
+    throw new Error(`CHAT_NODE must name the chat_node binary (got ${bin})`);
+  }
+  node = spawn(bin, [], {
+    stdio: ["pipe", "pipe", "inherit"],
+    env: { ...process.env, PORT: "0", CHAT_NODE_EXIT_WITH_STDIN: "1", RUST_LOG: "warn" },
+  });
+  const lines = createInterface({ input: node.stdout });
+  const addr = await withTimeout(
+    new Promise((resolve, reject) => {
+      lines.on("line", (line) => {
+        const m = /^LISTENING (\S+)$/.exec(line.trim());
+        if (m) resolve(m[1]);
+      });
+      node.once("exit", (code) => reject(new Error(`chat_node exited early (${code})`)));
+    }),
+    15_000,
+    "the chat node to listen",
+  );
+  url = `ws://${addr}/socket`;
+});
+
+after(async () => {
+  if (!node || node.exitCode !== null) return;
+  const exited = once(node, "exit");
+  node.stdin.end();
+  const timer = setTimeout(() => node.kill("SIGKILL"), 5_000);
+  await exited;
+  clearTimeout(timer);
+});
+
+/** phoenix.js speaking the V1 (JSON object) serializer: `vsn` alone only changes the URL. */
+const V1 = {
+  vsn: "1.0.0",
+  encode: (msg, callback) => callback(JSON.stringify(msg)),
+  decode: (raw, callback) => callback(JSON.parse(raw)),
+};
+
+/** Joins `room:<room>` as `user`, with a Presence; resolves once joined. */
+async function join(socket, room, params) {
+  const channel = socket.channel(`room:${room}`, params);
+  const presence = new Presence(channel);
+  const messages = [];
+  channel.on("new_msg", (m) => messages.push(m));
+  await push(channel.join(), `join room:${room}`);
+  return { channel, presence, messages };
+}
+
+function statuses(presence) {
+  return Object.fromEntries(
+    presence.list((user, { metas }) => [user, metas.map((m) => m.status).join(",")]).sort(),
+  );
+}
+
+test("the chat contract through phoenix.js, both serializers", { timeout: 30_000 }, async () => {
+  const room = `js-${Date.now()}`;
+  const ann = await connect(url); // vsn 2.0.0 by default
+  const bob = await connect(url, V1);
+  try {
+    const a = await join(ann.socket, room, { user: "ann" });
+    const b = await join(bob.socket, room, { user: "bob", status: "busy" });
+    await until(() => statuses(a.presence).bob === "busy", "ann to see bob");
+    await until(() => Object.keys(statuses(b.presence)).length === 2, "bob's state (V1) to list both");
+    assert.deepEqual(statuses(b.presence), { ann: "online", bob: "busy" });
+    const meta = a.presence.list((user, { metas }) => (user === "ann" ? metas[0] : null)).find(Boolean);
+    assert.ok(meta.online_at > 1_600_000_000, "online_at is unix seconds");
+
+    await push(b.channel.push("status", { status: "away" }), "status");
+    await until(() => statuses(a.presence).bob === "away", "ann to see bob away");
+
+    await push(a.channel.push("new_msg", { body: "hello" }), "new_msg");
+    await until(() => b.messages.length === 1, "bob to get the message");
+    assert.deepEqual(b.messages[0], { user: "ann", body: "hello" });
+
+    await disconnect(bob.socket);
+    await until(() => !("bob" in statuses(a.presence)), "bob to leave ann's list");
+  } finally {
+    await disconnect(ann.socket);
+    await disconnect(bob.socket);
+  }
+});
+
+test("a bad join is refused with a reason", { timeout: 15_000 }, async () => {
+  const { socket } = await connect(url);
+  try {
+    const channel = socket.channel("room:lobby", { user: "" });
+    const reply = await new Promise((resolve, reject) => {
+      channel.join().receive("error", resolve).receive("ok", () => reject(new Error("joined")));
+    });
+    assert.match(reply.reason, /1 to 64/);
+    channel.leave();
+  } finally {
+    await disconnect(socket);
+  }
+});
