@@ -15,10 +15,13 @@ async fn phoenix_js_client() {
     support::node_test(
         &dir,
         &["--test-concurrency=1", "--test-timeout=60000", "test/"],
-        &[(
-            "PRESENCE_TEST_SERVER",
-            env!("CARGO_BIN_EXE_js_test_server").to_owned(),
-        )],
+        &[
+            (
+                "PRESENCE_TEST_SERVER",
+                env!("CARGO_BIN_EXE_js_test_server").to_owned(),
+            ),
+            ("CHAT_NODE", env!("CARGO_BIN_EXE_chat_node").to_owned()),
+        ],
         Duration::from_secs(300),
     )
     .await;
