@@ -15,6 +15,10 @@
 //! `presence_state` and `presence_diff` as phoenix.js does, with the time of every change.
 //! Real time throughout: waits poll for a condition and fail after a deadline.
 
+mod redis_support;
+
+use redis_support::{DEADLINE, OwnRedis, eventually, redis_url, unique};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -29,43 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-const DEADLINE: Duration = Duration::from_secs(10);
 const TOPIC: &str = "room:lobby";
-
-fn redis_url() -> Option<String> {
-    match std::env::var("PRESENCE_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipped: PRESENCE_REDIS_URL not set");
-            None
-        }
-    }
-}
-
-/// A name unique to this test run.
-fn unique(prefix: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    format!("{prefix}-{:012x}", h.finish() & 0xffff_ffff_ffff)
-}
-
-/// Polls `cond` until it holds; fails after `within`.
-async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Checks `cond` for `period`: it must hold throughout (an observation, not a wait).
 async fn stays(what: &str, period: Duration, mut cond: impl FnMut() -> bool) {
@@ -595,96 +563,12 @@ async fn a_restarted_node_replaces_its_old_incarnation() {
 
 // ----- Redis restarts -----
 
-/// A `redis-server` of our own, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl RedisServer {
-    /// Starts one on a free port; `None` (after printing why) when `redis-server` is missing.
-    async fn start() -> Option<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { port, child: None };
-        if !server.spawn() {
-            println!("skipped: redis-server not found on PATH");
-            return None;
-        }
-        server.wait_ready().await;
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(child) => {
-                self.child = Some(child);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => panic!("could not start redis-server: {e}"),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let addr = ("127.0.0.1", self.port);
-        eventually("redis-server accepts connections", DEADLINE, || {
-            std::net::TcpStream::connect(addr).is_ok()
-        })
-        .await;
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts again on the same port, empty.
-    async fn restart(&mut self) {
-        self.kill();
-        // The port may linger briefly; retry until the new server stays up.
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            assert!(self.spawn());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if self.child.as_mut().unwrap().try_wait().unwrap().is_none() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not restart");
-        }
-        self.wait_ready().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_converge_after_a_redis_restart() {
     if redis_url().is_none() {
         return;
     }
-    let Some(mut redis) = RedisServer::start().await else {
+    let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
     let cluster = Cluster::new(&redis.url(), "redis-restart", FAST);

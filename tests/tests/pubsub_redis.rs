@@ -8,6 +8,10 @@
 //! wait polls for a condition and fails after 10 s; absence is proved with a sentinel that Redis
 //! orders after the message that must not arrive.
 
+mod redis_support;
+
+use redis_support::{DEADLINE, eventually, redis_url, unique};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,31 +21,6 @@ use presence_core::pubsub::{
     Subscription,
 };
 use serde_json::json;
-
-const DEADLINE: Duration = Duration::from_secs(10);
-
-fn redis_url() -> Option<String> {
-    match std::env::var("PRESENCE_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipped: PRESENCE_REDIS_URL not set");
-            None
-        }
-    }
-}
-
-/// A name unique to this test run.
-fn unique(prefix: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    format!("{prefix}-{:016x}", h.finish())
-}
 
 async fn node(url: &str, pubsub_name: &str, name: &str) -> (PubSub, RedisAdapter) {
     let adapter = RedisAdapter::connect(url, RedisOptions::new(name).pubsub_name(pubsub_name))
@@ -69,18 +48,6 @@ fn num(m: &Message) -> u64 {
     match m.payload() {
         Payload::Json(v) => v.as_u64().expect("numeric payload"),
         other => panic!("unexpected payload {other:?}"),
-    }
-}
-
-/// Polls `cond` until it holds; fails after the deadline.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -124,8 +91,14 @@ async fn broadcast_reaches_every_other_node_once_and_not_self_twice() {
     // One PUBLISH per broadcast (and the hello), whatever the number of nodes.
     // `published` counts PUBLISH replies, which may come back after the subscribers saw the
     // message: wait for both counts, then check that neither went past two.
-    eventually("a published twice", || nodes[0].1.stats().published == 2).await;
-    eventually("b published twice", || nodes[1].1.stats().published == 2).await;
+    eventually("a published twice", DEADLINE, || {
+        nodes[0].1.stats().published == 2
+    })
+    .await;
+    eventually("b published twice", DEADLINE, || {
+        nodes[1].1.stats().published == 2
+    })
+    .await;
     assert_eq!(nodes[0].1.stats().published, 2);
 }
 
@@ -181,7 +154,7 @@ async fn local_broadcast_stays_on_the_node() {
     let (_, nodes) = cluster(&url, "local").await;
     let mut a = nodes[0].0.subscribe("room");
     let mut b = nodes[1].0.subscribe("room");
-    eventually("the hello is published", || {
+    eventually("the hello is published", DEADLINE, || {
         nodes[0].1.stats().published == 1
     })
     .await;
@@ -193,7 +166,7 @@ async fn local_broadcast_stays_on_the_node() {
     assert_eq!(recv_num(&mut b).await, SENTINEL);
     assert_eq!(recv_num(&mut a).await, SENTINEL);
     assert_empty(&mut b);
-    eventually("one more publish", || {
+    eventually("one more publish", DEADLINE, || {
         nodes[0].1.stats().published == published + 1
     })
     .await;

@@ -7,8 +7,11 @@
 //! can kill it without disturbing other tests. Real time throughout: waits poll for a condition
 //! and fail after a deadline.
 
+mod redis_support;
+
+use redis_support::{DEADLINE, OwnRedis, eventually, redis_url, unique};
+
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use presence_core::pubsub::{RedisAdapter, RedisOptions};
@@ -16,31 +19,7 @@ use presence_core::tracker::ReplicaStatus;
 use presence_core::{Owner, PubSub, Tracker, TrackerConfig};
 use serde_json::json;
 
-const DEADLINE: Duration = Duration::from_secs(10);
 const TOPIC: &str = "room:lobby";
-
-fn redis_url() -> Option<String> {
-    match std::env::var("PRESENCE_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipped: PRESENCE_REDIS_URL not set");
-            None
-        }
-    }
-}
-
-/// A name unique to this test run.
-fn unique(prefix: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    format!("{prefix}-{:016x}", h.finish())
-}
 
 /// Phoenix's test timings, with a down period longer than any outage here unless overridden.
 fn config() -> TrackerConfig {
@@ -102,18 +81,6 @@ fn keys(tracker: &Tracker) -> BTreeSet<String> {
 
 fn set(keys: &[&str]) -> BTreeSet<String> {
     keys.iter().map(|k| (*k).to_owned()).collect()
-}
-
-/// Polls `cond` until it holds; fails after `within`.
-async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn converge(nodes: &[Node], expected: &BTreeSet<String>) {
@@ -209,100 +176,12 @@ async fn graceful_permdown_is_immediate_on_peers() {
 
 // ----- Redis restarts -----
 
-/// A `redis-server` of our own, killed on drop.
-struct Server {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    /// Starts one on a free port; `None` (after printing why) when `redis-server` is missing.
-    fn start() -> Option<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Server { port, child: None };
-        if !server.spawn() {
-            println!("skipped: redis-server not found on PATH");
-            return None;
-        }
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(child) => {
-                self.child = Some(child);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => panic!("could not start redis-server: {e}"),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let addr = ("127.0.0.1", self.port);
-        eventually("redis-server accepts connections", DEADLINE, || {
-            std::net::TcpStream::connect(addr).is_ok()
-        })
-        .await;
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts again on the same port, empty.
-    async fn restart(&mut self) {
-        self.kill();
-        // The port may linger briefly; retry until the new server is up.
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            assert!(self.spawn());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
-            if !exited {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not restart"
-            );
-        }
-        self.wait_ready().await;
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Two trackers over a private Redis, which is killed and restarted while both change their
 /// presences. `down`: whether the outage outlasts the down period.
 async fn survive_restart(down: bool) {
-    let Some(mut server) = Server::start() else {
+    let Some(mut server) = OwnRedis::start().await else {
         return;
     };
-    server.wait_ready().await;
     let url = server.url();
     let config = TrackerConfig {
         down_period: Some(Duration::from_millis(if down { 400 } else { 20_000 })),
@@ -419,10 +298,9 @@ async fn trackers_resynchronise_after_an_outage_longer_than_the_down_period() {
 async fn the_first_broadcast_after_a_quiet_restart_goes_through() {
     use presence_core::pubsub::Message;
 
-    let Some(mut server) = Server::start() else {
+    let Some(mut server) = OwnRedis::start().await else {
         return;
     };
-    server.wait_ready().await;
     let url = server.url();
     let channel = unique("quiet");
     let mut nodes = Vec::new();
