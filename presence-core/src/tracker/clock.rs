@@ -3,7 +3,6 @@
 //! A [`Context`] maps each replica incarnation to the highest contiguous event counter seen from
 //! it. The helpers here compare and combine contexts; they carry over the exact (and slightly
 //! asymmetric) semantics of Phoenix, because the catch-up logic of the shard depends on them.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +21,7 @@ pub(crate) struct ReplicaRef {
 
 impl ReplicaRef {
     /// Builds a replica reference.
+    #[cfg(test)]
     pub(crate) fn new(name: impl Into<Arc<str>>, vsn: u64) -> Self {
         ReplicaRef {
             name: name.into(),
@@ -151,6 +151,7 @@ pub(crate) fn filter_replicas(c: &Context, keep: &Context) -> Context {
 }
 
 /// The replicas (keys) of a context.
+#[cfg(test)]
 pub(crate) fn replicas(c: &Context) -> Vec<ReplicaRef> {
     c.0.keys().cloned().collect()
 }

@@ -4,7 +4,6 @@
 //! Slot `i` holds one delta covering a contiguous window of recent history whose size stays
 //! under `caps[i]`; slots are ordered smallest cap first. A lagging peer is sent the smallest
 //! window that covers what it misses, or the whole state when none does.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use super::clock::{self, Context, ReplicaRef};
 use super::state::{Delta, State, Transfer, merge_deltas};
@@ -26,6 +25,7 @@ impl DeltaGenerations {
     }
 
     /// The current generations (empty before the first push or after a clear).
+    #[cfg(test)]
     pub(crate) fn generations(&self) -> &[Delta] {
         &self.gens
     }

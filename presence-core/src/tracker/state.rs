@@ -12,7 +12,6 @@
 //!   interned by these maps, so rows of one topic share one allocation of its name;
 //! - each replica keeps `counter → location` of its rows, for merges and up/down;
 //! - the owner index (own rows only) makes `leave_owner` proportional to the owner's rows.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -92,6 +91,7 @@ pub(crate) struct Changes {
 
 impl Changes {
     /// Whether nothing changed.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.joins.is_empty() && self.leaves.is_empty()
     }
@@ -176,6 +176,7 @@ impl Delta {
     }
 
     /// The per-replica dots.
+    #[cfg(test)]
     pub(crate) fn dots(&self) -> &BTreeMap<ReplicaRef, ReplicaDots> {
         &self.dots
     }
@@ -268,21 +269,25 @@ pub(crate) struct Extract {
 
 impl Extract {
     /// The extracted context.
+    #[cfg(test)]
     pub(crate) fn context(&self) -> &Context {
         &self.context
     }
 
     /// Number of rows carried.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.dots.values().map(|d| d.values.len()).sum()
     }
 
     /// Whether no row is carried.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The per-replica dots.
+    #[cfg(test)]
     pub(crate) fn dots(&self) -> &BTreeMap<ReplicaRef, ReplicaDots> {
         &self.dots
     }
@@ -657,6 +662,7 @@ impl State {
     }
 
     /// The meta of the row `(topic, owner, key)` of any replica (down ones included).
+    #[cfg(test)]
     pub(crate) fn get(&self, topic: &str, owner: OwnerId, key: &str) -> Option<&Meta> {
         let slots = self.slots(topic, key);
         slots
@@ -764,6 +770,7 @@ impl State {
     }
 
     /// All rows of `topic`, including those of down replicas.
+    #[cfg(test)]
     pub(crate) fn dirty_list(&self, topic: &str) -> Vec<(Arc<str>, Meta)> {
         self.collect_topic(topic, false)
     }
@@ -785,6 +792,7 @@ impl State {
     }
 
     /// Visible rows of `topic` as entries (owner and replica included).
+    #[cfg(test)]
     pub(crate) fn list_entries(&self, topic: &str) -> Vec<Entry> {
         let Some(rows) = self.topics.get(topic) else {
             return Vec::new();
@@ -818,6 +826,7 @@ impl State {
     }
 
     /// Number of visible rows of `topic`.
+    #[cfg(test)]
     pub(crate) fn topic_len(&self, topic: &str) -> usize {
         match self.topics.get(topic) {
             None => 0,
@@ -832,16 +841,19 @@ impl State {
     }
 
     /// Number of rows held, including those of down replicas.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether no row is held.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Topics holding at least one row (of any replica).
+    #[cfg(test)]
     pub(crate) fn topics(&self) -> Vec<Arc<str>> {
         self.topics.keys().cloned().collect()
     }
@@ -868,6 +880,7 @@ impl State {
     }
 
     /// The full context (down replicas included).
+    #[cfg(test)]
     pub(crate) fn context(&self) -> Context {
         self.reps
             .iter()
@@ -896,6 +909,7 @@ impl State {
     }
 
     /// Merges either kind of transfer.
+    #[cfg(test)]
     pub(crate) fn merge(&mut self, transfer: &Transfer) -> Changes {
         match transfer {
             Transfer::Delta(d) => self.merge_delta(d),
@@ -1080,11 +1094,13 @@ impl State {
     }
 
     /// The status of `r`, if known.
+    #[cfg(test)]
     pub(crate) fn replica_status(&self, r: &ReplicaRef) -> Option<ReplicaStatus> {
         self.rid(r).and_then(|rid| self.rep(rid).status)
     }
 
     /// Other replicas with a status (own replica excluded).
+    #[cfg(test)]
     pub(crate) fn replicas(&self) -> Vec<(ReplicaRef, ReplicaStatus)> {
         self.reps
             .iter()
