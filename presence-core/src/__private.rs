@@ -23,28 +23,17 @@ pub fn pubsub<S: PubSubServer>(
     registry.pubsub(server)
 }
 
+/// The socket helpers are the owner helpers with the channel's owner and topic.
 pub fn track<P: Presence>(
     socket: &impl PresenceSocket,
     key: &str,
     meta: &P::Meta,
 ) -> Result<PhxRef, PresenceError> {
-    Ok(
-        PresenceHandle::<P>::from_registry(socket.registry())?.track(
-            socket.owner(),
-            socket.topic(),
-            key,
-            meta,
-        )?,
-    )
+    track_owner::<P>(socket.registry(), socket.owner(), socket.topic(), key, meta)
 }
 
 pub fn untrack<P: Presence>(socket: &impl PresenceSocket, key: &str) -> Result<(), PresenceError> {
-    PresenceHandle::<P>::from_registry(socket.registry())?.untrack(
-        socket.owner(),
-        socket.topic(),
-        key,
-    );
-    Ok(())
+    untrack_owner::<P>(socket.registry(), socket.owner(), socket.topic(), key)
 }
 
 pub fn update<P: Presence>(
@@ -52,14 +41,7 @@ pub fn update<P: Presence>(
     key: &str,
     meta: &P::Meta,
 ) -> Result<PhxRef, PresenceError> {
-    Ok(
-        PresenceHandle::<P>::from_registry(socket.registry())?.update(
-            socket.owner(),
-            socket.topic(),
-            key,
-            meta,
-        )?,
-    )
+    update_owner::<P>(socket.registry(), socket.owner(), socket.topic(), key, meta)
 }
 
 pub fn track_owner<P: Presence>(
