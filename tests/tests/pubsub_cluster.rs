@@ -1,40 +1,21 @@
 //! Multi-node behaviour of `presence_core::pubsub`: the `LocalCluster` transport with its fault
 //! injection, and a hand-written `Adapter` (Phoenix.PubSub semantics, reference section 2).
 
+mod pubsub_support;
+
+use pubsub_support::{drain, msg, num};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presence_core::pubsub::{
-    Adapter, BroadcastError, ClusterAdapter, Inbound, LinkFaults, LocalCluster, Message, Payload,
-    PubSub, RecvError, Subscription,
+    Adapter, BroadcastError, ClusterAdapter, Inbound, LinkFaults, LocalCluster, Message, PubSub,
+    RecvError, Subscription,
 };
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Bytes;
-
-fn msg(topic: &str, n: u64) -> Message {
-    Message::json(topic, "ev", json!(n))
-}
-
-fn num(m: &Message) -> u64 {
-    match m.payload() {
-        Payload::Json(v) => v.as_u64().expect("numeric payload"),
-        other => panic!("unexpected payload {other:?}"),
-    }
-}
-
-/// Everything queued right now, as payload numbers (panics on `Lagged`/`Closed`).
-fn drain(sub: &mut Subscription) -> Vec<u64> {
-    let mut out = Vec::new();
-    loop {
-        match sub.try_recv() {
-            Ok(m) => out.push(num(&m)),
-            Err(RecvError::Empty) => return out,
-            Err(e) => panic!("unexpected {e:?}"),
-        }
-    }
-}
 
 fn none() -> Vec<u64> {
     Vec::new()

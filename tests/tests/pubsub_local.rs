@@ -1,6 +1,10 @@
 //! Single-node behaviour of `presence_core::pubsub`: subscriptions, the broadcast variants,
 //! shared-`Arc` fan-out and bounded queues (Phoenix.PubSub semantics, reference section 2).
 
+mod pubsub_support;
+
+use pubsub_support::{drain, msg, num};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,29 +12,6 @@ use std::time::Duration;
 use presence_core::pubsub::{Message, Payload, PubSub, RecvError, Subscription};
 use proptest::prelude::*;
 use serde_json::json;
-
-fn msg(topic: &str, n: u64) -> Message {
-    Message::json(topic, "ev", json!(n))
-}
-
-fn num(m: &Message) -> u64 {
-    match m.payload() {
-        Payload::Json(v) => v.as_u64().expect("numeric payload"),
-        other => panic!("unexpected payload {other:?}"),
-    }
-}
-
-/// Everything queued right now, as payload numbers (panics on `Lagged`/`Closed`).
-fn drain(sub: &mut Subscription) -> Vec<u64> {
-    let mut out = Vec::new();
-    loop {
-        match sub.try_recv() {
-            Ok(m) => out.push(num(&m)),
-            Err(RecvError::Empty) => return out,
-            Err(e) => panic!("unexpected {e:?}"),
-        }
-    }
-}
 
 #[test]
 fn node_name_is_the_configured_name() {

@@ -10,6 +10,10 @@
 
 mod redis_support;
 
+mod pubsub_support;
+
+use pubsub_support::{msg, num};
+
 use redis_support::{DEADLINE, eventually, redis_url, unique};
 
 use std::sync::Arc;
@@ -17,8 +21,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use presence_core::pubsub::{
-    Message, Payload, PubSub, RecvError, RedisAdapter, RedisAdapterError, RedisOptions,
-    Subscription,
+    Message, PubSub, RecvError, RedisAdapter, RedisAdapterError, RedisOptions, Subscription,
 };
 use serde_json::json;
 
@@ -38,17 +41,6 @@ async fn cluster(url: &str, test: &str) -> (String, Vec<(PubSub, RedisAdapter)>)
         nodes.push(node(url, &channel, &format!("{channel}-{n}")).await);
     }
     (channel, nodes)
-}
-
-fn msg(topic: &str, n: u64) -> Message {
-    Message::json(topic, "ev", json!(n))
-}
-
-fn num(m: &Message) -> u64 {
-    match m.payload() {
-        Payload::Json(v) => v.as_u64().expect("numeric payload"),
-        other => panic!("unexpected payload {other:?}"),
-    }
 }
 
 async fn recv(sub: &mut Subscription) -> Arc<Message> {
