@@ -56,6 +56,7 @@
 //!
 #![doc = include_str!("../docs/presence_examples.md")]
 
+mod coalesce;
 mod entry;
 
 use std::collections::HashMap;
@@ -70,6 +71,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
+pub use coalesce::{NotADiff, merge_diff};
 pub use entry::{PresenceDiff, PresenceEntry, PresenceMap, TopicMetas};
 
 use crate::pubsub::Message;
