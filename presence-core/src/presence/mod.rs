@@ -56,8 +56,10 @@
 //!
 #![doc = include_str!("../docs/presence_examples.md")]
 
+mod batch;
 mod coalesce;
 mod entry;
+mod keys;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -68,15 +70,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
 pub use coalesce::{NotADiff, merge_diff};
 pub use entry::{PresenceDiff, PresenceEntry, PresenceMap, TopicMetas};
+pub use keys::{KeyChange, KeyEvent, KeyEvents};
 
 use crate::pubsub::Message;
 use crate::registry::{Registry, RegistryError};
-use crate::tracker::{ConfigError, Diff, TrackError, UpdateError};
+use crate::tracker::{ConfigError, Diff, PresenceCount, TrackError, UpdateError};
 use crate::{Meta, Owner, PhxRef, PubSub, Tracker, TrackerConfig};
 
 /// The event name of diff broadcasts.
@@ -269,7 +273,15 @@ pub struct PresenceOptions {
     pub clock_sample_periods: Option<u32>,
     /// See [`TrackerConfig::max_delta_sizes`].
     pub max_delta_sizes: Option<Vec<usize>>,
+    /// How long a topic's `presence_diff`s may be held back and merged into one, after a diff
+    /// of that topic went out; and how long joiners of a topic may wait to share one
+    /// `presence_state` listing. Default [`DEFAULT_DIFF_WINDOW`]; zero turns both off. See
+    /// the [module docs](self), "Big rooms".
+    pub diff_window: Option<Duration>,
 }
+
+/// The default [`PresenceOptions::diff_window`].
+pub const DEFAULT_DIFF_WINDOW: Duration = Duration::from_millis(50);
 
 impl PresenceOptions {
     /// No option set.
@@ -319,6 +331,17 @@ impl PresenceOptions {
         self
     }
 
+    /// Sets `diff_window` (zero turns merging off).
+    pub fn diff_window(mut self, window: Duration) -> Self {
+        self.diff_window = Some(window);
+        self
+    }
+
+    /// The diff window these options give: `diff_window`, or [`DEFAULT_DIFF_WINDOW`].
+    pub fn effective_diff_window(&self) -> Duration {
+        self.diff_window.unwrap_or(DEFAULT_DIFF_WINDOW)
+    }
+
     /// These options, with the unset ones taken from `base`.
     ///
     /// # Examples
@@ -342,6 +365,7 @@ impl PresenceOptions {
                 .max_delta_sizes
                 .clone()
                 .or_else(|| base.max_delta_sizes.clone()),
+            diff_window: self.diff_window.or(base.diff_window),
         }
     }
 
@@ -405,6 +429,9 @@ struct Shared<P: Presence> {
     in_flight: AtomicUsize,
     settled: Notify,
     broadcaster: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    diff_window: Duration,
+    states: batch::StateBatches,
+    keys: keys::KeySubscribers,
 }
 
 impl<P: Presence> Drop for Shared<P> {
@@ -417,6 +444,7 @@ impl<P: Presence> Drop for Shared<P> {
         {
             task.abort();
         }
+        self.keys.close();
     }
 }
 
@@ -447,6 +475,7 @@ impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
             return;
         };
         for (topic, changes) in diff.into_topics() {
+            shared.keys.publish(&topic, &changes.keys);
             let plain = PresenceDiff {
                 joins: entry::group(changes.joins),
                 leaves: entry::group(changes.leaves),
@@ -508,8 +537,10 @@ impl<P: Presence> PresenceHandle<P> {
         pubsub: PubSub,
         options: &PresenceOptions,
     ) -> Result<Self, ConfigError> {
-        let config = options.merged_over(&P::options()).tracker_config();
+        let options = options.merged_over(&P::options());
+        let config = options.tracker_config();
         config.validate()?;
+        let diff_window = options.effective_diff_window();
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let (queue, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -520,6 +551,9 @@ impl<P: Presence> PresenceHandle<P> {
             in_flight: AtomicUsize::new(0),
             settled: Notify::new(),
             broadcaster: Mutex::new(None),
+            diff_window,
+            states: batch::StateBatches::new(diff_window),
+            keys: keys::KeySubscribers::default(),
         });
         let tracker = Tracker::builder(P::NAME, pubsub)
             .config(config)
@@ -629,6 +663,80 @@ impl<P: Presence> PresenceHandle<P> {
         self.fetch(topic, map).await.remove(key)
     }
 
+    /// How many keys and presences `topic` has, cluster-wide, without listing it (see
+    /// [`Tracker::count`]).
+    pub fn count(&self, topic: &str) -> PresenceCount {
+        self.tracker.count(topic)
+    }
+
+    /// Subscribes to the key-level events of `topic`: a key came online (its first presence
+    /// joined, on any node), went offline (its last presence left), or was updated. See
+    /// [`KeyEvents`] for ordering and slow readers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::presence::{KeyChange, Presence, PresenceHandle, PresenceOptions};
+    /// # use presence_core::registry::{Registry, RegistryError};
+    /// # use presence_core::{Owner, PubSub};
+    /// # struct Room;
+    /// # impl Presence for Room {
+    /// #     type Meta = serde_json::Value; type Extra = (); type State = ();
+    /// #     const NAME: &'static str = "Room";
+    /// #     fn pubsub(_: &Registry) -> Result<PubSub, RegistryError> { unreachable!() }
+    /// #     fn init(&self) {}
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let presence = PresenceHandle::start(Room, PubSub::new("a"), &PresenceOptions::new())?;
+    /// let mut events = presence.key_events("room:lobby");
+    /// let (phone, laptop) = (Owner::new(), Owner::new());
+    /// presence.track(&phone, "room:lobby", "alice", &serde_json::json!({}))?;
+    /// presence.track(&laptop, "room:lobby", "alice", &serde_json::json!({}))?;
+    /// let first = events.recv().await.expect("an event");
+    /// assert_eq!((&*first.key, first.change), ("alice", KeyChange::Online));
+    /// assert_eq!(events.recv().await.map(|e| e.change), Some(KeyChange::Updated));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key_events(&self, topic: &str) -> KeyEvents {
+        self.shared.keys.subscribe(Some(topic))
+    }
+
+    /// Like [`key_events`](Self::key_events), for every topic.
+    pub fn all_key_events(&self) -> KeyEvents {
+        self.shared.keys.subscribe(None)
+    }
+
+    /// The `presence_state` payload of `topic` (its [`list`](Self::list), fetched), as JSON
+    /// shared by the callers of one batch.
+    ///
+    /// Meant for a socket that is already subscribed to the topic's diffs: the listing always
+    /// starts after the call, so no diff falls between it and the subscription. The first call
+    /// after a quiet period lists at once; calls within the diff window after a listing wait
+    /// for the window's end and share one listing, one fetch and one encoding. A thousand
+    /// joiners of a big room thus cost a few listings instead of a thousand.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled call that was to list hands the listing over to the others.
+    pub async fn state_json(&self, topic: &str) -> Arc<RawValue> {
+        self.shared
+            .states
+            .get(topic, || async {
+                let state = self.list(topic).await;
+                let json = serde_json::to_string(&state).unwrap_or_else(|error| {
+                    tracing::error!(presence = P::NAME, topic, %error,
+                        "presence state does not serialize; sending an empty state");
+                    "{}".to_owned()
+                });
+                RawValue::from_string(json)
+                    .map(Arc::from)
+                    .unwrap_or_else(|_| empty_state())
+            })
+            .await
+    }
+
     /// Runs the fetch in its own task, so that a panic is caught; falls back to `presences`.
     async fn fetch(&self, topic: &str, presences: PresenceMap<P::Extra>) -> PresenceMap<P::Extra> {
         if !P::FETCHES || presences.is_empty() {
@@ -697,6 +805,10 @@ async fn fetch_diff<P: Presence>(
     Ok(diff)
 }
 
+fn empty_state() -> Arc<RawValue> {
+    Arc::from(RawValue::from_string("{}".to_owned()).expect("{} is JSON"))
+}
+
 /// Runs `fut`, turning a panic inside it into `Err(())`.
 async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, ()> {
     let mut fut = std::pin::pin!(fut);
@@ -751,10 +863,10 @@ async fn broadcast_loop<P: Presence>(
         };
         let Some(s) = shared.upgrade() else { return };
         match serde_json::to_value(&diff) {
-            Ok(payload) => {
-                s.pubsub
-                    .local_broadcast(Message::json(topic.clone(), PRESENCE_DIFF, payload))
-            }
+            Ok(payload) => s.pubsub.local_broadcast(
+                Message::json(topic.clone(), PRESENCE_DIFF, payload)
+                    .with_merge_window(s.diff_window),
+            ),
             Err(e) => {
                 tracing::error!(presence = P::NAME, topic = %topic, error = %e, "presence diff does not serialize; not broadcast")
             }

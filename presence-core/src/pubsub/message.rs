@@ -1,6 +1,7 @@
 //! The messages a [`PubSub`](super::PubSub) carries.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -13,6 +14,8 @@ pub struct Message {
     topic: Arc<str>,
     event: Arc<str>,
     payload: Payload,
+    /// Set on `presence_diff`s that local fan-out may merge (see [`Message::merge_window`]).
+    merge_window: Option<Duration>,
 }
 
 /// What a [`Message`] carries.
@@ -32,6 +35,7 @@ impl Message {
             topic: topic.into(),
             event: event.into(),
             payload,
+            merge_window: None,
         }
     }
 
@@ -70,5 +74,21 @@ impl Message {
     /// The payload.
     pub fn payload(&self) -> &Payload {
         &self.payload
+    }
+
+    /// Marks a `presence_diff` as mergeable: a fan-out that has sent a diff for this topic less
+    /// than `window` ago may hold this one back (at most until `window` after that send) and
+    /// merge it with the diffs that follow, with
+    /// [`merge_diff`](crate::presence::merge_diff). The Presence layer marks its diffs with its
+    /// `diff_window`. A local hint: it is not carried to other nodes, and a zero window means no
+    /// merging.
+    pub fn with_merge_window(mut self, window: Duration) -> Self {
+        self.merge_window = Some(window).filter(|w| !w.is_zero());
+        self
+    }
+
+    /// The merge window set by [`with_merge_window`](Self::with_merge_window).
+    pub fn merge_window(&self) -> Option<Duration> {
+        self.merge_window
     }
 }

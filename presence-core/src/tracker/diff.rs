@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::state::State;
 use crate::Meta;
 
 /// The presences that joined and left, per topic, in one tracker step.
@@ -23,6 +24,20 @@ pub struct TopicDiff {
     pub joins: Vec<(Arc<str>, Meta)>,
     /// Presences that went away.
     pub leaves: Vec<(Arc<str>, Meta)>,
+    /// What the joins and leaves did to each key they touched, in the order the keys first
+    /// appear; a key that gained and lost the same presences in one step is absent.
+    pub keys: Vec<(Arc<str>, KeyChange)>,
+}
+
+/// What a diff did to one key of a topic, on live nodes, cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyChange {
+    /// The key had no presence and now has some: its first device joined.
+    Online,
+    /// The key's last presence left.
+    Offline,
+    /// The key had presences before and still has: one joined, left or was updated.
+    Updated,
 }
 
 impl Diff {
@@ -57,6 +72,42 @@ impl Diff {
 
     pub(crate) fn leave(&mut self, topic: &Arc<str>, key: Arc<str>, meta: Meta) {
         self.topic(topic).leaves.push((key, meta));
+    }
+
+    /// Fills each topic's [`TopicDiff::keys`] from the state the diff left behind (called
+    /// under the shard's lock, so the state is exactly the diff's result).
+    pub(crate) fn mark_keys(&mut self, state: &State) {
+        for (topic, diff) in &mut self.topics {
+            // Keys in first-seen order, with their net change in presences.
+            let mut net: Vec<(Arc<str>, isize)> = Vec::new();
+            let mut index: HashMap<&str, usize> = HashMap::new();
+            let changes = diff
+                .joins
+                .iter()
+                .map(|(k, _)| (k, 1))
+                .chain(diff.leaves.iter().map(|(k, _)| (k, -1)));
+            for (key, step) in changes {
+                let i = *index.entry(key).or_insert_with(|| {
+                    net.push((key.clone(), 0));
+                    net.len() - 1
+                });
+                net[i].1 += step;
+            }
+            diff.keys = net
+                .into_iter()
+                .filter_map(|(key, n)| {
+                    let now = state.key_len(topic, &key) as isize;
+                    let before = (now - n).max(0);
+                    let change = match (before > 0, now > 0) {
+                        (false, true) => KeyChange::Online,
+                        (true, false) => KeyChange::Offline,
+                        (true, true) => KeyChange::Updated,
+                        (false, false) => return None,
+                    };
+                    Some((key, change))
+                })
+                .collect();
+        }
     }
 
     fn topic(&mut self, topic: &Arc<str>) -> &mut TopicDiff {

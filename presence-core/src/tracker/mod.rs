@@ -57,7 +57,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use diff::{Diff, TopicDiff};
+pub use diff::{Diff, KeyChange, TopicDiff};
 pub use replica::ReplicaStatus;
 
 use crate::owner::OwnerRelease;
@@ -269,6 +269,16 @@ impl<F: Fn(Diff) + Send + Sync + 'static> DiffHandler for F {
     fn handle_diff(&self, diff: Diff) {
         self(diff);
     }
+}
+
+/// The size of a topic: see [`Tracker::count`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
+pub struct PresenceCount {
+    /// Distinct keys (users, with the default grouping).
+    pub keys: usize,
+    /// Presences (metas): one per tracked device, tab or owner.
+    pub metas: usize,
 }
 
 /// What one shard knows about one peer.
@@ -513,6 +523,30 @@ impl Tracker {
     pub fn get_by_key(&self, topic: &str, key: &str) -> Vec<(OwnerId, Meta)> {
         self.shard(topic)
             .read(|core| core.state().get_by_key(topic, key))
+    }
+
+    /// How many keys and presences `topic` has on live nodes, without listing it: O(1) while
+    /// no peer is down (the shard keeps the topic's sizes), a walk of the topic's rows
+    /// otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use presence_core::{Owner, PubSub, Tracker, TrackerConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tracker = Tracker::start("T", PubSub::new("a"), TrackerConfig::default())?;
+    /// let (phone, laptop) = (Owner::new(), Owner::new());
+    /// tracker.track(&phone, "room:1", "alice", serde_json::json!({}))?;
+    /// tracker.track(&laptop, "room:1", "alice", serde_json::json!({}))?;
+    /// let count = tracker.count("room:1");
+    /// assert_eq!((count.keys, count.metas), (1, 2));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn count(&self, topic: &str) -> PresenceCount {
+        let (keys, metas) = self.shard(topic).read(|core| core.state().count(topic));
+        PresenceCount { keys, metas }
     }
 
     /// The peers each shard knows, shard by shard.

@@ -149,6 +149,7 @@ impl Shard {
             let mut core = self.core.write().unwrap_or_else(PoisonError::into_inner);
             let (value, mut fx) = f(&mut core);
             if let Some(reporter) = &self.reporter {
+                fx.diff.mark_keys(core.state());
                 reporter.queue(self.index, &mut fx);
             }
             (value, fx.out)

@@ -825,6 +825,31 @@ impl State {
             .collect()
     }
 
+    /// The number of keys and of rows of `topic` on live replicas: O(1) while no replica is
+    /// down, a walk of the topic's rows otherwise.
+    pub(crate) fn count(&self, topic: &str) -> (usize, usize) {
+        match self.topics.get(topic) {
+            None => (0, 0),
+            Some(rows) if self.down == 0 => (rows.keys.len(), rows.len),
+            Some(rows) => rows.keys.values().fold((0, 0), |(keys, metas), slots| {
+                let n = slots
+                    .as_slice()
+                    .iter()
+                    .filter(|s| self.visible(s.dot.0))
+                    .count();
+                (keys + usize::from(n > 0), metas + n)
+            }),
+        }
+    }
+
+    /// The number of visible rows under `(topic, key)`.
+    pub(crate) fn key_len(&self, topic: &str, key: &str) -> usize {
+        self.slots(topic, key)
+            .iter()
+            .filter(|s| self.visible(s.dot.0))
+            .count()
+    }
+
     /// Number of visible rows of `topic`.
     #[cfg(test)]
     pub(crate) fn topic_len(&self, topic: &str) -> usize {
