@@ -85,9 +85,10 @@ pub struct ChatConfig {
     pub port: u16,
     /// This node's name (`PRESENCE_NODE`, default a unique generated name).
     pub node_name: String,
-    /// Tracker options (`PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`,
-    /// `PRESENCE_PERMDOWN_PERIOD_MS`, and `PRESENCE_MAX_SILENT_PERIODS`, which by default is
-    /// lowered to fit two silent heartbeats in a short down period).
+    /// Presence options (`PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`,
+    /// `PRESENCE_PERMDOWN_PERIOD_MS`, `PRESENCE_DIFF_WINDOW_MS` (0 turns diff merging off),
+    /// and `PRESENCE_MAX_SILENT_PERIODS`, which by default is lowered to fit two silent
+    /// heartbeats in a short down period).
     pub presence: PresenceOptions,
     /// The Redis server to cluster over (`PRESENCE_REDIS_URL`); `None`: a single node.
     pub redis_url: Option<String>,
@@ -155,6 +156,9 @@ impl ChatConfig {
         }
         if let Some(d) = ms("PRESENCE_PERMDOWN_PERIOD_MS")? {
             config.presence = config.presence.permdown_period(d);
+        }
+        if let Some(d) = ms("PRESENCE_DIFF_WINDOW_MS")? {
+            config.presence = config.presence.diff_window(d);
         }
         if let Ok(v) = std::env::var("PRESENCE_MAX_SILENT_PERIODS") {
             let n: u32 = v.parse().map_err(|_| {

@@ -27,7 +27,7 @@ use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 
 use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketShared, Start};
-use crate::outbox::{Close, Outbox, OutboxRx, code};
+use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, Inner};
 
@@ -53,7 +53,7 @@ pub(crate) fn run(
 ) -> impl Future<Output = ()> + Send + 'static {
     // Counted as open (for a drain) until the returned future ends.
     let (open, draining) = Drain::enter(&inner);
-    let (outbox, OutboxRx { frames, close }) = Outbox::new(inner.config.outbound_capacity);
+    let (outbox, OutboxRx { frames, close }) = Outbox::new(inner.config.outbound, vsn);
     let socket = Arc::new(SocketShared {
         assigns,
         id,
@@ -78,15 +78,15 @@ pub(crate) fn run(
 }
 
 fn to_ws(out: Out) -> WsMessage {
-    match out {
-        Out::Text(text) => WsMessage::Text(text.to_string()),
-        Out::Binary(bytes) => WsMessage::Binary(bytes.to_vec()),
+    match out.into_text() {
+        Ok(text) => WsMessage::Text(text),
+        Err(bytes) => WsMessage::Binary(bytes.to_vec()),
     }
 }
 
 async fn write_loop(
     mut sink: SplitSink<WebSocketStream, WsMessage>,
-    mut frames: mpsc::Receiver<Out>,
+    mut frames: Frames,
     mut close: watch::Receiver<Option<Close>>,
     outbox: Outbox,
     deadline: std::time::Duration,
@@ -96,14 +96,13 @@ async fn write_loop(
             biased;
             _ = close.changed() => break *close.borrow(),
             out = frames.recv() => {
-                let Some(out) = out else { break None };
                 // Boxed: only the idle state of this loop stays in every socket's task.
                 let write = Box::pin(async {
                     sink.feed(to_ws(out)).await?;
                     for _ in 1..WRITE_BATCH {
                         match frames.try_recv() {
-                            Ok(out) => sink.feed(to_ws(out)).await?,
-                            Err(_) => break,
+                            Some(out) => sink.feed(to_ws(out)).await?,
+                            None => break,
                         }
                     }
                     sink.flush().await

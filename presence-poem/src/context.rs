@@ -189,6 +189,29 @@ impl ChannelContext {
         self.send(encoded, event);
     }
 
+    /// The topic, shared.
+    pub(crate) fn topic_arc(&self) -> Arc<str> {
+        self.topic.clone()
+    }
+
+    /// Makes this channel count-only in its topic's hub (see
+    /// [`push_presence_count`](Self::push_presence_count)).
+    pub(crate) fn counts_only(&self, counter: crate::hub::Counter) {
+        if let Some(registration) = &self.registration {
+            registration.counts_only(counter);
+        }
+    }
+
+    /// Pushes `event` whose payload is the JSON text `body`, shared with other sockets'
+    /// frames instead of copied into this one's queue.
+    pub(crate) fn push_shared_json(&mut self, event: &str, body: &Arc<str>) {
+        let out = self
+            .socket
+            .vsn
+            .push_json(Some(&self.join_ref), &self.topic, event, body);
+        self.send(Ok(out), event);
+    }
+
     /// Replies to the request `to` (see [`socket_ref`](Self::socket_ref)), now or later.
     pub fn reply(&mut self, to: &SocketRef, reply: Reply) {
         let (status, payload) = reply.into_parts();

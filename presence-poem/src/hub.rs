@@ -16,13 +16,22 @@
 //! rejoins and gets a fresh `presence_state`.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
+use std::time::Duration;
+
 use presence_core::PubSub;
-use presence_core::pubsub::{BroadcastError, Message, RecvError, SubscriberId, Subscription};
+use presence_core::tracker::PresenceCount;
+use presence_core::presence::{PRESENCE_DIFF, merge_diff};
+use presence_core::pubsub::{
+    BroadcastError, Message, Payload, RecvError, SubscriberId, Subscription,
+};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
 
 use crate::StopReason;
 use crate::context::Cmd;
@@ -56,9 +65,11 @@ pub(crate) struct Hub {
     hubs: Weak<HubsInner>,
 }
 
-#[derive(Debug, Default)]
 struct HubShared {
+    topic: Arc<str>,
     targets: RwLock<HashMap<u64, Target>>,
+    /// Set by the first count-only channel.
+    counter: RwLock<Option<Counter>>,
     /// A `broadcast_from` was dropped: its queue was full.
     lagged: AtomicBool,
     #[cfg(test)]
@@ -71,6 +82,19 @@ struct Target {
     outbox: Outbox,
     /// The registered channel's command queue, to stop it when the hub lags.
     channel: mpsc::WeakSender<Box<Cmd>>,
+    /// Counts only: the channel gets `presence_count` instead of `presence_diff`.
+    counts: bool,
+}
+
+/// How a hub counts the topic's presences for its count-only channels.
+pub(crate) type Counter = Arc<dyn Fn() -> PresenceCount + Send + Sync>;
+
+/// The event count-only channels receive.
+pub(crate) const PRESENCE_COUNT: &str = "presence_count";
+
+/// The `presence_count` payload.
+pub(crate) fn count_payload(count: PresenceCount) -> Payload {
+    Payload::Json(serde_json::json!({"keys": count.keys, "metas": count.metas}))
 }
 
 /// A socket's registration with a hub; dropping it unregisters.
@@ -135,6 +159,7 @@ impl Hubs {
                     vsn,
                     outbox,
                     channel,
+                    counts: false,
                 },
             );
         HubRegistration { hub, key }
@@ -156,7 +181,14 @@ impl Hub {
     fn start(hubs: &Arc<HubsInner>, topic: &str) -> Hub {
         let sub = hubs.pubsub.subscribe(topic);
         let sub_id = sub.id();
-        let shared = Arc::new(HubShared::default());
+        let shared = Arc::new(HubShared {
+            topic: Arc::from(topic),
+            targets: RwLock::default(),
+            counter: RwLock::default(),
+            lagged: AtomicBool::default(),
+            #[cfg(test)]
+            encodes: AtomicU64::default(),
+        });
         let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
         let task = tokio::spawn(run(sub, inject_rx, shared.clone()));
         Hub {
@@ -203,6 +235,33 @@ impl HubRegistration {
     }
 }
 
+impl fmt::Debug for HubShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubShared").finish_non_exhaustive()
+    }
+}
+
+impl HubRegistration {
+    /// Makes this socket's channel count-only: from now on it gets `presence_count` (counted
+    /// by `counter`) after each `presence_diff` of the topic, instead of the diff.
+    pub(crate) fn counts_only(&self, counter: Counter) {
+        let shared = &self.hub.shared;
+        shared
+            .counter
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(counter);
+        if let Some(target) = shared
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&self.key)
+        {
+            target.counts = true;
+        }
+    }
+}
+
 impl Drop for HubRegistration {
     fn drop(&mut self) {
         self.hub
@@ -214,16 +273,108 @@ impl Drop for HubRegistration {
     }
 }
 
+/// A `presence_diff` held back to be merged with the next ones (see the module docs).
+#[derive(Debug, Default)]
+struct Held {
+    diff: Option<HeldDiff>,
+    /// When the last diff of the topic went out.
+    last_flush: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct HeldDiff {
+    /// The first diff held; `merged` is set once a second one merged in.
+    first: Arc<Message>,
+    merged: Option<Value>,
+    due: Instant,
+}
+
+impl Held {
+    /// Sends `message` (a mergeable diff) now, or holds it: a diff within `window` of the last
+    /// one sent waits until that window ends, merged with those that follow it.
+    fn offer(&mut self, message: Arc<Message>, window: Duration, shared: &HubShared) {
+        let now = Instant::now();
+        if let Some(held) = &mut self.diff {
+            let first = &held.first;
+            let acc = held.merged.get_or_insert_with(|| json_payload(first).clone());
+            if let Payload::Json(next) = message.payload()
+                && merge_diff(acc, next).is_ok()
+            {
+                return;
+            }
+            self.flush(shared);
+        }
+        match self.last_flush {
+            Some(last) if now < last + window => {
+                self.diff = Some(HeldDiff {
+                    first: message,
+                    merged: None,
+                    due: last + window,
+                });
+            }
+            _ => {
+                shared.fanout(&message, None);
+                self.last_flush = Some(now);
+            }
+        }
+    }
+
+    /// Sends the held diff, if any.
+    fn flush(&mut self, shared: &HubShared) {
+        let Some(held) = self.diff.take() else { return };
+        let message = match held.merged {
+            None => held.first,
+            Some(merged) => {
+                let window = held.first.merge_window().unwrap_or_default();
+                Arc::new(
+                    Message::json(held.first.topic_arc().clone(), PRESENCE_DIFF, merged)
+                        .with_merge_window(window),
+                )
+            }
+        };
+        shared.fanout(&message, None);
+        self.last_flush = Some(Instant::now());
+    }
+
+    /// Resolves when the held diff is due; never without one.
+    async fn due(&self) {
+        match &self.diff {
+            Some(held) => sleep_until(held.due).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn json_payload(message: &Message) -> &Value {
+    static NULL: Value = Value::Null;
+    match message.payload() {
+        Payload::Json(value) => value,
+        _ => &NULL,
+    }
+}
+
+/// The merge window of `message` if it is a mergeable `presence_diff`.
+fn mergeable(message: &Message) -> Option<Duration> {
+    let window = message.merge_window()?;
+    (message.event() == PRESENCE_DIFF && matches!(message.payload(), Payload::Json(_)))
+        .then_some(window)
+}
+
 async fn run(
     mut sub: Subscription,
     mut inject: mpsc::Receiver<(Arc<Message>, u64)>,
     shared: Arc<HubShared>,
 ) {
+    let mut held = Held::default();
     loop {
-        // Biased towards the subscription: a socket's broadcast followed by its broadcast_from
-        // reach the other sockets in that order.
+        // Biased towards the held diff, then the subscription: a socket's broadcast followed
+        // by its broadcast_from reach the other sockets in that order.
         let (message, skip) = tokio::select! {
             biased;
+            () = held.due() => {
+                held.flush(&shared);
+                continue;
+            }
             received = sub.recv() => match received {
                 Ok(message) => (message, None),
                 Err(RecvError::Lagged(missed)) => {
@@ -237,7 +388,14 @@ async fn run(
             Some((message, key)) = inject.recv() => (message, Some(key)),
             else => return,
         };
-        shared.fanout(&message, skip);
+        match mergeable(&message) {
+            Some(window) if skip.is_none() => held.offer(message, window, &shared),
+            _ => {
+                // Anything else goes out after the held diff, in the order it came.
+                held.flush(&shared);
+                shared.fanout(&message, skip);
+            }
+        }
         if shared.lagged.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 topic = sub.topic(),
@@ -262,13 +420,19 @@ impl HubShared {
         }
     }
 
-    fn fanout(&self, message: &Message, skip: Option<u64>) {
+    fn fanout(&self, message: &Arc<Message>, skip: Option<u64>) {
         // Encoded lazily, at most once per serializer; `Some(None)` means "cannot be encoded".
         let mut v1: Option<Option<Out>> = None;
         let mut v2: Option<Option<Out>> = None;
+        let is_diff = message.event() == PRESENCE_DIFF;
+        let mut counted = false;
         let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
         for (key, target) in targets.iter() {
             if Some(*key) == skip {
+                continue;
+            }
+            if is_diff && target.counts {
+                counted = true;
                 continue;
             }
             let slot = match target.vsn {
@@ -276,6 +440,37 @@ impl HubShared {
                 Vsn::V2 => &mut v2,
             };
             let encoded = slot.get_or_insert_with(|| self.encode(target.vsn, message));
+            if let Some(out) = encoded {
+                target.outbox.send_broadcast(out.clone(), message);
+            }
+        }
+        if counted {
+            self.send_counts(&targets);
+        }
+    }
+
+    /// Sends the topic's count to its count-only channels, encoded once per serializer.
+    fn send_counts(&self, targets: &HashMap<u64, Target>) {
+        let counter = self
+            .counter
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(counter) = counter else { return };
+        let payload = count_payload(counter());
+        let mut v1: Option<Option<Out>> = None;
+        let mut v2: Option<Option<Out>> = None;
+        for target in targets.values().filter(|t| t.counts) {
+            let slot = match target.vsn {
+                Vsn::V1 => &mut v1,
+                Vsn::V2 => &mut v2,
+            };
+            let encoded = slot.get_or_insert_with(|| {
+                target
+                    .vsn
+                    .broadcast(&self.topic, PRESENCE_COUNT, &payload)
+                    .ok()
+            });
             if let Some(out) = encoded {
                 target.outbox.send(out.clone());
             }
@@ -300,6 +495,11 @@ mod tests {
 
     use super::*;
 
+    const LIMITS: crate::outbox::Limits = crate::outbox::Limits {
+        frames: 8,
+        bytes: 1 << 20,
+    };
+
     fn no_channel() -> mpsc::WeakSender<Box<Cmd>> {
         mpsc::channel(1).0.downgrade()
     }
@@ -311,7 +511,7 @@ mod tests {
         let mut rxs = Vec::new();
         let mut regs = Vec::new();
         for i in 0..6 {
-            let (outbox, rx) = Outbox::new(8);
+            let (outbox, rx) = Outbox::new(LIMITS, Vsn::V2);
             let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
             regs.push(hubs.register("t", i, vsn, outbox, no_channel()));
             rxs.push(rx);
@@ -320,7 +520,7 @@ mod tests {
         let msg = Arc::new(Message::json("t", "e", json!({"a": 1})));
         regs[0].hub.shared.fanout(&msg, Some(0));
         assert_eq!(regs[0].hub.shared.encodes.load(Ordering::Relaxed), 2);
-        assert!(rxs[0].frames.try_recv().is_err());
+        assert!(rxs[0].frames.try_recv().is_none());
         let mut frames = Vec::new();
         for rx in &mut rxs[1..] {
             frames.push(rx.frames.try_recv().unwrap());
@@ -338,13 +538,13 @@ mod tests {
     async fn hub_task_ends_with_the_last_registration() {
         let pubsub = PubSub::new("n");
         let hubs = Hubs::new(pubsub.clone());
-        let (outbox, mut rx) = Outbox::new(8);
+        let (outbox, mut rx) = Outbox::new(LIMITS, Vsn::V2);
         let reg = hubs.register("t", 1, Vsn::V2, outbox, no_channel());
         assert_eq!(pubsub.subscriber_count("t"), 1);
         pubsub
             .broadcast(Message::json("t", "e", json!({})))
             .unwrap();
-        let out = rx.frames.recv().await.unwrap();
+        let out = rx.frames.recv().await;
         assert_eq!(out, Out::Text(Arc::from(r#"[null,null,"t","e",{}]"#)));
         drop(reg);
         tokio::task::yield_now().await;

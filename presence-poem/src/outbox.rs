@@ -1,10 +1,24 @@
 //! The per-socket outbound queue, shared by the connection, its channel tasks and the hubs.
+//!
+//! It is bounded twice: in frames and in bytes (the frames' encoded sizes). A push that would
+//! pass either bound closes the socket with 1013, unless the queue is empty (one frame larger
+//! than the whole budget, such as the `presence_state` of a huge room, still goes out).
+//!
+//! A `presence_diff` for a topic whose previous diff is still queued, with nothing queued
+//! after it, is merged into it (see [`merge_diff`]) instead of taking another slot: a client
+//! that reads slowly but steadily receives fewer, larger diffs, and is never closed for it.
+//! Its bytes still count, so a client that stops reading entirely is closed once its budget is
+//! spent.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{mpsc, watch};
+use presence_core::presence::{PRESENCE_DIFF, merge_diff};
+use presence_core::pubsub::{Message, Payload};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
 
-use crate::protocol::Out;
+use crate::protocol::{Out, Vsn};
 
 /// Close codes the server uses.
 pub(crate) mod code {
@@ -26,47 +40,196 @@ pub(crate) struct Close {
     pub(crate) send_frame: bool,
 }
 
+/// The bounds of one socket's queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
+}
+
 /// A handle to one socket's outbound queue. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
     close: Arc<watch::Sender<Option<Close>>>,
 }
 
 /// The receiving ends, owned by the connection.
 #[derive(Debug)]
 pub(crate) struct OutboxRx {
-    pub(crate) frames: mpsc::Receiver<Out>,
+    pub(crate) frames: Frames,
     pub(crate) close: watch::Receiver<Option<Close>>,
 }
 
+/// The writer's end of the queue.
+#[derive(Debug)]
+pub(crate) struct Frames {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    limits: Limits,
+    vsn: Vsn,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    bytes: usize,
+    /// Sequence number of `items[0]`.
+    first: u64,
+    /// The queued diff each topic may still merge into: `(topic, sequence number)`. Any other
+    /// frame clears it, so a merge never moves a diff past another frame.
+    open: Vec<(Arc<str>, u64)>,
+    /// Set once the socket is closing: pushes are dropped.
+    closed: bool,
+}
+
+#[derive(Debug)]
+enum Item {
+    Frame(Out),
+    Diff {
+        /// The first diff, as broadcast, and its shared encoding.
+        message: Arc<Message>,
+        out: Out,
+        /// Set once another diff was merged in; encoded when written.
+        merged: Option<Value>,
+        /// The sizes of the diffs it holds (a bound on the merged encoding).
+        bytes: usize,
+    },
+}
+
+impl Item {
+    fn bytes(&self) -> usize {
+        match self {
+            Item::Frame(out) => out.len(),
+            Item::Diff { bytes, .. } => *bytes,
+        }
+    }
+}
+
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> (Outbox, OutboxRx) {
-        let (tx, frames) = mpsc::channel(capacity.max(1));
+    pub(crate) fn new(limits: Limits, vsn: Vsn) -> (Outbox, OutboxRx) {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            limits: Limits {
+                frames: limits.frames.max(1),
+                bytes: limits.bytes.max(1),
+            },
+            vsn,
+        });
         let (close_tx, close) = watch::channel(None);
         (
             Outbox {
-                tx,
+                shared: shared.clone(),
                 close: Arc::new(close_tx),
             },
-            OutboxRx { frames, close },
+            OutboxRx {
+                frames: Frames { shared },
+                close,
+            },
         )
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues a frame without waiting. A full queue means the client does not keep up: the
     /// socket is closed with 1013 (see the crate docs, "Slow clients").
     pub(crate) fn send(&self, out: Out) {
-        match self.tx.try_send(out) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close(code::TRY_AGAIN_LATER, "outbound queue full") {
+        let full = {
+            let mut queue = self.queue();
+            queue.open.clear();
+            self.push(&mut queue, Item::Frame(out))
+        };
+        self.after_push(full);
+    }
+
+    /// Queues a broadcast frame `out` encoding `message`: a `presence_diff` merges into the
+    /// topic's queued diff when it can (see the module docs).
+    pub(crate) fn send_broadcast(&self, out: Out, message: &Arc<Message>) {
+        let mergeable = message.event() == PRESENCE_DIFF && message.merge_window().is_some();
+        if !mergeable {
+            return self.send(out);
+        }
+        let full = {
+            let mut queue = self.queue();
+            if queue.closed {
+                return;
+            }
+            let topic = message.topic_arc();
+            let first = queue.first;
+            let open = queue
+                .open
+                .iter()
+                .find(|(t, seq)| t == topic && *seq >= first)
+                .map(|(_, seq)| (seq - first) as usize);
+            let merged = open.is_some_and(|i| merge_into(&mut queue.items[i], message, &out));
+            if merged {
+                queue.bytes += out.len();
+                let over = queue.bytes > self.shared.limits.bytes;
+                over.then_some("outbound queue over its byte budget")
+            } else {
+                let seq = queue.first + queue.items.len() as u64;
+                let full = self.push(
+                    &mut queue,
+                    Item::Diff {
+                        message: message.clone(),
+                        bytes: out.len(),
+                        out,
+                        merged: None,
+                    },
+                );
+                queue.open.retain(|(t, _)| t != topic);
+                queue.open.push((topic.clone(), seq));
+                full
+            }
+        };
+        self.after_push(full);
+    }
+
+    /// Appends `item` unless that passes a bound; returns why the socket must close, if so.
+    fn push(&self, queue: &mut Queue, item: Item) -> Option<&'static str> {
+        if queue.closed {
+            return None;
+        }
+        let limits = self.shared.limits;
+        let bytes = item.bytes();
+        if !queue.items.is_empty() {
+            if queue.items.len() >= limits.frames {
+                return Some("outbound queue full");
+            }
+            if queue.bytes + bytes > limits.bytes {
+                return Some("outbound queue over its byte budget");
+            }
+        }
+        queue.bytes += bytes;
+        queue.items.push_back(item);
+        None
+    }
+
+    fn after_push(&self, full: Option<&'static str>) {
+        match full {
+            None => self.shared.ready.notify_one(),
+            Some(reason) => {
+                if self.close(code::TRY_AGAIN_LATER, reason) {
+                    let limits = self.shared.limits;
                     tracing::warn!(
-                        capacity = self.tx.max_capacity(),
-                        "closing a slow websocket client: its outbound queue is full"
+                        frames = limits.frames,
+                        bytes = limits.bytes,
+                        reason,
+                        "closing a slow websocket client"
                     );
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -81,13 +244,180 @@ impl Outbox {
     }
 
     pub(crate) fn request_close(&self, close: Close) -> bool {
-        self.close.send_if_modified(|current| {
+        let won = self.close.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(close);
                 true
             } else {
                 false
             }
-        })
+        });
+        if won {
+            // Nothing more will be written: free what is queued.
+            let mut queue = self.queue();
+            queue.closed = true;
+            queue.items.clear();
+            queue.open.clear();
+            queue.bytes = 0;
+        }
+        won
+    }
+
+    /// Frames and bytes queued (for tests).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let queue = self.queue();
+        (queue.items.len(), queue.bytes)
+    }
+}
+
+/// Merges the diff `message` into `item`, a queued diff of the same topic.
+fn merge_into(item: &mut Item, message: &Message, out: &Out) -> bool {
+    let Item::Diff {
+        message: first,
+        merged,
+        bytes,
+        ..
+    } = item
+    else {
+        return false;
+    };
+    let (Payload::Json(first), Payload::Json(next)) = (first.payload(), message.payload()) else {
+        return false;
+    };
+    let acc = merged.get_or_insert_with(|| first.clone());
+    if merge_diff(acc, next).is_err() {
+        return false;
+    }
+    *bytes += out.len();
+    true
+}
+
+impl Frames {
+    /// The next frame, waiting for one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn recv(&mut self) -> Out {
+        loop {
+            if let Some(out) = self.try_recv() {
+                return out;
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// The next frame, if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Out> {
+        loop {
+            let item = {
+                let mut queue = self
+                    .shared
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let item = queue.items.pop_front()?;
+                queue.first += 1;
+                queue.bytes -= item.bytes().min(queue.bytes);
+                item
+            };
+            // Encoded outside the lock: the hubs keep pushing meanwhile.
+            match item {
+                Item::Frame(out) | Item::Diff { out, merged: None, .. } => return Some(out),
+                Item::Diff {
+                    message,
+                    merged: Some(diff),
+                    ..
+                } => {
+                    let encoded =
+                        self.shared
+                            .vsn
+                            .broadcast(message.topic(), PRESENCE_DIFF, &Payload::Json(diff));
+                    match encoded {
+                        Ok(out) => return Some(out),
+                        Err(error) => tracing::warn!(topic = message.topic(), %error,
+                            "merged presence diff cannot be encoded; not sent"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn diff(join: &str, r: &str) -> Arc<Message> {
+        let payload = json!({"joins": {join: {"metas": [{"phx_ref": r}]}}, "leaves": {}});
+        Arc::new(
+            Message::json("t", PRESENCE_DIFF, payload).with_merge_window(Duration::from_millis(1)),
+        )
+    }
+
+    fn encode(message: &Message) -> Out {
+        Vsn::V2
+            .broadcast(message.topic(), message.event(), message.payload())
+            .unwrap()
+    }
+
+    fn text(out: Out) -> Value {
+        serde_json::from_str(&out.into_text().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn queued_diffs_of_a_topic_merge_until_another_frame_comes() {
+        let limits = Limits {
+            frames: 4,
+            bytes: 1 << 20,
+        };
+        let (outbox, mut rx) = Outbox::new(limits, Vsn::V2);
+        for i in 0..10 {
+            let m = diff(&format!("u{i}"), &format!("r{i}"));
+            outbox.send_broadcast(encode(&m), &m);
+        }
+        assert_eq!(outbox.queued().0, 1, "ten diffs, one slot");
+        outbox.send(Out::Text(Arc::from("x")));
+        let m = diff("late", "rl");
+        outbox.send_broadcast(encode(&m), &m);
+        assert_eq!(outbox.queued().0, 3, "no merge past another frame");
+        let first = text(rx.frames.try_recv().unwrap());
+        assert_eq!(first[3], "presence_diff");
+        assert_eq!(first[4]["joins"].as_object().unwrap().len(), 10);
+        assert_eq!(rx.frames.try_recv(), Some(Out::Text(Arc::from("x"))));
+        assert_eq!(text(rx.frames.try_recv().unwrap())[4]["joins"]["late"]["metas"][0]["phx_ref"], "rl");
+        assert!(rx.frames.try_recv().is_none());
+        assert_eq!(outbox.queued(), (0, 0));
+        assert!(rx.close.borrow().is_none());
+    }
+
+    #[test]
+    fn the_byte_budget_closes_with_1013_but_one_big_frame_fits_an_empty_queue() {
+        let limits = Limits {
+            frames: 100,
+            bytes: 100,
+        };
+        let (outbox, mut rx) = Outbox::new(limits, Vsn::V2);
+        outbox.send(Out::Text(Arc::from("y".repeat(500))));
+        assert!(rx.close.borrow().is_none(), "one frame over the budget still goes out");
+        assert!(rx.frames.try_recv().is_some());
+        for _ in 0..5 {
+            outbox.send(Out::Text(Arc::from("z".repeat(30))));
+        }
+        let close = rx.close.borrow().expect("closed");
+        assert_eq!(close.code, code::TRY_AGAIN_LATER);
+        assert_eq!(outbox.queued(), (0, 0), "a closing socket's queue is freed");
+        // Merged diffs count too.
+        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        for i in 0..10 {
+            let m = diff(&format!("u{i}"), &format!("r{i}"));
+            outbox.send_broadcast(encode(&m), &m);
+        }
+        assert_eq!(rx.close.borrow().map(|c| c.code), Some(code::TRY_AGAIN_LATER));
     }
 }

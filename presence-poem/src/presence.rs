@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use poem::{Endpoint, Middleware, Request};
 use presence_core::presence::{
@@ -13,6 +14,7 @@ use presence_core::{Owner, Registry};
 
 use crate::ChannelContext;
 use crate::context::{AfterJoin, Deferred};
+use crate::hub::{Counter, PRESENCE_COUNT, count_payload};
 
 /// A poem middleware that makes the application's [`Registry`] (its running pub/subs and
 /// presences) available to the app: every request carries it as data, so
@@ -168,13 +170,84 @@ impl ChannelContext {
         Ok(())
     }
 
-    async fn push_state_of<P: Presence>(&mut self, handle: &PresenceHandle<P>) {
-        let state = handle.list(self.topic()).await;
-        match serde_json::to_value(&state) {
-            Ok(payload) => self.push(PRESENCE_STATE, payload),
-            Err(error) => tracing::error!(presence = P::NAME, topic = self.topic(), %error,
-                "presence state does not serialize; not pushed"),
+    /// Like [`push_presence_state`](Self::push_presence_state), for rooms that may be too
+    /// big to list to every client: when the topic has more than `above` keys at the time of
+    /// the join, this channel gets counts instead of lists.
+    ///
+    /// A count-only channel receives the event `presence_count` with `{"keys": k, "metas": m}`
+    /// (distinct keys and presences, cluster-wide) right after its join reply, then once more
+    /// after each `presence_diff` of the topic, in place of the diff; diffs merge within the
+    /// presence's diff window, so counts go out at most once per window. A channel below the
+    /// threshold gets the state and the diffs as with `push_presence_state`, for as long as it
+    /// stays joined (the mode is chosen at the join; a rejoin chooses again).
+    ///
+    /// Use it for audiences (live streams, webinars, big lobbies) whose clients show "12,345
+    /// watching" but never the list: a client of a room of N members that lists costs the
+    /// server O(N) per join and O(changes) per diff to every member; one that counts costs
+    /// O(1). phoenix.js's `Presence` does not know `presence_count`: listen to it with
+    /// `channel.on("presence_count", ...)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`push_presence_state`](Self::push_presence_state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use presence_core::presence::Presence;
+    /// # use presence_poem::{Channel, ChannelContext, Join};
+    /// # use presence_core::registry::{Registry, RegistryError};
+    /// # use presence_core::PubSub;
+    /// # presence_core::pubsub_server!(AppPubSub);
+    /// # struct Audience;
+    /// # impl Presence for Audience {
+    /// #     type Meta = serde_json::Value; type Extra = (); type State = ();
+    /// #     const NAME: &'static str = "Audience";
+    /// #     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> { registry.pubsub(&AppPubSub) }
+    /// #     fn init(&self) {}
+    /// # }
+    /// struct Stream;
+    ///
+    /// impl Channel for Stream {
+    ///     async fn join(&mut self, _: &str, _: serde_json::Value, ctx: &mut ChannelContext) -> Join {
+    ///         // Lists up to 500 viewers; counts beyond.
+    ///         match ctx.push_presence_count::<Audience>(500).await {
+    ///             Ok(()) => Join::ok(),
+    ///             Err(e) => Join::error(serde_json::json!({"reason": e.to_string()})),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub async fn push_presence_count<P: Presence>(
+        &mut self,
+        above: usize,
+    ) -> Result<(), PresenceError> {
+        let handle = PresenceHandle::<P>::from_registry(self.registry())?;
+        match &mut self.deferred {
+            Some(deferred) => deferred.push(Deferred::Run(after_join_count(handle, above))),
+            None => self.push_count_or_state(&handle, above).await,
         }
+        Ok(())
+    }
+
+    async fn push_count_or_state<P: Presence>(&mut self, handle: &PresenceHandle<P>, above: usize) {
+        let count = handle.count(self.topic());
+        if count.keys <= above {
+            return self.push_state_of(handle).await;
+        }
+        let counter: Counter = {
+            let (handle, topic) = (handle.clone(), self.topic_arc());
+            Arc::new(move || handle.count(&topic))
+        };
+        self.counts_only(counter);
+        self.push(PRESENCE_COUNT, count_payload(count));
+    }
+
+    /// Pushes the topic's state, listed once for every joiner of the same batch (see
+    /// [`PresenceHandle::state_json`]) and shared by their frames until written.
+    async fn push_state_of<P: Presence>(&mut self, handle: &PresenceHandle<P>) {
+        let state = handle.state_json(self.topic()).await;
+        self.push_shared_json(PRESENCE_STATE, &state);
     }
 }
 
@@ -182,6 +255,14 @@ fn after_join_state<P: Presence>(handle: PresenceHandle<P>) -> AfterJoin {
     Box::new(
         move |ctx: &mut ChannelContext| -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
             Box::pin(async move { ctx.push_state_of(&handle).await })
+        },
+    )
+}
+
+fn after_join_count<P: Presence>(handle: PresenceHandle<P>, above: usize) -> AfterJoin {
+    Box::new(
+        move |ctx: &mut ChannelContext| -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async move { ctx.push_count_or_state(&handle, above).await })
         },
     )
 }

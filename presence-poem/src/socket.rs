@@ -21,6 +21,7 @@ use crate::Channel;
 use crate::connection;
 use crate::context::{self, Start};
 use crate::hub::Hubs;
+use crate::outbox::Limits;
 use crate::protocol::Vsn;
 
 /// The connect hook's input: what Phoenix's `connect/3` sees.
@@ -127,7 +128,7 @@ impl Route {
 pub(crate) struct Config {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_channels: usize,
-    pub(crate) outbound_capacity: usize,
+    pub(crate) outbound: Limits,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) join_timeout: Duration,
     pub(crate) websocket: WebSocketConfig,
@@ -253,6 +254,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CHANNELS: usize = 100;
 /// Default capacity, in frames, of a socket's outbound queue.
 pub const DEFAULT_OUTBOUND_CAPACITY: usize = 256;
+/// The default byte budget of a socket's outbound queue.
+pub const DEFAULT_OUTBOUND_BUDGET: usize = 8 << 20;
 /// Default time a channel's `join` may take before the join is answered `join timeout`.
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default limit on an incoming message (and frame) size, in bytes.
@@ -306,7 +309,10 @@ impl PhoenixSocket {
             config: Config {
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 max_channels: DEFAULT_MAX_CHANNELS,
-                outbound_capacity: DEFAULT_OUTBOUND_CAPACITY,
+                outbound: Limits {
+                    frames: DEFAULT_OUTBOUND_CAPACITY,
+                    bytes: DEFAULT_OUTBOUND_BUDGET,
+                },
                 shutdown_timeout: Duration::from_secs(5),
                 join_timeout: DEFAULT_JOIN_TIMEOUT,
                 websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
@@ -401,9 +407,18 @@ impl PhoenixSocketBuilder {
     }
 
     /// Sets the capacity, in frames, of each socket's outbound queue (default 256). A socket
-    /// whose queue is full is closed with code 1013; see the crate docs.
+    /// whose queue is full is closed with code 1013; see the crate docs, "Slow clients".
     pub fn outbound_capacity(mut self, capacity: usize) -> Self {
-        self.config.outbound_capacity = capacity.max(1);
+        self.config.outbound.frames = capacity.max(1);
+        self
+    }
+
+    /// Sets the byte budget of each socket's outbound queue (default 8 MiB): the encoded
+    /// frames waiting to be written. A socket that would pass it is closed with code 1013,
+    /// except that one frame of any size fits an empty queue; see the crate docs, "Slow
+    /// clients".
+    pub fn outbound_budget(mut self, bytes: usize) -> Self {
+        self.config.outbound.bytes = bytes.max(1);
         self
     }
 

@@ -70,7 +70,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
@@ -709,7 +708,7 @@ impl<P: Presence> PresenceHandle<P> {
     }
 
     /// The `presence_state` payload of `topic` (its [`list`](Self::list), fetched), as JSON
-    /// shared by the callers of one batch.
+    /// text shared by the callers of one batch.
     ///
     /// Meant for a socket that is already subscribed to the topic's diffs: the listing always
     /// starts after the call, so no diff falls between it and the subscription. The first call
@@ -720,7 +719,7 @@ impl<P: Presence> PresenceHandle<P> {
     /// # Cancel safety
     ///
     /// Cancel safe: a cancelled call that was to list hands the listing over to the others.
-    pub async fn state_json(&self, topic: &str) -> Arc<RawValue> {
+    pub async fn state_json(&self, topic: &str) -> Arc<str> {
         self.shared
             .states
             .get(topic, || async {
@@ -730,9 +729,7 @@ impl<P: Presence> PresenceHandle<P> {
                         "presence state does not serialize; sending an empty state");
                     "{}".to_owned()
                 });
-                RawValue::from_string(json)
-                    .map(Arc::from)
-                    .unwrap_or_else(|_| empty_state())
+                Arc::from(json)
             })
             .await
     }
@@ -803,10 +800,6 @@ async fn fetch_diff<P: Presence>(
         entry.extra = fetched.get(key).and_then(|f| f.extra.clone());
     }
     Ok(diff)
-}
-
-fn empty_state() -> Arc<RawValue> {
-    Arc::from(RawValue::from_string("{}".to_owned()).expect("{} is JSON"))
 }
 
 /// Runs `fut`, turning a panic inside it into `Err(())`.

@@ -63,6 +63,43 @@ pub(crate) enum Out {
     Text(Arc<str>),
     /// A binary frame.
     Binary(Bytes),
+    /// A text frame whose large middle is shared with other sockets' frames (a
+    /// `presence_state` listed once for many joiners): it is joined only when written.
+    Spliced(Box<Spliced>),
+}
+
+/// The parts of [`Out::Spliced`]: `head`, `body` and `tail`, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Spliced {
+    head: Box<str>,
+    body: Arc<str>,
+    tail: Box<str>,
+}
+
+impl Out {
+    /// The frame's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Out::Text(text) => text.len(),
+            Out::Binary(bytes) => bytes.len(),
+            Out::Spliced(s) => s.head.len() + s.body.len() + s.tail.len(),
+        }
+    }
+
+    /// The frame's text, if it is a text frame.
+    pub(crate) fn into_text(self) -> Result<String, Bytes> {
+        match self {
+            Out::Text(text) => Ok(text.to_string()),
+            Out::Binary(bytes) => Err(bytes),
+            Out::Spliced(s) => {
+                let mut text = String::with_capacity(s.head.len() + s.body.len() + s.tail.len());
+                text.push_str(&s.head);
+                text.push_str(&s.body);
+                text.push_str(&s.tail);
+                Ok(text)
+            }
+        }
+    }
 }
 
 /// A message received from a client.
@@ -144,6 +181,37 @@ impl Vsn {
         }
     }
 
+    /// Encodes a server push (`join_ref`, no ref) whose payload is the JSON text `body`,
+    /// shared with other frames rather than copied.
+    pub(crate) fn push_json(
+        self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        body: &Arc<str>,
+    ) -> Out {
+        // Serializing strings cannot fail.
+        let json = |v: &str| serde_json::to_string(v).unwrap_or_default();
+        let (head, tail) = match self {
+            Vsn::V1 => (
+                format!("{{\"event\":{},\"payload\":", json(event)),
+                format!(",\"ref\":null,\"topic\":{}}}", json(topic)),
+            ),
+            Vsn::V2 => {
+                let join_ref = join_ref.map_or_else(|| "null".to_owned(), json);
+                (
+                    format!("[{join_ref},null,{},{},", json(topic), json(event)),
+                    "]".to_owned(),
+                )
+            }
+        };
+        Out::Spliced(Box::new(Spliced {
+            head: head.into(),
+            body: body.clone(),
+            tail: tail.into(),
+        }))
+    }
+
     /// Encodes a fastlane broadcast (no join_ref, no ref).
     pub(crate) fn broadcast(
         self,
@@ -176,6 +244,21 @@ fn json_of(payload: &Payload) -> Result<&Value, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_pushes_encode_like_pushes() {
+        let body: Arc<str> = Arc::from(r#"{"alice":{"metas":[{"phx_ref":"r"}]}}"#);
+        let value: Value = serde_json::from_str(&body).unwrap();
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let spliced = vsn.push_json(Some("3"), "room:\"1\"", "presence_state", &body);
+            let plain = vsn
+                .message(Some("3"), None, "room:\"1\"", "presence_state", &Payload::Json(value.clone()))
+                .unwrap();
+            assert_eq!(spliced.len(), plain.len());
+            let as_value = |out: Out| -> Value { serde_json::from_str(&out.into_text().unwrap()).unwrap() };
+            assert_eq!(as_value(spliced), as_value(plain));
+        }
+    }
 
     #[test]
     fn vsn_negotiation() {

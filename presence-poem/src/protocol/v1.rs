@@ -78,7 +78,7 @@ mod tests {
     fn parse(out: Out) -> Value {
         match out {
             Out::Text(t) => serde_json::from_str(&t).unwrap(),
-            Out::Binary(_) => panic!("expected text"),
+            Out::Binary(_) | Out::Spliced(_) => panic!("expected text"),
         }
     }
 

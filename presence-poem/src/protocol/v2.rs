@@ -175,14 +175,14 @@ mod tests {
     fn as_text(out: Out) -> String {
         match out {
             Out::Text(t) => t.to_string(),
-            Out::Binary(_) => panic!("expected text"),
+            Out::Binary(_) | Out::Spliced(_) => panic!("expected text"),
         }
     }
 
     fn as_binary(out: Out) -> Vec<u8> {
         match out {
             Out::Binary(b) => b.to_vec(),
-            Out::Text(_) => panic!("expected binary"),
+            Out::Text(_) | Out::Spliced(_) => panic!("expected binary"),
         }
     }
 
