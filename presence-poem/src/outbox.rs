@@ -156,7 +156,9 @@ impl Outbox {
     /// Queues a broadcast frame `out` encoding `message`: a `presence_diff` merges into the
     /// topic's queued diff when it can (see the module docs).
     pub(crate) fn send_broadcast(&self, out: Out, message: &Arc<Message>) {
-        let mergeable = message.event() == PRESENCE_DIFF && message.merge_window().is_some();
+        // Whatever the presence's window: merging here only ever spares a slow client.
+        let mergeable =
+            message.event() == PRESENCE_DIFF && matches!(message.payload(), Payload::Json(_));
         if !mergeable {
             return self.send(out);
         }
@@ -347,17 +349,13 @@ impl Frames {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::json;
 
     use super::*;
 
     fn diff(join: &str, r: &str) -> Arc<Message> {
         let payload = json!({"joins": {join: {"metas": [{"phx_ref": r}]}}, "leaves": {}});
-        Arc::new(
-            Message::json("t", PRESENCE_DIFF, payload).with_merge_window(Duration::from_millis(1)),
-        )
+        Arc::new(Message::json("t", PRESENCE_DIFF, payload))
     }
 
     fn encode(message: &Message) -> Out {

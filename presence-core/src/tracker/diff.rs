@@ -30,7 +30,7 @@ pub struct TopicDiff {
 }
 
 /// What a diff did to one key of a topic, on live nodes, cluster-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyChange {
     /// The key had no presence and now has some: its first device joined.
     Online,
