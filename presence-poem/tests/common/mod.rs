@@ -34,7 +34,7 @@ pub const EVENTS: &str = "test:events";
 pub struct TestServer {
     pub addr: SocketAddr,
     pub pubsub: PubSub,
-    task: JoinHandle<()>,
+    pub task: JoinHandle<()>,
 }
 
 impl Drop for TestServer {

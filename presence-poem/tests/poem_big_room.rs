@@ -1,0 +1,432 @@
+//! Big rooms over loopback websockets: presence diffs merged within the presence's window and
+//! kept in order with other broadcasts, slow readers served with merged diffs instead of being
+//! closed, a client that stops reading closed at its byte budget without touching its
+//! neighbour, and count-only channels.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::{EndpointExt, Route, Server};
+use presence_core::presence::{PresenceHandle, PresenceOptions};
+use presence_core::pubsub::Message;
+use presence_core::registry::Registry;
+use presence_core::{Owner, PubSub};
+use presence_poem::{Channel, ChannelContext, Join, PhoenixSocket, PresenceMiddleware};
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::{MaybeTlsStream, client_async};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+presence_core::pubsub_server!(AppPubSub);
+
+#[presence_core::presence(pubsub = AppPubSub, meta = Value, name = "BigPresence")]
+struct BigPresence;
+
+const TOPIC: &str = "room:big";
+
+/// Joins without tracking; pushes the state, or counts above `params.counts_above`.
+struct Watcher;
+
+impl Channel for Watcher {
+    async fn join(&mut self, _topic: &str, params: Value, ctx: &mut ChannelContext) -> Join {
+        let pushed = match params["counts_above"].as_u64() {
+            Some(above) => {
+                if let Some(user) = params["user"].as_str() {
+                    let _ = BigPresence::track(ctx, user, &json!({}));
+                }
+                ctx.push_presence_count::<BigPresence>(above as usize).await
+            }
+            None => ctx.push_presence_state::<BigPresence>().await,
+        };
+        match pushed {
+            Ok(()) => Join::ok(),
+            Err(e) => Join::error(json!({"reason": e.to_string()})),
+        }
+    }
+}
+
+struct Room {
+    server: TestServer,
+    presence: PresenceHandle<BigPresence>,
+    _registry: Registry,
+}
+
+/// A server whose presence merges diffs within `window`, with outbound queues of `frames` and
+/// `bytes`. With `small_buffers`, accepted sockets have small kernel send buffers, so that a
+/// client that does not read fills the server's queue quickly.
+async fn room(window: Duration, frames: usize, bytes: usize, small_buffers: bool) -> Room {
+    let pubsub = PubSub::new("big");
+    let registry = Registry::new();
+    registry.insert_pubsub(&AppPubSub, pubsub.clone());
+    let presence = PresenceHandle::start(
+        BigPresence,
+        pubsub.clone(),
+        &PresenceOptions::new().diff_window(window),
+    )
+    .expect("presence starts");
+    registry.insert(presence.clone());
+    let socket = PhoenixSocket::builder(pubsub.clone())
+        .channel("room:*", || Watcher)
+        .outbound_capacity(frames)
+        .outbound_budget(bytes)
+        .build();
+    let app = Route::new()
+        .at("/socket/websocket", socket)
+        .with(PresenceMiddleware::new(registry.clone()));
+    let listener = TcpSocket::new_v4().expect("socket");
+    if small_buffers {
+        // Inherited by accepted sockets.
+        listener.set_send_buffer_size(4096).expect("SO_SNDBUF");
+    }
+    listener
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let acceptor = TcpAcceptor::from_tokio(listener.listen(1024).expect("listen")).expect("acceptor");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    let task = tokio::spawn(async move {
+        let _ = Server::new_with_acceptor(acceptor).run(app).await;
+    });
+    Room {
+        server: TestServer { addr, pubsub, task },
+        presence,
+        _registry: registry,
+    }
+}
+
+/// A client with a small receive buffer (so that not reading backs up into the server).
+async fn small_client(addr: SocketAddr) -> Client {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream: TcpStream = socket.connect(addr).await.expect("connect");
+    let (ws, _) = client_async(url(addr, "vsn=2.0.0"), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("handshake");
+    Client { ws, v2: true }
+}
+
+/// What a phoenix.js client shows: key to the refs of its metas (diffs before the state wait
+/// for it; joins, then leaves).
+#[derive(Default)]
+struct View {
+    synced: bool,
+    pending: Vec<Value>,
+    keys: BTreeMap<String, BTreeSet<String>>,
+    diffs: usize,
+}
+
+impl View {
+    fn refs(entry: &Value) -> BTreeSet<String> {
+        entry["metas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["phx_ref"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    fn apply(&mut self, frame: &Frame) {
+        match frame.event.as_str() {
+            "presence_state" => {
+                self.keys = frame
+                    .payload
+                    .as_object()
+                    .expect("a state object")
+                    .iter()
+                    .map(|(k, e)| (k.clone(), Self::refs(e)))
+                    .collect();
+                self.synced = true;
+                for diff in std::mem::take(&mut self.pending) {
+                    self.sync_diff(&diff);
+                }
+            }
+            "presence_diff" => {
+                self.diffs += 1;
+                if self.synced {
+                    self.sync_diff(&frame.payload);
+                } else {
+                    self.pending.push(frame.payload.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sync_diff(&mut self, diff: &Value) {
+        for (key, entry) in diff["joins"].as_object().expect("joins") {
+            self.keys
+                .entry(key.clone())
+                .or_default()
+                .extend(Self::refs(entry));
+        }
+        for (key, entry) in diff["leaves"].as_object().expect("leaves") {
+            if let Some(refs) = self.keys.get_mut(key) {
+                for r in Self::refs(entry) {
+                    refs.remove(&r);
+                }
+                if refs.is_empty() {
+                    self.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    fn key_set(&self) -> BTreeSet<String> {
+        self.keys.keys().cloned().collect()
+    }
+}
+
+/// Connects and joins `TOPIC` without tracking; returns the client and its view after the
+/// join reply.
+async fn watcher(client: Client) -> (Client, View) {
+    let mut client = client;
+    client.join_ok(TOPIC, "1").await;
+    (client, View::default())
+}
+
+fn users(range: std::ops::Range<usize>) -> BTreeSet<String> {
+    range.map(|i| format!("u{i}")).collect()
+}
+
+#[tokio::test]
+async fn diffs_merge_within_the_window_and_keep_their_order_with_other_broadcasts() {
+    let room = room(Duration::from_secs(2), 256, 8 << 20, false).await;
+    let (mut client, mut view) = watcher(Client::v2(room.server.addr).await).await;
+    let state = client.recv().await;
+    view.apply(&state);
+    assert_eq!(state.event, "presence_state");
+
+    let owners: Vec<Owner> = (0..51).map(|_| Owner::new()).collect();
+    // The first diff after a quiet period goes out at once.
+    room.presence
+        .track(&owners[0], TOPIC, "u0", &json!({}))
+        .unwrap();
+    let first = client.recv().await;
+    assert_eq!(first.event, "presence_diff");
+    view.apply(&first);
+    // The next 49 come within the window: held and merged...
+    for (i, owner) in owners.iter().enumerate().take(50).skip(1) {
+        room.presence
+            .track(owner, TOPIC, &format!("u{i}"), &json!({}))
+            .unwrap();
+    }
+    room.presence.settled().await;
+    // ...until another broadcast on the topic, which goes out after them.
+    room.server
+        .pubsub
+        .broadcast(Message::json(TOPIC, "new_msg", json!({"body": "hi"})))
+        .unwrap();
+    let merged = client.recv().await;
+    assert_eq!(merged.event, "presence_diff", "{merged:?}");
+    assert_eq!(merged.payload["joins"].as_object().unwrap().len(), 49);
+    view.apply(&merged);
+    assert_eq!(client.recv().await.event, "new_msg");
+    assert_eq!(view.key_set(), users(0..50));
+    // A diff held with nothing behind it goes out when the window ends.
+    room.presence
+        .track(&owners[50], TOPIC, "u50", &json!({}))
+        .unwrap();
+    let late = tokio::time::timeout(Duration::from_secs(10), client.recv())
+        .await
+        .expect("the held diff is flushed by the window");
+    view.apply(&late);
+    assert_eq!(view.key_set(), users(0..51));
+    assert_eq!(view.diffs, 3, "51 joins, 3 diffs");
+}
+
+#[tokio::test]
+async fn joiners_of_one_window_share_a_listing_and_each_sees_its_own_join() {
+    let room = room(Duration::from_millis(300), 256, 8 << 20, false).await;
+    let owners: Vec<Owner> = (0..20).map(|_| Owner::new()).collect();
+    for (i, owner) in owners.iter().enumerate() {
+        room.presence
+            .track(owner, TOPIC, &format!("u{i}"), &json!({}))
+            .unwrap();
+    }
+    // 30 sockets join at once, each tracking itself.
+    let mut joins = Vec::new();
+    for i in 0..30 {
+        let addr = room.server.addr;
+        joins.push(tokio::spawn(async move {
+            let mut client = Client::v2(addr).await;
+            let reply = client
+                .join(TOPIC, "1", json!({"user": format!("j{i}"), "counts_above": 1_000_000}))
+                .await;
+            assert_eq!(reply.payload["status"], "ok");
+            let mut view = View::default();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !(view.synced && view.keys.contains_key(&format!("j{i}"))) {
+                let frame = tokio::time::timeout_at(deadline, client.recv())
+                    .await
+                    .expect("state and own join in time");
+                view.apply(&frame);
+            }
+            (client, view)
+        }));
+    }
+    let mut clients = Vec::new();
+    for join in joins {
+        clients.push(join.await.expect("a joiner"));
+    }
+    // Everyone converges on the same 50 keys.
+    let expected: BTreeSet<String> = users(0..20)
+        .into_iter()
+        .chain((0..30).map(|i| format!("j{i}")))
+        .collect();
+    for (client, view) in &mut clients {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while view.key_set() != expected {
+            let frame = tokio::time::timeout_at(deadline, client.recv())
+                .await
+                .expect("converges");
+            view.apply(&frame);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_merged_diffs_and_is_never_closed() {
+    // No merging at the hub: every change is its own diff, far more than the 64-frame queue.
+    let room = room(Duration::ZERO, 64, 8 << 20, true).await;
+    let (mut slow, mut view) = watcher(small_client(room.server.addr).await).await;
+    let pad = "x".repeat(1024);
+    let mut owners = Vec::new();
+    for i in 0..3000 {
+        let owner = Owner::new();
+        room.presence
+            .track(&owner, TOPIC, &format!("u{i}"), &json!({ "pad": pad }))
+            .unwrap();
+        owners.push(owner);
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Half of them leave again.
+    owners.truncate(1500);
+    room.presence.settled().await;
+    // Read one frame per 10 ms until the view has converged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut frames = 0;
+    while !(view.synced && view.key_set() == users(0..1500)) {
+        let message = tokio::time::timeout_at(deadline, slow.ws.next())
+            .await
+            .expect("converges within 60 s");
+        match message {
+            Some(Ok(WsMessage::Text(text))) => {
+                let value: Value = serde_json::from_str(&text).expect("JSON");
+                let frame = Frame {
+                    join_ref: value[0].clone(),
+                    reference: value[1].clone(),
+                    topic: value[2].as_str().unwrap_or_default().to_owned(),
+                    event: value[3].as_str().unwrap_or_default().to_owned(),
+                    payload: value[4].clone(),
+                };
+                view.apply(&frame);
+            }
+            other => panic!("the slow reader was closed or failed: {other:?}"),
+        }
+        frames += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        frames < 2000,
+        "the 4500 changes came merged into fewer frames ({frames})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_at_its_budget_and_its_neighbour_is_untouched() {
+    let room = room(Duration::ZERO, 100_000, 512 << 10, true).await;
+    let (mut stuck, _) = watcher(small_client(room.server.addr).await).await;
+    let (mut neighbour, mut view) = watcher(Client::v2(room.server.addr).await).await;
+    let reader = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !(view.synced && view.key_set() == users(0..2000)) {
+            let frame = tokio::time::timeout_at(deadline, neighbour.recv())
+                .await
+                .expect("the neighbour converges");
+            view.apply(&frame);
+        }
+        neighbour
+    });
+    let pad = "x".repeat(1024);
+    let mut owners = Vec::new();
+    for i in 0..2000 {
+        let owner = Owner::new();
+        room.presence
+            .track(&owner, TOPIC, &format!("u{i}"), &json!({ "pad": pad }))
+            .unwrap();
+        owners.push(owner);
+        // Paced (4 joins of 1 KB a millisecond), so that a reading client keeps up.
+        if i % 4 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let mut neighbour = reader.await.expect("the neighbour's reader");
+    // The neighbour is still connected: a heartbeat is answered.
+    assert_eq!(neighbour.heartbeat("9").await.event, "phx_reply");
+    // The stuck client, reading at last, finds the server closed it with 1013.
+    let close = tokio::time::timeout(Duration::from_secs(30), stuck.closed())
+        .await
+        .expect("closed in time");
+    assert_eq!(close_code(close), 1013);
+}
+
+#[tokio::test]
+async fn count_only_channels_get_counts_instead_of_lists_above_their_threshold() {
+    let room = room(Duration::from_millis(20), 256, 8 << 20, false).await;
+    let join = |user: &str, above: u64| json!({"user": user, "counts_above": above});
+    // Below the threshold: a list, then diffs.
+    let mut lister = Client::v2(room.server.addr).await;
+    assert_eq!(lister.join(TOPIC, "1", join("a", 2)).await.payload["status"], "ok");
+    let mut lister_view = View::default();
+    lister_view.apply(&lister.recv().await);
+    assert!(lister_view.synced, "a presence_state first");
+    let mut b = Client::v2(room.server.addr).await;
+    assert_eq!(b.join(TOPIC, "1", join("b", 2)).await.payload["status"], "ok");
+    // Above it (a, b and c make 3 > 2): counts.
+    let mut counter = Client::v2(room.server.addr).await;
+    assert_eq!(counter.join(TOPIC, "1", join("c", 2)).await.payload["status"], "ok");
+    let first = counter.recv().await;
+    assert_eq!(first.event, "presence_count", "{first:?}");
+    assert_eq!(first.payload, json!({"keys": 3, "metas": 3}));
+    let mut d = Client::v2(room.server.addr).await;
+    assert_eq!(d.join(TOPIC, "1", join("d", 2)).await.payload["status"], "ok");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, counter.recv())
+            .await
+            .expect("a count with d");
+        assert_ne!(frame.event, "presence_diff", "count-only channels get no diffs");
+        if frame.event == "presence_count" && frame.payload["keys"] == 4 {
+            break;
+        }
+    }
+    drop(d);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, counter.recv())
+            .await
+            .expect("a count without d");
+        assert_ne!(frame.event, "presence_diff");
+        if frame.event == "presence_count" && frame.payload["keys"] == 3 {
+            break;
+        }
+    }
+    // The lister saw everyone by diffs.
+    while lister_view.key_set() != ["a", "b", "c"].map(str::to_owned).into() {
+        let frame = tokio::time::timeout_at(deadline, lister.recv())
+            .await
+            .expect("the lister converges");
+        assert_ne!(frame.event, "presence_count");
+        lister_view.apply(&frame);
+    }
+    drop(b);
+}
