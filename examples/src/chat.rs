@@ -7,14 +7,16 @@
 //!   <status or "online">}` and pushes `presence_state`;
 //! - `"status"` with `{"status": <string>}` updates the meta and replies ok;
 //! - `"new_msg"` with `{"body": <string>}` broadcasts `"new_msg"` `{"user", "body"}` and replies ok;
-//! - one info line per connect, join and leave.
+//! - one info line per connect, join and leave, and one per user coming online or going
+//!   offline in a room (`alice is online in room:lobby`), whatever their devices and nodes.
 //!
 //! # Running it
 //!
 //! [`run`] reads nothing itself: [`ChatConfig::from_env`] reads `HOST`, `PORT`,
 //! `PRESENCE_NODE`, `PRESENCE_REDIS_URL`, `PRESENCE_PUBSUB_NAME` and the tracker settings
-//! `PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`, `PRESENCE_PERMDOWN_PERIOD_MS`
-//! and `PRESENCE_MAX_SILENT_PERIODS`.
+//! `PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`, `PRESENCE_PERMDOWN_PERIOD_MS`,
+//! `PRESENCE_MAX_SILENT_PERIODS` and `PRESENCE_DIFF_WINDOW_MS` (how long presence diffs of a
+//! busy room may be held and merged; 0 turns merging off).
 //! Once it listens, [`run`] prints one machine-readable line on stdout,
 //! `LISTENING <ip>:<port>` (useful with `PORT=0`); logs go to stderr.
 //!
@@ -48,7 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::Html;
 use poem::{EndpointExt, Route, Server, get, handler};
-use presence_core::presence::PresenceOptions;
+use presence_core::presence::{KeyChange, PresenceOptions};
 use presence_core::pubsub::{
     Adapter, BroadcastError, Inbound, Payload, RedisAdapter, RedisOptions,
 };
@@ -357,6 +359,20 @@ impl Channel for RoomChannel {
     }
 }
 
+/// Logs users coming online and going offline in each room: once per user, not once per
+/// device or tab, cluster-wide (key-level events of the presence).
+async fn log_online_users(registry: Registry) -> Result<(), BoxError> {
+    let mut events = RoomPresence::handle(&registry)?.all_key_events();
+    while let Some(event) = events.recv().await {
+        match event.change {
+            KeyChange::Online => tracing::info!("{} is online in {}", event.key, event.topic),
+            KeyChange::Offline => tracing::info!("{} went offline in {}", event.key, event.topic),
+            KeyChange::Updated => {}
+        }
+    }
+    Ok(())
+}
+
 /// The Redis adapter, counting what it was given to send so that a shutdown can wait until
 /// Redis has published it (the graceful permdown above all).
 #[derive(Debug, Clone)]
@@ -515,6 +531,7 @@ impl ChatServer {
         let app = Supervisor::new()
             .child(pubsub)
             .child(RoomPresence.child_spec(config.presence.clone()))
+            .child(TaskSpec::new("online-log", log_online_users))
             .child(endpoint)
             .start()
             .await?;

@@ -92,3 +92,10 @@ pub async fn get_by_key<P: Presence>(
         .get_by_key(topic, key)
         .await)
 }
+
+pub fn count<P: Presence>(
+    registry: &Registry,
+    topic: &str,
+) -> Result<crate::tracker::PresenceCount, PresenceError> {
+    Ok(PresenceHandle::<P>::from_registry(registry)?.count(topic))
+}

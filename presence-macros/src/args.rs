@@ -21,7 +21,7 @@ mod kw {
 }
 
 /// The tracker options, each a `PresenceOptions` builder method of the same name.
-pub(crate) const TRACKER_OPTIONS: [&str; 7] = [
+pub(crate) const TRACKER_OPTIONS: [&str; 8] = [
     "pool_size",
     "broadcast_period",
     "max_silent_periods",
@@ -29,6 +29,7 @@ pub(crate) const TRACKER_OPTIONS: [&str; 7] = [
     "permdown_period",
     "clock_sample_periods",
     "max_delta_sizes",
+    "diff_window",
 ];
 
 /// Every valid argument, for the "unknown argument" message.

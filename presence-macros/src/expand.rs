@@ -300,6 +300,19 @@ fn helpers(input: &Input) -> TokenStream {
                 ::presence_core::__private::update_owner::<Self>(registry, owner, topic, key, meta)
             }
 
+            /// How many keys and presences `topic` has, cluster-wide, without listing it
+            /// (O(1) while no peer is down).
+            ///
+            /// # Errors
+            ///
+            #[doc = #not_running]
+            #vis fn count(
+                registry: &#registry,
+                topic: &#str_ty,
+            ) -> #result<::presence_core::tracker::PresenceCount, #error> {
+                ::presence_core::__private::count::<Self>(registry, topic)
+            }
+
             /// The presences of `topic` on this node, grouped by key and fetched.
             ///
             /// # Errors

@@ -36,7 +36,9 @@ use proc_macro::TokenStream;
 ///   `presence_core::presence::HandleMetas`, which sees every diff after it is broadcast.
 /// - Tracker options, each an expression: `pool_size`, `broadcast_period`,
 ///   `max_silent_periods`, `down_period`, `permdown_period`, `clock_sample_periods`,
-///   `max_delta_sizes`. The options given to `child_spec` are merged over them.
+///   `max_delta_sizes`, and the presence's `diff_window` (a `Duration`: how long a busy
+///   topic's diffs may be held and merged). The options given to `child_spec` are merged over
+///   them.
 ///
 /// # What it generates
 ///
@@ -45,8 +47,8 @@ use proc_macro::TokenStream;
 /// - `impl presence_core::presence::Presence` for the struct;
 /// - inherent helpers with the struct's visibility: `child_spec(self, options)`, `handle`,
 ///   `track`/`untrack`/`update` (through a `PresenceSocket`),
-///   `track_owner`/`untrack_owner`/`update_owner` (through a registry and an `Owner`), and the
-///   async `list` and `get_by_key`.
+///   `track_owner`/`untrack_owner`/`update_owner` (through a registry and an `Owner`),
+///   `count`, and the async `list` and `get_by_key`.
 ///
 /// # Errors
 ///

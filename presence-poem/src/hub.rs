@@ -23,11 +23,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use presence_core::PubSub;
-use presence_core::tracker::PresenceCount;
 use presence_core::presence::{PRESENCE_DIFF, merge_diff};
 use presence_core::pubsub::{
     BroadcastError, Message, Payload, RecvError, SubscriberId, Subscription,
 };
+use presence_core::tracker::PresenceCount;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -296,7 +296,9 @@ impl Held {
         let now = Instant::now();
         if let Some(held) = &mut self.diff {
             let first = &held.first;
-            let acc = held.merged.get_or_insert_with(|| json_payload(first).clone());
+            let acc = held
+                .merged
+                .get_or_insert_with(|| json_payload(first).clone());
             if let Payload::Json(next) = message.payload()
                 && merge_diff(acc, next).is_ok()
             {

@@ -211,7 +211,6 @@ pub use context::{ChannelContext, SocketRef};
 pub use presence::{PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
     ConnectError, ConnectInfo, Connected, DEFAULT_IDLE_TIMEOUT, DEFAULT_JOIN_TIMEOUT,
-    DEFAULT_MAX_CHANNELS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_CAPACITY,
-    PhoenixSocket,
-    PhoenixSocketBuilder,
+    DEFAULT_MAX_CHANNELS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_BUDGET,
+    DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
 };

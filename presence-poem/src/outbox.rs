@@ -4,9 +4,11 @@
 //! pass either bound closes the socket with 1013, unless the queue is empty (one frame larger
 //! than the whole budget, such as the `presence_state` of a huge room, still goes out).
 //!
-//! A `presence_diff` for a topic whose previous diff is still queued, with nothing queued
-//! after it, is merged into it (see [`merge_diff`]) instead of taking another slot: a client
-//! that reads slowly but steadily receives fewer, larger diffs, and is never closed for it.
+//! Once a client is behind (a quarter of its frames or an eighth of its bytes queued), a
+//! `presence_diff` for a topic whose previous diff is still queued, with nothing queued after
+//! it, is merged into it (see [`merge_diff`]) instead of taking another slot: a client that
+//! reads slowly but steadily receives fewer, larger diffs, and is never closed for it. A
+//! client that keeps up gets the frames shared with every other socket, encoded once.
 //! Its bytes still count, so a client that stops reading entirely is closed once its budget is
 //! spent.
 
@@ -174,7 +176,13 @@ impl Outbox {
                 .iter()
                 .find(|(t, seq)| t == topic && *seq >= first)
                 .map(|(_, seq)| (seq - first) as usize);
-            let merged = open.is_some_and(|i| merge_into(&mut queue.items[i], message, &out));
+            // Merging makes this socket's diff its own (decoded, merged, encoded again): only
+            // worth it once the client is behind; until then the shared frame is queued.
+            let limits = self.shared.limits;
+            let behind =
+                queue.items.len() >= (limits.frames / 4).max(1) || queue.bytes >= limits.bytes / 8;
+            let merged =
+                behind && open.is_some_and(|i| merge_into(&mut queue.items[i], message, &out));
             if merged {
                 queue.bytes += out.len();
                 let over = queue.bytes > self.shared.limits.bytes;
@@ -326,16 +334,20 @@ impl Frames {
             };
             // Encoded outside the lock: the hubs keep pushing meanwhile.
             match item {
-                Item::Frame(out) | Item::Diff { out, merged: None, .. } => return Some(out),
+                Item::Frame(out)
+                | Item::Diff {
+                    out, merged: None, ..
+                } => return Some(out),
                 Item::Diff {
                     message,
                     merged: Some(diff),
                     ..
                 } => {
-                    let encoded =
-                        self.shared
-                            .vsn
-                            .broadcast(message.topic(), PRESENCE_DIFF, &Payload::Json(diff));
+                    let encoded = self.shared.vsn.broadcast(
+                        message.topic(),
+                        PRESENCE_DIFF,
+                        &Payload::Json(diff),
+                    );
                     match encoded {
                         Ok(out) => return Some(out),
                         Err(error) => tracing::warn!(topic = message.topic(), %error,
@@ -388,7 +400,10 @@ mod tests {
         assert_eq!(first[3], "presence_diff");
         assert_eq!(first[4]["joins"].as_object().unwrap().len(), 10);
         assert_eq!(rx.frames.try_recv(), Some(Out::Text(Arc::from("x"))));
-        assert_eq!(text(rx.frames.try_recv().unwrap())[4]["joins"]["late"]["metas"][0]["phx_ref"], "rl");
+        assert_eq!(
+            text(rx.frames.try_recv().unwrap())[4]["joins"]["late"]["metas"][0]["phx_ref"],
+            "rl"
+        );
         assert!(rx.frames.try_recv().is_none());
         assert_eq!(outbox.queued(), (0, 0));
         assert!(rx.close.borrow().is_none());
@@ -402,7 +417,10 @@ mod tests {
         };
         let (outbox, mut rx) = Outbox::new(limits, Vsn::V2);
         outbox.send(Out::Text(Arc::from("y".repeat(500))));
-        assert!(rx.close.borrow().is_none(), "one frame over the budget still goes out");
+        assert!(
+            rx.close.borrow().is_none(),
+            "one frame over the budget still goes out"
+        );
         assert!(rx.frames.try_recv().is_some());
         for _ in 0..5 {
             outbox.send(Out::Text(Arc::from("z".repeat(30))));
@@ -416,6 +434,9 @@ mod tests {
             let m = diff(&format!("u{i}"), &format!("r{i}"));
             outbox.send_broadcast(encode(&m), &m);
         }
-        assert_eq!(rx.close.borrow().map(|c| c.code), Some(code::TRY_AGAIN_LATER));
+        assert_eq!(
+            rx.close.borrow().map(|c| c.code),
+            Some(code::TRY_AGAIN_LATER)
+        );
     }
 }

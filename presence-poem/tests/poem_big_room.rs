@@ -20,8 +20,8 @@ use presence_core::{Owner, PubSub};
 use presence_poem::{Channel, ChannelContext, Join, PhoenixSocket, PresenceMiddleware};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::{MaybeTlsStream, client_async};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, client_async};
 
 presence_core::pubsub_server!(AppPubSub);
 
@@ -87,7 +87,8 @@ async fn room(window: Duration, frames: usize, bytes: usize, small_buffers: bool
     listener
         .bind("127.0.0.1:0".parse().expect("an address"))
         .expect("bind");
-    let acceptor = TcpAcceptor::from_tokio(listener.listen(1024).expect("listen")).expect("acceptor");
+    let acceptor =
+        TcpAcceptor::from_tokio(listener.listen(1024).expect("listen")).expect("acceptor");
     let addr = acceptor.local_addr()[0]
         .as_socket_addr()
         .copied()
@@ -258,7 +259,11 @@ async fn joiners_of_one_window_share_a_listing_and_each_sees_its_own_join() {
         joins.push(tokio::spawn(async move {
             let mut client = Client::v2(addr).await;
             let reply = client
-                .join(TOPIC, "1", json!({"user": format!("j{i}"), "counts_above": 1_000_000}))
+                .join(
+                    TOPIC,
+                    "1",
+                    json!({"user": format!("j{i}"), "counts_above": 1_000_000}),
+                )
                 .await;
             assert_eq!(reply.payload["status"], "ok");
             let mut view = View::default();
@@ -386,26 +391,41 @@ async fn count_only_channels_get_counts_instead_of_lists_above_their_threshold()
     let join = |user: &str, above: u64| json!({"user": user, "counts_above": above});
     // Below the threshold: a list, then diffs.
     let mut lister = Client::v2(room.server.addr).await;
-    assert_eq!(lister.join(TOPIC, "1", join("a", 2)).await.payload["status"], "ok");
+    assert_eq!(
+        lister.join(TOPIC, "1", join("a", 2)).await.payload["status"],
+        "ok"
+    );
     let mut lister_view = View::default();
     lister_view.apply(&lister.recv().await);
     assert!(lister_view.synced, "a presence_state first");
     let mut b = Client::v2(room.server.addr).await;
-    assert_eq!(b.join(TOPIC, "1", join("b", 2)).await.payload["status"], "ok");
+    assert_eq!(
+        b.join(TOPIC, "1", join("b", 2)).await.payload["status"],
+        "ok"
+    );
     // Above it (a, b and c make 3 > 2): counts.
     let mut counter = Client::v2(room.server.addr).await;
-    assert_eq!(counter.join(TOPIC, "1", join("c", 2)).await.payload["status"], "ok");
+    assert_eq!(
+        counter.join(TOPIC, "1", join("c", 2)).await.payload["status"],
+        "ok"
+    );
     let first = counter.recv().await;
     assert_eq!(first.event, "presence_count", "{first:?}");
     assert_eq!(first.payload, json!({"keys": 3, "metas": 3}));
     let mut d = Client::v2(room.server.addr).await;
-    assert_eq!(d.join(TOPIC, "1", join("d", 2)).await.payload["status"], "ok");
+    assert_eq!(
+        d.join(TOPIC, "1", join("d", 2)).await.payload["status"],
+        "ok"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let frame = tokio::time::timeout_at(deadline, counter.recv())
             .await
             .expect("a count with d");
-        assert_ne!(frame.event, "presence_diff", "count-only channels get no diffs");
+        assert_ne!(
+            frame.event, "presence_diff",
+            "count-only channels get no diffs"
+        );
         if frame.event == "presence_count" && frame.payload["keys"] == 4 {
             break;
         }

@@ -14,7 +14,7 @@ async fn phoenix_js_client() {
     }
     support::node_test(
         &dir,
-        &["--test-concurrency=1", "--test-timeout=60000", "test/"],
+        &["--test-concurrency=1", "--test-timeout=180000", "test/"],
         &[
             (
                 "PRESENCE_TEST_SERVER",

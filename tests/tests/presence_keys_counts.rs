@@ -75,7 +75,10 @@ async fn scenario(nodes: &[PresenceHandle<Room>]) {
     first
         .track(&phone, TOPIC, "alice", &json!({"d": "phone"}))
         .unwrap();
-    assert_eq!(next(&mut topic_events).await, ev("alice", KeyChange::Online));
+    assert_eq!(
+        next(&mut topic_events).await,
+        ev("alice", KeyChange::Online)
+    );
     count_becomes(last, 1, 1).await;
 
     first
@@ -115,7 +118,10 @@ async fn scenario(nodes: &[PresenceHandle<Room>]) {
     // merged per key, so alice online then offline is nothing, bob is online).
     assert_eq!(next(&mut all_events).await, ev("bob", KeyChange::Online));
     assert!(all_events.try_recv().is_none());
-    assert!(other_topic.try_recv().is_none(), "other topics are filtered");
+    assert!(
+        other_topic.try_recv().is_none(),
+        "other topics are filtered"
+    );
 
     // A reconnect unread: offline then online again is an update.
     drop(bob);
@@ -160,12 +166,10 @@ async fn keys_and_counts_across_two_nodes_over_redis() {
     let mut nodes = Vec::new();
     for i in 0..2 {
         let name = format!("{channel}-{i}");
-        let adapter = RedisAdapter::connect(
-            &url,
-            RedisOptions::new(name.as_str()).pubsub_name(&channel),
-        )
-        .await
-        .expect("connects to redis");
+        let adapter =
+            RedisAdapter::connect(&url, RedisOptions::new(name.as_str()).pubsub_name(&channel))
+                .await
+                .expect("connects to redis");
         let pubsub = PubSub::builder(name).adapter(adapter).build();
         nodes.push(PresenceHandle::start(Room, pubsub, &options()).expect("starts"));
     }
@@ -204,17 +208,18 @@ async fn a_node_going_down_takes_its_keys_offline_once() {
     }
     count_becomes(&b, 3, 6).await;
     let mut seen = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
-    {
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
         seen.push((e.key.to_string(), e.change));
     }
-    assert_eq!(seen.iter().filter(|(_, c)| *c == KeyChange::Online).count(), 3);
+    assert_eq!(
+        seen.iter().filter(|(_, c)| *c == KeyChange::Online).count(),
+        3
+    );
     // Node a disappears without a word: b hears nothing more from it.
     cluster.isolate("node-0");
     count_becomes(&b, 0, 0).await;
     let mut offline = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
-    {
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
         offline.push((e.key.to_string(), e.change));
     }
     offline.sort();
@@ -229,8 +234,7 @@ async fn a_node_going_down_takes_its_keys_offline_once() {
     cluster.heal();
     count_becomes(&b, 3, 6).await;
     let mut online = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
-    {
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
         online.push((e.key.to_string(), e.change));
     }
     online.sort();

@@ -94,8 +94,7 @@ impl StateBatches {
                         sleep_until(at).await;
                     }
                     {
-                        let mut topics =
-                            self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
                         let entry = topics.entry(Arc::from(topic)).or_default();
                         entry.pending = None;
                         entry.last_start = Some(Instant::now());

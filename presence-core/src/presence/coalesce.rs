@@ -113,8 +113,11 @@ pub fn merge_diff(acc: &mut Value, next: &Value) -> Result<(), NotADiff> {
     Ok(())
 }
 
+/// One side of a diff: key to entry.
+type Side = Map<String, Value>;
+
 /// The `joins` and `leaves` maps of a diff payload, checked.
-fn parts(diff: &Value) -> Result<(&Map<String, Value>, &Map<String, Value>), NotADiff> {
+fn parts(diff: &Value) -> Result<(&Side, &Side), NotADiff> {
     check(diff)?;
     match (&diff["joins"], &diff["leaves"]) {
         (Value::Object(j), Value::Object(l)) => Ok((j, l)),
@@ -240,7 +243,10 @@ mod tests {
             &json!({"joins": {"k": {"metas": [meta("a")]}}, "leaves": {}}),
         )
         .unwrap();
-        assert_eq!(acc, json!({"joins": {"k": {"metas": [meta("a")]}}, "leaves": {}}));
+        assert_eq!(
+            acc,
+            json!({"joins": {"k": {"metas": [meta("a")]}}, "leaves": {}})
+        );
     }
 
     #[test]

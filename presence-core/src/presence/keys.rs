@@ -222,7 +222,10 @@ mod tests {
             drain(&mut all),
             [("bob".to_owned(), Online), ("alice".to_owned(), Online)]
         );
-        assert!(drain(&mut other).is_empty(), "other topics are filtered out");
+        assert!(
+            drain(&mut other).is_empty(),
+            "other topics are filtered out"
+        );
         subs.publish(&t, &[(a.clone(), Offline)]);
         subs.publish(&t, &[(a.clone(), Online)]);
         assert_eq!(drain(&mut all), [("alice".to_owned(), Updated)]);

@@ -252,10 +252,17 @@ mod tests {
         for vsn in [Vsn::V1, Vsn::V2] {
             let spliced = vsn.push_json(Some("3"), "room:\"1\"", "presence_state", &body);
             let plain = vsn
-                .message(Some("3"), None, "room:\"1\"", "presence_state", &Payload::Json(value.clone()))
+                .message(
+                    Some("3"),
+                    None,
+                    "room:\"1\"",
+                    "presence_state",
+                    &Payload::Json(value.clone()),
+                )
                 .unwrap();
             assert_eq!(spliced.len(), plain.len());
-            let as_value = |out: Out| -> Value { serde_json::from_str(&out.into_text().unwrap()).unwrap() };
+            let as_value =
+                |out: Out| -> Value { serde_json::from_str(&out.into_text().unwrap()).unwrap() };
             assert_eq!(as_value(spliced), as_value(plain));
         }
     }

@@ -61,6 +61,44 @@ export async function startServer({ timeoutMs = 10_000 } = {}) {
   };
 }
 
+/**
+ * Starts the chat example's server (the `chat_node` binary named by `CHAT_NODE`) on a free
+ * port; resolves with {url, stop}. It exits when its stdin closes (also if this process dies).
+ */
+export async function startChatNode({ timeoutMs = 15_000 } = {}) {
+  const bin = process.env.CHAT_NODE;
+  if (!bin || !existsSync(bin)) {
+    throw new Error(`CHAT_NODE must name the chat_node binary (got ${bin})`);
+  }
+  const node = spawn(bin, [], {
+    stdio: ["pipe", "pipe", "inherit"],
+    env: { ...process.env, PORT: "0", CHAT_NODE_EXIT_WITH_STDIN: "1", RUST_LOG: "warn" },
+  });
+  const lines = createInterface({ input: node.stdout });
+  const addr = await withTimeout(
+    new Promise((resolve, reject) => {
+      lines.on("line", (line) => {
+        const m = /^LISTENING (\S+)$/.exec(line.trim());
+        if (m) resolve(m[1]);
+      });
+      node.once("exit", (code) => reject(new Error(`chat_node exited early (${code})`)));
+    }),
+    timeoutMs,
+    "the chat node to listen",
+  );
+  return {
+    url: `ws://${addr}/socket`,
+    async stop() {
+      if (node.exitCode !== null || node.signalCode !== null) return;
+      const exited = once(node, "exit");
+      node.stdin.end();
+      const timer = setTimeout(() => node.kill("SIGKILL"), 5_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
 /** Rejects with a clear message if `promise` does not settle within `ms`. */
 export function withTimeout(promise, ms, what) {
   let timer;

@@ -3,48 +3,20 @@
 // topics `room:<name>`, join params `{user, status}`, events `status` and `new_msg`.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { once } from "node:events";
-import { existsSync } from "node:fs";
-import { createInterface } from "node:readline";
 
 import { Presence } from "phoenix";
-import { connect, disconnect, push, until, withTimeout } from "../lib/helpers.mjs";
+import { connect, disconnect, push, startChatNode, until } from "../lib/helpers.mjs";
 
 let node;
 let url;
 
 before(async () => {
-  const bin = process.env.CHAT_NODE;
-  if (!bin || !existsSync(bin)) {
-    throw new Error(`CHAT_NODE must name the chat_node binary (got ${bin})`);
-  }
-  node = spawn(bin, [], {
-    stdio: ["pipe", "pipe", "inherit"],
-    env: { ...process.env, PORT: "0", CHAT_NODE_EXIT_WITH_STDIN: "1", RUST_LOG: "warn" },
-  });
-  const lines = createInterface({ input: node.stdout });
-  const addr = await withTimeout(
-    new Promise((resolve, reject) => {
-      lines.on("line", (line) => {
-        const m = /^LISTENING (\S+)$/.exec(line.trim());
-        if (m) resolve(m[1]);
-      });
-      node.once("exit", (code) => reject(new Error(`chat_node exited early (${code})`)));
-    }),
-    15_000,
-    "the chat node to listen",
-  );
-  url = `ws://${addr}/socket`;
+  node = await startChatNode();
+  url = node.url;
 });
 
 after(async () => {
-  if (!node || node.exitCode !== null) return;
-  const exited = once(node, "exit");
-  node.stdin.end();
-  const timer = setTimeout(() => node.kill("SIGKILL"), 5_000);
-  await exited;
-  clearTimeout(timer);
+  await node?.stop();
 });
 
 /** phoenix.js speaking the V1 (JSON object) serializer: `vsn` alone only changes the URL. */

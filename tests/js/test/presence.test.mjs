@@ -103,6 +103,9 @@ test("two devices under one key, then an update (one diff: join with phx_ref_pre
     const rw = await joinRoom(w.socket, "room:devices", { user: "carol", device: "desktop" });
     const phone = await open();
     await joinRoom(phone.socket, "room:devices", { user: "alice", device: "phone" });
+    // The watcher sees the phone before the web device joins: joins within the server's diff
+    // window would otherwise come merged, as one join of both devices.
+    await untilDevices(rw.presence, { alice: ["phone"], carol: ["desktop"] }, "the watcher");
     const web = await open();
     const rweb = await joinRoom(web.socket, "room:devices", { user: "alice", device: "web" });
     await untilDevices(rw.presence, { alice: ["phone", "web"], carol: ["desktop"] }, "the watcher");

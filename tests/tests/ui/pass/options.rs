@@ -16,6 +16,7 @@ const POOL: usize = 4;
     permdown_period = Duration::from_secs(600),
     clock_sample_periods = 2,
     max_delta_sizes = vec![10, 100],
+    diff_window = Duration::from_millis(20),
     name = "Custom",
 )]
 pub struct Tuned;
@@ -29,6 +30,7 @@ fn main() {
         .down_period(Duration::from_secs(20))
         .permdown_period(Duration::from_secs(600))
         .clock_sample_periods(2)
-        .max_delta_sizes(vec![10, 100]);
+        .max_delta_sizes(vec![10, 100])
+        .diff_window(Duration::from_millis(20));
     assert_eq!(Tuned::options(), expected);
 }
