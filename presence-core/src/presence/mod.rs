@@ -17,6 +17,25 @@
 //! warning is logged past 10 000 waiting diffs). Use [`PresenceHandle::settled`] in tests to
 //! wait for every in-flight fetch.
 //!
+//! # Big rooms
+//!
+//! A topic with thousands of members makes every change a message to thousands of sockets.
+//! The layer helps in four ways:
+//!
+//! - **Merged diffs.** Each diff is marked with the presence's
+//!   [`diff_window`](PresenceOptions::diff_window) (50 ms by default, zero to turn it off).
+//!   A fan-out (presence-poem's topic hubs) sends the first diff after a quiet period at once
+//!   and merges those that follow within the window into one, which phoenix.js applies
+//!   exactly like the originals in order ([`merge_diff`]). Every node merges the diffs of its
+//!   own sockets, local and remote alike.
+//! - **Shared states.** [`PresenceHandle::state_json`] lists a topic once for all the joiners
+//!   of one window.
+//! - **Counts.** [`PresenceHandle::count`] says how many keys and presences a topic has,
+//!   cluster-wide, in O(1) while no peer is down.
+//! - **Key-level events.** [`PresenceHandle::key_events`] tells server code when a key (a
+//!   user) comes online, goes offline or is updated, once per key whatever its devices and
+//!   nodes, in tracker order; an unread subscriber's events merge per key.
+//!
 //! # Examples
 //!
 //! Without the macro, implementing [`Presence`] by hand:
