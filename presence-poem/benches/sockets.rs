@@ -161,9 +161,16 @@ mod server {
             let registry = Registry::new();
             let pubsub = PubSub::new("bench");
             registry.insert_pubsub(&BenchPubSub, pubsub.clone());
+            // `SOCKETS_BENCH_DIFF_WINDOW_MS` sets the presence's diff window (default 50 ms).
+            let mut options = PresenceOptions::new();
+            if let Some(ms) = std::env::var("SOCKETS_BENCH_DIFF_WINDOW_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                options = options.diff_window(Duration::from_millis(ms));
+            }
             let presence =
-                PresenceHandle::start(BenchPresence, pubsub.clone(), &PresenceOptions::new())
-                    .expect("presence");
+                PresenceHandle::start(BenchPresence, pubsub.clone(), &options).expect("presence");
             registry.insert(presence);
             let socket = PhoenixSocket::builder(pubsub)
                 .idle_timeout(Duration::from_secs(600))
