@@ -328,6 +328,9 @@ async fn lifecycle(nodes: usize) {
     let list = RoomPresence::list(last, "room:1").await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list["alice"], entry);
+    let count = RoomPresence::count(last, "room:1").unwrap();
+    assert_eq!((count.keys, count.metas), (1, 1));
+    assert_eq!(RoomPresence::count(last, "room:2").unwrap().keys, 0);
 
     let updated = RoomPresence::update(&socket, "alice", &device("phone")).unwrap();
     assert_ne!(updated, tracked);
@@ -355,6 +358,7 @@ async fn lifecycle(nodes: usize) {
     })
     .await;
     assert!(RoomPresence::list(last, "room:1").await.unwrap().is_empty());
+    assert_eq!(RoomPresence::count(last, "room:1").unwrap().metas, 0);
 
     // Untracking again is a no-op; updating what is not tracked is an error.
     RoomPresence::untrack(&socket, "alice").unwrap();
