@@ -136,7 +136,9 @@
 //!
 //! Serializers: `vsn=1.0.0` (or none) speaks V1 JSON objects, `vsn=2.0.0` V2 JSON arrays and
 //! binary frames; any other `vsn` is refused with HTTP 403, as is a connection the
-//! [connect hook](PhoenixSocketBuilder::on_connect) refuses. The socket follows Phoenix.Socket:
+//! [connect hook](PhoenixSocketBuilder::on_connect) refuses, and a browser page of another
+//! site ([`check_origin`](PhoenixSocketBuilder::check_origin), on by default: the `Origin`
+//! must be the request's own host, as Phoenix checks). The socket follows Phoenix.Socket:
 //! heartbeats on topic `phoenix` are always answered; joins, leaves, duplicate joins, stale
 //! join_refs and unmatched topics behave as in Phoenix; a channel that stops gracefully sends
 //! `phx_close`, one that panics `phx_error` (`join crashed` during join).
@@ -235,6 +237,7 @@ mod channel;
 mod connection;
 mod context;
 mod hub;
+mod origin;
 mod outbox;
 mod presence;
 mod protocol;
@@ -244,6 +247,7 @@ pub use channel::{
     Channel, HandleIn, Info, IntoPayload, Join, Mailbox, MailboxError, Reply, StopReason,
 };
 pub use context::{ChannelContext, SocketRef};
+pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use presence::{PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
     ConnectError, ConnectInfo, Connected, DEFAULT_IDLE_TIMEOUT, DEFAULT_JOIN_TIMEOUT,

@@ -21,6 +21,7 @@ use crate::Channel;
 use crate::connection;
 use crate::context::{self, Start};
 use crate::hub::Hubs;
+use crate::origin::CheckOrigin;
 use crate::outbox::Limits;
 use crate::protocol::Vsn;
 
@@ -126,6 +127,7 @@ impl Route {
 
 /// Settings shared by every connection of one endpoint.
 pub(crate) struct Config {
+    pub(crate) check_origin: CheckOrigin,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_channels: usize,
     pub(crate) outbound: Limits,
@@ -307,6 +309,7 @@ impl PhoenixSocket {
             routes: Vec::new(),
             connect: None,
             config: Config {
+                check_origin: CheckOrigin::default(),
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 max_channels: DEFAULT_MAX_CHANNELS,
                 outbound: Limits {
@@ -397,6 +400,32 @@ impl PhoenixSocketBuilder {
     /// heartbeats while joins run.
     pub fn join_timeout(mut self, timeout: Duration) -> Self {
         self.config.join_timeout = timeout;
+        self
+    }
+
+    /// Sets which pages may open a socket (default [`CheckOrigin::SameHost`]: the `Origin`
+    /// must be the request's own host and port, as a page served by this app sends).
+    ///
+    /// Browsers send every websocket handshake with the page's `Origin` and the user's
+    /// cookies, whatever site the page is on: without this check a page on another site
+    /// could open the socket as the user. A handshake whose `Origin` is refused gets HTTP 403
+    /// before the connect hook runs, and one warning is logged naming the origin. A request
+    /// without an `Origin` header (not a browser: a mobile app, a server, a test) is not
+    /// checked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::{CheckOrigin, PhoenixSocket};
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("a"))
+    ///     .check_origin(CheckOrigin::allow(["https://example.com", "//*.example.com"])?)
+    ///     .build();
+    /// # Ok::<(), presence_poem::InvalidOrigin>(())
+    /// ```
+    pub fn check_origin(mut self, check: CheckOrigin) -> Self {
+        self.config.check_origin = check;
         self
     }
 
@@ -493,6 +522,24 @@ impl Endpoint for PhoenixSocket {
             return Ok(Response::builder()
                 .status(StatusCode::SERVICE_UNAVAILABLE)
                 .finish());
+        }
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            let allowed = origin
+                .to_str()
+                .is_ok_and(|o| self.inner.config.check_origin.allows(o, host));
+            if !allowed {
+                tracing::warn!(
+                    ?origin,
+                    host,
+                    "refusing websocket: origin not allowed (see PhoenixSocketBuilder::check_origin)"
+                );
+                return Ok(forbidden());
+            }
         }
         let params: HashMap<String, String> = req.params().unwrap_or_default();
         let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {

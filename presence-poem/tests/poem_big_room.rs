@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use poem::listener::{Acceptor, TcpAcceptor};
-use poem::{EndpointExt, Route, Server};
+use poem::listener::TcpAcceptor;
+use poem::{EndpointExt, Route};
 use presence_core::presence::{PresenceHandle, PresenceOptions};
 use presence_core::pubsub::Message;
 use presence_core::registry::Registry;
@@ -89,15 +89,8 @@ async fn room(window: Duration, frames: usize, bytes: usize, small_buffers: bool
         .expect("bind");
     let acceptor =
         TcpAcceptor::from_tokio(listener.listen(1024).expect("listen")).expect("acceptor");
-    let addr = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a socket address");
-    let task = tokio::spawn(async move {
-        let _ = Server::new_with_acceptor(acceptor).run(app).await;
-    });
     Room {
-        server: TestServer { addr, pubsub, task },
+        server: serve_on(acceptor, pubsub, app),
         presence,
         _registry: registry,
     }

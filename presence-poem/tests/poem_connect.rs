@@ -171,3 +171,91 @@ async fn disconnect_broadcast_on_socket_id_closes_with_1001() {
     );
     assert_eq!(bob.heartbeat("1").await.payload["status"], "ok");
 }
+
+/// The handshake's status with this `Origin` header (none when `None`).
+async fn status_with_origin(addr: std::net::SocketAddr, origin: Option<&str>) -> u16 {
+    let mut req = request(addr, "vsn=2.0.0");
+    if let Some(origin) = origin {
+        req.headers_mut()
+            .insert("origin", HeaderValue::from_str(origin).unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+#[tokio::test]
+async fn origin_is_checked_by_default_against_the_host() {
+    let hook_calls = Arc::new(Mutex::new(0));
+    let calls = hook_calls.clone();
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .on_connect(move |_: ConnectInfo| {
+            *calls.lock().unwrap() += 1;
+            async { Ok(Connected::new()) }
+        })
+        .build();
+    let server = serve(pubsub, socket).await;
+    let same = format!("http://{}", server.addr);
+    assert_eq!(status_with_origin(server.addr, Some(&same)).await, 101);
+    assert_eq!(
+        status_with_origin(server.addr, None).await,
+        101,
+        "not a browser"
+    );
+    let calls_before = *hook_calls.lock().unwrap();
+    for other in [
+        "https://evil.example",
+        "http://127.0.0.1:1",
+        &format!("http://{}.evil.example", server.addr.ip()),
+        "null",
+    ] {
+        assert_eq!(
+            status_with_origin(server.addr, Some(other)).await,
+            403,
+            "{other}"
+        );
+    }
+    assert_eq!(
+        *hook_calls.lock().unwrap(),
+        calls_before,
+        "a refused origin never reaches the connect hook"
+    );
+}
+
+#[tokio::test]
+async fn origin_lists_and_off() {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .check_origin(
+            presence_poem::CheckOrigin::allow(["https://app.example", "//*.example.org"]).unwrap(),
+        )
+        .build();
+    let server = serve(pubsub, socket).await;
+    assert_eq!(
+        status_with_origin(server.addr, Some("https://app.example")).await,
+        101
+    );
+    assert_eq!(
+        status_with_origin(server.addr, Some("http://a.example.org:8080")).await,
+        101
+    );
+    let same = format!("http://{}", server.addr);
+    assert_eq!(
+        status_with_origin(server.addr, Some(&same)).await,
+        403,
+        "the list replaces the default"
+    );
+
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .check_origin(presence_poem::CheckOrigin::Off)
+        .build();
+    let server = serve(pubsub, socket).await;
+    assert_eq!(
+        status_with_origin(server.addr, Some("https://anywhere.io")).await,
+        101
+    );
+}

@@ -24,7 +24,16 @@ use serde_json::{Map, Value};
 pub struct NotADiff;
 
 /// Merges the `presence_diff` payload `next` into `acc`: applying the result as phoenix.js does
-/// equals applying `acc`, then `next` (see the [module docs](self)).
+/// equals applying `acc`, then `next`.
+///
+/// phoenix.js's `Presence.syncDiff` applies joins (a key's entry becomes the joined entry, its
+/// other metas kept in front), then leaves (listed refs removed, an emptied key deleted). Refs
+/// are unique per meta, so two diffs compose exactly: the joins are the first diff's, less
+/// the refs the second joins again, then the second's; the leaves are the first diff's, less
+/// the refs the second joins again, plus the second's. The result gives every client, from
+/// any state, the keys, metas (in order) and fetched fields the two diffs give in turn. A meta
+/// that joined and then left is in both maps, which also removes it from a client whose
+/// `presence_state` was listed in between; one that left and joined again is a join only.
 ///
 /// # Errors
 ///

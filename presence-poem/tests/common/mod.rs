@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{Endpoint, Route, Server};
 use presence_core::PubSub;
 use presence_core::pubsub::{Message, Payload, Subscription};
@@ -34,7 +34,7 @@ pub const EVENTS: &str = "test:events";
 pub struct TestServer {
     pub addr: SocketAddr,
     pub pubsub: PubSub,
-    pub task: JoinHandle<()>,
+    task: JoinHandle<()>,
 }
 
 impl Drop for TestServer {
@@ -60,6 +60,11 @@ pub async fn serve_app(pubsub: PubSub, app: impl Endpoint + 'static) -> TestServ
         .into_acceptor()
         .await
         .expect("bind");
+    serve_on(acceptor, pubsub, app)
+}
+
+/// Serves any app on a listener of the test's own (e.g. with socket options set).
+pub fn serve_on(acceptor: TcpAcceptor, pubsub: PubSub, app: impl Endpoint + 'static) -> TestServer {
     let addr = acceptor.local_addr()[0]
         .as_socket_addr()
         .copied()
