@@ -29,7 +29,7 @@ use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketShared, Start};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
-use crate::socket::{Drain, Inner};
+use crate::socket::{Drain, Inner, OpenGuard};
 
 /// Capacity of the command queue from the connection to one channel task. The last slot is
 /// kept for a leave or a stop: client pushes are refused (`channel busy`) when only it is
@@ -51,7 +51,7 @@ pub(crate) fn run(
     id: Option<Arc<str>>,
     registry: Registry,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // Counted as open (for a drain) until the returned future ends.
+    // Counted as open (for a drain) until its channels have stopped.
     let (open, draining) = Drain::enter(&inner);
     let (outbox, OutboxRx { frames, close }) = Outbox::new(inner.config.outbound, vsn);
     let socket = Arc::new(SocketShared {
@@ -74,7 +74,7 @@ pub(crate) fn run(
         draining,
     };
     let writer = write_loop(sink, frames, close, outbox, deadline);
-    futures_util::future::join(writer, control.run(stream)).map(move |((), ())| drop(open))
+    futures_util::future::join(writer, control.run(stream, open)).map(|((), ())| ())
 }
 
 fn to_ws(out: Out) -> WsMessage {
@@ -216,6 +216,22 @@ struct Control {
     draining: watch::Receiver<bool>,
 }
 
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads until the client's close frame (or the end of the stream, an error, or
+/// [`CLOSE_WAIT`]), discarding everything else.
+async fn finish_closing(mut stream: SplitStream<WebSocketStream>) {
+    let _ = timeout(CLOSE_WAIT, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Resolves once the endpoint drains (never when it cannot any more).
 async fn drained(draining: &mut watch::Receiver<bool>) {
     if draining.wait_for(|d| *d).await.is_err() {
@@ -241,7 +257,7 @@ impl Control {
         &self.socket.outbox
     }
 
-    async fn run(mut self, mut stream: SplitStream<WebSocketStream>) {
+    async fn run(mut self, mut stream: SplitStream<WebSocketStream>, open: OpenGuard) {
         let idle_timeout = self.inner.config.idle_timeout;
         let mut disconnect = self
             .socket
@@ -261,7 +277,8 @@ impl Control {
                 }
                 () = &mut idle => {
                     tracing::debug!("closing idle websocket");
-                    self.outbox().close(code::NORMAL, "idle timeout");
+                    // 1001, not 1000: phoenix.js does not reconnect after a 1000.
+                    self.outbox().close(code::GOING_AWAY, "idle timeout");
                 }
                 _ = next_disconnect(&mut disconnect) => {
                     tracing::debug!(id = ?self.socket.id, "socket disconnected by broadcast");
@@ -286,6 +303,14 @@ impl Control {
         // Boxed: its state is far larger than the idle loop's and would otherwise stay in
         // every socket's task for its whole life.
         Box::pin(self.shutdown()).await;
+        // A drain waits for the channels (their presences have left), not for the client.
+        drop(open);
+        // A close this side started: read (and drop) what the client still sends until its
+        // close frame, so the closing handshake completes and the client sees our code.
+        // Dropping the connection with unread data would reset it: the client would see 1006.
+        if self.close.borrow().is_some_and(|c| c.send_frame) {
+            Box::pin(finish_closing(stream)).await;
+        }
     }
 
     fn read_error(&self, error: &io::Error) {

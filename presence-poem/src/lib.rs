@@ -217,13 +217,19 @@
 //!
 //! # Limits and close codes
 //!
-//! - 1000: the client closed, or nothing was received for the idle timeout (60 s);
-//! - 1001: a `"disconnect"` broadcast on the socket id;
+//! - 1000: the client closed;
+//! - 1001: a `"disconnect"` broadcast on the socket id, or nothing was received for the idle
+//!   timeout (60 s); not 1000, which phoenix.js takes as final;
 //! - 1007: an undecodable frame (invalid JSON, wrong shape, invalid UTF-8, a binary frame on V1);
 //! - 1009: a message over [`max_message_size`](PhoenixSocketBuilder::max_message_size) (1 MiB);
 //! - 1011: an internal error;
 //! - 1012: the endpoint is draining for a shutdown ([`PhoenixSocket::drain`]);
 //! - 1013: the outbound queue is full, in frames or bytes (a client that stopped reading).
+//!
+//! Every close the server starts completes the closing handshake: after its close frame the
+//! server reads and discards what the client still sends, until the client's close frame (at
+//! most 5 s), so a client that pipelined more frames still sees the server's code rather than
+//! a reset (1006).
 //!
 //! # Memory
 //!

@@ -13,7 +13,7 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
-async fn idle_socket_is_closed_with_1000_and_heartbeats_keep_it_open() {
+async fn idle_socket_is_closed_with_1001_and_heartbeats_keep_it_open() {
     let pubsub = PubSub::new("test");
     let socket = builder(&pubsub)
         .idle_timeout(Duration::from_millis(500))
@@ -28,11 +28,12 @@ async fn idle_socket_is_closed_with_1000_and_heartbeats_keep_it_open() {
     }
     // `idle` was closed long ago; `busy` is still open.
     let close = idle.closed().await.expect("a close frame");
-    assert_eq!(u16::from(close.code), 1000);
+    // Not 1000: phoenix.js treats 1000 as final and would not reconnect.
+    assert_eq!(u16::from(close.code), 1001);
     assert_eq!(close.reason.as_str(), "idle timeout");
     assert_eq!(busy.heartbeat("x").await.payload["status"], "ok");
     // Once it stops, it is closed too.
-    assert_eq!(close_code(busy.closed().await), 1000);
+    assert_eq!(close_code(busy.closed().await), 1001);
 }
 
 #[tokio::test]
@@ -130,4 +131,39 @@ async fn slow_client_is_closed_with_1013_and_others_keep_up() {
         assert_eq!(u16::from(close.code), 1013);
     }
     assert_eq!(fast.heartbeat("2").await.payload["status"], "ok");
+}
+
+/// A client that pipelines bad frames, and goes on writing while the server closes, still
+/// reads the server's 1007, every time: the server reads on until the client's close instead
+/// of dropping the connection with unread data (which resets it: the client would see 1006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_bad_frames_get_1007_every_time() {
+    use futures_util::{SinkExt, StreamExt};
+    let server = default_server().await;
+    let junk = "x".repeat(4096);
+    for run in 0..20 {
+        let (ws, _) = tokio_tungstenite::connect_async(url(server.addr, "vsn=2.0.0"))
+            .await
+            .expect("connect");
+        let (mut sink, mut stream) = ws.split();
+        let junk = junk.clone();
+        let writer = tokio::spawn(async move {
+            for i in 0..200 {
+                let frame = WsMessage::text(format!("not json {run} {i} {junk}"));
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let close = loop {
+            match tokio::time::timeout(DEADLINE, stream.next()).await {
+                Ok(Some(Ok(WsMessage::Close(frame)))) => break frame,
+                Ok(Some(Ok(_))) => continue,
+                Ok(other) => panic!("run {run}: no close frame, got {other:?}"),
+                Err(_) => panic!("run {run}: nothing within the deadline"),
+            }
+        };
+        assert_eq!(close_code(close), 1007, "run {run}");
+        writer.abort();
+    }
 }
