@@ -155,8 +155,13 @@ struct Joined {
 #[derive(Debug)]
 struct Pending {
     reference: Option<String>,
+    /// The join message's own join_ref (null in a join without one), for replies to it.
+    reply_join_ref: Option<Arc<str>>,
     joined: oneshot::Receiver<bool>,
     timeout: Pin<Box<Sleep>>,
+    /// Messages for the topic that came while the join ran: handled once it has joined (as
+    /// Phoenix handles a socket's messages in order), answered `unmatched topic` if not.
+    queued: Vec<Inbound>,
 }
 
 impl Pending {
@@ -423,12 +428,21 @@ impl Control {
         if joined.pending.is_some() {
             if leave {
                 self.cancel_join(&msg);
-            } else {
-                // phoenix.js buffers pushes until the join is answered; nothing is queued here.
-                let join_ref = joined.join_ref.clone();
-                let reason = json!({"reason": "join pending"});
-                let reference = msg.reference.as_deref();
-                self.reply(Some(&join_ref), reference, &msg.topic, "error", reason);
+                return;
+            }
+            let full = match self
+                .channels
+                .get_mut(&msg.topic)
+                .and_then(|j| j.pending.as_mut())
+            {
+                Some(pending) if pending.queued.len() < CHANNEL_QUEUE - 1 => {
+                    pending.queued.push(msg);
+                    return;
+                }
+                _ => true,
+            };
+            if full {
+                self.busy(&msg.topic, msg.reference.as_deref());
             }
             return;
         }
@@ -522,20 +536,34 @@ impl Control {
             return;
         };
         let settled = joined.pending.as_mut().and_then(|p| p.settle());
+        let queued = joined
+            .pending
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.queued))
+            .unwrap_or_default();
         match settled {
             Some(true) => {
-                // It joined meanwhile: leave it as any joined channel.
+                // It joined meanwhile: what came meanwhile, then the leave, as on any channel.
                 joined.pending = None;
                 self.channels.insert(msg.topic.clone(), joined);
+                for queued in queued {
+                    self.handle_inbound(queued);
+                }
                 self.handle_inbound(msg.clone());
             }
             Some(false) => {
                 self.dying.push(joined.task);
+                for queued in &queued {
+                    self.not_joined(queued);
+                }
                 self.not_joined(msg);
             }
             None => {
                 joined.task.abort();
                 self.dying.push(joined.task);
+                for queued in &queued {
+                    self.not_joined(queued);
+                }
                 let reference = msg.reference.as_deref();
                 self.reply(
                     Some(&joined.join_ref),
@@ -553,14 +581,23 @@ impl Control {
     fn join_ended(&mut self, topic: &str, outcome: JoinOutcome) {
         match outcome {
             JoinOutcome::Joined => {
-                if let Some(joined) = self.channels.get_mut(topic) {
-                    joined.pending = None;
+                let queued = self
+                    .channels
+                    .get_mut(topic)
+                    .and_then(|joined| joined.pending.take())
+                    .map(|p| p.queued)
+                    .unwrap_or_default();
+                for msg in queued {
+                    self.handle_inbound(msg);
                 }
             }
             // The channel replied and its task is finishing.
             JoinOutcome::Failed => {
                 if let Some(joined) = self.channels.remove(topic) {
                     self.dying.push(joined.task);
+                    for msg in joined.pending.map(|p| p.queued).unwrap_or_default() {
+                        self.not_joined(&msg);
+                    }
                 }
             }
             JoinOutcome::TimedOut => {
@@ -571,10 +608,21 @@ impl Control {
                 tracing::warn!(%topic, ?timeout, "channel join timed out; aborting it");
                 joined.task.abort();
                 self.dying.push(joined.task);
-                let reference = joined.pending.and_then(|p| p.reference);
+                let Some(pending) = joined.pending else {
+                    return;
+                };
                 let reason = json!({"reason": "join timeout"});
-                let join_ref = Some(&*joined.join_ref);
-                self.reply(join_ref, reference.as_deref(), topic, "error", reason);
+                let join_ref = pending.reply_join_ref.as_deref();
+                self.reply(
+                    join_ref,
+                    pending.reference.as_deref(),
+                    topic,
+                    "error",
+                    reason,
+                );
+                for msg in &pending.queued {
+                    self.not_joined(msg);
+                }
             }
         }
     }
@@ -589,8 +637,13 @@ impl Control {
             payload,
             ..
         } = msg;
-        let join_ref: Arc<str> =
-            Arc::from(join_ref.or_else(|| reference.clone()).unwrap_or_default());
+        // A join without a join_ref is answered without one, as Phoenix does; the channel's
+        // join_ref (for its pushes and stale checks) is then the join's ref.
+        let reply_join_ref: Option<Arc<str>> = join_ref.as_deref().map(Arc::from);
+        let join_ref: Arc<str> = reply_join_ref
+            .clone()
+            .or_else(|| reference.as_deref().map(Arc::from))
+            .unwrap_or_else(|| Arc::from(""));
         let inner = self.inner.clone();
         let Some(route) = inner.route(&topic) else {
             tracing::debug!(%topic, "ignoring unmatched topic");
@@ -607,7 +660,7 @@ impl Control {
             tracing::warn!(%topic, max = self.inner.config.max_channels, "too many channels joined");
             let reason = json!({"reason": "too many channels joined"});
             self.reply(
-                Some(&join_ref),
+                reply_join_ref.as_deref(),
                 reference.as_deref(),
                 &topic,
                 "error",
@@ -630,6 +683,7 @@ impl Control {
             ctx,
             params,
             reference: reference.clone(),
+            reply_join_ref: reply_join_ref.clone(),
             joined: joined_tx,
             cmds,
             this: tx.downgrade(),
@@ -637,8 +691,10 @@ impl Control {
         });
         let pending = Pending {
             reference,
+            reply_join_ref,
             joined: joined_rx,
             timeout: Box::pin(sleep(self.inner.config.join_timeout)),
+            queued: Vec::new(),
         };
         self.channels.insert(
             topic,

@@ -364,6 +364,8 @@ pub(crate) struct Start {
     pub(crate) ctx: ChannelContext,
     pub(crate) params: Value,
     pub(crate) reference: Option<String>,
+    /// The join message's own join_ref, for the join's reply (null when it had none).
+    pub(crate) reply_join_ref: Option<Arc<str>>,
     /// Settles the join with the connection: `true` joined, `false` refused or crashed. Sent
     /// before the join reply; when the connection has given up on the join (join timeout,
     /// leave, duplicate join) the send fails and the task replies nothing and stops.
@@ -430,6 +432,7 @@ struct CrashGuard {
     socket: Arc<SocketShared>,
     topic: Arc<str>,
     join_ref: Arc<str>,
+    reply_join_ref: Option<Arc<str>>,
     reference: Option<String>,
     joined: Option<oneshot::Sender<bool>>,
     joining: bool,
@@ -456,7 +459,7 @@ impl Drop for CrashGuard {
             }
             tracing::warn!(topic = %self.topic, "channel join crashed");
             vsn.reply(
-                Some(&self.join_ref),
+                self.reply_join_ref.as_deref(),
                 self.reference.as_deref(),
                 &self.topic,
                 "error",
@@ -484,6 +487,7 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         mut ctx,
         params,
         reference,
+        reply_join_ref,
         joined,
         mut cmds,
         this,
@@ -496,6 +500,7 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         socket: ctx.socket.clone(),
         topic: ctx.topic.clone(),
         join_ref: ctx.join_ref.clone(),
+        reply_join_ref: reply_join_ref.clone(),
         reference: reference.clone(),
         joined: Some(joined),
         joining: true,
@@ -516,7 +521,7 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
             // reply; then the deferred work (e.g. the presence state) runs, registered, so no
             // diff after its listing is missed.
             ctx.send_now(vsn.reply(
-                Some(&join_ref),
+                reply_join_ref.as_deref(),
                 reference.as_deref(),
                 &topic,
                 "ok",
@@ -551,7 +556,7 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         Join::Error(response) => {
             if guard.settle(false) {
                 ctx.send_now(vsn.reply(
-                    Some(&join_ref),
+                    reply_join_ref.as_deref(),
                     reference.as_deref(),
                     &topic,
                     "error",

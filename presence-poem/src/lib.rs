@@ -163,9 +163,11 @@
 //! - **Joins.** A join runs in the channel's task while the socket goes on. One that has not
 //!   returned within the [join timeout](PhoenixSocketBuilder::join_timeout) (15 s) is aborted
 //!   and answered `error` with `{"reason": "join timeout"}`. While a topic's join is pending,
-//!   its other messages are refused with `{"reason": "join pending"}` (phoenix.js buffers
-//!   pushes until its join is answered, so it never sends them); a `phx_leave` abandons the
-//!   join (reply `ok`, then `phx_close`), as phoenix.js sends when its own join push times out.
+//!   its other messages wait (up to 15 of them; more are answered `channel busy`) and are
+//!   handled once it has joined, in order, as Phoenix does; if the join fails they are
+//!   answered `{"reason": "unmatched topic"}`. A `phx_leave` abandons the join (reply `ok`,
+//!   then `phx_close`), as phoenix.js sends when its own join push times out. A join without
+//!   a join_ref is answered without one; the channel's join_ref is then the join's ref.
 //! - **Duplicate joins.** The old channel is asked to stop and the new join waits for its
 //!   `phx_close` (at most 5 s, then the old one is aborted) in the new channel's task, not in
 //!   the socket.

@@ -33,11 +33,73 @@ async fn join_with_reply_and_join_ref_defaulting_to_ref() {
     )
     .await;
     let reply = c.recv().await;
-    assert_eq!(reply.join_ref, "5");
+    // Answered with the join's own (null) join_ref, as Phoenix does...
+    assert_eq!(reply.join_ref, json!(null));
+    assert_eq!(reply.reference, "5");
     assert_eq!(reply.payload, json!({"status": "ok", "response": {"n": 1}}));
+    // ...while the channel's join_ref is the join's ref.
     c.send(Some("5"), Some("6"), "lobby", "whoami", json!({}))
         .await;
     assert_eq!(c.recv().await.payload["response"]["join_ref"], "5");
+}
+
+#[tokio::test]
+async fn pushes_sent_before_the_join_reply_are_handled_after_the_join() {
+    let server = default_server().await;
+    let mut c = Client::v2(server.addr).await;
+    c.send(
+        Some("1"),
+        Some("1"),
+        "room:1",
+        "phx_join",
+        json!({"sleep_ms": 200}),
+    )
+    .await;
+    for r in 2..5 {
+        c.send(
+            Some("1"),
+            Some(&r.to_string()),
+            "room:1",
+            "echo",
+            json!({"n": r}),
+        )
+        .await;
+    }
+    let reply = c.recv().await;
+    assert_eq!(
+        (reply.reference, &reply.payload["status"]),
+        (json!("1"), &json!("ok"))
+    );
+    for r in 2..5 {
+        let echo = c.recv().await;
+        assert_eq!(echo.reference, json!(r.to_string()));
+        assert_eq!(echo.payload, json!({"status": "ok", "response": {"n": r}}));
+    }
+}
+
+#[tokio::test]
+async fn pushes_sent_before_a_refused_join_get_unmatched_topic() {
+    let server = default_server().await;
+    let mut c = Client::v2(server.addr).await;
+    c.send(
+        Some("1"),
+        Some("1"),
+        "room:1",
+        "phx_join",
+        json!({"sleep_ms": 200, "fail": true}),
+    )
+    .await;
+    c.send(Some("1"), Some("2"), "room:1", "echo", json!({}))
+        .await;
+    let reply = c.recv().await;
+    assert_eq!(reply.reference, json!("1"));
+    assert_eq!(reply.payload["status"], "error");
+    let reply = c.recv().await;
+    assert_eq!((reply.join_ref, reply.reference), (json!(null), json!("2")));
+    assert_eq!(
+        reply.payload,
+        json!({"status": "error", "response": {"reason": "unmatched topic"}})
+    );
 }
 
 #[tokio::test]

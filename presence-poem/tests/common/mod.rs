@@ -297,6 +297,9 @@ impl Channel for TestChannel {
         if params["crash"] == true {
             panic!("join crash requested");
         }
+        if let Some(ms) = params["sleep_ms"].as_u64() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         if params["fail"] == true {
             return Join::error(json!({"reason": "refused"}));
         }
