@@ -509,6 +509,35 @@ fn auth_token(headers: &HeaderMap) -> Result<Option<String>, ()> {
     Ok(None)
 }
 
+/// Parses a query string strictly: `None` for a `%` not followed by two hex digits, or an
+/// escape that does not decode to UTF-8. A repeated key keeps its last value.
+fn parse_query(query: &str) -> Option<HashMap<String, String>> {
+    fn decode(part: &str) -> Option<String> {
+        let mut bytes = Vec::with_capacity(part.len());
+        let mut input = part.bytes();
+        while let Some(b) = input.next() {
+            match b {
+                b'+' => bytes.push(b' '),
+                b'%' => {
+                    let hex = [input.next()?, input.next()?];
+                    let hex = std::str::from_utf8(&hex).ok()?;
+                    bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                }
+                b => bytes.push(b),
+            }
+        }
+        String::from_utf8(bytes).ok()
+    }
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode(key)?, decode(value)?))
+        })
+        .collect()
+}
+
 fn forbidden() -> Response {
     Response::builder().status(StatusCode::FORBIDDEN).finish()
 }
@@ -541,7 +570,17 @@ impl Endpoint for PhoenixSocket {
                 return Ok(forbidden());
             }
         }
-        let params: HashMap<String, String> = req.params().unwrap_or_default();
+        let params = match parse_query(req.uri().query().unwrap_or_default()) {
+            Some(params) => params,
+            None => {
+                // Not silently read as "no params" (which would also mean vsn 1.0.0).
+                tracing::warn!(
+                    query = req.uri().query(),
+                    "refusing websocket: unparsable query string"
+                );
+                return Ok(Response::builder().status(StatusCode::BAD_REQUEST).finish());
+            }
+        };
         let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
             tracing::warn!(vsn = ?params.get("vsn"), "refusing websocket: unsupported serializer version");
             return Ok(forbidden());
@@ -594,6 +633,19 @@ mod tests {
     use poem::http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn parses_queries_strictly() {
+        let params = parse_query("vsn=2.0.0&user[name]=a+b%21&empty=&flag").unwrap();
+        assert_eq!(params["vsn"], "2.0.0");
+        assert_eq!(params["user[name]"], "a b!");
+        assert_eq!(params["empty"], "");
+        assert_eq!(params["flag"], "");
+        assert_eq!(parse_query("").unwrap().len(), 0);
+        assert!(parse_query("vsn=%E0%A4%A").is_none(), "truncated escape");
+        assert!(parse_query("x=%FF%FE").is_none(), "not UTF-8");
+        assert!(parse_query("x=%zz").is_none(), "not hex");
+    }
 
     #[test]
     fn decodes_auth_tokens() {

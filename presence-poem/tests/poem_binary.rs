@@ -79,3 +79,59 @@ async fn malformed_binary_frame_closes_1007() {
     assert_eq!(close_code(c.closed().await), 1007);
     assert_eq!(other.heartbeat("1").await.payload["status"], "ok");
 }
+
+/// A binary push: kind 0 with `join_ref`, `ref`, `topic`, `event` and the data.
+fn binary_push(
+    join_ref: &[u8],
+    reference: &[u8],
+    topic: &[u8],
+    event: &[u8],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut frame = vec![
+        0u8,
+        join_ref.len() as u8,
+        reference.len() as u8,
+        topic.len() as u8,
+        event.len() as u8,
+    ];
+    for part in [join_ref, reference, topic, event, data] {
+        frame.extend_from_slice(part);
+    }
+    frame
+}
+
+#[tokio::test]
+async fn binary_push_with_an_empty_join_ref_is_stale() {
+    let server = default_server().await;
+    let mut c = Client::v2(server.addr).await;
+    c.join_ok("room:1", "1").await;
+    c.send_raw(WsMessage::binary(binary_push(
+        b"", b"2", b"room:1", b"echo", b"\x01",
+    )))
+    .await;
+    // Dropped as stale, as in Phoenix: the next frame is the heartbeat's reply.
+    let reply = c.heartbeat("3").await;
+    assert_eq!(
+        (reply.topic.as_str(), reply.reference),
+        ("phoenix", json!("3"))
+    );
+    // With the channel's join_ref it is handled.
+    c.send_raw(WsMessage::binary(binary_push(
+        b"1", b"4", b"room:1", b"echo", b"\x01",
+    )))
+    .await;
+    assert_eq!(&c.recv_binary().await[..2], &[1u8, 1]);
+}
+
+#[tokio::test]
+async fn binary_header_field_that_is_not_utf8_closes_1007() {
+    let server = default_server().await;
+    let mut c = Client::v2(server.addr).await;
+    c.join_ok("room:1", "1").await;
+    c.send_raw(WsMessage::binary(binary_push(
+        b"\xff", b"2", b"room:1", b"echo", b"",
+    )))
+    .await;
+    assert_eq!(close_code(c.closed().await), 1007);
+}

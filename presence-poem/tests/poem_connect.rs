@@ -259,3 +259,12 @@ async fn origin_lists_and_off() {
         101
     );
 }
+
+#[tokio::test]
+async fn an_unparsable_query_string_is_400_not_v1() {
+    let server = default_server().await;
+    for query in ["vsn=2.0.0&x=%FF%FE", "vsn=%E0%A4%A", "vsn=2.0.0&token=%"] {
+        assert_eq!(status_of(server.addr, query).await, 400, "{query}");
+    }
+    assert_eq!(status_of(server.addr, "vsn=2.0.0&name=a%20b").await, 101);
+}

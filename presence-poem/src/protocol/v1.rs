@@ -25,7 +25,10 @@ pub(super) fn decode(text: &str) -> Result<Inbound, CodecError> {
         string("topic", "topic must be a string")?.ok_or(CodecError::Shape("missing topic"))?;
     let event =
         string("event", "event must be a string")?.ok_or(CodecError::Shape("missing event"))?;
-    let payload = map.remove("payload").unwrap_or(Value::Null);
+    // Phoenix's V1 serializer requires every field but join_ref.
+    let payload = map
+        .remove("payload")
+        .ok_or(CodecError::Shape("missing payload"))?;
     Ok(Inbound {
         join_ref,
         reference,
@@ -137,5 +140,12 @@ mod tests {
             decode(r#"{"topic":1,"event":"e"}"#),
             Err(CodecError::Shape(_))
         ));
+        assert!(
+            matches!(
+                decode(r#"{"topic":"t","event":"e","ref":"1"}"#),
+                Err(CodecError::Shape("missing payload"))
+            ),
+            "a message without payload is refused, as in Phoenix"
+        );
     }
 }

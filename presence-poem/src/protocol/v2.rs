@@ -78,7 +78,9 @@ pub(super) fn decode_binary(bytes: &[u8]) -> Result<Inbound, CodecError> {
     let topic = field(lens[2])?;
     let event = field(lens[3])?;
     Ok(Inbound {
-        join_ref: Some(join_ref).filter(|s| !s.is_empty()),
+        // Kept even when empty, as Phoenix does: a push with an empty join_ref is stale for a
+        // joined channel, not one "without a join_ref" (which would be forwarded).
+        join_ref: Some(join_ref),
         reference: Some(reference).filter(|s| !s.is_empty()),
         topic,
         event,
