@@ -710,10 +710,18 @@ impl<P: Presence> PresenceHandle<P> {
     /// let mut events = presence.key_events("room:lobby");
     /// let (phone, laptop) = (Owner::new(), Owner::new());
     /// presence.track(&phone, "room:lobby", "alice", &serde_json::json!({}))?;
-    /// presence.track(&laptop, "room:lobby", "alice", &serde_json::json!({}))?;
     /// let first = events.recv().await.expect("an event");
     /// assert_eq!((&*first.key, first.change), ("alice", KeyChange::Online));
+    /// presence.track(&laptop, "room:lobby", "alice", &serde_json::json!({}))?;
     /// assert_eq!(events.recv().await.map(|e| e.change), Some(KeyChange::Updated));
+    /// // Unread events merge per key: a second device that comes and goes is nothing.
+    /// let tablet = Owner::new();
+    /// presence.track(&tablet, "room:lobby", "alice", &serde_json::json!({}))?;
+    /// drop(tablet);
+    /// drop(laptop);
+    /// assert_eq!(events.try_recv().map(|e| e.change), Some(KeyChange::Updated));
+    /// drop(phone);
+    /// assert_eq!(events.recv().await.map(|e| e.change), Some(KeyChange::Offline));
     /// # Ok(())
     /// # }
     /// ```
