@@ -5,8 +5,11 @@
 //!   anything else is refused with `{"reason": ...}`;
 //! - after a join, the channel tracks key = user with `{"online_at": <unix seconds>, "status":
 //!   <status or "online">}` and pushes `presence_state`;
-//! - `"status"` with `{"status": <string>}` updates the meta and replies ok;
-//! - `"new_msg"` with `{"body": <string>}` broadcasts `"new_msg"` `{"user", "body"}` and replies ok;
+//! - `"status"` with `{"status": <1 to 32 chars>}` updates the meta and replies ok (the join's
+//!   optional status is checked the same way);
+//! - `"new_msg"` with `{"body": <1 to 4,000 chars>}` broadcasts `"new_msg"` `{"user", "body"}`
+//!   and replies ok;
+//! - anything else gets an error reply `{"reason": ...}` and changes nothing;
 //! - one info line per connect, join and leave, and one per user coming online or going
 //!   offline in a room (`alice is online in room:lobby`), whatever their devices and nodes.
 //!
@@ -283,8 +286,7 @@ fn parse_join(params: &Value) -> Result<(String, String), String> {
     }
     let status = match map.get("status") {
         None | Some(Value::Null) => "online".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err("\"status\" must be a string".to_owned()),
+        Some(_) => checked(params, "status", STATUS_CHARS)?.to_owned(),
     };
     Ok((user.clone(), status))
 }
@@ -294,6 +296,31 @@ fn meta(online_at: u64, status: &str) -> Map<String, Value> {
     m.insert("online_at".to_owned(), json!(online_at));
     m.insert("status".to_owned(), json!(status));
     m
+}
+
+/// How long a status may be, in characters.
+const STATUS_CHARS: std::ops::RangeInclusive<usize> = 1..=32;
+/// How long a message may be, in characters.
+const BODY_CHARS: std::ops::RangeInclusive<usize> = 1..=4000;
+
+/// The string field `name` of `payload`, if its length in characters is within `chars`.
+fn checked<'a>(
+    payload: &'a Value,
+    name: &str,
+    chars: std::ops::RangeInclusive<usize>,
+) -> Result<&'a str, String> {
+    let Some(value) = payload.get(name).and_then(Value::as_str) else {
+        return Err(format!("{name:?} must be a string"));
+    };
+    let n = value.chars().count();
+    if !chars.contains(&n) {
+        return Err(format!(
+            "{name:?} must be {} to {} characters, got {n}",
+            chars.start(),
+            chars.end()
+        ));
+    }
+    Ok(value)
 }
 
 fn error_reply(reason: impl Into<String>) -> HandleIn {
@@ -333,8 +360,9 @@ impl Channel for RoomChannel {
         };
         match event {
             "status" => {
-                let Some(status) = payload.get("status").and_then(Value::as_str) else {
-                    return error_reply("\"status\" must be a string");
+                let status = match checked(&payload, "status", STATUS_CHARS) {
+                    Ok(status) => status,
+                    Err(reason) => return error_reply(reason),
                 };
                 match RoomPresence::update(ctx, &self.user, &meta(self.online_at, status)) {
                     Ok(_) => HandleIn::Reply(Reply::ok(json!({}))),
@@ -342,8 +370,9 @@ impl Channel for RoomChannel {
                 }
             }
             "new_msg" => {
-                let Some(body) = payload.get("body").and_then(Value::as_str) else {
-                    return error_reply("\"body\" must be a string");
+                let body = match checked(&payload, "body", BODY_CHARS) {
+                    Ok(body) => body,
+                    Err(reason) => return error_reply(reason),
                 };
                 match ctx.broadcast("new_msg", json!({ "user": self.user, "body": body })) {
                     Ok(()) => HandleIn::Reply(Reply::ok(json!({}))),

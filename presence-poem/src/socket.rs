@@ -570,16 +570,13 @@ impl Endpoint for PhoenixSocket {
                 return Ok(forbidden());
             }
         }
-        let params = match parse_query(req.uri().query().unwrap_or_default()) {
-            Some(params) => params,
-            None => {
-                // Not silently read as "no params" (which would also mean vsn 1.0.0).
-                tracing::warn!(
-                    query = req.uri().query(),
-                    "refusing websocket: unparsable query string"
-                );
-                return Ok(Response::builder().status(StatusCode::BAD_REQUEST).finish());
-            }
+        let Some(params) = parse_query(req.uri().query().unwrap_or_default()) else {
+            // Not silently read as "no params" (which would also mean vsn 1.0.0).
+            tracing::warn!(
+                query = req.uri().query(),
+                "refusing websocket: unparsable query string"
+            );
+            return Ok(Response::builder().status(StatusCode::BAD_REQUEST).finish());
         };
         let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
             tracing::warn!(vsn = ?params.get("vsn"), "refusing websocket: unsupported serializer version");

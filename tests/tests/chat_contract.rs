@@ -220,3 +220,66 @@ async fn reqwest_free_get(addr: std::net::SocketAddr) -> String {
     );
     body
 }
+
+#[tokio::test]
+async fn status_and_body_lengths_are_checked_and_bad_input_changes_nothing() {
+    let server = server().await;
+    let mut ann = connect(&server).await;
+    join(&mut ann, "1", "room:limits", json!({"user": "ann"})).await;
+    recv_event(&mut ann, "presence_state").await;
+    let long_status = "s".repeat(33);
+    let long_body = "b".repeat(4001);
+    let bad = [
+        ("status", json!({"status": ""})),
+        ("status", json!({"status": long_status})),
+        ("status", json!({})),
+        ("new_msg", json!({"body": ""})),
+        ("new_msg", json!({"body": long_body})),
+        ("new_msg", json!({"body": ["x"]})),
+    ];
+    for (i, (event, payload)) in bad.iter().enumerate() {
+        let r = (10 + i).to_string();
+        send(&mut ann, json!(["1", r, "room:limits", event, payload])).await;
+        let reply = recv_event(&mut ann, "phx_reply").await;
+        assert_eq!(reply[1], r);
+        assert_eq!(reply[4]["status"], "error", "{event} {payload}");
+        assert!(reply[4]["response"]["reason"].is_string());
+    }
+    // Nothing was broadcast or tracked: the next frames answer what follows.
+    let ok_status = "s".repeat(32);
+    send(
+        &mut ann,
+        json!(["1", "20", "room:limits", "status", {"status": ok_status}]),
+    )
+    .await;
+    // The first diff after the refused ones (and ann's own join, which may come after the
+    // state) is this status: none of them was tracked.
+    loop {
+        let diff = recv_event(&mut ann, "presence_diff").await;
+        let status = &diff[4]["joins"]["ann"]["metas"][0]["status"];
+        if status != "online" {
+            assert_eq!(status, &json!(ok_status));
+            break;
+        }
+    }
+    let ok_body = "b".repeat(4000);
+    send(
+        &mut ann,
+        json!(["1", "21", "room:limits", "new_msg", {"body": ok_body}]),
+    )
+    .await;
+    // The first message broadcast is this one: none of the refused ones was.
+    let msg = recv_event(&mut ann, "new_msg").await;
+    assert_eq!(msg[4]["body"].as_str().map(str::len), Some(4000));
+    // A join with a bad status is refused.
+    let mut bob = connect(&server).await;
+    let reply = join(
+        &mut bob,
+        "1",
+        "room:limits",
+        json!({"user": "bob", "status": "x".repeat(33)}),
+    )
+    .await;
+    assert_eq!(reply[4]["status"], "error");
+    server.shutdown().await;
+}
