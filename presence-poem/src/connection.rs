@@ -29,7 +29,7 @@ use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketShared, Start};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
-use crate::socket::{Drain, Inner, OpenGuard};
+use crate::socket::{Drain, Inner, OpenGuard, RateLimit};
 
 /// Capacity of the command queue from the connection to one channel task. The last slot is
 /// kept for a leave or a stop: client pushes are refused (`channel busy`) when only it is
@@ -65,7 +65,16 @@ pub(crate) fn run(
     });
     let (sink, stream) = stream.split();
     let deadline = inner.config.shutdown_timeout;
+    let limits = Box::new(RateState {
+        messages: Bucket::new(inner.config.message_rate),
+        joins: Bucket::new(inner.config.join_rate),
+        abuse: Abuse {
+            since: Instant::now(),
+            refused: 0,
+        },
+    });
     let control = Control {
+        limits,
         inner,
         socket,
         channels: HashMap::new(),
@@ -219,7 +228,57 @@ struct Control {
     close: watch::Receiver<Option<Close>>,
     /// Turns true when the endpoint drains.
     draining: watch::Receiver<bool>,
+    /// Boxed: rarely touched compared with their size, and kept per socket.
+    limits: Box<RateState>,
 }
+
+#[derive(Debug)]
+struct RateState {
+    messages: Bucket,
+    joins: Bucket,
+    abuse: Abuse,
+}
+
+/// A token bucket (see [`RateLimit`]).
+#[derive(Debug)]
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Self {
+        Bucket {
+            limit,
+            tokens: f64::from(limit.burst),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(self.limit.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(self.limit.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Refused messages counted towards closing an abusive socket.
+#[derive(Debug)]
+struct Abuse {
+    since: Instant,
+    refused: u32,
+}
+
+/// The window over which refused messages are counted.
+const ABUSE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -353,7 +412,12 @@ impl Control {
             WsMessage::Ping(_) | WsMessage::Pong(_) => return,
         };
         match decoded {
-            Ok(inbound) => self.handle_inbound(inbound),
+            Ok(inbound) => {
+                let heartbeat = inbound.topic == PHOENIX_TOPIC && inbound.event == event::HEARTBEAT;
+                if heartbeat || self.within_rates(&inbound) {
+                    self.handle_inbound(inbound);
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, "closing websocket: undecodable frame");
                 self.outbox()
@@ -394,6 +458,49 @@ impl Control {
             }
         }
         self.dying.retain(|task| !task.is_finished());
+    }
+
+    /// Whether `msg` is within the socket's rates; answers it `rate limited` (and closes an
+    /// abusive socket with 1008) when not.
+    fn within_rates(&mut self, msg: &Inbound) -> bool {
+        let now = Instant::now();
+        let limits = &mut self.limits;
+        let joining = msg.event == event::JOIN;
+        let allowed = limits.messages.take(now) && (!joining || limits.joins.take(now));
+        if allowed {
+            return true;
+        }
+        if now.duration_since(limits.abuse.since) > ABUSE_WINDOW {
+            limits.abuse = Abuse {
+                since: now,
+                refused: 0,
+            };
+        }
+        limits.abuse.refused += 1;
+        let refused = limits.abuse.refused;
+        let bound = 2 * self.inner.config.message_rate.burst;
+        if refused > bound {
+            if self.outbox().close(code::POLICY, "rate limited") {
+                tracing::warn!(
+                    refused,
+                    "closing a websocket client that floods past its rate limit"
+                );
+            }
+            return false;
+        }
+        if refused == 1 {
+            tracing::warn!(topic = %msg.topic, event = %msg.event,
+                "websocket client over its rate limit: messages refused");
+        }
+        let reason = json!({"reason": "rate limited"});
+        self.reply(
+            msg.join_ref.as_deref(),
+            msg.reference.as_deref(),
+            &msg.topic,
+            "error",
+            reason,
+        );
+        false
     }
 
     fn handle_inbound(&mut self, msg: Inbound) {
@@ -645,6 +752,30 @@ impl Control {
             .or_else(|| reference.as_deref().map(Arc::from))
             .unwrap_or_else(|| Arc::from(""));
         let inner = self.inner.clone();
+        let refused = if topic.len() > inner.config.max_topic_length {
+            Some("topic too long")
+        } else if !self.channels.contains_key(&topic)
+            && !self
+                .socket
+                .hubs
+                .has_room_for(&topic, inner.config.max_topics)
+        {
+            Some("too many topics")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            tracing::warn!(topic_len = topic.len(), reason, "join refused");
+            let reason = json!({ "reason": reason });
+            self.reply(
+                reply_join_ref.as_deref(),
+                reference.as_deref(),
+                &topic,
+                "error",
+                reason,
+            );
+            return;
+        }
         let Some(route) = inner.route(&topic) else {
             tracing::debug!(%topic, "ignoring unmatched topic");
             let reason = json!({"reason": "unmatched topic"});

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use std::time::Duration;
@@ -52,6 +52,8 @@ struct HubsInner {
     pubsub: PubSub,
     map: Mutex<HashMap<Arc<str>, Weak<Hub>>>,
     next_key: AtomicU64,
+    /// Hubs alive.
+    live: AtomicUsize,
 }
 
 /// One topic's fan-out.
@@ -111,6 +113,7 @@ impl Hubs {
                 pubsub,
                 map: Mutex::new(HashMap::new()),
                 next_key: AtomicU64::new(1),
+                live: AtomicUsize::new(0),
             }),
         }
     }
@@ -122,6 +125,20 @@ impl Hubs {
     /// A fresh key identifying one socket in every hub.
     pub(crate) fn socket_key(&self) -> u64 {
         self.inner.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a socket may join `topic` when at most `max` topics may have a hub: its hub
+    /// exists already, or there is room for one more.
+    pub(crate) fn has_room_for(&self, topic: &str, max: usize) -> bool {
+        if self.inner.live.load(Ordering::Relaxed) < max {
+            return true;
+        }
+        let map = self
+            .inner
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(topic).is_some_and(|w| w.strong_count() > 0)
     }
 
     /// Registers the socket `key` for broadcasts on `topic`, starting the hub if needed.
@@ -191,6 +208,7 @@ impl Hub {
         });
         let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
         let task = tokio::spawn(run(sub, inject_rx, shared.clone()));
+        hubs.live.fetch_add(1, Ordering::Relaxed);
         Hub {
             topic: Arc::from(topic),
             sub_id,
@@ -206,6 +224,7 @@ impl Drop for Hub {
     fn drop(&mut self) {
         self.task.abort();
         if let Some(hubs) = self.hubs.upgrade() {
+            hubs.live.fetch_sub(1, Ordering::Relaxed);
             let mut map = hubs.map.lock().unwrap_or_else(PoisonError::into_inner);
             if map.get(&self.topic).is_some_and(|w| w.strong_count() == 0) {
                 map.remove(&self.topic);

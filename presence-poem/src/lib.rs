@@ -226,6 +226,8 @@
 //! - 1009: a message over [`max_message_size`](PhoenixSocketBuilder::max_message_size) (1 MiB);
 //! - 1011: an internal error;
 //! - 1012: the endpoint is draining for a shutdown ([`PhoenixSocket::drain`]);
+//! - 1008: a client that went on sending far over its
+//!   [message rate](PhoenixSocketBuilder::message_rate);
 //! - 1013: the outbound queue is full, in frames or bytes (a client that stopped reading).
 //!
 //! Every close the server starts completes the closing handshake: after its close frame the
@@ -258,7 +260,9 @@ pub use context::{ChannelContext, SocketRef};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use presence::{PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
-    ConnectError, ConnectInfo, Connected, DEFAULT_IDLE_TIMEOUT, DEFAULT_JOIN_TIMEOUT,
-    DEFAULT_MAX_CHANNELS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_BUDGET,
-    DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
+    ConnectError, ConnectInfo, Connected, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_JOIN_RATE, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_CHANNELS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_TOPIC_LENGTH, DEFAULT_MAX_TOPICS, DEFAULT_MESSAGE_RATE,
+    DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
+    RateLimit,
 };

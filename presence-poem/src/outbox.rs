@@ -27,6 +27,7 @@ pub(crate) mod code {
     pub(crate) const NORMAL: u16 = 1000;
     pub(crate) const GOING_AWAY: u16 = 1001;
     pub(crate) const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const POLICY: u16 = 1008;
     pub(crate) const TOO_BIG: u16 = 1009;
     pub(crate) const INTERNAL: u16 = 1011;
     pub(crate) const SERVICE_RESTART: u16 = 1012;

@@ -134,6 +134,31 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) join_timeout: Duration,
     pub(crate) websocket: WebSocketConfig,
+    pub(crate) max_topic_length: usize,
+    pub(crate) message_rate: RateLimit,
+    pub(crate) join_rate: RateLimit,
+    pub(crate) max_topics: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// A token bucket's settings: `per_second` on average, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: u32,
+    /// The bucket's size: how many may come at once.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// A limit of `per_second` on average with bursts of `burst`.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        RateLimit {
+            per_second: per_second.max(1),
+            burst: burst.max(1),
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -260,6 +285,24 @@ pub const DEFAULT_OUTBOUND_CAPACITY: usize = 256;
 pub const DEFAULT_OUTBOUND_BUDGET: usize = 8 << 20;
 /// Default time a channel's `join` may take before the join is answered `join timeout`.
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// The default longest topic, in bytes.
+pub const DEFAULT_MAX_TOPIC_LENGTH: usize = 256;
+/// The default rate of messages from one socket.
+pub const DEFAULT_MESSAGE_RATE: RateLimit = RateLimit {
+    per_second: 100,
+    burst: 200,
+};
+/// The default rate of joins from one socket (a burst covers rejoining 100 channels).
+pub const DEFAULT_JOIN_RATE: RateLimit = RateLimit {
+    per_second: 10,
+    burst: 100,
+};
+/// The default number of topics with joined sockets on one endpoint.
+pub const DEFAULT_MAX_TOPICS: usize = 100_000;
+/// The default number of open connections of one endpoint.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// The default time the connect hook may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit on an incoming message (and frame) size, in bytes.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
@@ -318,6 +361,12 @@ impl PhoenixSocket {
                 },
                 shutdown_timeout: Duration::from_secs(5),
                 join_timeout: DEFAULT_JOIN_TIMEOUT,
+                max_topic_length: DEFAULT_MAX_TOPIC_LENGTH,
+                message_rate: DEFAULT_MESSAGE_RATE,
+                join_rate: DEFAULT_JOIN_RATE,
+                max_topics: DEFAULT_MAX_TOPICS,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
             },
         }
@@ -400,6 +449,55 @@ impl PhoenixSocketBuilder {
     /// heartbeats while joins run.
     pub fn join_timeout(mut self, timeout: Duration) -> Self {
         self.config.join_timeout = timeout;
+        self
+    }
+
+    /// Limits topic names to `bytes` (default 256). A longer join is refused with
+    /// `{"reason": "topic too long"}`: every topic is copied into several maps and, with
+    /// presence, replicated to every node.
+    pub fn max_topic_length(mut self, bytes: usize) -> Self {
+        self.config.max_topic_length = bytes;
+        self
+    }
+
+    /// Limits the messages one socket may send (default 100 a second, bursts of 200;
+    /// heartbeats are not counted). A message over the limit is not handled: it is answered
+    /// `error` with `{"reason": "rate limited"}`. A socket that goes on after more than
+    /// twice its burst was refused within 10 s is closed with **1008** (policy violation).
+    /// The flood never delays its neighbours: each socket is served on its own.
+    pub fn message_rate(mut self, limit: RateLimit) -> Self {
+        self.config.message_rate = limit;
+        self
+    }
+
+    /// Limits the joins one socket may send (default 10 a second, bursts of 100, enough to
+    /// rejoin 100 channels after a reconnect). Duplicate joins of one topic count as joins;
+    /// each re-lists a room. A join over the limit is answered `error` with
+    /// `{"reason": "rate limited"}`; joins also count as messages.
+    pub fn join_rate(mut self, limit: RateLimit) -> Self {
+        self.config.join_rate = limit;
+        self
+    }
+
+    /// Limits the topics with joined sockets on this endpoint (default 100,000): a join to a
+    /// new topic beyond it is refused with `{"reason": "too many topics"}`. Each such topic
+    /// has a hub (a subscription and a task).
+    pub fn max_topics(mut self, max: usize) -> Self {
+        self.config.max_topics = max;
+        self
+    }
+
+    /// Limits the open connections of this endpoint (default 100,000): an upgrade beyond it
+    /// gets HTTP 503 (phoenix.js retries with backoff).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// How long the [connect hook](Self::on_connect) may take (default 10 s); a hook that
+    /// takes longer is dropped and the upgrade gets HTTP 503.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
         self
     }
 
@@ -552,6 +650,15 @@ impl Endpoint for PhoenixSocket {
                 .status(StatusCode::SERVICE_UNAVAILABLE)
                 .finish());
         }
+        if self.open_sockets() >= self.inner.config.max_connections {
+            tracing::warn!(
+                max = self.inner.config.max_connections,
+                "refusing websocket: too many open connections"
+            );
+            return Ok(Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .finish());
+        }
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let host = req
                 .headers()
@@ -596,11 +703,20 @@ impl Endpoint for PhoenixSocket {
                     remote_addr: req.remote_addr().clone(),
                     auth_token,
                 };
-                match hook(info).await {
-                    Ok(connected) => connected,
-                    Err(error) => {
+                match tokio::time::timeout(self.inner.config.connect_timeout, hook(info)).await {
+                    Ok(Ok(connected)) => connected,
+                    Ok(Err(error)) => {
                         tracing::info!(%error, "websocket connect refused");
                         return Ok(forbidden());
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout = ?self.inner.config.connect_timeout,
+                            "refusing websocket: the connect hook timed out"
+                        );
+                        return Ok(Response::builder()
+                            .status(StatusCode::SERVICE_UNAVAILABLE)
+                            .finish());
                     }
                 }
             }

@@ -82,6 +82,27 @@ test("a second device of the same user is counted", { timeout: 60000 }, async ()
   await one.context.close();
 });
 
+test("user names that are JavaScript prototype keys work", { timeout: 60000 }, async () => {
+  const room = `proto-${Date.now()}`;
+  const names = ["__proto__", "constructor", "toString"];
+  const pages = [];
+  for (const name of names) pages.push(await openAs(name, room));
+  for (const { page } of pages) {
+    for (const name of names) {
+      await page.waitForSelector(`#presences li[data-user="${name}"]`, { timeout: TIMEOUT });
+    }
+    assert.deepEqual((await users(page)).sort(), [...names].sort());
+  }
+  await pages[0].context.close();
+  await pages[1].page.waitForFunction(
+    () => !document.querySelector('#presences li[data-user="__proto__"]'),
+    null,
+    { timeout: TIMEOUT },
+  );
+  assert.deepEqual((await users(pages[1].page)).sort(), ["constructor", "toString"]);
+  for (const { context } of pages.slice(1)) await context.close();
+});
+
 test("a bad join shows the server's reason", { timeout: 30000 }, async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
