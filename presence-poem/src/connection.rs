@@ -57,7 +57,6 @@ pub(crate) fn run(
     let socket = Arc::new(SocketShared {
         assigns,
         id,
-        key: inner.hubs.socket_key(),
         vsn,
         outbox: outbox.clone(),
         hubs: inner.hubs.clone(),
@@ -787,7 +786,8 @@ impl Control {
             .remove(&topic)
             .and_then(|old| self.replace(&topic, old));
         self.reap();
-        if self.channels.len() >= self.inner.config.max_channels {
+        // Channels still shutting down count: they hold their resources until they end.
+        if self.channels.len() + self.dying.len() >= self.inner.config.max_channels {
             tracing::warn!(%topic, max = self.inner.config.max_channels, "too many channels joined");
             let reason = json!({"reason": "too many channels joined"});
             self.reply(

@@ -26,7 +26,6 @@ use crate::{Channel, Join};
 pub(crate) struct SocketShared {
     pub(crate) assigns: Extensions,
     pub(crate) id: Option<Arc<str>>,
-    pub(crate) key: u64,
     pub(crate) vsn: Vsn,
     pub(crate) outbox: Outbox,
     pub(crate) hubs: Hubs,
@@ -407,6 +406,9 @@ impl Replaced {
             return;
         }
         self.task.abort();
+        // Wait (briefly) for the abort to take effect, so the old channel's registration and
+        // presences are gone before the new one joins.
+        let _ = timeout(self.deadline, &mut self.task).await;
         tracing::warn!(topic, "replaced channel did not stop in time; aborted");
         let close = socket.vsn.message(
             Some(&self.join_ref),
@@ -540,12 +542,19 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                 }
             }
             let socket = &ctx.socket;
-            ctx.registration =
-                Some(
-                    socket
-                        .hubs
-                        .register(&topic, socket.key, vsn, socket.outbox.clone(), this),
-                );
+            ctx.registration = Some(
+                socket
+                    .hubs
+                    // A key of its own: when a duplicate join replaced a stuck channel,
+                    // the old registration's late drop must not remove this one.
+                    .register(
+                        &topic,
+                        socket.hubs.socket_key(),
+                        vsn,
+                        socket.outbox.clone(),
+                        this,
+                    ),
+            );
             for deferred in deferred {
                 match deferred {
                     Deferred::Frame(out) => ctx.socket.outbox.send(out),

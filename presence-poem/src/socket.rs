@@ -292,10 +292,10 @@ pub const DEFAULT_MESSAGE_RATE: RateLimit = RateLimit {
     per_second: 100,
     burst: 200,
 };
-/// The default rate of joins from one socket (a burst covers rejoining 100 channels).
+/// The default rate of joins from one socket (a burst covers rejoining 100 channels twice).
 pub const DEFAULT_JOIN_RATE: RateLimit = RateLimit {
     per_second: 10,
-    burst: 100,
+    burst: 200,
 };
 /// The default number of topics with joined sockets on one endpoint.
 pub const DEFAULT_MAX_TOPICS: usize = 100_000;
@@ -470,8 +470,8 @@ impl PhoenixSocketBuilder {
         self
     }
 
-    /// Limits the joins one socket may send (default 10 a second, bursts of 100, enough to
-    /// rejoin 100 channels after a reconnect). Duplicate joins of one topic count as joins;
+    /// Limits the joins one socket may send (default 10 a second, bursts of 200, enough to
+    /// rejoin 100 channels after a reconnect, twice). Duplicate joins of one topic count as joins;
     /// each re-lists a room. A join over the limit is answered `error` with
     /// `{"reason": "rate limited"}`; joins also count as messages.
     pub fn join_rate(mut self, limit: RateLimit) -> Self {

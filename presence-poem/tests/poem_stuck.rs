@@ -204,4 +204,26 @@ async fn a_duplicate_join_of_a_stuck_channel_does_not_freeze_the_socket() {
         (reply.join_ref, reply.payload["status"].clone()),
         (json!("3"), json!("ok"))
     );
+    // The new channel is not deaf: the replaced one's late end did not take its place in
+    // the topic's hub. A broadcast from another client arrives.
+    let mut other = Client::v2(server.addr).await;
+    other.join_ok("room:stuck", "1").await;
+    other
+        .send(
+            Some("1"),
+            Some("2"),
+            "room:stuck",
+            "broadcast",
+            json!({"n": 1}),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, c.recv())
+            .await
+            .expect("the broadcast reaches the new channel");
+        if frame.payload == json!({"n": 1}) {
+            break;
+        }
+    }
 }
