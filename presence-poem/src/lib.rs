@@ -132,6 +132,58 @@
 //! each; when half of them close at once the rest converge in 0.3 s, and no socket is closed
 //! (BENCHMARKS.md, "Big rooms").
 //!
+//! # Authentication
+//!
+//! The pattern Phoenix apps use with `Phoenix.Token`: an HTTP endpoint of the app, behind its
+//! own login, hands the page a token signed with [`TokenSigner`]; the page passes it as a
+//! socket param; the [connect hook](PhoenixSocketBuilder::on_connect) verifies it and assigns
+//! the user id, which channels read from [`ChannelContext::socket_assigns`]. A channel then
+//! tracks the user the server vouched for, never a name the client sent.
+//!
+//! ```
+//! use std::time::Duration;
+//! use poem::web::Data;
+//! use poem::{EndpointExt, Route, get, handler};
+//! use presence_core::PubSub;
+//! use presence_poem::{ConnectError, ConnectInfo, Connected, PhoenixSocket, TokenSigner};
+//!
+//! #[derive(Clone)]
+//! struct UserId(u64);
+//!
+//! /// Behind the app's login (its session says who the user is).
+//! #[handler]
+//! fn socket_token(Data(signer): Data<&TokenSigner>) -> String {
+//!     let user_id = 42_u64; // from the session
+//!     signer.sign(&user_id)
+//! }
+//!
+//! # fn main() -> Result<(), presence_poem::TokenError> {
+//! let secret = b"from the app's configuration, at least 32 bytes long!";
+//! let signer = TokenSigner::new(secret, "user socket")?;
+//! let verifier = signer.clone();
+//! let socket = PhoenixSocket::builder(PubSub::new("node-a"))
+//!     .on_connect(move |info: ConnectInfo| {
+//!         // `new Socket("/socket", {params: {token}})` in the page.
+//!         let user = info
+//!             .params
+//!             .get("token")
+//!             .ok_or(ConnectError::new("no token"))
+//!             .and_then(|t| {
+//!                 verifier
+//!                     .verify::<u64>(t, Duration::from_secs(14 * 86_400))
+//!                     .map_err(|e| ConnectError::new(e.to_string()))
+//!             });
+//!         async move { Ok(Connected::new().assign(UserId(user?))) }
+//!     })
+//!     .build();
+//! let app = Route::new()
+//!     .nest("/socket", Route::new().at("/websocket", socket))
+//!     .at("/socket_token", get(socket_token))
+//!     .data(signer);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Protocol
 //!
 //! Serializers: `vsn=1.0.0` (or none) speaks V1 JSON objects, `vsn=2.0.0` V2 JSON arrays and
@@ -252,6 +304,7 @@ mod outbox;
 mod presence;
 mod protocol;
 mod socket;
+mod token;
 
 pub use channel::{
     Channel, HandleIn, Info, IntoPayload, Join, Mailbox, MailboxError, Reply, StopReason,
@@ -266,3 +319,4 @@ pub use socket::{
     DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
     RateLimit,
 };
+pub use token::{MIN_SECRET_LEN, TokenError, TokenSigner};

@@ -268,3 +268,50 @@ async fn an_unparsable_query_string_is_400_not_v1() {
     }
     assert_eq!(status_of(server.addr, "vsn=2.0.0&name=a%20b").await, 101);
 }
+
+#[tokio::test]
+async fn a_signed_user_token_is_verified_by_the_connect_hook() {
+    use presence_poem::TokenSigner;
+    use std::time::{Duration, SystemTime};
+    let secret = b"a test secret that is long enough, 32+ bytes";
+    let signer = TokenSigner::new(secret, "user socket").unwrap();
+    let verifier = signer.clone();
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .on_connect(move |info: ConnectInfo| {
+            let user = info
+                .params
+                .get("token")
+                .ok_or(ConnectError::new("no token"))
+                .and_then(|t| {
+                    verifier
+                        .verify::<String>(t, Duration::from_secs(60))
+                        .map_err(|e| ConnectError::new(e.to_string()))
+                });
+            async move { Ok(Connected::new().assign(UserName(user?))) }
+        })
+        .build();
+    let server = serve(pubsub, socket).await;
+    let query = |token: &str| format!("vsn=2.0.0&token={token}");
+    let good = signer.sign("ann");
+    let mut client = Client::connect(server.addr, &query(&good)).await;
+    client.join_ok("room:1", "1").await;
+    client
+        .send(Some("1"), Some("2"), "room:1", "whoami", json!({}))
+        .await;
+    assert_eq!(client.recv().await.payload["response"]["user"], "ann");
+
+    let expired = signer.sign_at("ann", SystemTime::now() - Duration::from_secs(120));
+    let other_salt = TokenSigner::new(secret, "session").unwrap().sign("ann");
+    let mut tampered = good.clone();
+    tampered.replace_range(3..4, if &good[3..4] == "A" { "B" } else { "A" });
+    for bad in [
+        expired.as_str(),
+        other_salt.as_str(),
+        tampered.as_str(),
+        "nonsense",
+    ] {
+        assert_eq!(status_of(server.addr, &query(bad)).await, 403, "{bad}");
+    }
+    assert_eq!(status_of(server.addr, "vsn=2.0.0").await, 403, "no token");
+}
