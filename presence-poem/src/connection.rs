@@ -29,7 +29,7 @@ use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketShared, Start};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
-use crate::socket::{Drain, Inner, OpenGuard, RateLimit};
+use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit};
 
 /// Capacity of the command queue from the connection to one channel task. The last slot is
 /// kept for a leave or a stop: client pushes are refused (`channel busy`) when only it is
@@ -225,8 +225,8 @@ struct Control {
     /// Tasks of channels that have stopped but may not have finished yet.
     dying: Vec<JoinHandle<()>>,
     close: watch::Receiver<Option<Close>>,
-    /// Turns true when the endpoint drains.
-    draining: watch::Receiver<bool>,
+    /// Says when this connection's batch of a drain is released.
+    draining: DrainWatch,
     /// Boxed: rarely touched compared with their size, and kept per socket.
     limits: Box<RateState>,
 }
@@ -295,13 +295,6 @@ async fn finish_closing(mut stream: SplitStream<WebSocketStream>) {
     .await;
 }
 
-/// Resolves once the endpoint drains (never when it cannot any more).
-async fn drained(draining: &mut watch::Receiver<bool>) {
-    if draining.wait_for(|d| *d).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 async fn next_disconnect(sub: &mut Option<Subscription>) -> Arc<Message> {
     let Some(sub) = sub else {
         return std::future::pending().await;
@@ -328,13 +321,15 @@ impl Control {
             .as_deref()
             .map(|id| self.socket.hubs.pubsub().subscribe(id));
         let mut draining = self.draining.clone();
+        // This connection's place in the drain's batches, once it began.
+        let mut ticket = None;
         let idle = sleep(idle_timeout);
         tokio::pin!(idle);
         loop {
             tokio::select! {
                 biased;
                 _ = self.close.changed() => break,
-                () = drained(&mut draining) => {
+                () = draining.released(&mut ticket) => {
                     tracing::debug!("closing websocket: the endpoint is draining");
                     self.outbox().close(code::SERVICE_RESTART, "server shutting down");
                 }

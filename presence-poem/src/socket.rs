@@ -140,6 +140,8 @@ pub(crate) struct Config {
     pub(crate) max_topics: usize,
     pub(crate) max_connections: usize,
     pub(crate) connect_timeout: Duration,
+    /// Batch size, interval, deadline.
+    pub(crate) drain: (usize, Duration, Duration),
 }
 
 /// A token bucket's settings: `per_second` on average, bursts of up to `burst`.
@@ -173,6 +175,33 @@ pub(crate) struct Inner {
 pub(crate) struct Drain {
     draining: watch::Sender<bool>,
     open: watch::Sender<usize>,
+    /// While draining: connections holding a ticket below this may close.
+    released: watch::Sender<u64>,
+    tickets: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's view of its endpoint's drain.
+#[derive(Clone)]
+pub(crate) struct DrainWatch {
+    draining: watch::Receiver<bool>,
+    released: watch::Receiver<u64>,
+    inner: Arc<Inner>,
+}
+
+impl DrainWatch {
+    /// Resolves when this connection's batch of the drain is released (never when the
+    /// endpoint is gone). `ticket` keeps the connection's place across calls.
+    pub(crate) async fn released(&mut self, ticket: &mut Option<u64>) {
+        if self.draining.wait_for(|d| *d).await.is_err() {
+            return std::future::pending().await;
+        }
+        let tickets = &self.inner.drain.tickets;
+        let mine = *ticket
+            .get_or_insert_with(|| tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        if self.released.wait_for(|r| *r > mine).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Drain {
@@ -180,13 +209,20 @@ impl Drain {
         Drain {
             draining: watch::channel(false).0,
             open: watch::channel(0).0,
+            released: watch::channel(0).0,
+            tickets: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Counts a connection as open until the guard drops; the receiver turns true on drain.
-    pub(crate) fn enter(inner: &Arc<Inner>) -> (OpenGuard, watch::Receiver<bool>) {
+    /// Counts a connection as open until the guard drops.
+    pub(crate) fn enter(inner: &Arc<Inner>) -> (OpenGuard, DrainWatch) {
         inner.drain.open.send_modify(|n| *n += 1);
-        (OpenGuard(inner.clone()), inner.drain.draining.subscribe())
+        let watch = DrainWatch {
+            draining: inner.drain.draining.subscribe(),
+            released: inner.drain.released.subscribe(),
+            inner: inner.clone(),
+        };
+        (OpenGuard(inner.clone()), watch)
     }
 }
 
@@ -311,7 +347,10 @@ impl PhoenixSocket {
     ///
     /// From now on, upgrade requests are answered HTTP 503, and every open socket is closed
     /// with close code **1012** ("service restart"): phoenix.js reconnects with backoff, to
-    /// another node when a load balancer sends it there. Each connection stops its channels as
+    /// another node when a load balancer sends it there. Sockets close in batches, as
+    /// Phoenix's drainer does ([`PhoenixSocketBuilder::drain_batches`]: 10,000 sockets every
+    /// 2 s, everyone left at 30 s), so a node's shutdown does not send all its clients to the
+    /// other nodes in the same millisecond. Each connection stops its channels as
     /// when the client closes (`terminate` with [`StopReason::Closed`](crate::StopReason),
     /// their [`Owner`](presence_core::Owner)s drop, so their presences leave), within the
     /// connection's 5 s deadline. The future resolves once every connection of this endpoint
@@ -329,8 +368,29 @@ impl PhoenixSocket {
     /// # }
     /// ```
     pub async fn drain(&self) {
-        self.inner.drain.draining.send_replace(true);
-        let mut open = self.inner.drain.open.subscribe();
+        let drain = &self.inner.drain;
+        let (batch, interval, deadline) = self.inner.config.drain;
+        let mut open = drain.open.subscribe();
+        if !drain.draining.send_replace(true) {
+            let started = tokio::time::Instant::now();
+            drain.released.send_replace(batch as u64);
+            loop {
+                let next = tokio::time::sleep(interval);
+                tokio::select! {
+                    _ = open.wait_for(|n| *n == 0) => return,
+                    () = next => {}
+                }
+                if started.elapsed() >= deadline {
+                    // The deadline: everyone else at once.
+                    drain.released.send_replace(u64::MAX);
+                    break;
+                }
+                drain
+                    .released
+                    .send_modify(|r| *r = r.saturating_add(batch as u64));
+                tracing::debug!(open = *open.borrow(), "draining: next batch released");
+            }
+        }
         let _ = open.wait_for(|n| *n == 0).await;
     }
 
@@ -367,6 +427,7 @@ impl PhoenixSocket {
                 max_topics: DEFAULT_MAX_TOPICS,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                drain: (10_000, Duration::from_secs(2), Duration::from_secs(30)),
                 websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
             },
         }
@@ -498,6 +559,19 @@ impl PhoenixSocketBuilder {
     /// takes longer is dropped and the upgrade gets HTTP 503.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how [`drain`](PhoenixSocket::drain) closes sockets: `batch_size` at once, the next
+    /// batch `interval` later, and every socket left once `deadline` has passed since the
+    /// drain began (defaults, as Phoenix's drainer: 10,000, 2 s, 30 s).
+    pub fn drain_batches(
+        mut self,
+        batch_size: usize,
+        interval: Duration,
+        deadline: Duration,
+    ) -> Self {
+        self.config.drain = (batch_size.max(1), interval, deadline);
         self
     }
 

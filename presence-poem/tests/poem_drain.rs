@@ -61,3 +61,53 @@ async fn drain_without_sockets_resolves_at_once() {
         .expect("nothing to wait for");
     assert_eq!(socket.open_sockets(), 0);
 }
+
+#[tokio::test]
+async fn drain_closes_sockets_in_batches_then_everyone_at_the_deadline() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .drain_batches(2, Duration::from_millis(300), Duration::from_millis(1000))
+        .build();
+    let server = serve(pubsub, socket.clone()).await;
+    let mut clients = Vec::new();
+    for _ in 0..7 {
+        let mut c = Client::v2(server.addr).await;
+        c.heartbeat("1").await;
+        clients.push(c);
+    }
+    let started = Instant::now();
+    let drain = tokio::spawn({
+        let socket = socket.clone();
+        async move { socket.drain().await }
+    });
+    // Each client notes when it was closed.
+    let mut closed_at = Vec::new();
+    for mut c in clients {
+        closed_at.push(tokio::spawn(async move {
+            let code = close_code(c.closed().await);
+            (code, started.elapsed())
+        }));
+    }
+    let mut times = Vec::new();
+    for t in closed_at {
+        let (code, at) = t.await.unwrap();
+        assert_eq!(code, 1012);
+        times.push(at);
+    }
+    tokio::time::timeout(DEADLINE, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    times.sort();
+    // Two at once, two 300 ms later, two at 600 ms, and the last by 900 ms or the deadline.
+    let at_once = times
+        .iter()
+        .filter(|t| **t < Duration::from_millis(250))
+        .count();
+    assert_eq!(at_once, 2, "{times:?}");
+    assert!(times[2] >= Duration::from_millis(250), "{times:?}");
+    assert!(times[4] >= Duration::from_millis(550), "{times:?}");
+    assert!(times[6] < Duration::from_millis(1500), "{times:?}");
+}
