@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,11 @@ use crate::origin::CheckOrigin;
 use crate::outbox::Limits;
 use crate::protocol::Vsn;
 
-/// The connect hook's input: what Phoenix's `connect/3` sees.
-#[derive(Debug, Clone)]
+/// The connect hook's input: what Phoenix's `connect/3` sees, with its `connect_info`.
+///
+/// Its `Debug` output redacts what grants access: the auth token, the `token` param, and the
+/// `cookie`, `authorization` and `sec-websocket-protocol` headers.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ConnectInfo {
     /// The query parameters (phoenix.js `params`, plus `vsn`). Nested params arrive flat, with
@@ -34,11 +38,128 @@ pub struct ConnectInfo {
     pub params: HashMap<String, String>,
     /// The upgrade request's headers.
     pub headers: HeaderMap,
-    /// The peer's address.
+    /// The address the connection came from (a proxy's, behind one).
     pub remote_addr: RemoteAddr,
+    /// The client's address: the connection's, or, when that is one of the
+    /// [trusted proxies](PhoenixSocketBuilder::trusted_proxies), the last address in
+    /// `X-Forwarded-For` that is not a trusted proxy. `None` when the connection has no IP
+    /// address (a Unix socket).
+    pub peer_addr: Option<IpAddr>,
+    /// The request's URI (path and query).
+    pub uri: poem::http::Uri,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// Every `x-*` header, in order (Phoenix's `:x_headers`).
+    pub x_headers: Vec<(String, String)>,
     /// The token phoenix.js sends with `authToken`, decoded from
     /// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<base64>`.
     pub auth_token: Option<String>,
+}
+
+/// Headers whose values grant access, redacted from `Debug` output.
+const SECRET_HEADERS: [&str; 4] = [
+    "cookie",
+    "authorization",
+    "sec-websocket-protocol",
+    "x-phoenix-authtoken",
+];
+
+impl fmt::Debug for ConnectInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = "[redacted]";
+        let params: HashMap<&str, &str> = self
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let secret = k == "token" || k.contains("token") || k.contains("password");
+                (k.as_str(), if secret { redacted } else { v.as_str() })
+            })
+            .collect();
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_HEADERS.contains(&k.as_str());
+                (
+                    k.as_str(),
+                    if secret {
+                        redacted
+                    } else {
+                        v.to_str().unwrap_or("[binary]")
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("ConnectInfo")
+            .field("params", &params)
+            .field("headers", &headers)
+            .field("remote_addr", &self.remote_addr)
+            .field("peer_addr", &self.peer_addr)
+            .field("uri", &self.uri.path())
+            .field("user_agent", &self.user_agent)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| redacted))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client's address behind trusted proxies: walking `X-Forwarded-For` from the right
+/// (the hop closest to us), the first address that is not a trusted proxy.
+fn client_addr(
+    remote: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[(IpAddr, u8)],
+) -> Option<IpAddr> {
+    let remote = remote?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|(net, bits)| in_net(*ip, *net, *bits));
+    if !is_trusted(&remote) {
+        return Some(remote);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    let mut client = remote;
+    for ip in forwarded.into_iter().rev() {
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(bits.min(32)))
+                .unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(bits.min(128)))
+                .unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Parses `"10.0.0.0/8"`, `"::1/128"` or a plain address (a network of one).
+fn parse_net(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip.parse::<IpAddr>().ok()?, bits.parse::<u8>().ok()?),
+        None => {
+            let ip: IpAddr = s.parse().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((ip, bits))
 }
 
 /// The connect hook's acceptance: socket-level assigns and an optional socket id.
@@ -142,6 +263,7 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     /// Batch size, interval, deadline.
     pub(crate) drain: (usize, Duration, Duration),
+    pub(crate) trusted_proxies: Vec<(IpAddr, u8)>,
 }
 
 /// A token bucket's settings: `per_second` on average, bursts of up to `burst`.
@@ -428,6 +550,7 @@ impl PhoenixSocket {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 drain: (10_000, Duration::from_secs(2), Duration::from_secs(30)),
+                trusted_proxies: Vec::new(),
                 websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
             },
         }
@@ -573,6 +696,27 @@ impl PhoenixSocketBuilder {
     ) -> Self {
         self.config.drain = (batch_size.max(1), interval, deadline);
         self
+    }
+
+    /// The proxies whose `X-Forwarded-For` is believed, as addresses or networks
+    /// (`"10.0.0.0/8"`, `"::1"`): [`ConnectInfo::peer_addr`] is then the client behind them.
+    /// None by default: a client can write any `X-Forwarded-For` it likes.
+    ///
+    /// # Errors
+    ///
+    /// The first entry that is not an address or a network, as given.
+    pub fn trusted_proxies<I, S>(mut self, proxies: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for proxy in proxies {
+            let proxy = proxy.as_ref();
+            let net = parse_net(proxy)
+                .ok_or_else(|| format!("not an address or a network: {proxy:?}"))?;
+            self.config.trusted_proxies.push(net);
+        }
+        Ok(self)
     }
 
     /// Sets which pages may open a socket (default [`CheckOrigin::SameHost`]: the `Origin`
@@ -771,9 +915,24 @@ impl Endpoint for PhoenixSocket {
         let connected = match &self.inner.connect {
             None => Connected::new(),
             Some(hook) => {
+                let headers = req.headers();
+                let remote_ip = req.remote_addr().as_socket_addr().map(SocketAddr::ip);
                 let info = ConnectInfo {
                     params,
-                    headers: req.headers().clone(),
+                    peer_addr: client_addr(remote_ip, headers, &self.inner.config.trusted_proxies),
+                    uri: req.uri().clone(),
+                    user_agent: headers
+                        .get(header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    x_headers: headers
+                        .iter()
+                        .filter(|(k, _)| k.as_str().starts_with("x-"))
+                        .filter_map(|(k, v)| {
+                            Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))
+                        })
+                        .collect(),
+                    headers: headers.clone(),
                     remote_addr: req.remote_addr().clone(),
                     auth_token,
                 };
@@ -820,6 +979,57 @@ mod tests {
     use poem::http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.0.0.2"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let trusted = [parse_net("10.0.0.0/8").unwrap()];
+        // From a trusted proxy: the last hop that is not one of ours.
+        assert_eq!(
+            client_addr(Some(proxy), &headers, &trusted),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        // From anyone else, the header is ignored.
+        let direct: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_addr(Some(direct), &headers, &trusted), Some(direct));
+        assert_eq!(client_addr(Some(proxy), &headers, &[]), Some(proxy));
+        assert_eq!(parse_net("::1"), Some(("::1".parse().unwrap(), 128)));
+        assert!(parse_net("10.0.0.0/33").is_none());
+        assert!(parse_net("ten").is_none());
+    }
+
+    #[test]
+    fn connect_info_debug_redacts_secrets() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("session=s3cr3t"));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static("test-agent"));
+        let info = ConnectInfo {
+            params: HashMap::from([
+                ("token".to_owned(), "t0k3n".to_owned()),
+                ("room".to_owned(), "lobby".to_owned()),
+            ]),
+            headers,
+            remote_addr: RemoteAddr(poem::Addr::Custom("test", "".into())),
+            peer_addr: None,
+            uri: "/socket/websocket?token=t0k3n".parse().unwrap(),
+            user_agent: Some("test-agent".to_owned()),
+            x_headers: Vec::new(),
+            auth_token: Some("b3ar3r".to_owned()),
+        };
+        let shown = format!("{info:?}");
+        for secret in ["s3cr3t", "t0k3n", "b3ar3r"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("lobby") && shown.contains("test-agent"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn parses_queries_strictly() {

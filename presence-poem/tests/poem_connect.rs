@@ -84,7 +84,14 @@ async fn connect_hook_sees_params_headers_and_remote_addr_and_can_refuse() {
     assert_eq!(info.params["vsn"], "2.0.0");
     assert_eq!(info.headers["x-custom"], "yes");
     assert!(info.remote_addr.to_string().contains("127.0.0.1"));
+    assert_eq!(info.peer_addr, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(info.uri.path(), "/socket/websocket");
+    assert_eq!(info.x_headers, [("x-custom".to_owned(), "yes".to_owned())]);
     assert_eq!(info.auth_token, None);
+    assert!(
+        !format!("{info:?}").contains("good"),
+        "the token param is redacted"
+    );
 
     // Socket assigns reach the channels.
     let mut client = Client { ws, v2: true };
