@@ -62,8 +62,8 @@ use presence_core::supervisor::{BoxError, PubSubSpec, Running, Supervisor, TaskS
 use presence_core::tracker::TrackerConfig;
 use presence_core::{presence, pubsub_server};
 use presence_poem::{
-    Channel, ChannelContext, Connected, HandleIn, Join, PhoenixSocket, PresenceMiddleware, Reply,
-    StopReason,
+    Channel, ChannelContext, Connected, HandleIn, HandshakeTimeout, Join, PhoenixSocket,
+    PresenceMiddleware, Reply, StopReason,
 };
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
@@ -542,7 +542,8 @@ impl ChatServer {
                 let signal = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
-                Server::new_with_acceptor(acceptor)
+                // A connection must send its request head within 10 s (slow handshakes).
+                Server::new_with_acceptor(HandshakeTimeout::new(acceptor))
                     .run_with_graceful_shutdown(app, signal, Some(Duration::from_secs(2)))
                     .await?;
                 // Stopped by `shutdown`, which drains the sockets and stops the supervisor:

@@ -299,6 +299,7 @@ mod channel;
 mod connection;
 mod context;
 mod hub;
+mod listener;
 mod origin;
 mod outbox;
 mod presence;
@@ -310,6 +311,7 @@ pub use channel::{
     Channel, HandleIn, Info, IntoPayload, Join, Mailbox, MailboxError, Reply, StopReason,
 };
 pub use context::{ChannelContext, SocketRef};
+pub use listener::{DEFAULT_HANDSHAKE_TIMEOUT, HandshakeTimeout, TimedIo};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use presence::{PresenceEndpoint, PresenceMiddleware};
 pub use socket::{

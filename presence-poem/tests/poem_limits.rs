@@ -167,3 +167,50 @@ async fn pipelined_bad_frames_get_1007_every_time() {
         writer.abort();
     }
 }
+
+/// A connection that sends half an HTTP request is closed at the handshake timeout, while
+/// whole handshakes go through.
+#[tokio::test]
+async fn a_half_sent_request_is_closed_at_the_handshake_timeout() {
+    use poem::listener::{Listener, TcpListener};
+    use presence_poem::HandshakeTimeout;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub).build();
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let acceptor = HandshakeTimeout::new(acceptor).limit(Duration::from_millis(300));
+    let app = poem::Route::new().at("/socket/websocket", socket);
+    let server = serve_on(acceptor, pubsub, app);
+
+    let started = tokio::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A byte now and then does not keep it open either.
+    let trickle = async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if slow.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    trickle.await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server closed the half-sent request");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A whole handshake, and then a quiet websocket, are not affected.
+    let mut c = Client::v2(server.addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.heartbeat("1").await.payload["status"], "ok");
+}

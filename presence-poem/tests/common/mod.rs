@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{Endpoint, Route, Server};
 use presence_core::PubSub;
 use presence_core::pubsub::{Message, Payload, Subscription};
@@ -64,7 +64,11 @@ pub async fn serve_app(pubsub: PubSub, app: impl Endpoint + 'static) -> TestServ
 }
 
 /// Serves any app on a listener of the test's own (e.g. with socket options set).
-pub fn serve_on(acceptor: TcpAcceptor, pubsub: PubSub, app: impl Endpoint + 'static) -> TestServer {
+pub fn serve_on(
+    acceptor: impl Acceptor + 'static,
+    pubsub: PubSub,
+    app: impl Endpoint + 'static,
+) -> TestServer {
     let addr = acceptor.local_addr()[0]
         .as_socket_addr()
         .copied()
