@@ -132,6 +132,39 @@
 //! each; when half of them close at once the rest converge in 0.3 s, and no socket is closed
 //! (BENCHMARKS.md, "Big rooms").
 //!
+//! # Security
+//!
+//! What the endpoint does by default, and what each setting protects:
+//!
+//! | setting | default | protects against |
+//! |---|---|---|
+//! | [`check_origin`](PhoenixSocketBuilder::check_origin) | same host | a page of another site opening the socket with the user's cookies (403) |
+//! | [`HandshakeTimeout`] (on the listener) | 10 s | connections that never finish their request head (closed) |
+//! | [`connect_timeout`](PhoenixSocketBuilder::connect_timeout) | 10 s | a connect hook stuck on a slow dependency (503) |
+//! | [`max_connections`](PhoenixSocketBuilder::max_connections) | 100,000 | running out of file descriptors and memory (503) |
+//! | [`max_message_size`](PhoenixSocketBuilder::max_message_size) | 1 MiB | huge frames (close 1009) |
+//! | [`message_rate`](PhoenixSocketBuilder::message_rate) | 100/s, bursts of 200 | one client flooding a room, the tracker and every node (`rate limited` replies, then close 1008) |
+//! | [`join_rate`](PhoenixSocketBuilder::join_rate) | 10/s, bursts of 200 | repeated joins, each listing a whole room into the client's queue (`rate limited`) |
+//! | [`max_channels`](PhoenixSocketBuilder::max_channels) | 100 | one socket joining everything (`too many channels joined`) |
+//! | [`max_topic_length`](PhoenixSocketBuilder::max_topic_length) | 256 bytes | topic names copied into maps and replicated to every node (`topic too long`) |
+//! | [`max_topics`](PhoenixSocketBuilder::max_topics) | 100,000 | clients inventing topics, each with a hub (`too many topics`) |
+//! | [`outbound_capacity`](PhoenixSocketBuilder::outbound_capacity), [`outbound_budget`](PhoenixSocketBuilder::outbound_budget) | 256 frames, 8 MiB | a client that stops reading (close 1013) |
+//! | [`idle_timeout`](PhoenixSocketBuilder::idle_timeout) | 60 s | dead connections (close 1001) |
+//!
+//! What the application must still do:
+//!
+//! - **Authenticate in the connect hook.** Verify a signed token ([`TokenSigner`], see
+//!   "Authentication") or a session, and assign the user id; refuse otherwise. Never track a
+//!   user name a client sent as who it is.
+//! - **Authorise topics in `join`.** A route pattern says which channel serves a topic, not
+//!   who may join it: check in [`Channel::join`] that the user may see `room:42`.
+//! - **Validate every payload** in `handle_in` (lengths, types), and reply with an error that
+//!   changes nothing when it is wrong, as the chat example does.
+//! - Behind a proxy, list it in [`trusted_proxies`](PhoenixSocketBuilder::trusted_proxies) so
+//!   [`ConnectInfo::peer_addr`] is the client, and keep
+//!   [`check_origin`](PhoenixSocketBuilder::check_origin) on (list your domains if the page and
+//!   the socket are on different hosts).
+//!
 //! # Authentication
 //!
 //! The pattern Phoenix apps use with `Phoenix.Token`: an HTTP endpoint of the app, behind its

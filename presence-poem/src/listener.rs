@@ -22,7 +22,9 @@ use tokio::time::{Sleep, sleep};
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An acceptor whose connections must send their first request head within a time limit
-/// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]); see the [module docs](self).
+/// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]), counted from the accept however slowly the bytes
+/// come. poem builds hyper without a timer, so hyper's own header-read timeout is off: without
+/// this, a connection that sends half a request stays open forever.
 ///
 /// # Examples
 ///
