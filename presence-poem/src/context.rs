@@ -512,14 +512,29 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
     let topic = ctx.topic.clone();
     let join_ref = ctx.join_ref.clone();
     let vsn = ctx.socket.vsn;
+    // Registered with the topic's hub before `join` runs, as Phoenix subscribes before it
+    // tracks: a broadcast made during the join (the `presence_diff` of the join's own track
+    // above all) is held for this socket and sent after the join reply, never missed.
+    let socket = &ctx.socket;
+    ctx.registration = Some(socket.hubs.register(
+        &topic,
+        // A key of its own: when a duplicate join replaced a stuck channel, the old
+        // registration's late drop must not remove this one.
+        socket.hubs.socket_key(),
+        vsn,
+        socket.outbox.clone(),
+        this,
+        true,
+    ));
     match channel.join(&topic, params, &mut ctx).await {
         Join::Ok(response) => {
             if !guard.settle(true) {
+                ctx.registration = None;
                 guard.done = true;
                 return;
             }
-            // The reply (and what `join` pushed) is queued before the socket is registered
-            // with the topic's hub, so no broadcast can reach the client before its join
+            // The reply (and what `join` pushed) is queued before the broadcasts held during
+            // the join are released, so no broadcast reaches the client before its join
             // reply; then the deferred work (e.g. the presence state) runs, registered, so no
             // diff after its listing is missed.
             ctx.send_now(vsn.reply(
@@ -541,20 +556,9 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
                     ctx.socket.outbox.send(out);
                 }
             }
-            let socket = &ctx.socket;
-            ctx.registration = Some(
-                socket
-                    .hubs
-                    // A key of its own: when a duplicate join replaced a stuck channel,
-                    // the old registration's late drop must not remove this one.
-                    .register(
-                        &topic,
-                        socket.hubs.socket_key(),
-                        vsn,
-                        socket.outbox.clone(),
-                        this,
-                    ),
-            );
+            if let Some(registration) = &ctx.registration {
+                registration.release();
+            }
             for deferred in deferred {
                 match deferred {
                     Deferred::Frame(out) => ctx.socket.outbox.send(out),
@@ -563,6 +567,7 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
             }
         }
         Join::Error(response) => {
+            ctx.registration = None;
             if guard.settle(false) {
                 ctx.send_now(vsn.reply(
                     reply_join_ref.as_deref(),

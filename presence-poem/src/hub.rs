@@ -86,7 +86,13 @@ struct Target {
     channel: mpsc::WeakSender<Box<Cmd>>,
     /// Counts only: the channel gets `presence_count` instead of `presence_diff`.
     counts: bool,
+    /// While the channel joins: broadcasts are held here, sent once its join reply is queued.
+    holding: AtomicBool,
+    held: Mutex<Option<Vec<(Out, Arc<Message>)>>>,
 }
+
+/// How many broadcasts a joining channel may have held; past it the channel is resynced.
+const HOLD_MAX: usize = 1024;
 
 /// How a hub counts the topic's presences for its count-only channels.
 pub(crate) type Counter = Arc<dyn Fn() -> PresenceCount + Send + Sync>;
@@ -150,6 +156,7 @@ impl Hubs {
         vsn: Vsn,
         outbox: Outbox,
         channel: mpsc::WeakSender<Box<Cmd>>,
+        holding: bool,
     ) -> HubRegistration {
         let hub = {
             let mut map = self
@@ -177,6 +184,8 @@ impl Hubs {
                     outbox,
                     channel,
                     counts: false,
+                    holding: AtomicBool::new(holding),
+                    held: Mutex::new(holding.then(Vec::new)),
                 },
             );
         HubRegistration { hub, key }
@@ -278,6 +287,38 @@ impl HubRegistration {
         {
             target.counts = true;
         }
+    }
+}
+
+impl HubRegistration {
+    /// Sends what was held while the channel joined, then lets broadcasts through.
+    pub(crate) fn release(&self) {
+        let targets = self
+            .hub
+            .shared
+            .targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(target) = targets.get(&self.key) else {
+            return;
+        };
+        // Under the lock, so that a fan-out running meanwhile waits and sends after these.
+        let mut held = target.held.lock().unwrap_or_else(PoisonError::into_inner);
+        match held.take() {
+            Some(frames) if frames.len() > HOLD_MAX => {
+                // Too much happened during the join: resync rather than send part of it.
+                if let Some(tx) = target.channel.upgrade() {
+                    let _ = tx.try_send(Box::new(Cmd::Shutdown(StopReason::Lagged)));
+                }
+            }
+            Some(frames) => {
+                for (out, message) in frames {
+                    target.outbox.send_broadcast(out, &message);
+                }
+            }
+            None => {}
+        }
+        target.holding.store(false, Ordering::Release);
     }
 }
 
@@ -461,9 +502,18 @@ impl HubShared {
                 Vsn::V2 => &mut v2,
             };
             let encoded = slot.get_or_insert_with(|| self.encode(target.vsn, message));
-            if let Some(out) = encoded {
-                target.outbox.send_broadcast(out.clone(), message);
+            let Some(out) = encoded else { continue };
+            if target.holding.load(Ordering::Acquire) {
+                let mut held = target.held.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(frames) = held.as_mut() {
+                    // One past the bound marks the overflow; nothing more is kept.
+                    if frames.len() <= HOLD_MAX {
+                        frames.push((out.clone(), message.clone()));
+                    }
+                    continue;
+                }
             }
+            target.outbox.send_broadcast(out.clone(), message);
         }
         if counted {
             self.send_counts(&targets);
@@ -534,7 +584,7 @@ mod tests {
         for i in 0..6 {
             let (outbox, rx) = Outbox::new(LIMITS, Vsn::V2);
             let vsn = if i % 2 == 0 { Vsn::V1 } else { Vsn::V2 };
-            regs.push(hubs.register("t", i, vsn, outbox, no_channel()));
+            regs.push(hubs.register("t", i, vsn, outbox, no_channel(), false));
             rxs.push(rx);
         }
         assert_eq!(hubs.len(), 1);
@@ -560,7 +610,7 @@ mod tests {
         let pubsub = PubSub::new("n");
         let hubs = Hubs::new(pubsub.clone());
         let (outbox, mut rx) = Outbox::new(LIMITS, Vsn::V2);
-        let reg = hubs.register("t", 1, Vsn::V2, outbox, no_channel());
+        let reg = hubs.register("t", 1, Vsn::V2, outbox, no_channel(), false);
         assert_eq!(pubsub.subscriber_count("t"), 1);
         pubsub
             .broadcast(Message::json("t", "e", json!({})))

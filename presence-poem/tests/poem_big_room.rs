@@ -443,3 +443,31 @@ async fn count_only_channels_get_counts_instead_of_lists_above_their_threshold()
     }
     drop(b);
 }
+
+/// As in Phoenix (which subscribes before it tracks), a socket always receives the
+/// `presence_diff` of its own join, after its join reply.
+#[tokio::test]
+async fn the_joining_socket_always_receives_the_diff_of_its_own_join() {
+    let room = room(Duration::from_millis(50), 256, 8 << 20, false).await;
+    for run in 0..20 {
+        let topic = format!("room:own-{run}");
+        let mut client = Client::v2(room.server.addr).await;
+        let reply = client
+            .join(
+                &topic,
+                "1",
+                json!({"user": "me", "counts_above": 1_000_000}),
+            )
+            .await;
+        assert_eq!(reply.event, "phx_reply", "run {run}: the reply comes first");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, client.recv())
+                .await
+                .unwrap_or_else(|_| panic!("run {run}: no diff of its own join"));
+            if frame.event == "presence_diff" && frame.payload["joins"].get("me").is_some() {
+                break;
+            }
+        }
+    }
+}
