@@ -35,6 +35,8 @@ use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit};
 /// kept for a leave or a stop: client pushes are refused (`channel busy`) when only it is
 /// free, so a busy channel can still be left or replaced.
 const CHANNEL_QUEUE: usize = 16;
+/// Frames read in a row before the read loop yields.
+const YIELD_EVERY: u32 = 16;
 /// Frames written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -325,6 +327,7 @@ impl Control {
         let mut ticket = None;
         let idle = sleep(idle_timeout);
         tokio::pin!(idle);
+        let mut handled: u32 = 0;
         loop {
             tokio::select! {
                 biased;
@@ -347,6 +350,12 @@ impl Control {
                 }
                 frame = stream.next() => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
+                    // A client whose frames are all buffered would keep this loop busy: let
+                    // the writer (and the other tasks of this thread) run now and then.
+                    handled += 1;
+                    if handled % YIELD_EVERY == 0 {
+                        tokio::task::yield_now().await;
+                    }
                     match frame {
                         Some(Ok(message)) => self.handle_frame(&message),
                         Some(Err(error)) => self.read_error(&error),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use poem::listener::TcpAcceptor;
 use poem::{EndpointExt, Route};
 use presence_core::presence::{PresenceHandle, PresenceOptions};
@@ -470,4 +470,63 @@ async fn the_joining_socket_always_receives_the_diff_of_its_own_join() {
             }
         }
     }
+}
+
+/// A client flooding a presence room (default limits) is refused and closed with 1008; a
+/// neighbour in the room gets a newcomer's presence_diff as usual meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_in_a_room_does_not_delay_its_presence_diffs() {
+    let room = room(Duration::from_millis(50), 256, 8 << 20, false).await;
+    let join = |user: &str| json!({"user": user, "counts_above": 1_000_000});
+    let mut flooder = Client::v2(room.server.addr).await;
+    assert_eq!(
+        flooder.join(TOPIC, "1", join("flooder")).await.payload["status"],
+        "ok"
+    );
+    let mut neighbour = Client::v2(room.server.addr).await;
+    assert_eq!(
+        neighbour.join(TOPIC, "1", join("neighbour")).await.payload["status"],
+        "ok"
+    );
+    // The flooder reads what it is sent (refusals included) while it floods.
+    let (mut sink, mut stream) = flooder.ws.split();
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Some(Ok(WsMessage::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    });
+    for i in 0..1000 {
+        let frame = json!(["1", (i + 2).to_string(), TOPIC, "chatter", {"i": i}]);
+        if sink.send(WsMessage::text(frame.to_string())).await.is_err() {
+            break;
+        }
+    }
+    let sent = tokio::time::Instant::now();
+    let mut newcomer = Client::v2(room.server.addr).await;
+    assert_eq!(
+        newcomer.join(TOPIC, "1", join("newcomer")).await.payload["status"],
+        "ok"
+    );
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), neighbour.recv())
+            .await
+            .expect("the neighbour gets the newcomer's diff");
+        if frame.event == "presence_diff" && frame.payload["joins"].get("newcomer").is_some() {
+            break;
+        }
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    let close = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the flooder is closed")
+        .expect("its reader");
+    assert_eq!(close_code(close), 1008);
 }
