@@ -353,7 +353,7 @@ impl Control {
                     // A client whose frames are all buffered would keep this loop busy: let
                     // the writer (and the other tasks of this thread) run now and then.
                     handled += 1;
-                    if handled % YIELD_EVERY == 0 {
+                    if handled.is_multiple_of(YIELD_EVERY) {
                         tokio::task::yield_now().await;
                     }
                     match frame {

@@ -88,8 +88,11 @@ struct Target {
     counts: bool,
     /// While the channel joins: broadcasts are held here, sent once its join reply is queued.
     holding: AtomicBool,
-    held: Mutex<Option<Vec<(Out, Arc<Message>)>>>,
+    held: Mutex<Option<Vec<HeldFrame>>>,
 }
+
+/// A broadcast held for a joining channel: its encoding, and the message (for merging).
+type HeldFrame = (Out, Arc<Message>);
 
 /// How many broadcasts a joining channel may have held; past it the channel is resynced.
 const HOLD_MAX: usize = 1024;
