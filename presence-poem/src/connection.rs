@@ -769,12 +769,10 @@ impl Control {
         };
         if let Some(reason) = refused {
             tracing::warn!(topic_len = topic.len(), reason, "join refused");
-            let reason = json!({ "reason": reason });
-            self.reply(
+            self.refuse_join(
                 reply_join_ref.as_deref(),
                 reference.as_deref(),
                 &topic,
-                "error",
                 reason,
             );
             return;
@@ -793,12 +791,11 @@ impl Control {
         // Channels still shutting down count: they hold their resources until they end.
         if self.channels.len() + self.dying.len() >= self.inner.config.max_channels {
             tracing::warn!(%topic, max = self.inner.config.max_channels, "too many channels joined");
-            let reason = json!({"reason": "too many channels joined"});
-            self.reply(
+            let reason = "too many channels joined";
+            self.refuse_join(
                 reply_join_ref.as_deref(),
                 reference.as_deref(),
                 &topic,
-                "error",
                 reason,
             );
             return;
@@ -839,6 +836,23 @@ impl Control {
                 task,
                 pending: Some(Box::new(pending)),
             },
+        );
+    }
+
+    /// Answers a join `error` with `{"reason": reason}`.
+    fn refuse_join(
+        &self,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        reason: &str,
+    ) {
+        self.reply(
+            join_ref,
+            reference,
+            topic,
+            "error",
+            json!({ "reason": reason }),
         );
     }
 
