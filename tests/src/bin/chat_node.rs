@@ -13,7 +13,12 @@ async fn main() {
         std::thread::spawn(|| {
             let mut sink = Vec::new();
             let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-            eprintln!("chat_node: stdin closed; exiting");
+            // Not `eprintln!`: it panics when stderr is gone too (the runner died), and the
+            // thread would end without exiting the process.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"chat_node: stdin closed; exiting\n",
+            );
             std::process::exit(3);
         });
     }
