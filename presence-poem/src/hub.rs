@@ -23,19 +23,18 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use presence_core::PubSub;
-use presence_core::presence::{PRESENCE_DIFF, merge_diff};
+use presence_core::presence::PRESENCE_DIFF;
 use presence_core::pubsub::{
     BroadcastError, Message, Payload, RecvError, SubscriberId, Subscription,
 };
 use presence_core::tracker::PresenceCount;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
 use crate::StopReason;
 use crate::context::Cmd;
-use crate::outbox::Outbox;
+use crate::outbox::{DiffRun, Outbox};
 use crate::protocol::{Out, Vsn};
 
 /// Capacity of a hub's `broadcast_from` queue, as the pub/sub's default subscription queue.
@@ -291,9 +290,7 @@ impl HubRegistration {
             target.counts = true;
         }
     }
-}
 
-impl HubRegistration {
     /// Sends what was held while the channel joined, then lets broadcasts through.
     pub(crate) fn release(&self) {
         let targets = self
@@ -346,9 +343,7 @@ struct Held {
 
 #[derive(Debug)]
 struct HeldDiff {
-    /// The first diff held; `merged` is set once a second one merged in.
-    first: Arc<Message>,
-    merged: Option<Value>,
+    run: DiffRun,
     due: Instant,
 }
 
@@ -358,13 +353,7 @@ impl Held {
     fn offer(&mut self, message: Arc<Message>, window: Duration, shared: &HubShared) {
         let now = Instant::now();
         if let Some(held) = &mut self.diff {
-            let first = &held.first;
-            let acc = held
-                .merged
-                .get_or_insert_with(|| json_payload(first).clone());
-            if let Payload::Json(next) = message.payload()
-                && merge_diff(acc, next).is_ok()
-            {
+            if held.run.absorb(&message) {
                 return;
             }
             self.flush(shared);
@@ -372,8 +361,7 @@ impl Held {
         match self.last_flush {
             Some(last) if now < last + window => {
                 self.diff = Some(HeldDiff {
-                    first: message,
-                    merged: None,
+                    run: DiffRun::new(message),
                     due: last + window,
                 });
             }
@@ -387,17 +375,7 @@ impl Held {
     /// Sends the held diff, if any.
     fn flush(&mut self, shared: &HubShared) {
         let Some(held) = self.diff.take() else { return };
-        let message = match held.merged {
-            None => held.first,
-            Some(merged) => {
-                let window = held.first.merge_window().unwrap_or_default();
-                Arc::new(
-                    Message::json(held.first.topic_arc().clone(), PRESENCE_DIFF, merged)
-                        .with_merge_window(window),
-                )
-            }
-        };
-        shared.fanout(&message, None);
+        shared.fanout(&held.run.into_message(), None);
         self.last_flush = Some(Instant::now());
     }
 
@@ -407,14 +385,6 @@ impl Held {
             Some(held) => sleep_until(held.due).await,
             None => std::future::pending().await,
         }
-    }
-}
-
-fn json_payload(message: &Message) -> &Value {
-    static NULL: Value = Value::Null;
-    match message.payload() {
-        Payload::Json(value) => value,
-        _ => &NULL,
     }
 }
 

@@ -95,14 +95,62 @@ struct Queue {
 enum Item {
     Frame(Out),
     Diff {
-        /// The first diff, as broadcast, and its shared encoding.
-        message: Arc<Message>,
+        /// The diff as broadcast, and those merged into it since.
+        run: DiffRun,
+        /// The first diff's shared encoding.
         out: Out,
-        /// Set once another diff was merged in; encoded when written.
-        merged: Option<Value>,
         /// The sizes of the diffs it holds (a bound on the merged encoding).
         bytes: usize,
     },
+}
+
+/// A `presence_diff` and the diffs of its topic merged into it since (with [`merge_diff`]):
+/// what a hub holds back within its window, and what a slow socket's queue holds.
+#[derive(Debug)]
+pub(crate) struct DiffRun {
+    /// The first diff, as broadcast (shared with other sockets).
+    first: Arc<Message>,
+    /// Set once a second diff was merged in.
+    merged: Option<Value>,
+}
+
+impl DiffRun {
+    pub(crate) fn new(first: Arc<Message>) -> Self {
+        DiffRun {
+            first,
+            merged: None,
+        }
+    }
+
+    /// Merges `next` in; false, and nothing merged, when either is not a JSON diff.
+    pub(crate) fn absorb(&mut self, next: &Message) -> bool {
+        let (Payload::Json(first), Payload::Json(next)) = (self.first.payload(), next.payload())
+        else {
+            return false;
+        };
+        let acc = self.merged.get_or_insert_with(|| first.clone());
+        merge_diff(acc, next).is_ok()
+    }
+
+    /// Whether anything was merged into the first diff.
+    fn is_merged(&self) -> bool {
+        self.merged.is_some()
+    }
+
+    /// The diff to send: the first as broadcast, or one carrying the merged payload (still
+    /// marked with the first's merge window).
+    pub(crate) fn into_message(self) -> Arc<Message> {
+        match self.merged {
+            None => self.first,
+            Some(merged) => {
+                let window = self.first.merge_window().unwrap_or_default();
+                Arc::new(
+                    Message::json(self.first.topic_arc().clone(), PRESENCE_DIFF, merged)
+                        .with_merge_window(window),
+                )
+            }
+        }
+    }
 }
 
 impl Item {
@@ -193,10 +241,9 @@ impl Outbox {
                 let full = self.push(
                     &mut queue,
                     Item::Diff {
-                        message: message.clone(),
+                        run: DiffRun::new(message.clone()),
                         bytes: out.len(),
                         out,
-                        merged: None,
                     },
                 );
                 queue.open.retain(|(t, _)| t != topic);
@@ -284,20 +331,10 @@ impl Outbox {
 
 /// Merges the diff `message` into `item`, a queued diff of the same topic.
 fn merge_into(item: &mut Item, message: &Message, out: &Out) -> bool {
-    let Item::Diff {
-        message: first,
-        merged,
-        bytes,
-        ..
-    } = item
-    else {
+    let Item::Diff { run, bytes, .. } = item else {
         return false;
     };
-    let (Payload::Json(first), Payload::Json(next)) = (first.payload(), message.payload()) else {
-        return false;
-    };
-    let acc = merged.get_or_insert_with(|| first.clone());
-    if merge_diff(acc, next).is_err() {
+    if !run.absorb(message) {
         return false;
     }
     *bytes += out.len();
@@ -334,27 +371,19 @@ impl Frames {
                 item
             };
             // Encoded outside the lock: the hubs keep pushing meanwhile.
-            match item {
-                Item::Frame(out)
-                | Item::Diff {
-                    out, merged: None, ..
-                } => return Some(out),
-                Item::Diff {
-                    message,
-                    merged: Some(diff),
-                    ..
-                } => {
-                    let encoded = self.shared.vsn.broadcast(
-                        message.topic(),
-                        PRESENCE_DIFF,
-                        &Payload::Json(diff),
-                    );
-                    match encoded {
-                        Ok(out) => return Some(out),
-                        Err(error) => tracing::warn!(topic = message.topic(), %error,
-                            "merged presence diff cannot be encoded; not sent"),
-                    }
-                }
+            let run = match item {
+                Item::Frame(out) => return Some(out),
+                Item::Diff { run, out, .. } if !run.is_merged() => return Some(out),
+                Item::Diff { run, .. } => run.into_message(),
+            };
+            let encoded = self
+                .shared
+                .vsn
+                .broadcast(run.topic(), run.event(), run.payload());
+            match encoded {
+                Ok(out) => return Some(out),
+                Err(error) => tracing::warn!(topic = run.topic(), %error,
+                    "merged presence diff cannot be encoded; not sent"),
             }
         }
     }
