@@ -1,16 +1,16 @@
-//! Support for the code `#[presence]` generates. Not public API: anything here may change in
-//! any release.
+//! Support for the code `#[derive(Presence)]` generates. Not public API: anything here may
+//! change in any release.
 
-pub use serde_json::{Map, Value};
+use std::marker::PhantomData;
+
+pub use serde_json::Value;
 
 use crate::presence::{
-    Presence, PresenceEntry, PresenceError, PresenceHandle, PresenceMap, PresenceSocket,
+    Fetch, HandleMetas, Presence, PresenceEntry, PresenceError, PresenceHandle, PresenceMap,
+    PresenceSocket,
 };
 use crate::registry::{PubSubServer, Registry};
-use crate::{Owner, PhxRef, PubSub};
-
-/// The default meta type: a JSON object.
-pub type JsonMap = Map<String, Value>;
+use crate::{PhxRef, PubSub};
 
 /// Asserts, where the user wrote the `pubsub` argument, that it names a pub/sub server.
 pub const fn assert_pubsub_server<S: PubSubServer>(_: &S) {}
@@ -23,17 +23,42 @@ pub fn pubsub<S: PubSubServer>(
     registry.pubsub(server)
 }
 
-/// The socket helpers are the owner helpers with the channel's owner and topic.
+#[allow(missing_debug_implementations)]
+/// Tells at compile time whether `T` implements a hook trait: the inherent constants (true)
+/// take precedence over the trait's (false) when their bounds hold.
+pub struct Probe<T>(PhantomData<T>);
+
+/// The fallback answers of [`Probe`].
+pub trait ProbeFallback {
+    const FETCH: bool = false;
+    const HANDLE_METAS: bool = false;
+}
+
+impl<T> ProbeFallback for Probe<T> {}
+
+impl<T: Fetch> Probe<T> {
+    pub const FETCH: bool = true;
+}
+
+impl<T: HandleMetas> Probe<T> {
+    pub const HANDLE_METAS: bool = true;
+}
+
+fn running<P: Presence>(registry: &Registry) -> Result<PresenceHandle<P>, PresenceError> {
+    Ok(PresenceHandle::<P>::from_registry(registry)?)
+}
+
 pub fn track<P: Presence>(
     socket: &impl PresenceSocket,
     key: &str,
     meta: &P::Meta,
 ) -> Result<PhxRef, PresenceError> {
-    track_owner::<P>(socket.registry(), socket.owner(), socket.topic(), key, meta)
+    Ok(running::<P>(socket.registry())?.track(socket.owner(), socket.topic(), key, meta)?)
 }
 
 pub fn untrack<P: Presence>(socket: &impl PresenceSocket, key: &str) -> Result<(), PresenceError> {
-    untrack_owner::<P>(socket.registry(), socket.owner(), socket.topic(), key)
+    running::<P>(socket.registry())?.untrack(socket.owner(), socket.topic(), key);
+    Ok(())
 }
 
 pub fn update<P: Presence>(
@@ -41,61 +66,36 @@ pub fn update<P: Presence>(
     key: &str,
     meta: &P::Meta,
 ) -> Result<PhxRef, PresenceError> {
-    update_owner::<P>(socket.registry(), socket.owner(), socket.topic(), key, meta)
+    Ok(running::<P>(socket.registry())?.update(socket.owner(), socket.topic(), key, meta)?)
 }
 
-pub fn track_owner<P: Presence>(
-    registry: &Registry,
-    owner: &Owner,
-    topic: &str,
+pub fn update_with<P: Presence>(
+    socket: &impl PresenceSocket,
     key: &str,
-    meta: &P::Meta,
+    f: impl FnOnce(P::Meta) -> P::Meta,
 ) -> Result<PhxRef, PresenceError> {
-    Ok(PresenceHandle::<P>::from_registry(registry)?.track(owner, topic, key, meta)?)
+    Ok(running::<P>(socket.registry())?.update_with(socket.owner(), socket.topic(), key, f)?)
 }
 
-pub fn untrack_owner<P: Presence>(
-    registry: &Registry,
-    owner: &Owner,
-    topic: &str,
-    key: &str,
-) -> Result<(), PresenceError> {
-    PresenceHandle::<P>::from_registry(registry)?.untrack(owner, topic, key);
-    Ok(())
-}
-
-pub fn update_owner<P: Presence>(
-    registry: &Registry,
-    owner: &Owner,
-    topic: &str,
-    key: &str,
-    meta: &P::Meta,
-) -> Result<PhxRef, PresenceError> {
-    Ok(PresenceHandle::<P>::from_registry(registry)?.update(owner, topic, key, meta)?)
-}
-
-pub async fn list<P: Presence>(
-    registry: &Registry,
-    topic: &str,
-) -> Result<PresenceMap<P::Extra>, PresenceError> {
-    Ok(PresenceHandle::<P>::from_registry(registry)?
-        .list(topic)
-        .await)
+pub async fn list<P: Presence>(socket: &impl PresenceSocket) -> Result<PresenceMap<P>, PresenceError> {
+    Ok(running::<P>(socket.registry())?.list(socket.topic()).await)
 }
 
 pub async fn get_by_key<P: Presence>(
-    registry: &Registry,
-    topic: &str,
+    socket: &impl PresenceSocket,
     key: &str,
-) -> Result<Option<PresenceEntry<P::Extra>>, PresenceError> {
-    Ok(PresenceHandle::<P>::from_registry(registry)?
-        .get_by_key(topic, key)
+) -> Result<Option<PresenceEntry<P>>, PresenceError> {
+    Ok(running::<P>(socket.registry())?
+        .get_by_key(socket.topic(), key)
         .await)
 }
 
 pub fn count<P: Presence>(
-    registry: &Registry,
-    topic: &str,
+    socket: &impl PresenceSocket,
 ) -> Result<crate::tracker::PresenceCount, PresenceError> {
-    Ok(PresenceHandle::<P>::from_registry(registry)?.count(topic))
+    Ok(running::<P>(socket.registry())?.count(socket.topic()))
+}
+
+pub fn running_in<P: Presence>(registry: &Registry) -> Result<PresenceHandle<P>, PresenceError> {
+    running::<P>(registry)
 }

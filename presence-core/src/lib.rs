@@ -33,7 +33,8 @@
 //!
 //! # Feature flags
 //!
-//! - `macros` (default): re-exports the `#[presence]` attribute.
+//! - `macros` (default): re-exports `#[derive(Presence)]` and its attribute spelling
+//!   `#[presence(...)]`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
@@ -60,4 +61,4 @@ pub use registry::Registry;
 pub use tracker::{Tracker, TrackerConfig};
 
 #[cfg(feature = "macros")]
-pub use presence_macros::presence;
+pub use presence_macros::{Presence, presence};

@@ -10,26 +10,28 @@
 //!
 //! ```
 //! use presence_core::presence::PresenceOptions;
-//! use presence_core::supervisor::{PubSubSpec, Supervisor, TaskSpec};
+//! use presence_core::supervisor::{BoxError, PubSubSpec, Supervisor, TaskSpec};
+//! use presence_core::Presence;
 //!
 //! presence_core::pubsub_server!(pub AppPubSub);
 //!
-//! #[presence_core::presence(pubsub = AppPubSub)]
+//! #[derive(Presence)]
+//! #[presence(pubsub = AppPubSub)]
 //! pub struct RoomPresence;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let app = Supervisor::new()
-//!     .child(PubSubSpec::new(AppPubSub, "node-a"))
+//!     .child(PubSubSpec::new(AppPubSub))
 //!     .child(RoomPresence.child_spec(PresenceOptions::new()))
 //!     .child(TaskSpec::new("endpoint", |registry| async move {
 //!         // Serve the web endpoint here, e.g. poem's `Server::run`, with `registry` as data.
 //!         let _ = registry;
-//!         std::future::pending::<Result<(), std::io::Error>>().await
+//!         std::future::pending::<Result<(), BoxError>>().await
 //!     }))
 //!     .start()
 //!     .await?;
-//! assert!(RoomPresence::list(app.registry(), "room:1").await?.is_empty());
+//! assert!(RoomPresence::running(app.registry())?.list("room:1").await.is_empty());
 //! app.shutdown().await;
 //! # Ok(())
 //! # }
@@ -376,13 +378,39 @@ impl<S: PubSubServer> fmt::Debug for PubSubSpec<S> {
 }
 
 impl<S: PubSubServer> PubSubSpec<S> {
-    /// A single-node pub/sub named `node_name` for `server`.
-    pub fn new(server: S, node_name: impl Into<Arc<str>>) -> Self {
+    /// An in-process pub/sub for `server`, under a generated node name
+    /// (`node-<pid>-<random>`, unique among nodes in practice). A single node needs nothing
+    /// more; a node of a cluster sets an adapter and, for readable logs, a
+    /// [`node_name`](Self::node_name).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::supervisor::PubSubSpec;
+    /// presence_core::pubsub_server!(pub AppPubSub);
+    ///
+    /// let single = PubSubSpec::new(AppPubSub);
+    /// let named = PubSubSpec::new(AppPubSub).node_name("web-1");
+    /// # let _ = (single, named);
+    /// ```
+    pub fn new(server: S) -> Self {
+        let name = format!(
+            "node-{}-{:06x}",
+            std::process::id(),
+            crate::meta::random_u64() & 0xff_ffff
+        );
         PubSubSpec {
             server,
-            node_name: node_name.into(),
+            node_name: name.into(),
             build: Box::new(|b| b),
         }
+    }
+
+    /// Sets this node's name, which must be unique among the nodes of a cluster (a node
+    /// refuses to start under a name in use).
+    pub fn node_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.node_name = name.into();
+        self
     }
 
     /// Configures the builder on every start, e.g. to set an adapter made by `adapter`.
@@ -439,9 +467,7 @@ impl<P: Presence> ChildSpec for PresenceSpec<P> {
 
     fn start<'a>(&'a mut self, registry: &'a Registry) -> BoxFuture<'a, Result<Child, BoxError>> {
         Box::pin(async move {
-            let pubsub = P::pubsub(registry)?;
-            let handle =
-                PresenceHandle::start_shared(self.presence.clone(), pubsub, &self.options)?;
+            let handle = PresenceHandle::start_in(registry, self.presence.clone(), &self.options)?;
             registry.insert(handle);
             let registry = registry.clone();
             Ok(Child::service(move || {

@@ -16,8 +16,9 @@ mod kw {
     pub(crate) const META: &str = "meta";
     pub(crate) const NAME: &str = "name";
     pub(crate) const FETCH: &str = "fetch";
-    pub(crate) const INIT: &str = "init";
     pub(crate) const HANDLE_METAS: &str = "handle_metas";
+    /// No longer an argument: `init` is part of `HandleMetas`.
+    pub(crate) const INIT: &str = "init";
 }
 
 /// The tracker options, each a `PresenceOptions` builder method of the same name.
@@ -39,7 +40,6 @@ fn valid_arguments() -> String {
         "meta = <type>".to_owned(),
         "name = <&str>".to_owned(),
         "fetch".to_owned(),
-        "init".to_owned(),
         "handle_metas".to_owned(),
     ];
     names.extend(TRACKER_OPTIONS.iter().map(|o| format!("{o} = <expr>")));
@@ -48,6 +48,56 @@ fn valid_arguments() -> String {
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Every argument name, for "did you mean".
+fn argument_names() -> impl Iterator<Item = &'static str> {
+    [kw::PUBSUB, kw::META, kw::NAME, kw::FETCH, kw::HANDLE_METAS]
+        .into_iter()
+        .chain(TRACKER_OPTIONS)
+}
+
+/// The valid argument closest to `name`, when it is close enough to be a typo.
+fn did_you_mean(name: &str) -> Option<&'static str> {
+    argument_names()
+        .map(|valid| (edit_distance(name, valid), valid))
+        .filter(|(d, valid)| *d <= (valid.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, valid)| valid)
+}
+
+/// Levenshtein distance, by bytes (argument names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{did_you_mean, edit_distance};
+
+    #[test]
+    fn typos_get_a_suggestion_and_strangers_do_not() {
+        assert_eq!(edit_distance("pubsub", "pubsub"), 0);
+        assert_eq!(edit_distance("pubsbu", "pubsub"), 2);
+        assert_eq!(edit_distance("", "meta"), 4);
+        assert_eq!(did_you_mean("pubsbu"), Some("pubsub"));
+        assert_eq!(did_you_mean("pub_sub"), Some("pubsub"));
+        assert_eq!(did_you_mean("handle_meta"), Some("handle_metas"));
+        assert_eq!(did_you_mean("fetches"), Some("fetch"));
+        assert_eq!(did_you_mean("pool"), None);
+        assert_eq!(did_you_mean("color"), None);
+    }
 }
 
 /// One argument as written: its key (for spans) and its value.
@@ -63,12 +113,13 @@ struct RawArgs {
     meta: Option<Arg<Type>>,
     name: Option<Arg<Expr>>,
     fetch: Option<Arg<()>>,
-    init: Option<Arg<()>>,
     handle_metas: Option<Arg<()>>,
     options: [Option<Arg<Expr>>; TRACKER_OPTIONS.len()],
+    /// The first key written, where mistakes about the arguments as a whole are reported.
+    first_key: Option<Ident>,
 }
 
-/// Valid arguments: `pubsub` is given, `handle_metas` comes with `init`.
+/// Valid arguments: `pubsub` is given.
 pub(crate) struct Args {
     /// The pub/sub server expression.
     pub(crate) pubsub: Expr,
@@ -78,26 +129,49 @@ pub(crate) struct Args {
     pub(crate) name: Option<Expr>,
     /// The `fetch` flag's key, when given.
     pub(crate) fetch: Option<Ident>,
-    /// The `init` flag's key, when given.
-    pub(crate) init: Option<Ident>,
     /// The `handle_metas` flag's key, when given.
     pub(crate) handle_metas: Option<Ident>,
     /// The tracker options given, as (builder method, value), in [`TRACKER_OPTIONS`] order.
     pub(crate) options: Vec<Arg<Expr>>,
+    /// Where to report a hook implemented but not named: the first argument's key.
+    pub(crate) span: Span,
+    /// The arguments as written, for messages that show the attribute to write.
+    pub(crate) written: String,
 }
 
-impl Args {
-    /// Parses the attribute's arguments, pushing every problem to `errors`.
-    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
-        let mut raw = RawArgs::default();
+/// Collects the arguments of one or more `#[presence(...)]` lists.
+#[derive(Default)]
+pub(crate) struct ArgsParser {
+    raw: RawArgs,
+    written: Vec<String>,
+    malformed: bool,
+}
+
+impl ArgsParser {
+    /// Parses one list's arguments, pushing every problem to `errors`.
+    pub(crate) fn parse(&mut self, tokens: TokenStream, errors: &mut Errors) {
+        let text = tokens.to_string();
+        if !text.trim().is_empty() {
+            self.written.push(text);
+        }
+        let raw = &mut self.raw;
         let parser = syn::meta::parser(|meta| raw.parse_one(&meta, errors));
         if let Err(error) = parser.parse2(tokens) {
             // Malformed syntax: the rest cannot be trusted (e.g. `pubsub` may be "missing"
             // only because parsing stopped before it).
             errors.push(error);
+            self.malformed = true;
+        }
+    }
+
+    /// The valid arguments, or `None` (reported) when `pubsub` is missing; `missing_at` is
+    /// where a missing `pubsub` is reported.
+    pub(crate) fn finish(self, missing_at: Span, errors: &mut Errors) -> Option<Args> {
+        if self.malformed {
             return None;
         }
-        raw.validate(errors)
+        let written = self.written.join(", ");
+        self.raw.validate(missing_at, written, errors)
     }
 }
 
@@ -115,6 +189,9 @@ impl RawArgs {
             return Ok(());
         };
         let name = key.to_string();
+        if self.first_key.is_none() {
+            self.first_key = Some(key.clone());
+        }
         match name.as_str() {
             kw::PUBSUB => {
                 if let Some(value) = value(meta, &key, "<expr>", errors)? {
@@ -131,14 +208,21 @@ impl RawArgs {
                     set_once(&mut self.name, key, value, errors);
                 }
             }
-            kw::FETCH | kw::INIT | kw::HANDLE_METAS => {
+            kw::FETCH | kw::HANDLE_METAS => {
                 flag(meta, &key, errors)?;
                 let slot = match name.as_str() {
                     kw::FETCH => &mut self.fetch,
-                    kw::INIT => &mut self.init,
                     _ => &mut self.handle_metas,
                 };
                 set_once(slot, key, (), errors);
+            }
+            kw::INIT => {
+                skip_value(meta.input)?;
+                errors.spanned(
+                    &key,
+                    "`init` is no longer an argument: it is a method of `HandleMetas`; write \
+                     `handle_metas` and implement `HandleMetas` (with `init` and `handle_metas`)",
+                );
             }
             option => match TRACKER_OPTIONS.iter().position(|o| *o == option) {
                 Some(i) => {
@@ -148,47 +232,85 @@ impl RawArgs {
                 }
                 None => {
                     skip_value(meta.input)?;
-                    errors.spanned(
-                        &key,
-                        format!(
+                    let message = match did_you_mean(&name) {
+                        Some(valid) => format!(
+                            "unknown presence argument `{name}`; did you mean `{valid}`?"
+                        ),
+                        None => format!(
                             "unknown presence argument `{name}`; expected one of: {}",
                             valid_arguments()
                         ),
-                    );
+                    };
+                    errors.spanned(&key, message);
                 }
             },
         }
         Ok(())
     }
 
-    fn validate(self, errors: &mut Errors) -> Option<Args> {
-        if let (Some(handle_metas), None) = (&self.handle_metas, &self.init) {
-            errors.spanned(
-                &handle_metas.key,
-                "handle_metas needs init: write `#[presence(pubsub = ..., init, handle_metas)]` \
-                 and implement `Init`",
-            );
+    fn validate(self, missing_at: Span, written: String, errors: &mut Errors) -> Option<Args> {
+        if let Some(meta) = &self.meta {
+            check_meta_type(&meta.value, errors);
         }
         let Some(pubsub) = self.pubsub else {
             errors.at(
-                Span::call_site(),
-                "missing `pubsub` argument: expected `#[presence(pubsub = <expr>)]`, \
-                 e.g. `#[presence(pubsub = AppPubSub)]`",
+                missing_at,
+                "missing `pubsub` argument: write `#[presence(pubsub = AppPubSub)]`, naming a \
+                 server declared with `presence_core::pubsub_server!(pub AppPubSub);`",
             );
             return None;
         };
-        if self.handle_metas.is_some() && self.init.is_none() {
-            return None;
-        }
+        let span = self.first_key.map_or_else(Span::call_site, |k| k.span());
         Some(Args {
             pubsub: pubsub.value,
             meta: self.meta.map(|a| a.value),
             name: self.name.map(|a| a.value),
             fetch: self.fetch.map(|a| a.key),
-            init: self.init.map(|a| a.key),
             handle_metas: self.handle_metas.map(|a| a.key),
             options: self.options.into_iter().flatten().collect(),
+            span,
+            written,
         })
+    }
+}
+
+/// Reports meta types that cannot serialize to a JSON object (Phoenix puts `phx_ref` in
+/// every meta): scalars, strings, sequences, tuples, arrays and references to those. Types
+/// the macro cannot see through are checked when tracked.
+fn check_meta_type(ty: &Type, errors: &mut Errors) {
+    const NOT_OBJECTS: [&str; 25] = [
+        "bool", "char", "str", "String", "i8", "i16", "i32", "i64", "i128", "isize", "u8",
+        "u16", "u32", "u64", "u128", "usize", "f32", "f64", "Vec", "VecDeque", "HashSet",
+        "BTreeSet", "Option", "PhantomData", "Cow",
+    ];
+    let not_object = match ty {
+        Type::Tuple(_) | Type::Array(_) | Type::Slice(_) => true,
+        Type::Reference(r) => {
+            check_meta_type(&r.elem, errors);
+            return;
+        }
+        Type::Paren(p) => {
+            check_meta_type(&p.elem, errors);
+            return;
+        }
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| NOT_OBJECTS.contains(&last.ident.to_string().as_str())),
+        _ => false,
+    };
+    if not_object {
+        errors.spanned(
+            ty,
+            format!(
+                "`{}` cannot be a meta: a meta must serialize to a JSON object (Phoenix puts \
+                 `phx_ref` in it); use a struct with named fields, e.g. \
+                 `#[derive(Serialize, Deserialize)] struct UserMeta {{ status: String }}`, \
+                 or a map",
+                quote::ToTokens::to_token_stream(ty).to_string().replace(' ', "")
+            ),
+        );
     }
 }
 

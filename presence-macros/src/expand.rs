@@ -3,63 +3,146 @@
 //! Everything is named by absolute path (`::presence_core::…`, `::core::…`), so the user's
 //! imports and shadowing cannot change what the expansion means.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Ident, Item};
+use syn::{DeriveInput, Ident, Item, Meta};
 
-use crate::args::Args;
+use crate::args::{Args, ArgsParser};
 use crate::errors::Errors;
 use crate::input::Input;
 
-/// The whole expansion: the user's item, then either the generated code or the errors.
+/// `#[presence(...)]` as an attribute: the user's item, then either the generated code or
+/// the errors.
 ///
 /// When anything is wrong, the item is still emitted unchanged, so that its uses do not
 /// cascade into "cannot find type" errors.
-pub(crate) fn presence(args: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let args = Args::parse(args, &mut errors);
+    let mut parser = ArgsParser::default();
+    parser.parse(args, &mut errors);
+    let args = parser.finish(Span::call_site(), &mut errors);
     let input = match syn::parse2::<Item>(item.clone()) {
-        Ok(parsed) => Input::from_item(parsed, &mut errors),
+        Ok(parsed) => Input::from_item(&parsed, &mut errors),
         Err(error) => {
             errors.push(error);
             None
         }
     };
+    let mut out = item;
+    out.extend(generate(errors, args, input));
+    out
+}
+
+/// `#[derive(Presence)]` with its `#[presence(...)]` helper attribute: the generated code or
+/// the errors; the struct itself is the compiler's, untouched.
+pub(crate) fn derive(item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let input = match syn::parse2::<DeriveInput>(item) {
+        Ok(input) => input,
+        Err(error) => return error.into_compile_error(),
+    };
+    let model = Input::from_derive(&input, &mut errors);
+    let mut parser = ArgsParser::default();
+    let mut missing_at = None;
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("presence")) {
+        missing_at = Some(attr.path().span());
+        match &attr.meta {
+            Meta::List(list) => parser.parse(list.tokens.clone(), &mut errors),
+            Meta::Path(path) => errors.spanned(
+                path,
+                "`#[presence]` needs arguments: write `#[presence(pubsub = AppPubSub)]`",
+            ),
+            Meta::NameValue(nv) => errors.spanned(
+                nv,
+                "`#[presence]` takes a list: write `#[presence(pubsub = AppPubSub)]`",
+            ),
+        }
+    }
+    let args = match missing_at {
+        Some(at) => parser.finish(at, &mut errors),
+        None => {
+            if model.is_some() {
+                errors.at(
+                    Span::call_site(),
+                    "`#[derive(Presence)]` needs its settings: add `#[presence(pubsub = \
+                     AppPubSub)]` below it, naming a server declared with \
+                     `presence_core::pubsub_server!(pub AppPubSub);`",
+                );
+            }
+            None
+        }
+    };
+    generate(errors, args, model)
+}
+
+/// The generated code, or the errors.
+fn generate(errors: Errors, args: Option<Args>, input: Option<Input>) -> TokenStream {
     match (errors.finish(), args, input) {
         (Ok(()), Some(args), Some(input)) => expand(&args, &input),
-        (result, _, _) => {
-            let mut out = item;
-            if let Err(error) = result {
-                out.extend(error.into_compile_error());
-            }
-            out
-        }
+        (Err(error), _, _) => error.into_compile_error(),
+        (Ok(()), _, _) => TokenStream::new(),
     }
 }
 
-/// The user's struct, the `Presence` impl, the pub/sub check and the typed helpers.
+/// The `Presence` impl, the hook checks and the typed helpers.
 fn expand(args: &Args, input: &Input) -> TokenStream {
-    let item = &input.item;
-    let ident = &item.ident;
+    let ident = &input.ident;
     let presence_impl = presence_impl(args, ident);
+    let checks = hook_checks(args, ident);
     let helpers = helpers(input);
     quote! {
-        #item
-
         const _: () = {
             #presence_impl
+            #checks
             #helpers
         };
     }
 }
 
+/// A hook implemented but not named in `#[presence(...)]` would never run: each is a compile
+/// error, raised by a constant that is true exactly when the struct implements the hook.
+fn hook_checks(args: &Args, ident: &Ident) -> TokenStream {
+    let hooks = [
+        (args.fetch.is_none(), "FETCH", "Fetch", "fetch", "the fetch"),
+        (
+            args.handle_metas.is_none(),
+            "HANDLE_METAS",
+            "HandleMetas",
+            "handle_metas",
+            "`init` and `handle_metas`",
+        ),
+    ];
+    let checks = hooks
+        .into_iter()
+        .filter(|(unnamed, ..)| *unnamed)
+        .map(|(_, probe, tr, flag, what)| {
+            let probe = Ident::new(probe, args.span);
+            let message = format!(
+                "`{ident}` implements `{tr}`, but its `#[presence(...)]` does not name \
+                 `{flag}`, so {what} would never run: write `#[presence({}, {flag})]`",
+                args.written
+            );
+            quote_spanned! {args.span=>
+                #[allow(unused_imports)]
+                use ::presence_core::__private::ProbeFallback as _;
+                if ::presence_core::__private::Probe::<#ident>::#probe {
+                    ::core::panic!(#message)
+                }
+            }
+        });
+    quote! {
+        const _: () = { #(#checks)* };
+    }
+}
+
 fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
     let str_ty = quote!(::core::primitive::str);
+    let ctx_ty = quote!(::presence_core::presence::PresenceContext);
     let meta = match &args.meta {
         // Spanned by the user's type, so an unsuitable type is underlined where written.
         Some(meta) => quote_spanned!(meta.span()=> #meta),
-        None => quote!(::presence_core::__private::JsonMap),
+        None => quote!(::presence_core::__private::Value),
     };
     let extra = match &args.fetch {
         Some(key) => {
@@ -67,17 +150,27 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
         }
         None => quote!(()),
     };
-    let state = match &args.init {
+    let state = match &args.handle_metas {
         Some(key) => {
-            quote_spanned!(key.span()=> <#ident as ::presence_core::presence::Init>::State)
+            quote_spanned!(key.span()=> <#ident as ::presence_core::presence::HandleMetas>::State)
         }
         None => quote!(()),
     };
+    // A named hook the struct does not implement fails here, once, at its flag.
+    let bounds = [
+        args.fetch
+            .as_ref()
+            .map(|k| quote_spanned!(k.span()=> #ident: ::presence_core::presence::Fetch)),
+        args.handle_metas
+            .as_ref()
+            .map(|k| quote_spanned!(k.span()=> #ident: ::presence_core::presence::HandleMetas)),
+    ];
+    let bounds = bounds.iter().flatten();
     let name = match &args.name {
         Some(name) => quote!(#name),
         None => {
             let ident = ident.to_string();
-            quote!(::core::concat!(::core::module_path!(), "::", #ident))
+            quote!(#ident)
         }
     };
     let fetches = args.fetch.is_some();
@@ -98,48 +191,58 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
     });
     let fetch = args.fetch.as_ref().map(|key| {
         quote_spanned! {key.span()=>
-            fn fetch(
+            fn run_fetch(
                 &self,
+                ctx: &#ctx_ty,
                 topic: &#str_ty,
-                presences: ::presence_core::presence::PresenceMap<Self::Extra>,
+                presences: ::presence_core::presence::PresenceMap<Self>,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<
-                    ::presence_core::presence::PresenceMap<Self::Extra>,
+                    ::presence_core::presence::PresenceMap<Self>,
                     ::presence_core::presence::FetchError,
                 >,
             > + ::core::marker::Send {
-                <#ident as ::presence_core::presence::Fetch>::fetch(self, topic, presences)
+                <#ident as ::presence_core::presence::Fetch>::fetch(self, ctx, topic, presences)
             }
         }
     });
-    let init = match &args.init {
+    let init = match &args.handle_metas {
         Some(key) => quote_spanned! {key.span()=>
-            fn init(&self) -> Self::State {
-                <#ident as ::presence_core::presence::Init>::init(self)
+            fn run_init(
+                &self,
+                ctx: &#ctx_ty,
+            ) -> ::core::result::Result<Self::State, ::presence_core::presence::InitError> {
+                <#ident as ::presence_core::presence::HandleMetas>::init(self, ctx)
             }
         },
         None => quote! {
-            fn init(&self) -> Self::State {}
+            fn run_init(
+                &self,
+                _: &#ctx_ty,
+            ) -> ::core::result::Result<Self::State, ::presence_core::presence::InitError> {
+                ::core::result::Result::Ok(())
+            }
         },
     };
     let handle_metas = args.handle_metas.as_ref().map(|key| {
         quote_spanned! {key.span()=>
-            fn handle_metas(
+            fn run_handle_metas(
                 &self,
+                ctx: &#ctx_ty,
                 topic: &#str_ty,
-                diff: &::presence_core::presence::PresenceDiff<Self::Extra>,
+                diff: &::presence_core::presence::PresenceDiff<Self>,
                 presences: &::presence_core::presence::TopicMetas,
                 state: Self::State,
             ) -> impl ::core::future::Future<Output = Self::State> + ::core::marker::Send {
                 <#ident as ::presence_core::presence::HandleMetas>::handle_metas(
-                    self, topic, diff, presences, state,
+                    self, ctx, topic, diff, presences, state,
                 )
             }
         }
     });
     quote! {
         #[automatically_derived]
-        impl ::presence_core::presence::Presence for #ident {
+        impl ::presence_core::presence::Presence for #ident where #(#bounds,)* {
             type Meta = #meta;
             type Extra = #extra;
             type State = #state;
@@ -169,33 +272,32 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
 
 /// The typed helpers, inherent on the struct, with the struct's visibility.
 fn helpers(input: &Input) -> TokenStream {
-    let item = &input.item;
-    let ident = &item.ident;
-    let vis = &item.vis;
+    let ident = &input.ident;
+    let vis = &input.vis;
     let str_ty = quote!(::core::primitive::str);
     let result = quote!(::core::result::Result);
     let error = quote!(::presence_core::presence::PresenceError);
     let registry = quote!(::presence_core::registry::Registry);
     let socket = quote!(::presence_core::presence::PresenceSocket);
     let meta = quote!(<Self as ::presence_core::presence::Presence>::Meta);
-    let extra = quote!(<Self as ::presence_core::presence::Presence>::Extra);
     let not_running = format!(
-        "`PresenceError::Registry` when `{ident}` (or its pub/sub) is not running in the registry"
+        "`PresenceError::Registry` when `{ident}` (or its pub/sub) is not running in the \
+         socket's registry"
     );
     let track_errors = format!(
-        "{not_running}; `PresenceError::Track` when the owner already tracks `key` there, the \
-         tracker stopped or the meta does not serialize to JSON."
+        "{not_running}; `PresenceError::Track` when the socket already tracks `key`, the \
+         tracker stopped or the meta does not serialize to a JSON object."
     );
     let update_errors = format!(
-        "{not_running}; `PresenceError::Update` when the owner tracks nothing under `key` \
-         there, the tracker stopped or the meta does not serialize to JSON."
+        "{not_running}; `PresenceError::Update` when the socket tracks nothing under `key`, \
+         the tracker stopped or the meta does not serialize to a JSON object."
     );
     let not_running = format!("{not_running}.");
     quote! {
         #[allow(dead_code, unreachable_pub, clippy::all, clippy::pedantic, clippy::nursery)]
         impl #ident {
             /// A supervisor child that starts this presence, with `options` merged over the
-            /// ones its `#[presence]` attribute sets.
+            /// ones its `#[presence(...)]` sets.
             #[must_use = "a child spec does nothing until it is added to a `Supervisor`"]
             #vis fn child_spec(
                 self,
@@ -204,18 +306,16 @@ fn helpers(input: &Input) -> TokenStream {
                 ::presence_core::supervisor::PresenceSpec::new(self, options)
             }
 
-            /// The running presence in `registry`.
+            /// The running presence in `registry`: list, count, track for any owner and
+            /// topic through it.
             ///
             /// # Errors
             ///
-            #[doc = #not_running]
-            #vis fn handle(
+            /// `PresenceError::Registry` when it is not running in `registry`.
+            #vis fn running(
                 registry: &#registry,
             ) -> #result<::presence_core::presence::PresenceHandle<Self>, #error> {
-                #result::map_err(
-                    ::presence_core::presence::PresenceHandle::<Self>::from_registry(registry),
-                    ::core::convert::From::from,
-                )
+                ::presence_core::__private::running_in::<Self>(registry)
             }
 
             /// Tracks the socket's owner under `key` in the socket's topic.
@@ -241,8 +341,7 @@ fn helpers(input: &Input) -> TokenStream {
                 ::presence_core::__private::untrack::<Self>(socket, key)
             }
 
-            /// Replaces the meta of the socket owner's presence under `key` in the socket's
-            /// topic.
+            /// Replaces the meta of the socket's presence under `key`.
             ///
             /// # Errors
             ///
@@ -255,98 +354,56 @@ fn helpers(input: &Input) -> TokenStream {
                 ::presence_core::__private::update::<Self>(socket, key, meta)
             }
 
-            /// Tracks `owner` under `key` in `topic`.
-            ///
-            /// # Errors
-            ///
-            #[doc = #track_errors]
-            #vis fn track_owner(
-                registry: &#registry,
-                owner: &::presence_core::Owner,
-                topic: &#str_ty,
-                key: &#str_ty,
-                meta: &#meta,
-            ) -> #result<::presence_core::PhxRef, #error> {
-                ::presence_core::__private::track_owner::<Self>(registry, owner, topic, key, meta)
-            }
-
-            /// Stops tracking `owner` under `key` in `topic`; nothing happens when it was not
-            /// tracked.
-            ///
-            /// # Errors
-            ///
-            #[doc = #not_running]
-            #vis fn untrack_owner(
-                registry: &#registry,
-                owner: &::presence_core::Owner,
-                topic: &#str_ty,
-                key: &#str_ty,
-            ) -> #result<(), #error> {
-                ::presence_core::__private::untrack_owner::<Self>(registry, owner, topic, key)
-            }
-
-            /// Replaces the meta of `owner`'s presence under `key` in `topic`.
+            /// Replaces the meta of the socket's presence under `key` with what `f` makes of
+            /// the current one.
             ///
             /// # Errors
             ///
             #[doc = #update_errors]
-            #vis fn update_owner(
-                registry: &#registry,
-                owner: &::presence_core::Owner,
-                topic: &#str_ty,
+            #vis fn update_with(
+                socket: &impl #socket,
                 key: &#str_ty,
-                meta: &#meta,
+                f: impl ::core::ops::FnOnce(#meta) -> #meta,
             ) -> #result<::presence_core::PhxRef, #error> {
-                ::presence_core::__private::update_owner::<Self>(registry, owner, topic, key, meta)
+                ::presence_core::__private::update_with::<Self>(socket, key, f)
             }
 
-            /// How many keys and presences `topic` has, cluster-wide, without listing it
-            /// (O(1) while no peer is down).
+            /// The presences of the socket's topic, grouped by key and fetched.
+            ///
+            /// # Errors
+            ///
+            #[doc = #not_running]
+            #vis async fn list(
+                socket: &impl #socket,
+            ) -> #result<::presence_core::presence::PresenceMap<Self>, #error> {
+                ::presence_core::__private::list::<Self>(socket).await
+            }
+
+            /// The entry of `key` in the socket's topic, fetched; `None` when nobody is there.
+            ///
+            /// # Errors
+            ///
+            #[doc = #not_running]
+            #vis async fn get_by_key(
+                socket: &impl #socket,
+                key: &#str_ty,
+            ) -> #result<
+                ::core::option::Option<::presence_core::presence::PresenceEntry<Self>>,
+                #error,
+            > {
+                ::presence_core::__private::get_by_key::<Self>(socket, key).await
+            }
+
+            /// How many keys and presences the socket's topic has, cluster-wide, without
+            /// listing it.
             ///
             /// # Errors
             ///
             #[doc = #not_running]
             #vis fn count(
-                registry: &#registry,
-                topic: &#str_ty,
+                socket: &impl #socket,
             ) -> #result<::presence_core::tracker::PresenceCount, #error> {
-                ::presence_core::__private::count::<Self>(registry, topic)
-            }
-
-            /// The presences of `topic` on this node, grouped by key and fetched.
-            ///
-            /// # Errors
-            ///
-            #[doc = #not_running]
-            ///
-            /// # Cancel safety
-            ///
-            /// Cancel safe: it only reads.
-            #vis async fn list(
-                registry: &#registry,
-                topic: &#str_ty,
-            ) -> #result<::presence_core::presence::PresenceMap<#extra>, #error> {
-                ::presence_core::__private::list::<Self>(registry, topic).await
-            }
-
-            /// The entry of `key` in `topic`, fetched; `None` when nobody is there.
-            ///
-            /// # Errors
-            ///
-            #[doc = #not_running]
-            ///
-            /// # Cancel safety
-            ///
-            /// Cancel safe: it only reads.
-            #vis async fn get_by_key(
-                registry: &#registry,
-                topic: &#str_ty,
-                key: &#str_ty,
-            ) -> #result<
-                ::core::option::Option<::presence_core::presence::PresenceEntry<#extra>>,
-                #error,
-            > {
-                ::presence_core::__private::get_by_key::<Self>(registry, topic, key).await
+                ::presence_core::__private::count::<Self>(socket)
             }
         }
     }

@@ -2,45 +2,75 @@
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
-use syn::{Item, ItemStruct};
+use syn::{Data, DeriveInput, Generics, Ident, Item, Visibility};
 
 use crate::errors::Errors;
 
-/// The struct `#[presence]` is on: a plain struct (unit, tuple or named fields) without
+/// The struct a presence is declared on: a plain struct (unit, tuple or named fields) without
 /// generics.
 pub(crate) struct Input {
-    /// The struct, emitted unchanged.
-    pub(crate) item: ItemStruct,
+    pub(crate) ident: Ident,
+    pub(crate) vis: Visibility,
 }
 
 impl Input {
-    /// Checks `item`, pushing every problem to `errors`; `None` when it cannot be used.
-    pub(crate) fn from_item(item: Item, errors: &mut Errors) -> Option<Self> {
-        let item = match item {
-            Item::Struct(item) => item,
-            other => {
-                errors.push(not_a_struct(&other));
-                return None;
-            }
+    /// Checks the item `#[presence(...)]` is on, pushing every problem to `errors`.
+    pub(crate) fn from_item(item: &Item, errors: &mut Errors) -> Option<Self> {
+        let Item::Struct(item) = item else {
+            errors.push(not_a_struct(item));
+            return None;
         };
-        let generics = &item.generics;
-        if !generics.params.is_empty() {
-            errors.spanned(
-                generics,
-                "#[presence] does not support generic structs: remove the lifetime, type and const \
-                 parameters (the presence is found by its type, so it must be one concrete type)",
-            );
-            return None;
-        }
-        if let Some(where_clause) = &generics.where_clause {
-            errors.spanned(
-                where_clause,
-                "#[presence] does not support `where` clauses: remove it",
-            );
-            return None;
-        }
-        Some(Input { item })
+        check_generics(&item.generics, errors)?;
+        Some(Input {
+            ident: item.ident.clone(),
+            vis: item.vis.clone(),
+        })
     }
+
+    /// Checks the item `#[derive(Presence)]` is on, pushing every problem to `errors`.
+    pub(crate) fn from_derive(input: &DeriveInput, errors: &mut Errors) -> Option<Self> {
+        let (keyword, kind) = match &input.data {
+            Data::Struct(_) => {
+                check_generics(&input.generics, errors)?;
+                return Some(Input {
+                    ident: input.ident.clone(),
+                    vis: input.vis.clone(),
+                });
+            }
+            Data::Enum(e) => (e.enum_token.to_token_stream(), "an enum"),
+            Data::Union(u) => (u.union_token.to_token_stream(), "a union"),
+        };
+        let mut tokens = keyword;
+        input.ident.to_tokens(&mut tokens);
+        errors.spanned(
+            tokens,
+            format!(
+                "`#[derive(Presence)]` goes on a struct, not on {kind}: a presence is declared \
+                 by a struct, e.g. `#[derive(Presence)] #[presence(pubsub = AppPubSub)] pub \
+                 struct RoomPresence;`"
+            ),
+        );
+        None
+    }
+}
+
+fn check_generics(generics: &Generics, errors: &mut Errors) -> Option<()> {
+    if !generics.params.is_empty() {
+        errors.spanned(
+            generics,
+            "a presence cannot be generic: remove the lifetime, type and const parameters (the \
+             presence is found by its type, so it must be one concrete type)",
+        );
+        return None;
+    }
+    if let Some(where_clause) = &generics.where_clause {
+        errors.spanned(
+            where_clause,
+            "a presence cannot have a `where` clause: remove it",
+        );
+        return None;
+    }
+    Some(())
 }
 
 /// The error for an item that is not a struct, spanning its keyword and name (`enum Foo`).

@@ -1,8 +1,8 @@
 //! The Presence layer, after Phoenix.Presence: presences grouped by key, enriched by an
 //! optional fetch, and `presence_diff` broadcasts in tracker order.
 //!
-//! Most applications declare a presence with the [`presence`](macro@crate::presence) attribute, which
-//! implements [`Presence`] and adds typed helpers. Underneath, a [`PresenceHandle`] runs a
+//! Most applications declare a presence with [`#[derive(Presence)]`](derive@crate::Presence),
+//! which implements [`Presence`] and adds typed helpers. Underneath, a [`PresenceHandle`] runs a
 //! [`Tracker`] and turns each of its diffs into a [`PresenceDiff`] per topic, broadcast to the
 //! topic's local subscribers as the event `presence_diff` (every node broadcasts its own diffs to
 //! its own subscribers).
@@ -41,7 +41,7 @@
 //! Without the macro, implementing [`Presence`] by hand:
 //!
 //! ```
-//! use presence_core::presence::{Presence, PresenceHandle, PresenceOptions};
+//! use presence_core::presence::{InitError, Presence, PresenceContext, PresenceHandle, PresenceOptions};
 //! use presence_core::registry::{Registry, RegistryError};
 //! use presence_core::{Owner, PubSub};
 //!
@@ -57,7 +57,9 @@
 //!     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> {
 //!         registry.pubsub(&AppPubSub)
 //!     }
-//!     fn init(&self) {}
+//!     fn run_init(&self, _: &PresenceContext) -> Result<(), InitError> {
+//!         Ok(())
+//!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -68,7 +70,8 @@
 //! meta.insert("device".into(), "phone".into());
 //! presence.track(&owner, "room:1", "alice", &meta)?;
 //! let list = presence.list("room:1").await;
-//! assert_eq!(list["alice"].metas[0].get("device"), Some(&serde_json::json!("phone")));
+//! let alice = list["alice"].metas()?;
+//! assert_eq!(alice[0].meta.get("device"), Some(&serde_json::json!("phone")));
 //! # Ok(())
 //! # }
 //! ```
@@ -93,7 +96,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
 pub use coalesce::{NotADiff, merge_diff};
-pub use entry::{PresenceDiff, PresenceEntry, PresenceMap, TopicMetas};
+pub use entry::{PresenceDiff, PresenceEntry, PresenceMap, TopicMetas, TypedMeta};
 pub use keys::{KeyChange, KeyEvent, KeyEvents};
 
 use crate::pubsub::Message;
@@ -127,29 +130,86 @@ pub enum PresenceError {
 /// The error a [`Fetch`] returns; it is logged and the presences go out unenriched.
 pub type FetchError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A presence: what the `#[presence]` attribute implements for a struct.
+/// The error [`HandleMetas::init`] returns: the presence does not start.
+pub type InitError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Starting a presence failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Invalid tracker options, or no tokio runtime.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The presence's pub/sub is not running in the registry.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// [`HandleMetas::init`] failed (or panicked).
+    #[error("presence `{presence}`: init failed: {source}")]
+    Init {
+        /// The presence's name.
+        presence: &'static str,
+        /// Why.
+        #[source]
+        source: InitError,
+    },
+}
+
+/// What the hooks ([`Fetch::fetch`], [`HandleMetas::init`], [`HandleMetas::handle_metas`])
+/// get to reach the application: its registry (the running pub/subs and presences) and the
+/// pub/sub the presence broadcasts on. Phoenix's hooks reach these through module names; a
+/// Rust hook gets them here.
 ///
-/// Implement it by hand only without the macro; the hooks are then methods here. With the
-/// macro, implement [`Fetch`], [`Init`] and [`HandleMetas`] instead and name them in the
-/// attribute.
+/// A presence started by a [`Supervisor`](crate::supervisor::Supervisor) gets the
+/// supervisor's registry, which holds, by the time a hook runs, every child started before
+/// the presence and the presence itself.
+#[derive(Debug, Clone)]
+pub struct PresenceContext {
+    registry: Registry,
+    pubsub: PubSub,
+}
+
+impl PresenceContext {
+    /// The application's registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The pub/sub the presence broadcasts on (e.g. for
+    /// [`PubSub::local_broadcast`](crate::PubSub::local_broadcast) from `handle_metas`).
+    pub fn pubsub(&self) -> &PubSub {
+        &self.pubsub
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        self.pubsub.node_name()
+    }
+}
+
+/// A presence: what `#[derive(Presence)]` implements for a struct.
+///
+/// Implement it by hand only without the derive; the hooks are then the `run_*` methods. With
+/// the derive, implement [`Fetch`] and [`HandleMetas`] instead and name them in
+/// `#[presence(...)]`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a presence",
-    note = "put `#[presence(pubsub = ...)]` on the struct"
+    note = "add `#[derive(presence_core::Presence)]` and `#[presence(pubsub = ...)]` to the struct"
 )]
 pub trait Presence: Send + Sync + Sized + 'static {
-    /// The metadata users track: any serde type, a JSON object by default.
+    /// The metadata users track: a serde type that serializes to a JSON object (a struct with
+    /// named fields or a map); a JSON value that must be an object by default.
     type Meta: Serialize + DeserializeOwned + Send + Sync + 'static;
-    /// What [`fetch`](Self::fetch) adds to each entry, serialized beside `metas`; `()` when
-    /// there is no fetch.
+    /// What [`run_fetch`](Self::run_fetch) adds to each entry, serialized beside `metas`; `()`
+    /// when there is no fetch.
     type Extra: Serialize + Clone + Send + Sync + 'static;
-    /// The state [`handle_metas`](Self::handle_metas) threads through; `()` when unused.
+    /// The state [`run_handle_metas`](Self::run_handle_metas) threads through; `()` when unused.
     type State: Send + 'static;
 
     /// The tracker name: presences of the same name replicate across nodes.
     const NAME: &'static str;
-    /// Whether [`fetch`](Self::fetch) is more than a pass-through.
+    /// Whether [`run_fetch`](Self::run_fetch) is more than a pass-through.
     const FETCHES: bool = false;
-    /// Whether [`handle_metas`](Self::handle_metas) is more than a pass-through.
+    /// Whether [`run_handle_metas`](Self::run_handle_metas) is more than a pass-through.
     const HANDLES_METAS: bool = false;
 
     /// The running pub/sub this presence broadcasts on.
@@ -164,52 +224,67 @@ pub trait Presence: Send + Sync + Sized + 'static {
         PresenceOptions::default()
     }
 
-    /// Enriches presences before they are listed or broadcast. Passes them through by
-    /// default.
-    fn fetch(
+    /// Enriches presences before they are listed or broadcast ([`Fetch::fetch`] with the
+    /// derive). Passes them through by default.
+    fn run_fetch(
         &self,
+        ctx: &PresenceContext,
         topic: &str,
-        presences: PresenceMap<Self::Extra>,
-    ) -> impl Future<Output = Result<PresenceMap<Self::Extra>, FetchError>> + Send {
-        let _ = topic;
+        presences: PresenceMap<Self>,
+    ) -> impl Future<Output = Result<PresenceMap<Self>, FetchError>> + Send {
+        let _ = (ctx, topic);
         async move { Ok(presences) }
     }
 
-    /// The initial state of [`handle_metas`](Self::handle_metas).
-    fn init(&self) -> Self::State;
+    /// The initial state of [`run_handle_metas`](Self::run_handle_metas), made when the
+    /// presence starts ([`HandleMetas::init`] with the derive).
+    ///
+    /// # Errors
+    ///
+    /// Any error: the presence does not start, and [`PresenceHandle::start`] returns it.
+    fn run_init(&self, ctx: &PresenceContext) -> Result<Self::State, InitError>;
 
     /// Called after each diff of a topic is broadcast, in order, with the topic's metas as
-    /// this node has seen them; returns the new state.
-    fn handle_metas(
+    /// this node has seen them; returns the new state ([`HandleMetas::handle_metas`] with the
+    /// derive).
+    fn run_handle_metas(
         &self,
+        ctx: &PresenceContext,
         topic: &str,
-        diff: &PresenceDiff<Self::Extra>,
+        diff: &PresenceDiff<Self>,
         presences: &TopicMetas,
         state: Self::State,
     ) -> impl Future<Output = Self::State> + Send {
-        let _ = (topic, diff, presences);
+        let _ = (ctx, topic, diff, presences);
         async move { state }
     }
 }
 
-/// Enriches presences, e.g. with user records loaded in one query for all keys. Name it in the
-/// attribute: `#[presence(pubsub = AppPubSub, fetch)]`.
+/// Enriches presences, e.g. with user records loaded in one query for all keys: Phoenix's
+/// `fetch/2`. Name it in the attribute, `#[presence(pubsub = AppPubSub, fetch)]`; forgetting
+/// either half is a compile error.
 ///
 /// # Examples
 ///
 /// ```
-/// use presence_core::presence::{Fetch, FetchError, PresenceMap};
+/// use presence_core::presence::{Fetch, FetchError, PresenceContext, PresenceMap};
+/// use presence_core::{Presence, pubsub_server};
 /// use serde::Serialize;
+///
+/// pubsub_server!(pub AppPubSub);
 ///
 /// #[derive(Clone, Serialize)]
 /// struct UserInfo { name: String }
 ///
+/// #[derive(Presence)]
+/// #[presence(pubsub = AppPubSub, fetch)]
 /// struct RoomPresence;
 ///
 /// impl Fetch for RoomPresence {
 ///     type Extra = UserInfo;
-///     async fn fetch(&self, _topic: &str, mut presences: PresenceMap<UserInfo>)
-///         -> Result<PresenceMap<UserInfo>, FetchError>
+///
+///     async fn fetch(&self, _ctx: &PresenceContext, _topic: &str, mut presences: PresenceMap<Self>)
+///         -> Result<PresenceMap<Self>, FetchError>
 ///     {
 ///         // One query for every key, then attach each user.
 ///         for (key, entry) in presences.iter_mut() {
@@ -220,11 +295,11 @@ pub trait Presence: Send + Sync + Sized + 'static {
 /// }
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` does not implement `Fetch`",
+    message = "`{Self}` does not implement `Fetch`, but `#[presence(...)]` names `fetch`",
     label = "`fetch` here needs `impl Fetch for {Self}`",
-    note = "implement `presence_core::presence::Fetch`, or remove `fetch` from `#[presence(...)]`"
+    note = "add `impl presence_core::presence::Fetch for {Self}`, or remove `fetch` from `#[presence(...)]`"
 )]
-pub trait Fetch: Send + Sync {
+pub trait Fetch: Presence {
     /// What is added to each entry; its fields are serialized beside `metas`.
     type Extra: Serialize + Clone + Send + Sync + 'static;
 
@@ -235,41 +310,76 @@ pub trait Fetch: Send + Sync {
     /// Any error: it is logged and the presences go out unenriched.
     fn fetch(
         &self,
+        ctx: &PresenceContext,
         topic: &str,
-        presences: PresenceMap<Self::Extra>,
-    ) -> impl Future<Output = Result<PresenceMap<Self::Extra>, FetchError>> + Send;
+        presences: PresenceMap<Self>,
+    ) -> impl Future<Output = Result<PresenceMap<Self>, FetchError>> + Send;
 }
 
-/// The state of [`HandleMetas`]. Name it in the attribute: `init`.
+/// Sees every diff after it is broadcast, with the topic's current metas, threading a state
+/// made by `init`: Phoenix's `init/1` and `handle_metas/4` in one trait, so neither can be
+/// forgotten. Name it in the attribute, `#[presence(pubsub = AppPubSub, handle_metas)]`;
+/// forgetting either half is a compile error.
+///
+/// Diffs are handled one at a time, in tracker order, on every node for its own view. A
+/// panic in `handle_metas` is logged and the state starts over from `init`.
+///
+/// # Examples
+///
+/// ```
+/// use presence_core::presence::{HandleMetas, InitError, PresenceContext, PresenceDiff, TopicMetas};
+/// use presence_core::{Presence, pubsub_server};
+///
+/// pubsub_server!(pub AppPubSub);
+///
+/// #[derive(Presence)]
+/// #[presence(pubsub = AppPubSub, handle_metas)]
+/// struct RoomPresence;
+///
+/// impl HandleMetas for RoomPresence {
+///     /// How many diffs this node has seen.
+///     type State = u64;
+///
+///     fn init(&self, _ctx: &PresenceContext) -> Result<u64, InitError> {
+///         Ok(0)
+///     }
+///
+///     async fn handle_metas(&self, _ctx: &PresenceContext, topic: &str, _diff: &PresenceDiff<Self>,
+///         presences: &TopicMetas, seen: u64) -> u64
+///     {
+///         tracing::debug!(topic, users = presences.len(), "presence changed");
+///         seen + 1
+///     }
+/// }
+/// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` does not implement `Init`",
-    label = "`init` here needs `impl Init for {Self}`",
-    note = "implement `presence_core::presence::Init`, or remove `init` from `#[presence(...)]`"
-)]
-pub trait Init {
-    /// The state.
-    type State: Send + 'static;
-
-    /// The initial state.
-    fn init(&self) -> Self::State;
-}
-
-/// Sees every diff after it is broadcast, with the topic's current metas. Name it in the
-/// attribute, after `init`: `#[presence(pubsub = AppPubSub, init, handle_metas)]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` does not implement `HandleMetas`",
+    message = "`{Self}` does not implement `HandleMetas`, but `#[presence(...)]` names `handle_metas`",
     label = "`handle_metas` here needs `impl HandleMetas for {Self}`",
-    note = "implement `presence_core::presence::HandleMetas`, or remove `handle_metas` from `#[presence(...)]`"
+    note = "add `impl presence_core::presence::HandleMetas for {Self}` (with `init` and `handle_metas`), or remove `handle_metas` from `#[presence(...)]`"
 )]
 pub trait HandleMetas: Presence {
-    /// Returns the new state.
+    /// The state threaded through the calls.
+    type State: Send + 'static;
+
+    /// The initial state, made when the presence starts (and again after a panic in
+    /// `handle_metas`).
+    ///
+    /// # Errors
+    ///
+    /// Any error: the presence does not start, and its supervisor (or
+    /// [`PresenceHandle::start`]) reports it.
+    fn init(&self, ctx: &PresenceContext) -> Result<<Self as HandleMetas>::State, InitError>;
+
+    /// Called after each diff of `topic` is broadcast, with the topic's metas as this node has
+    /// seen them; returns the new state.
     fn handle_metas(
         &self,
+        ctx: &PresenceContext,
         topic: &str,
-        diff: &PresenceDiff<Self::Extra>,
+        diff: &PresenceDiff<Self>,
         presences: &TopicMetas,
-        state: Self::State,
-    ) -> impl Future<Output = Self::State> + Send;
+        state: <Self as HandleMetas>::State,
+    ) -> impl Future<Output = <Self as HandleMetas>::State> + Send;
 }
 
 /// Tracker options for a presence. Unset fields take the value beneath: child-spec options
@@ -441,9 +551,10 @@ impl<P: Presence> fmt::Debug for PresenceHandle<P> {
 
 struct Shared<P: Presence> {
     presence: Arc<P>,
+    ctx: PresenceContext,
     pubsub: PubSub,
     runtime: tokio::runtime::Handle,
-    queue: mpsc::UnboundedSender<Pending<P::Extra>>,
+    queue: mpsc::UnboundedSender<Pending<P>>,
     in_flight: AtomicUsize,
     settled: Notify,
     broadcaster: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -467,10 +578,10 @@ impl<P: Presence> Drop for Shared<P> {
 }
 
 /// A diff waiting to be broadcast, with its fetch if one runs.
-struct Pending<X> {
+struct Pending<P: Presence> {
     topic: Arc<str>,
-    plain: PresenceDiff<X>,
-    fetch: Option<AbortOnDrop<Result<PresenceDiff<X>, FetchError>>>,
+    plain: PresenceDiff<P>,
+    fetch: Option<AbortOnDrop<Result<PresenceDiff<P>, FetchError>>>,
 }
 
 /// A task handle that aborts the task when dropped.
@@ -500,11 +611,12 @@ impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
             };
             let fetch = P::FETCHES.then(|| {
                 let presence = shared.presence.clone();
+                let ctx = shared.ctx.clone();
                 let (topic, diff) = (topic.clone(), plain.clone());
                 AbortOnDrop(
                     shared
                         .runtime
-                        .spawn(async move { fetch_diff(&*presence, &topic, diff).await }),
+                        .spawn(async move { fetch_diff(&*presence, &ctx, &topic, diff).await }),
                 )
             });
             let waiting = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
@@ -533,36 +645,65 @@ impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
 impl<P: Presence> PresenceHandle<P> {
     /// Starts `presence` over `pubsub`, with `options` merged over [`Presence::options`].
     ///
+    /// The hooks get an empty registry in their [`PresenceContext`]; start the presence with
+    /// [`start_in`](Self::start_in) (a supervisor does) for hooks that reach the application.
+    ///
     /// # Errors
     ///
-    /// [`ConfigError`] for invalid tracker options or outside a tokio runtime.
-    pub fn start(
-        presence: P,
-        pubsub: PubSub,
-        options: &PresenceOptions,
-    ) -> Result<Self, ConfigError> {
-        Self::start_shared(Arc::new(presence), pubsub, options)
+    /// [`StartError::Config`] for invalid tracker options or outside a tokio runtime;
+    /// [`StartError::Init`] when the presence's `init` fails.
+    pub fn start(presence: P, pubsub: PubSub, options: &PresenceOptions) -> Result<Self, StartError> {
+        let ctx = PresenceContext {
+            registry: Registry::new(),
+            pubsub,
+        };
+        Self::start_with(Arc::new(presence), ctx, options)
     }
 
-    /// Like [`start`](Self::start), with the presence value already shared (a supervisor
-    /// restarts a presence from the same value).
+    /// Starts `presence` over its pub/sub in `registry`, with `options` merged over
+    /// [`Presence::options`]; the hooks get `registry` in their [`PresenceContext`]. The
+    /// handle is not put in the registry: the caller does that (a supervisor's child spec
+    /// does, and takes it out when it stops).
     ///
     /// # Errors
     ///
-    /// As [`start`](Self::start).
-    pub fn start_shared(
+    /// As [`start`](Self::start), and [`StartError::Registry`] when the presence's pub/sub is
+    /// not running in `registry`.
+    pub fn start_in(
+        registry: &Registry,
         presence: Arc<P>,
-        pubsub: PubSub,
         options: &PresenceOptions,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, StartError> {
+        let ctx = PresenceContext {
+            registry: registry.clone(),
+            pubsub: P::pubsub(registry)?,
+        };
+        Self::start_with(presence, ctx, options)
+    }
+
+    fn start_with(
+        presence: Arc<P>,
+        ctx: PresenceContext,
+        options: &PresenceOptions,
+    ) -> Result<Self, StartError> {
         let options = options.merged_over(&P::options());
         let config = options.tracker_config();
         config.validate()?;
         let diff_window = options.effective_diff_window();
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let state = if P::HANDLES_METAS {
+            Some(init(&*presence, &ctx).map_err(|source| StartError::Init {
+                presence: P::NAME,
+                source,
+            })?)
+        } else {
+            None
+        };
+        let pubsub = ctx.pubsub.clone();
         let (queue, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             presence,
+            ctx,
             pubsub: pubsub.clone(),
             runtime: runtime.clone(),
             queue,
@@ -579,7 +720,7 @@ impl<P: Presence> PresenceHandle<P> {
                 shared: Arc::downgrade(&shared),
             })
             .start()?;
-        let task = runtime.spawn(broadcast_loop(Arc::downgrade(&shared), rx));
+        let task = runtime.spawn(broadcast_loop(Arc::downgrade(&shared), rx, state));
         *shared
             .broadcaster
             .lock()
@@ -626,8 +767,7 @@ impl<P: Presence> PresenceHandle<P> {
         key: &str,
         meta: &P::Meta,
     ) -> Result<PhxRef, TrackError> {
-        let value =
-            serde_json::to_value(meta).map_err(|e| TrackError::InvalidMeta(e.to_string()))?;
+        let value = meta_object::<P>(meta).map_err(TrackError::InvalidMeta)?;
         self.tracker.track(owner, topic, key, value)
     }
 
@@ -654,19 +794,74 @@ impl<P: Presence> PresenceHandle<P> {
         key: &str,
         meta: &P::Meta,
     ) -> Result<PhxRef, UpdateError> {
-        let value =
-            serde_json::to_value(meta).map_err(|e| UpdateError::InvalidMeta(e.to_string()))?;
+        let value = meta_object::<P>(meta).map_err(UpdateError::InvalidMeta)?;
         self.tracker.update(owner, topic, key, value)
     }
 
+    /// Replaces the meta of `owner`'s presence under `key` in `topic` with what `f` makes of
+    /// the current one (Phoenix's `update/4` with a function).
+    ///
+    /// `f` runs under the lock of the topic's shard, so nothing changes the presence between
+    /// reading and replacing it: keep it short, and do not call the presence from it (that
+    /// deadlocks).
+    ///
+    /// # Errors
+    ///
+    /// As [`update`](Self::update), and [`UpdateError::InvalidMeta`] when the current meta
+    /// does not decode into `P::Meta`; nothing changes then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::presence::{PresenceHandle, PresenceOptions};
+    /// use presence_core::{Owner, Presence, PubSub, pubsub_server};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// pubsub_server!(pub AppPubSub);
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Status { status: String, typing: bool }
+    ///
+    /// #[derive(Presence)]
+    /// #[presence(pubsub = AppPubSub, meta = Status)]
+    /// struct RoomPresence;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rooms = PresenceHandle::start(RoomPresence, PubSub::new("a"), &PresenceOptions::new())?;
+    /// let owner = Owner::new();
+    /// rooms.track(&owner, "room:1", "alice", &Status { status: "online".into(), typing: false })?;
+    /// rooms.update_with(&owner, "room:1", "alice", |old| Status { typing: true, ..old })?;
+    /// let alice = rooms.get_by_key("room:1", "alice").await.expect("alice is there");
+    /// assert!(alice.metas()?[0].meta.typing);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn update_with(
+        &self,
+        owner: &Owner,
+        topic: &str,
+        key: &str,
+        f: impl FnOnce(P::Meta) -> P::Meta,
+    ) -> Result<PhxRef, UpdateError> {
+        self.tracker.try_update_with(owner, topic, key, |current| {
+            let old: P::Meta = serde_json::from_value(current.to_value()).map_err(|e| {
+                UpdateError::InvalidMeta(format!(
+                    "the current meta does not decode into the meta type: {e}"
+                ))
+            })?;
+            meta_object::<P>(&f(old)).map_err(UpdateError::InvalidMeta)
+        })
+    }
+
     /// The presences of `topic`, grouped by key and fetched.
-    pub async fn list(&self, topic: &str) -> PresenceMap<P::Extra> {
+    pub async fn list(&self, topic: &str) -> PresenceMap<P> {
         let grouped = entry::group(self.tracker.list(topic));
         self.fetch(topic, grouped).await
     }
 
     /// The entry of `key` in `topic`, fetched; `None` when nobody is there.
-    pub async fn get_by_key(&self, topic: &str, key: &str) -> Option<PresenceEntry<P::Extra>> {
+    pub async fn get_by_key(&self, topic: &str, key: &str) -> Option<PresenceEntry<P>> {
         let metas: Vec<Meta> = self
             .tracker
             .get_by_key(topic, key)
@@ -694,16 +889,12 @@ impl<P: Presence> PresenceHandle<P> {
     /// # Examples
     ///
     /// ```
-    /// use presence_core::presence::{KeyChange, Presence, PresenceHandle, PresenceOptions};
-    /// # use presence_core::registry::{Registry, RegistryError};
-    /// # use presence_core::{Owner, PubSub};
+    /// use presence_core::presence::{KeyChange, PresenceHandle, PresenceOptions};
+    /// use presence_core::{Owner, Presence, PubSub};
+    /// # presence_core::pubsub_server!(AppPubSub);
+    /// # #[derive(Presence)]
+    /// # #[presence(pubsub = AppPubSub)]
     /// # struct Room;
-    /// # impl Presence for Room {
-    /// #     type Meta = serde_json::Value; type Extra = (); type State = ();
-    /// #     const NAME: &'static str = "Room";
-    /// #     fn pubsub(_: &Registry) -> Result<PubSub, RegistryError> { unreachable!() }
-    /// #     fn init(&self) {}
-    /// # }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let presence = PresenceHandle::start(Room, PubSub::new("a"), &PresenceOptions::new())?;
@@ -762,16 +953,17 @@ impl<P: Presence> PresenceHandle<P> {
     }
 
     /// Runs the fetch in its own task, so that a panic is caught; falls back to `presences`.
-    async fn fetch(&self, topic: &str, presences: PresenceMap<P::Extra>) -> PresenceMap<P::Extra> {
+    async fn fetch(&self, topic: &str, presences: PresenceMap<P>) -> PresenceMap<P> {
         if !P::FETCHES || presences.is_empty() {
             return presences;
         }
         let presence = self.shared.presence.clone();
+        let ctx = self.shared.ctx.clone();
         let (t, plain) = (topic.to_owned(), presences.clone());
         let mut task = AbortOnDrop(
             self.shared
                 .runtime
-                .spawn(async move { presence.fetch(&t, plain).await }),
+                .spawn(async move { presence.run_fetch(&ctx, &t, plain).await }),
         );
         match (&mut task.0).await {
             Ok(Ok(fetched)) => fetched,
@@ -812,17 +1004,18 @@ impl<P: Presence> PresenceHandle<P> {
 /// its key on both sides), then hands each side's entries the extra fetched for their key.
 async fn fetch_diff<P: Presence>(
     presence: &P,
+    ctx: &PresenceContext,
     topic: &str,
-    mut diff: PresenceDiff<P::Extra>,
-) -> Result<PresenceDiff<P::Extra>, FetchError> {
-    let mut all: PresenceMap<P::Extra> = PresenceMap::new();
+    mut diff: PresenceDiff<P>,
+) -> Result<PresenceDiff<P>, FetchError> {
+    let mut all: PresenceMap<P> = PresenceMap::new();
     for (key, entry) in diff.joins.iter().chain(diff.leaves.iter()) {
         all.entry(key.clone())
             .or_insert_with(|| PresenceEntry::new(Vec::new()))
-            .metas
-            .extend(entry.metas.iter().cloned());
+            .metas_mut()
+            .extend(entry.raw_metas().iter().cloned());
     }
-    let fetched = presence.fetch(topic, all).await?;
+    let fetched = presence.run_fetch(ctx, topic, all).await?;
     for (key, entry) in diff.joins.iter_mut().chain(diff.leaves.iter_mut()) {
         entry.extra = fetched.get(key).and_then(|f| f.extra.clone());
     }
@@ -842,24 +1035,55 @@ async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, ()> {
     .await
 }
 
+/// `init`, with a panic made an error.
+fn init<P: Presence>(presence: &P, ctx: &PresenceContext) -> Result<P::State, InitError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| presence.run_init(ctx)))
+        .unwrap_or_else(|_| Err("init panicked".into()))
+}
+
+/// The meta as a JSON object, or why it is not one.
+fn meta_object<P: Presence>(meta: &P::Meta) -> Result<serde_json::Value, String> {
+    match serde_json::to_value(meta) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(other) => Err(format!(
+            "a meta must serialize to a JSON object (Phoenix puts `phx_ref` in it), and this one \
+             is {}; use a struct with named fields or a map",
+            json_kind(&other)
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 async fn broadcast_loop<P: Presence>(
     shared: std::sync::Weak<Shared<P>>,
-    mut rx: mpsc::UnboundedReceiver<Pending<P::Extra>>,
+    mut rx: mpsc::UnboundedReceiver<Pending<P>>,
+    mut state: Option<P::State>,
 ) {
-    let Some(presence) = shared.upgrade().map(|s| s.presence.clone()) else {
+    let Some((presence, ctx)) = shared.upgrade().map(|s| (s.presence.clone(), s.ctx.clone())) else {
         return;
     };
-    let init = || match std::panic::catch_unwind(AssertUnwindSafe(|| presence.init())) {
+    let reinit = || match init(&*presence, &ctx) {
         Ok(state) => Some(state),
-        Err(_) => {
+        Err(error) => {
             tracing::error!(
                 presence = P::NAME,
-                "init panicked; handle_metas is off for this presence"
+                %error,
+                "init failed after a handle_metas panic; handle_metas is off for this presence"
             );
             None
         }
     };
-    let mut state = if P::HANDLES_METAS { init() } else { None };
     let mut metas: HashMap<Arc<str>, TopicMetas> = HashMap::new();
     while let Some(pending) = rx.recv().await {
         let Pending {
@@ -894,8 +1118,14 @@ async fn broadcast_loop<P: Presence>(
         if let Some(current) = state.take() {
             let topic_metas = metas.entry(topic.clone()).or_default();
             entry::apply_diff(topic_metas, &diff);
-            let next =
-                catch_unwind(presence.handle_metas(&topic, &diff, topic_metas, current)).await;
+            let next = catch_unwind(presence.run_handle_metas(
+                &ctx,
+                &topic,
+                &diff,
+                topic_metas,
+                current,
+            ))
+            .await;
             if topic_metas.is_empty() {
                 metas.remove(&topic);
             }
@@ -903,7 +1133,7 @@ async fn broadcast_loop<P: Presence>(
                 Ok(next) => Some(next),
                 Err(()) => {
                     tracing::error!(presence = P::NAME, topic = %topic, "handle_metas panicked; its state starts over from init");
-                    init()
+                    reinit()
                 }
             };
         }

@@ -510,6 +510,18 @@ impl Tracker {
         key: &str,
         f: impl FnOnce(&Meta) -> Value,
     ) -> Result<PhxRef, UpdateError> {
+        self.shard(topic).update(owner.id(), topic, key, |m| Ok(f(m)))
+    }
+
+    /// Like [`update_with`](Self::update_with), with a computation that may refuse: its error
+    /// is returned and nothing changes.
+    pub(crate) fn try_update_with(
+        &self,
+        owner: &Owner,
+        topic: &str,
+        key: &str,
+        f: impl FnOnce(&Meta) -> Result<Value, UpdateError>,
+    ) -> Result<PhxRef, UpdateError> {
         self.shard(topic).update(owner.id(), topic, key, f)
     }
 

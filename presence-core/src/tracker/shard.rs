@@ -194,7 +194,7 @@ impl Shard {
         owner: OwnerId,
         topic: &str,
         key: &str,
-        f: impl FnOnce(&Meta) -> Value,
+        f: impl FnOnce(&Meta) -> Result<Value, UpdateError>,
     ) -> Result<PhxRef, UpdateError> {
         if self.is_stopped() {
             return Err(UpdateError::Stopped);

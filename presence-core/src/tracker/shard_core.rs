@@ -132,13 +132,14 @@ impl ShardCore {
         owner: OwnerId,
         topic: &str,
         key: &str,
-        f: impl FnOnce(&Meta) -> Value,
+        f: impl FnOnce(&Meta) -> Result<Value, UpdateError>,
     ) -> Result<(PhxRef, Effects), UpdateError> {
         let Some(prev) = self.state.get_own(topic, owner, key).cloned() else {
             return Err(UpdateError::NoPresence);
         };
+        let value = f(&prev)?;
         let phx_ref = PhxRef::generate();
-        let meta = Meta::new(f(&prev), phx_ref, Some(prev.phx_ref()));
+        let meta = Meta::new(value, phx_ref, Some(prev.phx_ref()));
         let Some((old, new)) = self.state.leave_join(topic, owner, key, meta) else {
             return Err(UpdateError::NoPresence);
         };
