@@ -8,17 +8,26 @@ use std::time::Duration;
 use presence_core::presence::PresenceOptions;
 use presence_core::pubsub::LocalCluster;
 use presence_core::supervisor::{PubSubSpec, Supervisor};
-use presence_core::{Owner, presence, pubsub_server};
-use serde_json::json;
+use presence_core::{Owner, Presence, pubsub_server};
+use serde::{Deserialize, Serialize};
 
 pubsub_server!(
     /// The pub/sub every node of the example runs.
     pub ClusterPubSub
 );
 
+/// One device of a user.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Device {
+    /// The node the device is connected to.
+    pub node: String,
+    /// When it joined, in seconds since the epoch.
+    pub online_at: u64,
+}
+
 /// Who is in which room.
-#[derive(Debug)]
-#[presence(pubsub = ClusterPubSub)]
+#[derive(Debug, Presence)]
+#[presence(pubsub = ClusterPubSub, meta = Device)]
 pub struct RoomPresence;
 
 #[tokio::main]
@@ -30,7 +39,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let app =
             Supervisor::new()
                 .child(
-                    PubSubSpec::new(ClusterPubSub, name)
+                    PubSubSpec::new(ClusterPubSub)
+                        .node_name(name)
                         .with_adapter(move || adapter_cluster.adapter()),
                 )
                 .child(RoomPresence.child_spec(
@@ -44,13 +54,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Two users on each node; "carol" is on two nodes at once (two devices).
     let mut owners = Vec::new();
     for (i, (name, app)) in nodes.iter().enumerate() {
+        let rooms = RoomPresence::running(app.registry())?;
         for user in [["alice", "bob"], ["carol", "dave"], ["carol", "erin"]][i] {
             let owner = Owner::new();
-            let meta = json!({"node": name, "online_at": 1_700_000_000 + i})
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
-            RoomPresence::track_owner(app.registry(), &owner, "room:lobby", user, &meta)?;
+            let device = Device {
+                node: (*name).to_owned(),
+                online_at: 1_700_000_000 + i as u64,
+            };
+            rooms.track(&owner, "room:lobby", user, &device)?;
             owners.push(owner);
         }
     }
@@ -60,8 +71,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let mut converged = true;
         for (_, app) in &nodes {
-            converged &= RoomPresence::list(app.registry(), "room:lobby")
-                .await?
+            converged &= RoomPresence::running(app.registry())?
+                .list("room:lobby")
+                .await
                 .len()
                 == 5;
         }
@@ -75,19 +87,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     for (name, app) in &nodes {
-        let list = RoomPresence::list(app.registry(), "room:lobby").await?;
+        let list = RoomPresence::running(app.registry())?
+            .list("room:lobby")
+            .await;
         println!("{name} sees {} users:", list.len());
         for (user, entry) in &list {
-            let devices: Vec<String> = entry
-                .metas
-                .iter()
-                .map(|m| {
-                    m.get("node")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("?")
-                        .to_owned()
-                })
-                .collect();
+            let devices: Vec<String> = entry.metas()?.into_iter().map(|d| d.meta.node).collect();
             println!("  {user:<6} on {}", devices.join(", "));
         }
     }

@@ -60,12 +60,13 @@ use presence_core::pubsub::{
 use presence_core::registry::Registry;
 use presence_core::supervisor::{BoxError, PubSubSpec, Running, Supervisor, TaskSpec};
 use presence_core::tracker::TrackerConfig;
-use presence_core::{presence, pubsub_server};
+use presence_core::{Presence, pubsub_server};
 use presence_poem::{
     Channel, ChannelContext, Connected, HandleIn, HandshakeTimeout, Join, PhoenixSocket,
     PresenceMiddleware, Reply, StopReason,
 };
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 pubsub_server!(
@@ -73,9 +74,18 @@ pubsub_server!(
     pub ChatPubSub
 );
 
+/// What each device of a user shows in a room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserMeta {
+    /// When the device joined, in seconds since the epoch.
+    pub online_at: u64,
+    /// The user's status, e.g. `online` or `away`.
+    pub status: String,
+}
+
 /// Who is in which room: key = user name, one meta per device.
-#[derive(Debug)]
-#[presence(pubsub = ChatPubSub)]
+#[derive(Debug, Presence)]
+#[presence(pubsub = ChatPubSub, meta = UserMeta)]
 pub struct RoomPresence;
 
 /// The chat page.
@@ -291,11 +301,11 @@ fn parse_join(params: &Value) -> Result<(String, String), String> {
     Ok((user.clone(), status))
 }
 
-fn meta(online_at: u64, status: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("online_at".to_owned(), json!(online_at));
-    m.insert("status".to_owned(), json!(status));
-    m
+fn meta(online_at: u64, status: &str) -> UserMeta {
+    UserMeta {
+        online_at,
+        status: status.to_owned(),
+    }
 }
 
 /// How long a status may be, in characters.
@@ -364,7 +374,8 @@ impl Channel for RoomChannel {
                     Ok(status) => status,
                     Err(reason) => return error_reply(reason),
                 };
-                match RoomPresence::update(ctx, &self.user, &meta(self.online_at, status)) {
+                let status = status.to_owned();
+                match RoomPresence::update_with(ctx, &self.user, |old| UserMeta { status, ..old }) {
                     Ok(_) => HandleIn::Reply(Reply::ok(json!({}))),
                     Err(e) => error_reply(e.to_string()),
                 }
@@ -391,7 +402,7 @@ impl Channel for RoomChannel {
 /// Logs users coming online and going offline in each room: once per user, not once per
 /// device or tab, cluster-wide (key-level events of the presence).
 async fn log_online_users(registry: Registry) -> Result<(), BoxError> {
-    let mut events = RoomPresence::handle(&registry)?.all_key_events();
+    let mut events = RoomPresence::running(&registry)?.all_key_events();
     while let Some(event) = events.recv().await {
         match event.change {
             KeyChange::Online => tracing::info!("{} is online in {}", event.key, event.topic),
@@ -551,7 +562,7 @@ impl ChatServer {
                 std::future::pending::<Result<(), BoxError>>().await
             }
         });
-        let mut pubsub = PubSubSpec::new(ChatPubSub, config.node_name.clone());
+        let mut pubsub = PubSubSpec::new(ChatPubSub).node_name(config.node_name.clone());
         if let Some(link) = &cluster {
             // The pub/sub is a service without a task: it is never restarted, so the one
             // adapter (which feeds one pub/sub for its life) is never handed out twice.
@@ -618,7 +629,7 @@ impl ChatServer {
             }
         }
         tracing::info!(sockets = open, elapsed = ?started.elapsed(), "sockets drained");
-        if let Ok(handle) = RoomPresence::handle(self.app.registry()) {
+        if let Ok(handle) = RoomPresence::running(self.app.registry()) {
             handle.tracker().graceful_permdown();
         }
         if let Some(link) = &self.cluster {

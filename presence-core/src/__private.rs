@@ -77,7 +77,9 @@ pub fn update_with<P: Presence>(
     Ok(running::<P>(socket.registry())?.update_with(socket.owner(), socket.topic(), key, f)?)
 }
 
-pub async fn list<P: Presence>(socket: &impl PresenceSocket) -> Result<PresenceMap<P>, PresenceError> {
+pub async fn list<P: Presence>(
+    socket: &impl PresenceSocket,
+) -> Result<PresenceMap<P>, PresenceError> {
     Ok(running::<P>(socket.registry())?.list(socket.topic()).await)
 }
 

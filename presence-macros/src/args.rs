@@ -33,6 +33,25 @@ pub(crate) const TRACKER_OPTIONS: [&str; 8] = [
     "diff_window",
 ];
 
+/// The tracker options that are durations.
+const DURATION_OPTIONS: [&str; 4] = [
+    "broadcast_period",
+    "down_period",
+    "permdown_period",
+    "diff_window",
+];
+
+/// Whether `expr` is a literal for which `pred` holds (a negative number counts).
+fn is_literal(expr: &Expr, pred: impl Fn(&syn::Lit) -> bool) -> bool {
+    match expr {
+        Expr::Lit(lit) => pred(&lit.lit),
+        Expr::Unary(unary) => is_literal(&unary.expr, pred),
+        Expr::Group(group) => is_literal(&group.expr, pred),
+        Expr::Paren(paren) => is_literal(&paren.expr, pred),
+        _ => false,
+    }
+}
+
 /// Every valid argument, for the "unknown argument" message.
 fn valid_arguments() -> String {
     let mut names = vec![
@@ -204,7 +223,13 @@ impl RawArgs {
                 }
             }
             kw::NAME => {
-                if let Some(value) = value(meta, &key, "\"Name\"", errors)? {
+                if let Some(value) = value::<Expr>(meta, &key, "\"RoomPresence\"", errors)? {
+                    if is_literal(&value, |lit| !matches!(lit, syn::Lit::Str(_))) {
+                        errors.spanned(
+                            &value,
+                            "`name` is a string: write `name = \"RoomPresence\"`",
+                        );
+                    }
                     set_once(&mut self.name, key, value, errors);
                 }
             }
@@ -226,16 +251,30 @@ impl RawArgs {
             }
             option => match TRACKER_OPTIONS.iter().position(|o| *o == option) {
                 Some(i) => {
-                    if let Some(value) = value(meta, &key, "<expr>", errors)? {
+                    if let Some(value) = value::<Expr>(meta, &key, "<expr>", errors)? {
+                        if DURATION_OPTIONS.contains(&option)
+                            && is_literal(&value, |lit| {
+                                matches!(lit, syn::Lit::Int(_) | syn::Lit::Float(_))
+                            })
+                        {
+                            errors.spanned(
+                                &value,
+                                format!(
+                                    "`{option}` is a `Duration`, and a bare number has no unit: \
+                                     write e.g. `{option} = std::time::Duration::from_millis({})`",
+                                    quote::ToTokens::to_token_stream(&value)
+                                ),
+                            );
+                        }
                         set_once(&mut self.options[i], key, value, errors);
                     }
                 }
                 None => {
                     skip_value(meta.input)?;
                     let message = match did_you_mean(&name) {
-                        Some(valid) => format!(
-                            "unknown presence argument `{name}`; did you mean `{valid}`?"
-                        ),
+                        Some(valid) => {
+                            format!("unknown presence argument `{name}`; did you mean `{valid}`?")
+                        }
                         None => format!(
                             "unknown presence argument `{name}`; expected one of: {}",
                             valid_arguments()
@@ -279,9 +318,31 @@ impl RawArgs {
 /// the macro cannot see through are checked when tracked.
 fn check_meta_type(ty: &Type, errors: &mut Errors) {
     const NOT_OBJECTS: [&str; 25] = [
-        "bool", "char", "str", "String", "i8", "i16", "i32", "i64", "i128", "isize", "u8",
-        "u16", "u32", "u64", "u128", "usize", "f32", "f64", "Vec", "VecDeque", "HashSet",
-        "BTreeSet", "Option", "PhantomData", "Cow",
+        "bool",
+        "char",
+        "str",
+        "String",
+        "i8",
+        "i16",
+        "i32",
+        "i64",
+        "i128",
+        "isize",
+        "u8",
+        "u16",
+        "u32",
+        "u64",
+        "u128",
+        "usize",
+        "f32",
+        "f64",
+        "Vec",
+        "VecDeque",
+        "HashSet",
+        "BTreeSet",
+        "Option",
+        "PhantomData",
+        "Cow",
     ];
     let not_object = match ty {
         Type::Tuple(_) | Type::Array(_) | Type::Slice(_) => true,
@@ -308,7 +369,9 @@ fn check_meta_type(ty: &Type, errors: &mut Errors) {
                  `phx_ref` in it); use a struct with named fields, e.g. \
                  `#[derive(Serialize, Deserialize)] struct UserMeta {{ status: String }}`, \
                  or a map",
-                quote::ToTokens::to_token_stream(ty).to_string().replace(' ', "")
+                quote::ToTokens::to_token_stream(ty)
+                    .to_string()
+                    .replace(' ', "")
             ),
         );
     }

@@ -113,24 +113,25 @@ fn hook_checks(args: &Args, ident: &Ident) -> TokenStream {
             "`init` and `handle_metas`",
         ),
     ];
-    let checks = hooks
-        .into_iter()
-        .filter(|(unnamed, ..)| *unnamed)
-        .map(|(_, probe, tr, flag, what)| {
-            let probe = Ident::new(probe, args.span);
-            let message = format!(
-                "`{ident}` implements `{tr}`, but its `#[presence(...)]` does not name \
+    let checks =
+        hooks
+            .into_iter()
+            .filter(|(unnamed, ..)| *unnamed)
+            .map(|(_, probe, tr, flag, what)| {
+                let probe = Ident::new(probe, args.span);
+                let message = format!(
+                    "`{ident}` implements `{tr}`, but its `#[presence(...)]` does not name \
                  `{flag}`, so {what} would never run: write `#[presence({}, {flag})]`",
-                args.written
-            );
-            quote_spanned! {args.span=>
-                #[allow(unused_imports)]
-                use ::presence_core::__private::ProbeFallback as _;
-                if ::presence_core::__private::Probe::<#ident>::#probe {
-                    ::core::panic!(#message)
+                    args.written
+                );
+                quote_spanned! {args.span=>
+                    #[allow(unused_imports)]
+                    use ::presence_core::__private::ProbeFallback as _;
+                    if ::presence_core::__private::Probe::<#ident>::#probe {
+                        ::core::panic!(#message)
+                    }
                 }
-            }
-        });
+            });
     quote! {
         const _: () = { #(#checks)* };
     }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use presence_core::presence::{Fetch, FetchError, PresenceHandle, PresenceMap, PresenceOptions};
+use presence_core::presence::{
+    Fetch, FetchError, PresenceContext, PresenceHandle, PresenceMap, PresenceOptions,
+};
 use presence_core::{Owner, PubSub, presence, pubsub_server};
 use serde_json::json;
 
@@ -24,9 +26,10 @@ impl Fetch for Counted {
 
     async fn fetch(
         &self,
+        _ctx: &PresenceContext,
         _topic: &str,
-        mut p: PresenceMap<Self::Extra>,
-    ) -> Result<PresenceMap<Self::Extra>, FetchError> {
+        mut p: PresenceMap<Self>,
+    ) -> Result<PresenceMap<Self>, FetchError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         for (key, entry) in p.iter_mut() {
             let mut extra = serde_json::Map::new();
@@ -51,9 +54,7 @@ async fn one_fetch_per_diff_and_per_list() {
     )
     .unwrap();
     let owner = Owner::new();
-    presence
-        .track(&owner, "room:1", "ann", &serde_json::Map::new())
-        .unwrap();
+    presence.track(&owner, "room:1", "ann", &json!({})).unwrap();
     presence.settled().await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -62,9 +63,9 @@ async fn one_fetch_per_diff_and_per_list() {
     );
     diffs.try_recv().unwrap();
 
-    let mut meta = serde_json::Map::new();
-    meta.insert("status".into(), json!("away"));
-    presence.update(&owner, "room:1", "ann", &meta).unwrap();
+    presence
+        .update(&owner, "room:1", "ann", &json!({"status": "away"}))
+        .unwrap();
     presence.settled().await;
     assert_eq!(
         calls.load(Ordering::SeqCst),

@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presence_core::presence::{
-    HandleMetas, Init, PresenceDiff, PresenceHandle, PresenceOptions, TopicMetas,
+    HandleMetas, InitError, PresenceContext, PresenceDiff, PresenceHandle, PresenceOptions,
+    StartError, TopicMetas,
 };
-use presence_core::{Owner, PubSub, presence, pubsub_server};
+use presence_core::{Owner, Presence, PubSub, pubsub_server};
 
 pubsub_server!(
     /// The test's pub/sub.
@@ -15,24 +16,24 @@ pubsub_server!(
 );
 
 /// Counts the diffs it saw since its last `init`, and panics on the key `"boom"`.
-#[derive(Debug)]
-#[presence(pubsub = HookPubSub, init, handle_metas)]
+#[derive(Debug, Presence)]
+#[presence(pubsub = HookPubSub, handle_metas)]
 pub struct Fragile {
     seen: Arc<Mutex<Vec<(String, usize)>>>,
 }
 
-impl Init for Fragile {
-    type State = usize;
-    fn init(&self) -> usize {
-        0
-    }
-}
-
 impl HandleMetas for Fragile {
+    type State = usize;
+
+    fn init(&self, _ctx: &PresenceContext) -> Result<usize, InitError> {
+        Ok(0)
+    }
+
     async fn handle_metas(
         &self,
+        _ctx: &PresenceContext,
         _topic: &str,
-        diff: &PresenceDiff,
+        diff: &PresenceDiff<Self>,
         _presences: &TopicMetas,
         state: usize,
     ) -> usize {
@@ -65,7 +66,7 @@ async fn a_panicking_handle_metas_does_not_stop_the_diffs() {
     let owners: Vec<Owner> = (0..4).map(|_| Owner::new()).collect();
     for (owner, key) in owners.iter().zip(["a", "b", "boom", "c"]) {
         presence
-            .track(owner, "room:1", key, &serde_json::Map::new())
+            .track(owner, "room:1", key, &serde_json::json!({}))
             .unwrap();
     }
     tokio::time::timeout(Duration::from_secs(10), presence.settled())
@@ -91,5 +92,68 @@ async fn a_panicking_handle_metas_does_not_stop_the_diffs() {
             ("c".to_owned(), 1)
         ],
         "the state starts over from init after the panic"
+    );
+}
+
+/// Refuses to start: its `init` fails (or panics).
+#[derive(Debug, Presence)]
+#[presence(pubsub = HookPubSub, handle_metas)]
+pub struct Unready {
+    panics: bool,
+}
+
+impl HandleMetas for Unready {
+    type State = ();
+
+    fn init(&self, _ctx: &PresenceContext) -> Result<(), InitError> {
+        if self.panics {
+            panic!("init bug");
+        }
+        Err("the cache is not warm".into())
+    }
+
+    async fn handle_metas(
+        &self,
+        _ctx: &PresenceContext,
+        _topic: &str,
+        _diff: &PresenceDiff<Self>,
+        _presences: &TopicMetas,
+        state: (),
+    ) {
+        state
+    }
+}
+
+#[tokio::test]
+async fn a_failing_init_stops_the_start_with_its_error() {
+    let error = PresenceHandle::start(
+        Unready { panics: false },
+        PubSub::new("a"),
+        &PresenceOptions::new(),
+    )
+    .expect_err("init failed");
+    assert!(
+        matches!(
+            error,
+            StartError::Init {
+                presence: "Unready",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "presence `Unready`: init failed: the cache is not warm"
+    );
+    let error = PresenceHandle::start(
+        Unready { panics: true },
+        PubSub::new("b"),
+        &PresenceOptions::new(),
+    )
+    .expect_err("init panicked");
+    assert_eq!(
+        error.to_string(),
+        "presence `Unready`: init failed: init panicked"
     );
 }

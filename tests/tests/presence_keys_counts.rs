@@ -7,7 +7,9 @@ mod redis_support;
 
 use std::time::Duration;
 
-use presence_core::presence::{KeyChange, KeyEvents, Presence, PresenceHandle, PresenceOptions};
+use presence_core::presence::{
+    InitError, KeyChange, KeyEvents, Presence, PresenceContext, PresenceHandle, PresenceOptions,
+};
 use presence_core::pubsub::{LocalCluster, RedisAdapter, RedisOptions};
 use presence_core::registry::{Registry, RegistryError};
 use presence_core::tracker::PresenceCount;
@@ -29,7 +31,9 @@ impl Presence for Room {
     fn pubsub(_: &Registry) -> Result<PubSub, RegistryError> {
         Err(RegistryError::PresenceNotRunning("Room"))
     }
-    fn init(&self) {}
+    fn run_init(&self, _: &PresenceContext) -> Result<(), InitError> {
+        Ok(())
+    }
 }
 
 fn options() -> PresenceOptions {

@@ -1,4 +1,5 @@
-//! Behaviour of presences declared with `#[presence]`, through the helpers it generates, on
+//! Behaviour of presences declared with `#[derive(Presence)]` (and its attribute spelling
+//! `#[presence(...)]`), through the helpers they generate, on
 //! one node and across two nodes of a `LocalCluster`, on tokio's paused clock.
 //!
 //! Every scenario is an `async fn scenario(nodes: usize)`; `both!` runs it on one node and on
@@ -10,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presence_core::presence::{
-    Fetch, FetchError, HandleMetas, Init, PresenceDiff, PresenceError, PresenceMap,
-    PresenceOptions, PresenceSocket, TopicMetas,
+    Fetch, FetchError, HandleMetas, InitError, PresenceContext, PresenceDiff, PresenceError,
+    PresenceMap, PresenceOptions, PresenceSocket, TopicMetas,
 };
 use presence_core::pubsub::{LocalCluster, Payload, Subscription};
 use presence_core::registry::{Registry, RegistryError};
 use presence_core::supervisor::{ChildSpec, PubSubSpec, Running, Supervisor};
 use presence_core::tracker::UpdateError;
-use presence_core::{Owner, PhxRef, presence};
+use presence_core::{Owner, PhxRef, Presence, presence};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -26,7 +27,7 @@ presence_core::pubsub_server!(
     pub AppPubSub
 );
 
-/// JSON-object metas, no hooks.
+/// JSON-object metas, no hooks; the attribute spelling.
 #[presence(pubsub = AppPubSub)]
 struct RoomPresence;
 
@@ -37,6 +38,7 @@ struct UserMeta {
     typing: bool,
 }
 
+#[derive(Presence)]
 #[presence(pubsub = AppPubSub, meta = UserMeta)]
 struct Typed;
 
@@ -48,6 +50,7 @@ struct UserInfo {
 
 /// Fetches a user per key: keys starting with `slow` take 5 s, `k<n>` take `(6 - n) * 100`
 /// ms (earlier keys are slower), `boom` panics, others take 10 ms.
+#[derive(Presence)]
 #[presence(pubsub = AppPubSub, fetch, broadcast_period = Duration::from_millis(100))]
 struct Enriched {
     prefix: String,
@@ -58,9 +61,10 @@ impl Fetch for Enriched {
 
     async fn fetch(
         &self,
+        _ctx: &PresenceContext,
         _topic: &str,
-        mut presences: PresenceMap<UserInfo>,
-    ) -> Result<PresenceMap<UserInfo>, FetchError> {
+        mut presences: PresenceMap<Self>,
+    ) -> Result<PresenceMap<Self>, FetchError> {
         let mut delay = Duration::ZERO;
         for key in presences.keys() {
             assert_ne!(key, "boom", "the user database is on fire");
@@ -99,24 +103,24 @@ struct Seen {
 type SeenLog = Arc<Mutex<Vec<Seen>>>;
 
 /// Counts its calls in its state and records what each call saw.
-#[presence(pubsub = AppPubSub, init, handle_metas)]
+#[derive(Presence)]
+#[presence(pubsub = AppPubSub, handle_metas)]
 struct Hooked {
     seen: SeenLog,
 }
 
-impl Init for Hooked {
+impl HandleMetas for Hooked {
     type State = usize;
 
-    fn init(&self) -> usize {
-        0
+    fn init(&self, _ctx: &PresenceContext) -> Result<usize, InitError> {
+        Ok(0)
     }
-}
 
-impl HandleMetas for Hooked {
     async fn handle_metas(
         &self,
+        _ctx: &PresenceContext,
         topic: &str,
-        diff: &PresenceDiff,
+        diff: &PresenceDiff<Self>,
         presences: &TopicMetas,
         state: usize,
     ) -> usize {
@@ -169,10 +173,12 @@ async fn start<S: ChildSpec>(nodes: usize, spec: impl Fn() -> S) -> Vec<Running>
     let cluster = LocalCluster::new();
     let mut apps = Vec::new();
     for i in 0..nodes {
-        let pubsub = PubSubSpec::new(AppPubSub, format!("node-{i}")).with_adapter({
-            let c = cluster.clone();
-            move || c.adapter()
-        });
+        let pubsub = PubSubSpec::new(AppPubSub)
+            .node_name(format!("node-{i}"))
+            .with_adapter({
+                let c = cluster.clone();
+                move || c.adapter()
+            });
         let app = Supervisor::new()
             .child(pubsub)
             .child(spec())
@@ -224,11 +230,8 @@ where
     panic!("not within 30 s: {what}");
 }
 
-fn device(device: &str) -> serde_json::Map<String, Value> {
-    let Value::Object(map) = json!({ "device": device }) else {
-        unreachable!()
-    };
-    map
+fn device(device: &str) -> Value {
+    json!({ "device": device })
 }
 
 fn options() -> PresenceOptions {
@@ -257,41 +260,35 @@ async fn grouping(nodes: usize) {
     let apps = start(nodes, || RoomPresence.child_spec(options())).await;
     let (first, last) = (&apps[0], &apps[nodes - 1]);
     let (alice_web, alice_phone) = (Owner::new(), Owner::new());
-    RoomPresence::track_owner(
-        first.registry(),
-        &alice_web,
-        "room:1",
-        "alice",
-        &device("web"),
-    )
-    .unwrap();
-    RoomPresence::track_owner(
-        last.registry(),
-        &alice_phone,
-        "room:1",
-        "alice",
-        &device("phone"),
-    )
-    .unwrap();
-    RoomPresence::track_owner(
-        first.registry(),
-        &alice_web,
-        "room:1",
-        "bob",
-        &device("web"),
-    )
-    .unwrap();
+    RoomPresence::running(first.registry())
+        .unwrap()
+        .track(&alice_web, "room:1", "alice", &device("web"))
+        .unwrap();
+    RoomPresence::running(last.registry())
+        .unwrap()
+        .track(&alice_phone, "room:1", "alice", &device("phone"))
+        .unwrap();
+    RoomPresence::running(first.registry())
+        .unwrap()
+        .track(&alice_web, "room:1", "bob", &device("web"))
+        .unwrap();
 
     for app in &apps {
         eventually("both metas of alice on every node", || async {
-            let list = RoomPresence::list(app.registry(), "room:1").await.unwrap();
-            list.get("alice").is_some_and(|e| e.metas.len() == 2) && list.contains_key("bob")
+            let list = RoomPresence::running(app.registry())
+                .unwrap()
+                .list("room:1")
+                .await;
+            list.get("alice").is_some_and(|e| e.len() == 2) && list.contains_key("bob")
         })
         .await;
-        let list = RoomPresence::list(app.registry(), "room:1").await.unwrap();
+        let list = RoomPresence::running(app.registry())
+            .unwrap()
+            .list("room:1")
+            .await;
         assert_eq!(list.keys().collect::<Vec<_>>(), ["alice", "bob"]);
         let mut devices: Vec<_> = list["alice"]
-            .metas
+            .raw_metas()
             .iter()
             .map(|m| m.get("device").cloned().unwrap())
             .collect();
@@ -310,55 +307,69 @@ async fn lifecycle(nodes: usize) {
 
     let tracked: PhxRef = RoomPresence::track(&socket, "alice", &device("web")).unwrap();
     eventually("alice is listed", || async {
-        RoomPresence::get_by_key(last, "room:1", "alice")
-            .await
+        RoomPresence::running(last)
             .unwrap()
+            .get_by_key("room:1", "alice")
+            .await
             .is_some()
     })
     .await;
-    let entry = RoomPresence::get_by_key(last, "room:1", "alice")
-        .await
+    let entry = RoomPresence::running(last)
         .unwrap()
+        .get_by_key("room:1", "alice")
+        .await
         .unwrap();
-    assert_eq!(entry.metas.len(), 1);
-    assert_eq!(entry.metas[0].get("device"), Some(&json!("web")));
-    assert_eq!(entry.metas[0].phx_ref(), tracked);
-    assert_eq!(entry.metas[0].phx_ref_prev(), None);
+    assert_eq!(entry.len(), 1);
+    assert_eq!(entry.raw_metas()[0].get("device"), Some(&json!("web")));
+    assert_eq!(entry.raw_metas()[0].phx_ref(), tracked);
+    assert_eq!(entry.raw_metas()[0].phx_ref_prev(), None);
     assert!(entry.extra.is_none());
-    let list = RoomPresence::list(last, "room:1").await.unwrap();
+    let list = RoomPresence::running(last).unwrap().list("room:1").await;
     assert_eq!(list.len(), 1);
     assert_eq!(list["alice"], entry);
-    let count = RoomPresence::count(last, "room:1").unwrap();
+    let count = RoomPresence::running(last).unwrap().count("room:1");
     assert_eq!((count.keys, count.metas), (1, 1));
-    assert_eq!(RoomPresence::count(last, "room:2").unwrap().keys, 0);
+    assert_eq!(RoomPresence::running(last).unwrap().count("room:2").keys, 0);
 
     let updated = RoomPresence::update(&socket, "alice", &device("phone")).unwrap();
     assert_ne!(updated, tracked);
     eventually("alice's update arrives", || async {
-        let entry = RoomPresence::get_by_key(last, "room:1", "alice")
-            .await
-            .unwrap();
-        entry.is_some_and(|e| e.metas[0].phx_ref() == updated)
+        let entry = RoomPresence::running(last)
+            .unwrap()
+            .get_by_key("room:1", "alice")
+            .await;
+        entry.is_some_and(|e| e.raw_metas()[0].phx_ref() == updated)
     })
     .await;
-    let entry = RoomPresence::get_by_key(last, "room:1", "alice")
-        .await
+    let entry = RoomPresence::running(last)
         .unwrap()
+        .get_by_key("room:1", "alice")
+        .await
         .unwrap();
-    assert_eq!(entry.metas.len(), 1);
-    assert_eq!(entry.metas[0].get("device"), Some(&json!("phone")));
-    assert_eq!(entry.metas[0].phx_ref_prev(), Some(tracked));
+    assert_eq!(entry.len(), 1);
+    assert_eq!(entry.raw_metas()[0].get("device"), Some(&json!("phone")));
+    assert_eq!(entry.raw_metas()[0].phx_ref_prev(), Some(tracked));
 
     RoomPresence::untrack(&socket, "alice").unwrap();
     eventually("alice is gone", || async {
-        RoomPresence::get_by_key(last, "room:1", "alice")
-            .await
+        RoomPresence::running(last)
             .unwrap()
+            .get_by_key("room:1", "alice")
+            .await
             .is_none()
     })
     .await;
-    assert!(RoomPresence::list(last, "room:1").await.unwrap().is_empty());
-    assert_eq!(RoomPresence::count(last, "room:1").unwrap().metas, 0);
+    assert!(
+        RoomPresence::running(last)
+            .unwrap()
+            .list("room:1")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        RoomPresence::running(last).unwrap().count("room:1").metas,
+        0
+    );
 
     // Untracking again is a no-op; updating what is not tracked is an error.
     RoomPresence::untrack(&socket, "alice").unwrap();
@@ -369,18 +380,31 @@ async fn lifecycle(nodes: usize) {
 
     // The owner helpers do the same for an explicit owner and topic.
     let owner = Owner::new();
-    RoomPresence::track_owner(first, &owner, "room:2", "bob", &device("web")).unwrap();
-    RoomPresence::update_owner(first, &owner, "room:2", "bob", &device("tv")).unwrap();
+    RoomPresence::running(first)
+        .unwrap()
+        .track(&owner, "room:2", "bob", &device("web"))
+        .unwrap();
+    RoomPresence::running(first)
+        .unwrap()
+        .update(&owner, "room:2", "bob", &device("tv"))
+        .unwrap();
     eventually("bob's update arrives", || async {
-        RoomPresence::get_by_key(last, "room:2", "bob")
-            .await
+        RoomPresence::running(last)
             .unwrap()
-            .is_some_and(|e| e.metas[0].get("device") == Some(&json!("tv")))
+            .get_by_key("room:2", "bob")
+            .await
+            .is_some_and(|e| e.raw_metas()[0].get("device") == Some(&json!("tv")))
     })
     .await;
-    RoomPresence::untrack_owner(first, &owner, "room:2", "bob").unwrap();
+    RoomPresence::running(first)
+        .unwrap()
+        .untrack(&owner, "room:2", "bob");
     eventually("bob is gone", || async {
-        RoomPresence::list(last, "room:2").await.unwrap().is_empty()
+        RoomPresence::running(last)
+            .unwrap()
+            .list("room:2")
+            .await
+            .is_empty()
     })
     .await;
 }
@@ -391,20 +415,26 @@ async fn helpers_report_a_presence_that_is_not_running() {
     let not_running = PresenceError::Registry(RegistryError::PresenceNotRunning(
         <RoomPresence as presence_core::Presence>::NAME,
     ));
-    assert_eq!(
-        RoomPresence::list(&registry, "room:1").await,
-        Err(not_running.clone())
-    );
-    assert_eq!(
-        RoomPresence::get_by_key(&registry, "room:1", "alice").await,
-        Err(not_running.clone())
-    );
     let socket = Socket::new(&registry, "room:1");
+    assert_eq!(
+        RoomPresence::list(&socket).await.unwrap_err(),
+        not_running.clone()
+    );
+    assert_eq!(
+        RoomPresence::get_by_key(&socket, "alice")
+            .await
+            .unwrap_err(),
+        not_running.clone()
+    );
+    assert_eq!(
+        RoomPresence::count(&socket).unwrap_err(),
+        not_running.clone()
+    );
     assert_eq!(
         RoomPresence::track(&socket, "alice", &device("web")),
         Err(not_running.clone())
     );
-    assert_eq!(RoomPresence::handle(&registry).unwrap_err(), not_running);
+    assert_eq!(RoomPresence::running(&registry).unwrap_err(), not_running);
 
     // Without its pub/sub, the presence's child fails to start.
     let started = Supervisor::new()
@@ -436,14 +466,18 @@ async fn fetch_enriches(nodes: usize) {
     assert_eq!(diff["joins"]["alice"]["metas"][0]["device"], "web");
     assert_eq!(diff["leaves"], json!({}));
 
-    let list = Enriched::list(last.registry(), "room:1").await.unwrap();
+    let list = Enriched::running(last.registry())
+        .unwrap()
+        .list("room:1")
+        .await;
     let expected = UserInfo {
         name: "user:alice".to_owned(),
     };
     assert_eq!(list["alice"].extra.as_ref(), Some(&expected));
-    let entry = Enriched::get_by_key(last.registry(), "room:1", "alice")
-        .await
+    let entry = Enriched::running(last.registry())
         .unwrap()
+        .get_by_key("room:1", "alice")
+        .await
         .unwrap();
     assert_eq!(entry.extra, Some(expected));
 
@@ -477,7 +511,10 @@ async fn fetch_keeps_order(nodes: usize) {
     let owner = Owner::new();
     let keys: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
     for key in &keys {
-        Enriched::track_owner(first.registry(), &owner, "room:1", key, &device("web")).unwrap();
+        Enriched::running(first.registry())
+            .unwrap()
+            .track(&owner, "room:1", key, &device("web"))
+            .unwrap();
     }
 
     let mut broadcast = Vec::new();
@@ -495,7 +532,7 @@ async fn fetch_keeps_order(nodes: usize) {
         // One diff per track, so the six fetches did overlap.
         assert_eq!(messages, keys.len());
     }
-    let handle = Enriched::handle(last.registry()).unwrap();
+    let handle = Enriched::running(last.registry()).unwrap();
     handle.settled().await;
     assert_eq!(handle.pending_diffs(), 0);
 }
@@ -515,22 +552,37 @@ async fn fetch_panics(nodes: usize) {
     let mut diffs = subscribe(last, "room:1");
     let owner = Owner::new();
 
-    Enriched::track_owner(first.registry(), &owner, "room:1", "boom", &device("web")).unwrap();
+    Enriched::running(first.registry())
+        .unwrap()
+        .track(&owner, "room:1", "boom", &device("web"))
+        .unwrap();
     let diff = next_diff(&mut diffs).await;
     assert_eq!(diff["joins"]["boom"]["metas"][0]["device"], "web");
     assert!(diff["joins"]["boom"].get("name").is_none(), "{diff}");
 
-    let list = Enriched::list(last.registry(), "room:1").await.unwrap();
-    assert_eq!(list["boom"].metas.len(), 1);
+    let list = Enriched::running(last.registry())
+        .unwrap()
+        .list("room:1")
+        .await;
+    assert_eq!(list["boom"].len(), 1);
     assert_eq!(list["boom"].extra, None);
 
-    Enriched::track_owner(first.registry(), &owner, "room:2", "alice", &device("web")).unwrap();
+    Enriched::running(first.registry())
+        .unwrap()
+        .track(&owner, "room:2", "alice", &device("web"))
+        .unwrap();
     eventually("alice is listed", || async {
-        let list = Enriched::list(last.registry(), "room:2").await.unwrap();
+        let list = Enriched::running(last.registry())
+            .unwrap()
+            .list("room:2")
+            .await;
         !list.is_empty()
     })
     .await;
-    let list = Enriched::list(last.registry(), "room:2").await.unwrap();
+    let list = Enriched::running(last.registry())
+        .unwrap()
+        .list("room:2")
+        .await;
     assert_eq!(list["alice"].extra.as_ref().unwrap().name, "user:alice");
 }
 
@@ -561,23 +613,35 @@ async fn handle_metas_state(nodes: usize) {
     };
     let (web, phone) = (Owner::new(), Owner::new());
 
-    Hooked::track_owner(first, &web, "room:1", "alice", &device("web")).unwrap();
+    Hooked::running(first)
+        .unwrap()
+        .track(&web, "room:1", "alice", &device("web"))
+        .unwrap();
     eventually("alice joined", || async {
         last_presences("room:1") == counts(&[("alice", 1)])
     })
     .await;
-    Hooked::track_owner(first, &phone, "room:1", "alice", &device("phone")).unwrap();
+    Hooked::running(first)
+        .unwrap()
+        .track(&phone, "room:1", "alice", &device("phone"))
+        .unwrap();
     eventually("alice joined twice", || async {
         last_presences("room:1") == counts(&[("alice", 2)])
     })
     .await;
-    Hooked::track_owner(first, &web, "room:2", "bob", &device("web")).unwrap();
+    Hooked::running(first)
+        .unwrap()
+        .track(&web, "room:2", "bob", &device("web"))
+        .unwrap();
     eventually("bob joined room:2", || async {
         last_presences("room:2") == counts(&[("bob", 1)])
     })
     .await;
     let before_update = seen.lock().unwrap().len();
-    Hooked::update_owner(first, &web, "room:1", "alice", &device("tv")).unwrap();
+    Hooked::running(first)
+        .unwrap()
+        .update(&web, "room:1", "alice", &device("tv"))
+        .unwrap();
     eventually("alice's update", || async {
         let seen = seen.lock().unwrap();
         seen[before_update..]
@@ -585,7 +649,9 @@ async fn handle_metas_state(nodes: usize) {
             .any(|s| s.leaves == ["alice"] && s.presences == counts(&[("alice", 2)]).unwrap())
     })
     .await;
-    Hooked::untrack_owner(first, &phone, "room:1", "alice").unwrap();
+    Hooked::running(first)
+        .unwrap()
+        .untrack(&phone, "room:1", "alice");
     eventually("alice's phone left", || async {
         last_presences("room:1") == counts(&[("alice", 1)])
     })
@@ -600,7 +666,10 @@ async fn handle_metas_state(nodes: usize) {
     })
     .await;
     let carol = Owner::new();
-    Hooked::track_owner(first, &carol, "room:1", "carol", &device("web")).unwrap();
+    Hooked::running(first)
+        .unwrap()
+        .track(&carol, "room:1", "carol", &device("web"))
+        .unwrap();
     eventually("room:1 starts over with carol", || async {
         last_presences("room:1") == counts(&[("carol", 1)])
     })
@@ -654,9 +723,10 @@ async fn owner_exit(nodes: usize) {
     }
     assert_eq!(left, ["alice", "bob"]);
     assert!(
-        RoomPresence::list(last.registry(), "room:1")
-            .await
+        RoomPresence::running(last.registry())
             .unwrap()
+            .list("room:1")
+            .await
             .is_empty()
     );
 }
@@ -675,11 +745,14 @@ async fn settled_waits(nodes: usize) {
     let (first, last) = (&apps[0], &apps[nodes - 1]);
     let mut diffs = subscribe(last, "room:1");
     let owner = Owner::new();
-    Enriched::track_owner(first.registry(), &owner, "room:1", "slow", &device("web")).unwrap();
+    Enriched::running(first.registry())
+        .unwrap()
+        .track(&owner, "room:1", "slow", &device("web"))
+        .unwrap();
 
     // The change reaches the last node well within a second; its fetch takes five.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let handle = Enriched::handle(last.registry()).unwrap();
+    let handle = Enriched::running(last.registry()).unwrap();
     assert_eq!(handle.pending_diffs(), 1);
     assert!(diffs.try_recv().is_err(), "the diff waits for its fetch");
     let started = tokio::time::Instant::now();
@@ -710,8 +783,14 @@ async fn typed_meta(nodes: usize) {
     assert_eq!(diff["joins"]["alice"]["metas"][0]["device"], "web");
     assert_eq!(diff["joins"]["alice"]["metas"][0]["typing"], false);
 
-    let list = Typed::list(last.registry(), "room:1").await.unwrap();
-    assert_eq!(list["alice"].decode_metas::<UserMeta>().unwrap(), [meta]);
+    let list = Typed::running(last.registry())
+        .unwrap()
+        .list("room:1")
+        .await;
+    let metas = list["alice"].metas().unwrap();
+    assert_eq!(metas.len(), 1);
+    assert_eq!(metas[0].meta, meta);
+    assert_eq!(metas[0].phx_ref_prev, None);
 
     let typing = UserMeta {
         device: "web".to_owned(),
@@ -719,9 +798,178 @@ async fn typed_meta(nodes: usize) {
     };
     Typed::update(&socket, "alice", &typing).unwrap();
     next_diff(&mut diffs).await;
-    let entry = Typed::get_by_key(last.registry(), "room:1", "alice")
-        .await
+    let entry = Typed::running(last.registry())
         .unwrap()
+        .get_by_key("room:1", "alice")
+        .await
         .unwrap();
-    assert_eq!(entry.decode_metas::<UserMeta>().unwrap(), [typing]);
+    let metas = entry.metas().unwrap();
+    assert_eq!(metas[0].meta, typing);
+    assert!(metas[0].phx_ref_prev.is_some());
+
+    // The socket forms, and an update computed from the typed old meta.
+    let reader = Socket::new(last.registry(), "room:1");
+    Typed::update_with(&socket, "alice", |old| UserMeta {
+        device: format!("{}+tablet", old.device),
+        ..old
+    })
+    .unwrap();
+    next_diff(&mut diffs).await;
+    let listed = Typed::list(&reader).await.unwrap();
+    let entry = Typed::get_by_key(&reader, "alice").await.unwrap().unwrap();
+    assert_eq!(listed["alice"], entry);
+    let metas = entry.metas().unwrap();
+    assert_eq!(metas[0].meta.device, "web+tablet");
+    assert!(metas[0].meta.typing, "the closure kept the other fields");
+    assert_eq!(Typed::count(&reader).unwrap().metas, 1);
+    assert!(
+        Typed::get_by_key(&reader, "nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        Typed::update_with(&socket, "nobody", |old| old),
+        Err(PresenceError::Update(UpdateError::NoPresence))
+    ));
+}
+
+/// Phoenix.Presence's `handle_metas` example: a presence client that rebroadcasts joins and
+/// leaves to local subscribers of `proxy:<topic>`, through the pub/sub of its hook context.
+#[derive(Presence)]
+#[presence(pubsub = AppPubSub, handle_metas, broadcast_period = Duration::from_millis(100))]
+struct Proxy;
+
+impl HandleMetas for Proxy {
+    type State = ();
+
+    fn init(&self, _ctx: &PresenceContext) -> Result<(), InitError> {
+        Ok(())
+    }
+
+    async fn handle_metas(
+        &self,
+        ctx: &PresenceContext,
+        topic: &str,
+        diff: &PresenceDiff<Self>,
+        presences: &TopicMetas,
+        state: (),
+    ) {
+        for (event, side) in [
+            ("presence_join", &diff.joins),
+            ("presence_leave", &diff.leaves),
+        ] {
+            for (user_id, entry) in side {
+                let devices = presences.get(user_id).map_or(0, Vec::len);
+                ctx.pubsub()
+                    .local_broadcast(presence_core::pubsub::Message::json(
+                        format!("proxy:{topic}"),
+                        event,
+                        json!({
+                            "id": user_id,
+                            "metas": entry.raw_metas(),
+                            "devices": devices,
+                            "node": ctx.node_name(),
+                        }),
+                    ));
+            }
+        }
+        state
+    }
+}
+
+both!(proxy_client: proxy_client_one_node, proxy_client_two_nodes);
+
+/// Every node's `handle_metas` tells its own local subscribers, through the context's
+/// pub/sub, who joined and left anywhere in the cluster.
+async fn proxy_client(nodes: usize) {
+    let apps = start(nodes, || Proxy.child_spec(PresenceOptions::new())).await;
+    let (first, last) = (&apps[0], &apps[nodes - 1]);
+    let mut proxied = subscribe(last, "proxy:room:1");
+    let next = |sub: &mut Subscription| {
+        let message = sub.try_recv().ok()?;
+        let Payload::Json(value) = message.payload() else {
+            return None;
+        };
+        Some((message.event().to_owned(), value.clone()))
+    };
+    let socket = Socket::new(first.registry(), "room:1");
+    Proxy::track(&socket, "alice", &device("web")).unwrap();
+    let phone = Socket::new(first.registry(), "room:1");
+    Proxy::track(&phone, "alice", &device("phone")).unwrap();
+    // One join per device here; the other node may get both in one replicated diff.
+    let mut seen = Vec::new();
+    eventually("both joins are proxied", || {
+        while let Some(event) = next(&mut proxied) {
+            seen.push(event);
+        }
+        let done = seen.last().is_some_and(|(_, e)| e["devices"] == 2);
+        async move { done }
+    })
+    .await;
+    let node = format!("node-{}", nodes - 1);
+    assert!(seen.iter().all(|(event, e)| event == "presence_join"
+        && e["id"] == "alice"
+        && e["node"] == node.as_str()));
+    let devices: Vec<&Value> = seen
+        .iter()
+        .flat_map(|(_, e)| e["metas"].as_array().unwrap())
+        .map(|m| &m["device"])
+        .collect();
+    assert_eq!(devices, [&json!("web"), &json!("phone")]);
+
+    drop(phone);
+    let mut left = None;
+    eventually("the leave is proxied", || {
+        while let Some(event) = next(&mut proxied) {
+            if event.0 == "presence_leave" {
+                left = Some(event.1);
+            }
+        }
+        let done = left.is_some();
+        async move { done }
+    })
+    .await;
+    let left = left.unwrap();
+    assert_eq!(left["metas"][0]["device"], "phone");
+    assert_eq!(left["devices"], 1, "alice is still on the web");
+}
+
+/// A meta written by another version of the meta type cannot be updated through a closure
+/// that needs the new type: the update is refused and the meta stays as it was.
+#[tokio::test(start_paused = true)]
+async fn update_with_refuses_a_meta_of_another_shape() {
+    let apps = start(1, || Typed.child_spec(options())).await;
+    let typed = Typed::running(apps[0].registry()).unwrap();
+    let owner = Owner::new();
+    typed
+        .tracker()
+        .track(&owner, "room:1", "old", json!({"device": 5}))
+        .unwrap();
+    let error = typed
+        .update_with(&owner, "room:1", "old", |m| m)
+        .unwrap_err();
+    assert!(
+        matches!(&error, UpdateError::InvalidMeta(m) if m.contains("does not decode")),
+        "{error}"
+    );
+    let entry = typed.get_by_key("room:1", "old").await.unwrap();
+    assert_eq!(entry.raw_metas()[0].get("device"), Some(&json!(5)));
+    assert!(entry.metas().is_err(), "typed reading says so too");
+}
+
+/// A meta that does not serialize to an object is refused when tracked, not wrapped.
+#[tokio::test(start_paused = true)]
+async fn a_non_object_meta_is_refused() {
+    let apps = start(1, || RoomPresence.child_spec(options())).await;
+    let socket = Socket::new(apps[0].registry(), "room:1");
+    let error = RoomPresence::track(&socket, "alice", &json!("online")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("must serialize to a JSON object")
+            && error.to_string().contains("a string"),
+        "{error}"
+    );
+    assert!(RoomPresence::list(&socket).await.unwrap().is_empty());
 }

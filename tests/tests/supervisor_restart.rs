@@ -173,7 +173,7 @@ async fn too_many_restarts_stop_everything() {
 #[tokio::test(start_paused = true)]
 async fn presences_start_on_their_pubsub_with_merged_options() {
     let running = Supervisor::new()
-        .child(PubSubSpec::new(SupPubSub, "node-a"))
+        .child(PubSubSpec::new(SupPubSub).node_name("node-a"))
         .child(SupPresence.child_spec(PresenceOptions::new().pool_size(3)))
         .start()
         .await

@@ -284,7 +284,10 @@ mod tests {
         ) -> Result<crate::PubSub, crate::registry::RegistryError> {
             registry.pubsub(&TestPubSub)
         }
-        fn run_init(&self, _: &super::super::PresenceContext) -> Result<(), super::super::InitError> {
+        fn run_init(
+            &self,
+            _: &super::super::PresenceContext,
+        ) -> Result<(), super::super::InitError> {
             Ok(())
         }
     }

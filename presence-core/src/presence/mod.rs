@@ -652,7 +652,11 @@ impl<P: Presence> PresenceHandle<P> {
     ///
     /// [`StartError::Config`] for invalid tracker options or outside a tokio runtime;
     /// [`StartError::Init`] when the presence's `init` fails.
-    pub fn start(presence: P, pubsub: PubSub, options: &PresenceOptions) -> Result<Self, StartError> {
+    pub fn start(
+        presence: P,
+        pubsub: PubSub,
+        options: &PresenceOptions,
+    ) -> Result<Self, StartError> {
         let ctx = PresenceContext {
             registry: Registry::new(),
             pubsub,
@@ -1070,7 +1074,10 @@ async fn broadcast_loop<P: Presence>(
     mut rx: mpsc::UnboundedReceiver<Pending<P>>,
     mut state: Option<P::State>,
 ) {
-    let Some((presence, ctx)) = shared.upgrade().map(|s| (s.presence.clone(), s.ctx.clone())) else {
+    let Some((presence, ctx)) = shared
+        .upgrade()
+        .map(|s| (s.presence.clone(), s.ctx.clone()))
+    else {
         return;
     };
     let reinit = || match init(&*presence, &ctx) {
@@ -1118,14 +1125,9 @@ async fn broadcast_loop<P: Presence>(
         if let Some(current) = state.take() {
             let topic_metas = metas.entry(topic.clone()).or_default();
             entry::apply_diff(topic_metas, &diff);
-            let next = catch_unwind(presence.run_handle_metas(
-                &ctx,
-                &topic,
-                &diff,
-                topic_metas,
-                current,
-            ))
-            .await;
+            let next =
+                catch_unwind(presence.run_handle_metas(&ctx, &topic, &diff, topic_metas, current))
+                    .await;
             if topic_metas.is_empty() {
                 metas.remove(&topic);
             }

@@ -510,7 +510,8 @@ impl Tracker {
         key: &str,
         f: impl FnOnce(&Meta) -> Value,
     ) -> Result<PhxRef, UpdateError> {
-        self.shard(topic).update(owner.id(), topic, key, |m| Ok(f(m)))
+        self.shard(topic)
+            .update(owner.id(), topic, key, |m| Ok(f(m)))
     }
 
     /// Like [`update_with`](Self::update_with), with a computation that may refuse: its error

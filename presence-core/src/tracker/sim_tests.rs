@@ -274,7 +274,8 @@ impl Sim {
                 let id = self.owner(node, owner);
                 let n = &mut self.nodes[node];
                 let Some(core) = n.core.as_mut() else { return };
-                let result = core.update(id, TOPICS[topic], KEYS[key], |_| Ok(json!({ "m": meta })));
+                let result =
+                    core.update(id, TOPICS[topic], KEYS[key], |_| Ok(json!({ "m": meta })));
                 match (result, n.live.get_mut(&(owner, topic, key))) {
                     (Ok((r, _)), Some(slot)) => *slot = r,
                     (Err(_), None) => {}
