@@ -5,10 +5,20 @@
 //! - [`pubsub`]: a cheap-to-clone [`PubSub`] handle with an in-process default and an
 //!   [`Adapter`](pubsub::Adapter) trait for clusters;
 //! - [`tracker`]: a replicated presence [`Tracker`], a delta-state CRDT gossiped over the pub/sub
-//!   with heartbeats, catch-up transfers, down and permdown detection, sharded by topic.
+//!   with heartbeats, catch-up transfers, down and permdown detection, sharded by topic;
+//! - [`presence`](mod@presence): the Presence layer, after Phoenix.Presence: presences grouped by key,
+//!   enriched by a [`Fetch`](presence::Fetch), pushed as ordered `presence_diff`s, seen by
+//!   [`HandleMetas`](presence::HandleMetas); declared with [`#[derive(Presence)]`](derive@Presence);
+//! - [`supervisor`]: starts the pub/sub, the presences and the web endpoint in order, and
+//!   restarts them.
 //!
 //! Presences are owned by an [`Owner`]: when the owner is dropped (its task finished, panicked or
 //! was aborted) every presence it tracked leaves, on every node.
+//!
+//! Coming from Phoenix? [`migrating_from_phoenix`] puts each `Phoenix.Presence` function and
+//! callback beside its Rust form, and the [`presence`](mod@presence) module docs hold Phoenix.Presence's
+//! examples written in Rust. The websocket side (Phoenix channels for phoenix.js, on poem) is
+//! the `presence-poem` crate, whose docs show a whole application.
 //!
 //! # Examples
 //!
@@ -52,6 +62,9 @@ pub mod tracker;
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
 pub mod __private;
+
+#[doc = include_str!("docs/migrating_from_phoenix.md")]
+pub mod migrating_from_phoenix {}
 
 pub use meta::{Meta, PhxRef};
 pub use owner::{Owner, OwnerId};

@@ -310,7 +310,7 @@ async fn server_devices(
         .into_iter()
         .map(|(key, entry)| {
             let devices = entry
-                .metas
+                .raw_metas()
                 .iter()
                 .map(|m| {
                     m.to_value()["device"]

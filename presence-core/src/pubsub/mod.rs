@@ -94,6 +94,7 @@ struct Inner {
     adapter: Arc<dyn Adapter>,
     capacity: usize,
     next_id: AtomicU64,
+    unknown_trackers: adapter::UnknownTrackers,
 }
 
 /// One slice of the registry: topic to subscribers.
@@ -157,6 +158,7 @@ impl PubSubBuilder {
             adapter: self.adapter,
             capacity: self.capacity,
             next_id: AtomicU64::new(1),
+            unknown_trackers: adapter::UnknownTrackers::default(),
         });
         let inbound = Inbound::new(Arc::downgrade(&inner));
         inner.adapter.start(&inner.node_name, inbound);
@@ -240,7 +242,7 @@ impl PubSub {
     /// local subscribers have received it all the same.
     pub fn broadcast(&self, message: impl Into<Arc<Message>>) -> Result<(), BroadcastError> {
         let message = message.into();
-        self.inner.dispatch(&message, None);
+        let _ = self.inner.dispatch(&message, None);
         self.remote(&message, None)
     }
 
@@ -256,18 +258,18 @@ impl PubSub {
         message: impl Into<Arc<Message>>,
     ) -> Result<(), BroadcastError> {
         let message = message.into();
-        self.inner.dispatch(&message, Some(from));
+        let _ = self.inner.dispatch(&message, Some(from));
         self.remote(&message, None)
     }
 
     /// Sends `message` to this node's subscribers only.
     pub fn local_broadcast(&self, message: impl Into<Arc<Message>>) {
-        self.inner.dispatch(&message.into(), None);
+        let _ = self.inner.dispatch(&message.into(), None);
     }
 
     /// Sends `message` to this node's subscribers, except `from`.
     pub fn local_broadcast_from(&self, from: SubscriberId, message: impl Into<Arc<Message>>) {
-        self.inner.dispatch(&message.into(), Some(from));
+        let _ = self.inner.dispatch(&message.into(), Some(from));
     }
 
     /// Sends `message` to the subscribers on the node named `node` only (this node included,
@@ -283,7 +285,7 @@ impl PubSub {
     ) -> Result<(), BroadcastError> {
         let message = message.into();
         if node == &*self.inner.node_name {
-            self.inner.dispatch(&message, None);
+            let _ = self.inner.dispatch(&message, None);
             return Ok(());
         }
         self.remote(&message, Some(node))
@@ -316,13 +318,14 @@ impl Inner {
         &self.partitions[(h % self.partitions.len() as u64) as usize]
     }
 
-    fn dispatch(&self, message: &Arc<Message>, skip: Option<SubscriberId>) {
+    /// Delivers `message` to the topic's subscribers but `skip`; whether the topic had any.
+    fn dispatch(&self, message: &Arc<Message>, skip: Option<SubscriberId>) -> bool {
         let partition = self.partition(message.topic());
         let mut closed = false;
         {
             let map = partition.read().unwrap_or_else(PoisonError::into_inner);
             let Some(entries) = map.get(message.topic()) else {
-                return;
+                return false;
             };
             for entry in entries {
                 if Some(entry.id) == skip {
@@ -346,6 +349,7 @@ impl Inner {
                 }
             }
         }
+        true
     }
 
     fn remove(&self, topic: &str, id: SubscriberId) {
