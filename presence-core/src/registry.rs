@@ -59,6 +59,25 @@ pub enum RegistryError {
     /// The presence was not started (register it before the web endpoint).
     #[error("presence `{0}` is not running: start it before the endpoint that uses it")]
     PresenceNotRunning(&'static str),
+    /// No registry reached the web socket the presence was used from: its routes are not
+    /// wrapped in presence-poem's `PresenceMiddleware`.
+    #[error(
+        "no registry reached this socket: wrap the routes in `presence_poem::PresenceMiddleware::new(registry)`"
+    )]
+    NoRegistry,
+    /// A socket's pub/sub is another one than the presence broadcasts on, so the socket's
+    /// clients would never receive the presence's diffs.
+    #[error(
+        "presence `{presence}` broadcasts on the pub/sub of node `{presence_pubsub}`, but this socket was built with another pub/sub (of node `{socket_pubsub}`): build the socket on the presence's pub/sub (`PhoenixSocket::builder_for(&registry, &AppPubSub)`)"
+    )]
+    PubSubMismatch {
+        /// The presence's name.
+        presence: &'static str,
+        /// The node name of the pub/sub the presence broadcasts on.
+        presence_pubsub: String,
+        /// The node name of the socket's pub/sub.
+        socket_pubsub: String,
+    },
 }
 
 /// The running services of an application, by type. Clones share it.
