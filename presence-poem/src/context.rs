@@ -10,6 +10,7 @@ use std::task::Poll;
 use poem::http::Extensions;
 use presence_core::pubsub::{BroadcastError, Message, Payload, RecvError, Subscription};
 use presence_core::{Owner, PubSub, Registry};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -484,7 +485,11 @@ impl Drop for CrashGuard {
 }
 
 /// Runs one joined channel to its end. Spawned by the connection, which owns the task.
-pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
+pub(crate) async fn run<C, P>(make: impl FnOnce() -> C, start: Start)
+where
+    C: Channel<P>,
+    P: DeserializeOwned + Send + 'static,
+{
     let Start {
         mut ctx,
         params,
@@ -507,6 +512,24 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         joined: Some(joined),
         joining: true,
         done: false,
+    };
+    let params = match serde_json::from_value::<P>(params) {
+        Ok(params) => params,
+        Err(error) => {
+            tracing::debug!(topic = %ctx.topic, %error, "join refused: invalid join params");
+            if guard.settle(false) {
+                let reason = format!("invalid join params: {error}");
+                ctx.send_now(ctx.socket.vsn.reply(
+                    reply_join_ref.as_deref(),
+                    reference.as_deref(),
+                    &ctx.topic,
+                    "error",
+                    &Payload::Json(json!({ "reason": reason })),
+                ));
+            }
+            guard.done = true;
+            return;
+        }
     };
     let mut channel = make();
     let topic = ctx.topic.clone();

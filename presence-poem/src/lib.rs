@@ -355,3 +355,6 @@ pub use socket::{
     RateLimit,
 };
 pub use token::{MIN_SECRET_LEN, TokenError, TokenSigner};
+
+// In `Channel::handle_in`'s signature: channels need no presence_core import for it.
+pub use presence_core::pubsub::Payload;

@@ -15,6 +15,7 @@ use poem::web::RemoteAddr;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{Endpoint, FromRequest, IntoResponse, Request, Response};
 use presence_core::{PubSub, Registry};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -571,10 +572,15 @@ impl PhoenixSocketBuilder {
     /// Routes topics matching `pattern` to a new channel made by `factory` for every join.
     /// A pattern ending in `*` matches by prefix (`"room:*"`), any other exactly. The first
     /// matching route wins.
-    pub fn channel<C, F>(mut self, pattern: &str, factory: F) -> Self
+    ///
+    /// The join params type `P` is inferred from the channel's `Channel` impl: `Value` for
+    /// `impl Channel for Room`, `JoinParams` for `impl Channel<JoinParams> for Room` (see
+    /// [`Channel`], "Join params"). The factory runs only for joins whose params deserialize.
+    pub fn channel<C, F, P>(mut self, pattern: &str, factory: F) -> Self
     where
-        C: Channel,
+        C: Channel<P>,
         F: Fn() -> C + Send + Sync + 'static,
+        P: DeserializeOwned + Send + 'static,
     {
         let factory = Arc::new(factory);
         let (pattern, prefix) = match pattern.strip_suffix('*') {
@@ -586,7 +592,7 @@ impl PhoenixSocketBuilder {
             prefix,
             spawn: Box::new(move |start| {
                 let factory = factory.clone();
-                tokio::spawn(context::run(move || factory(), start))
+                tokio::spawn(context::run::<C, P>(move || factory(), start))
             }),
         });
         self
