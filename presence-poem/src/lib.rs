@@ -1,8 +1,9 @@
 //! Phoenix channels over [poem] websockets: the wire protocol the official `phoenix` npm
 //! client speaks, with presence from [`presence_core`].
 //!
-//! Build a [`PhoenixSocket`] with channel routes and mount it at `/socket/websocket`; point
-//! phoenix.js at `new Socket("/socket")`. Wrap the app in a [`PresenceMiddleware`] with the
+//! Build a [`PhoenixSocket`] with channel routes and nest it at `/socket`
+//! (`Route::new().nest("/socket", socket)`); point phoenix.js at `new Socket("/socket")`,
+//! which connects to `/socket/websocket`. Wrap the app in a [`PresenceMiddleware`] with the
 //! application's [`Registry`](presence_core::Registry) so channels find their presences.
 //!
 //! # Examples
@@ -210,12 +211,28 @@
 //!     })
 //!     .build();
 //! let app = Route::new()
-//!     .nest("/socket", Route::new().at("/websocket", socket))
+//!     .nest("/socket", socket)
 //!     .at("/socket_token", get(socket_token))
 //!     .data(signer);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Mounting
+//!
+//! A [`PhoenixSocket`] serves its transports under the path it is mounted at, as a Phoenix
+//! endpoint's `socket "/socket", ...` does: nested with `Route::new().nest("/socket", socket)`,
+//! it answers `/socket/websocket` (what phoenix.js's `new Socket("/socket")` connects to) and
+//! 404 for any other path below `/socket`. It serves the websocket transport at any path
+//! whose last segment is `websocket`, so `Route::new().at("/socket/websocket", socket)` works
+//! too.
+//!
+//! # Join params
+//!
+//! A channel receives its join params as a [`serde_json::Value`] (`impl Channel for Room`) or
+//! as a type of its own (`impl Channel<JoinParams> for Room`), deserialized by the socket;
+//! params that do not deserialize are answered `error` with
+//! `{"reason": "invalid join params: ..."}` and the channel is not joined. See [`Channel`].
 //!
 //! # Protocol
 //!

@@ -1,4 +1,5 @@
-//! [`PhoenixSocket`]: the poem endpoint that upgrades `/socket/websocket` requests.
+//! [`PhoenixSocket`]: the poem endpoint that serves `<mount>/websocket` (nested at `/socket`:
+//! `/socket/websocket`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -364,9 +365,12 @@ impl Inner {
     }
 }
 
-/// A Phoenix socket endpoint: mount it at `/socket/websocket`.
+/// A Phoenix socket endpoint: nest it where phoenix.js's `new Socket(path)` points,
+/// `Route::new().nest("/socket", socket)`.
 ///
-/// It negotiates the serializer from the `vsn` query parameter (`1.0.x` or absent: V1 JSON
+/// It serves the websocket transport at `<mount>/websocket` and answers other paths below
+/// its mount 404; mounted directly, `Route::new().at("/socket/websocket", socket)`, it serves
+/// any path whose last segment is `websocket` (see the crate docs, "Mounting"). It negotiates the serializer from the `vsn` query parameter (`1.0.x` or absent: V1 JSON
 /// objects; `2.0.x`: V2 JSON arrays and binary frames; anything else: HTTP 403), runs the
 /// connect hook (refusal: HTTP 403), then upgrades and serves the Phoenix channel protocol.
 /// Cloning is cheap and clones share their fastlane hubs.
@@ -390,7 +394,8 @@ impl Inner {
 /// let socket = PhoenixSocket::builder(PubSub::new("node-a"))
 ///     .channel("room:*", || Lobby)
 ///     .build();
-/// let app = Route::new().at("/socket/websocket", socket);
+/// // phoenix.js: `new Socket("/socket")`, which connects to `/socket/websocket`.
+/// let app = Route::new().nest("/socket", socket);
 /// Server::new(TcpListener::bind("0.0.0.0:4000")).run(app).await
 /// # }
 /// ```
@@ -864,10 +869,42 @@ fn forbidden() -> Response {
     Response::builder().status(StatusCode::FORBIDDEN).finish()
 }
 
+/// A transport of the socket endpoint, named by the last segment of the request's path, as
+/// Phoenix serves `<mount>/websocket` (and `<mount>/longpoll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `<mount>/websocket`.
+    WebSocket,
+}
+
+impl Transport {
+    /// The transport of a request's `path`, whether the endpoint is nested (`/websocket`) or
+    /// mounted at its full path (`/socket/websocket`).
+    fn of_path(path: &str) -> Option<Transport> {
+        match path.rsplit('/').next() {
+            Some("websocket") => Some(Transport::WebSocket),
+            _ => None,
+        }
+    }
+}
+
 impl Endpoint for PhoenixSocket {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
+        match Transport::of_path(req.uri().path()) {
+            Some(Transport::WebSocket) => self.websocket(req).await,
+            None => {
+                tracing::debug!(path = req.uri().path(), "not a socket transport path");
+                Err(poem::error::NotFoundError.into())
+            }
+        }
+    }
+}
+
+impl PhoenixSocket {
+    /// Serves the websocket transport: checks, the connect hook, then the upgrade.
+    async fn websocket(&self, req: Request) -> poem::Result<Response> {
         if self.is_draining() {
             tracing::debug!("refusing websocket: the endpoint is draining");
             return Ok(Response::builder()
@@ -1065,6 +1102,27 @@ mod tests {
             HeaderValue::from_static("phoenix, base64url.bearer.phx.!!!"),
         );
         assert_eq!(auth_token(&headers), Err(()));
+    }
+
+    #[test]
+    fn transports_are_named_by_the_last_path_segment() {
+        for path in ["/websocket", "/socket/websocket", "/a/b/websocket"] {
+            assert_eq!(
+                Transport::of_path(path),
+                Some(Transport::WebSocket),
+                "{path}"
+            );
+        }
+        for path in [
+            "/",
+            "",
+            "/socket",
+            "/websocket/",
+            "/websockets",
+            "/longpoll",
+        ] {
+            assert_eq!(Transport::of_path(path), None, "{path}");
+        }
     }
 
     #[test]
