@@ -209,7 +209,8 @@ impl Reply {
     }
 }
 
-/// The outcome of [`Channel::handle_in`].
+/// The outcome of [`Channel::handle_in`]. [`HandleIn::ok`] and [`HandleIn::error`] build the
+/// usual replies.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum HandleIn {

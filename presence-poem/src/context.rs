@@ -5,10 +5,12 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use poem::http::Extensions;
 use presence_core::pubsub::{BroadcastError, Message, Payload, RecvError, Subscription};
+use presence_core::registry::RegistryError;
 use presence_core::{Owner, PubSub, Registry};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -31,8 +33,56 @@ pub(crate) struct SocketShared {
     pub(crate) outbox: Outbox,
     pub(crate) hubs: Hubs,
     /// The application's registry, taken from the upgrade request (see
-    /// [`PresenceMiddleware`](crate::PresenceMiddleware)); empty without one.
-    pub(crate) registry: Registry,
+    /// [`PresenceMiddleware`](crate::PresenceMiddleware)).
+    pub(crate) registry: SocketRegistry,
+}
+
+/// The registry a socket's channels see: the one the upgrade request carried, or an empty
+/// one that warns (once per endpoint) when a channel first uses it.
+#[derive(Debug)]
+pub(crate) struct SocketRegistry {
+    registry: Registry,
+    /// The endpoint's "warned" flag when no registry reached the socket (`registry` is then
+    /// empty); `None` when one did.
+    missing: Option<Arc<AtomicBool>>,
+}
+
+impl SocketRegistry {
+    pub(crate) fn new(registry: Option<Registry>, warned: &Arc<AtomicBool>) -> Self {
+        match registry {
+            Some(registry) => SocketRegistry {
+                registry,
+                missing: None,
+            },
+            None => SocketRegistry {
+                registry: Registry::new(),
+                missing: Some(warned.clone()),
+            },
+        }
+    }
+
+    /// The registry, empty when none reached the socket (the first use then warns).
+    fn get(&self) -> &Registry {
+        if let Some(warned) = &self.missing
+            && !warned.load(Ordering::Relaxed)
+            && !warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "a channel used the registry, but no registry reached its socket: presences \
+                 cannot be found; wrap the routes in `presence_poem::PresenceMiddleware::new(registry)`"
+            );
+        }
+        &self.registry
+    }
+
+    /// The registry that reached the socket.
+    fn reached(&self) -> Result<&Registry, RegistryError> {
+        let registry = self.get();
+        match self.missing {
+            None => Ok(registry),
+            Some(_) => Err(RegistryError::NoRegistry),
+        }
+    }
 }
 
 /// Work a channel's `join` left for right after its join reply, once the channel receives
@@ -144,11 +194,23 @@ impl ChannelContext {
     }
 
     /// The application's [`Registry`] (pub/subs and presences), as the
-    /// [`PresenceMiddleware`](crate::PresenceMiddleware) put it on the upgrade request. Without
-    /// the middleware it is empty, and presence helpers fail with
-    /// [`RegistryError::PresenceNotRunning`](presence_core::registry::RegistryError::PresenceNotRunning).
+    /// [`PresenceMiddleware`](crate::PresenceMiddleware) put it on the upgrade request.
+    ///
+    /// Without the middleware it is empty: the first use logs a warning naming
+    /// `PresenceMiddleware`, [`push_presence_state`](Self::push_presence_state) fails with
+    /// [`RegistryError::NoRegistry`], and lookups in it (presence helpers) with
+    /// [`RegistryError::PresenceNotRunning`].
     pub fn registry(&self) -> &Registry {
-        &self.socket.registry
+        self.socket.registry.get()
+    }
+
+    /// The registry that reached this channel's socket.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NoRegistry`] without a [`PresenceMiddleware`](crate::PresenceMiddleware).
+    pub(crate) fn reached_registry(&self) -> Result<&Registry, RegistryError> {
+        self.socket.registry.reached()
     }
 
     /// The socket id set by the connect hook, if any.

@@ -16,8 +16,10 @@
 //! use presence_core::presence::{Presence, PresenceError, PresenceHandle, PresenceOptions};
 //! use presence_core::registry::{Registry, RegistryError};
 //! use presence_core::PubSub;
-//! use presence_core::pubsub::Payload;
-//! use presence_poem::{Channel, ChannelContext, Connected, HandleIn, Join, PhoenixSocket, PresenceMiddleware};
+//! use presence_poem::{
+//!     Channel, ChannelContext, Connected, HandleIn, Join, Payload, PhoenixSocket, PresenceMiddleware,
+//! };
+//! use serde::Deserialize;
 //! use serde_json::{Value, json};
 //!
 //! presence_core::pubsub_server!(pub AppPubSub);
@@ -37,9 +39,15 @@
 //!
 //! struct Room;
 //!
-//! impl Channel for Room {
-//!     async fn join(&mut self, _topic: &str, params: Value, ctx: &mut ChannelContext) -> Join {
-//!         let user = params["user"].as_str().unwrap_or("anonymous").to_owned();
+//! /// `channel.join()` params; a join without them (`{}`) is anonymous.
+//! #[derive(Deserialize)]
+//! struct JoinParams {
+//!     user: Option<String>,
+//! }
+//!
+//! impl Channel<JoinParams> for Room {
+//!     async fn join(&mut self, _topic: &str, params: JoinParams, ctx: &mut ChannelContext) -> Join {
+//!         let user = params.user.unwrap_or_else(|| "anonymous".to_owned());
 //!         match track(ctx, &user).await {
 //!             Ok(()) => Join::ok(),
 //!             Err(e) => Join::error(json!({"reason": e.to_string()})),
@@ -47,10 +55,13 @@
 //!     }
 //!
 //!     async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> HandleIn {
-//!         if let ("new_msg", Payload::Json(body)) = (event, payload) {
-//!             let _ = ctx.broadcast("new_msg", body);
+//!         match (event, payload) {
+//!             ("new_msg", Payload::Json(body)) => match ctx.broadcast("new_msg", body) {
+//!                 Ok(()) => HandleIn::ok(json!({})),
+//!                 Err(e) => HandleIn::error(json!({"reason": e.to_string()})),
+//!             },
+//!             _ => HandleIn::error(json!({"reason": "unknown event"})),
 //!         }
-//!         HandleIn::NoReply
 //!     }
 //! }
 //!
@@ -70,12 +81,13 @@
 //! registry.insert(presence);
 //!
 //! // The socket broadcasts (and receives presence_diff) on the presences' pub/sub.
-//! let socket = PhoenixSocket::builder(registry.pubsub(&AppPubSub)?)
+//! let socket = PhoenixSocket::builder_for(&registry, &AppPubSub)?
 //!     .on_connect(|info| async move { Ok(Connected::new().id(format!("user:{}", info.remote_addr))) })
 //!     .channel("room:*", || Room)
 //!     .build();
+//! // phoenix.js: `new Socket("/socket")` connects to `/socket/websocket`.
 //! let app = Route::new()
-//!     .at("/socket/websocket", socket)
+//!     .nest("/socket", socket)
 //!     .with(PresenceMiddleware::new(registry));
 //! Server::new(TcpListener::bind("0.0.0.0:4000")).run(app).await?;
 //! # Ok(())
@@ -90,11 +102,19 @@
 //!
 //! - **Registry.** [`PresenceMiddleware::new(registry)`](PresenceMiddleware) puts the
 //!   application's [`Registry`](presence_core::Registry) on every request; the socket takes
-//!   it at upgrade time and every [`ChannelContext::registry`] returns it (handlers extract it
-//!   with `Data<&Registry>`). The socket's own pub/sub is still given to
-//!   [`PhoenixSocket::builder`]: its fastlane hubs stay bound to one pub/sub for the endpoint's
-//!   life. It must be the pub/sub the presences use (`registry.pubsub(&AppPubSub)?`), or
-//!   `presence_diff` never reaches the sockets.
+//!   it at upgrade time and every [`ChannelContext::registry`] returns it. Without the
+//!   middleware, presence use in a channel logs a warning naming it and
+//!   [`push_presence_state`](ChannelContext::push_presence_state) fails with
+//!   [`RegistryError::NoRegistry`](presence_core::registry::RegistryError::NoRegistry).
+//! - **Pub/sub.** The socket's own pub/sub is given when it is built: its fastlane hubs stay
+//!   bound to one pub/sub for the endpoint's life. It must be the pub/sub the presences
+//!   broadcast on, or `presence_diff` never reaches the sockets:
+//!   [`PhoenixSocket::builder_for(&registry, &AppPubSub)`](PhoenixSocket::builder_for) takes
+//!   it from the registry, and `push_presence_state` refuses a socket built on another one
+//!   ([`RegistryError::PubSubMismatch`](presence_core::registry::RegistryError::PubSubMismatch)).
+//! - **HTTP handlers** take a running presence with the [`PresenceData`] extractor
+//!   (`PresenceData(rooms): PresenceData<RoomPresence>`), or the registry with
+//!   `Data<&Registry>`.
 //! - **Owner.** [`ChannelContext`] implements
 //!   [`PresenceSocket`](presence_core::presence::PresenceSocket) (registry, owner, topic): the
 //!   channel owns what it tracks, and its presences leave when the channel leaves, is
@@ -363,7 +383,7 @@ pub use channel::{
 pub use context::{ChannelContext, SocketRef};
 pub use listener::{DEFAULT_HANDSHAKE_TIMEOUT, HandshakeTimeout, TimedIo};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
-pub use presence::{PresenceEndpoint, PresenceMiddleware};
+pub use presence::{PresenceData, PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
     ConnectError, ConnectInfo, Connected, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_JOIN_RATE, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_CHANNELS, DEFAULT_MAX_CONNECTIONS,

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,6 +16,7 @@ use poem::http::{Extensions, HeaderMap, StatusCode, header};
 use poem::web::RemoteAddr;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{Endpoint, FromRequest, IntoResponse, Request, Response};
+use presence_core::registry::{PubSubServer, RegistryError};
 use presence_core::{PubSub, Registry};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -293,6 +295,9 @@ pub(crate) struct Inner {
     pub(crate) hubs: Hubs,
     pub(crate) drain: Drain,
     connect: Option<Box<ConnectFn>>,
+    /// Set once a channel of a socket that no registry reached has used presence, so the
+    /// warning naming `PresenceMiddleware` is logged once per endpoint.
+    pub(crate) no_registry_warned: Arc<AtomicBool>,
 }
 
 /// The endpoint's drain state: whether it is draining, and how many connections are open.
@@ -533,7 +538,58 @@ impl PhoenixSocket {
         *self.inner.drain.open.borrow()
     }
 
-    /// A builder for a socket endpoint whose channels use `pubsub`.
+    /// A builder for a socket endpoint on the pub/sub that `registry` runs as `server`: the one
+    /// the presences declared with `pubsub = AppPubSub` broadcast on, so their
+    /// `presence_diff`s reach the sockets.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::PubSubNotRunning`] when `registry` holds no pub/sub named `server`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use poem::{EndpointExt, Route};
+    /// use presence_core::PubSub;
+    /// use presence_core::registry::Registry;
+    /// use presence_poem::{PhoenixSocket, PresenceMiddleware};
+    ///
+    /// presence_core::pubsub_server!(pub AppPubSub);
+    ///
+    /// # fn main() -> Result<(), presence_core::registry::RegistryError> {
+    /// let registry = Registry::new();
+    /// registry.insert_pubsub(&AppPubSub, PubSub::new("node-a"));
+    /// let socket = PhoenixSocket::builder_for(&registry, &AppPubSub)?.build();
+    /// let app = Route::new()
+    ///     .nest("/socket", socket)
+    ///     .with(PresenceMiddleware::new(registry));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder_for<S: PubSubServer>(
+        registry: &Registry,
+        server: &S,
+    ) -> Result<PhoenixSocketBuilder, RegistryError> {
+        Ok(Self::builder(registry.pubsub(server)?))
+    }
+
+    /// A builder for a socket endpoint whose channels use `pubsub`: their broadcasts go on
+    /// it, and its fastlane hubs deliver its messages (`presence_diff` included) to the
+    /// sockets.
+    ///
+    /// With presence, it must be the pub/sub the presences broadcast on, or their diffs never
+    /// reach the sockets; [`builder_for`](Self::builder_for) takes it from the registry, and
+    /// [`ChannelContext::push_presence_state`](crate::ChannelContext::push_presence_state)
+    /// refuses a socket on another one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::PhoenixSocket;
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("node-a")).build();
+    /// ```
     pub fn builder(pubsub: PubSub) -> PhoenixSocketBuilder {
         PhoenixSocketBuilder {
             pubsub,
@@ -805,6 +861,7 @@ impl PhoenixSocketBuilder {
                 hubs: Hubs::new(self.pubsub),
                 drain: Drain::new(),
                 connect: self.connect,
+                no_registry_warned: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -997,8 +1054,8 @@ impl PhoenixSocket {
                 }
             }
         };
-        // Put there by `PresenceMiddleware` (or any `.data(registry)`); empty without it.
-        let registry = req.data::<Registry>().cloned().unwrap_or_default();
+        // Put there by `PresenceMiddleware` (or any `.data(registry)`).
+        let registry = req.data::<Registry>().cloned();
         let inner = self.inner.clone();
         Ok(ws
             .protocols(["phoenix"])
