@@ -96,7 +96,7 @@ use crate::ChannelContext;
 ///     .build();
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a Phoenix channel with join params `{Params}`",
+    message = "`{Self}` is not a Phoenix channel",
     note = "implement `presence_poem::Channel` for `{Self}`: at least `async fn join(&mut self, topic: &str, params: serde_json::Value, ctx: &mut ChannelContext) -> Join` (or `impl Channel<MyParams>` with `params: MyParams`)"
 )]
 pub trait Channel<Params = Value>: Send + 'static
