@@ -54,16 +54,14 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::web::Html;
 use poem::{EndpointExt, Route, Server, get, handler};
 use presence_core::presence::{KeyChange, PresenceOptions};
-use presence_core::pubsub::{
-    Adapter, BroadcastError, Inbound, Payload, RedisAdapter, RedisOptions,
-};
+use presence_core::pubsub::{Adapter, BroadcastError, Inbound, RedisAdapter, RedisOptions};
 use presence_core::registry::Registry;
 use presence_core::supervisor::{BoxError, PubSubSpec, Running, Supervisor, TaskSpec};
 use presence_core::tracker::TrackerConfig;
 use presence_core::{Presence, pubsub_server};
 use presence_poem::{
-    Channel, ChannelContext, Connected, HandleIn, HandshakeTimeout, Join, PhoenixSocket,
-    PresenceMiddleware, Reply, StopReason,
+    Channel, ChannelContext, Connected, HandleIn, HandshakeTimeout, Join, Payload, PhoenixSocket,
+    PresenceMiddleware, StopReason,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -248,7 +246,7 @@ pub fn app(registry: &Registry) -> Result<impl poem::Endpoint + use<>, BoxError>
 fn app_and_socket(
     registry: &Registry,
 ) -> Result<(impl poem::Endpoint + use<>, PhoenixSocket), BoxError> {
-    let socket = PhoenixSocket::builder(registry.pubsub(&ChatPubSub)?)
+    let socket = PhoenixSocket::builder_for(registry, &ChatPubSub)?
         .on_connect(|info| async move {
             tracing::info!(remote = %info.remote_addr, "connect");
             Ok(Connected::new())
@@ -257,7 +255,8 @@ fn app_and_socket(
         .build();
     let app = Route::new()
         .at("/", get(index))
-        .at("/socket/websocket", socket.clone())
+        // phoenix.js's `new Socket("/socket")` connects to `/socket/websocket`.
+        .nest("/socket", socket.clone())
         .with(PresenceMiddleware::new(registry.clone()));
     Ok((app, socket))
 }
@@ -334,7 +333,7 @@ fn checked<'a>(
 }
 
 fn error_reply(reason: impl Into<String>) -> HandleIn {
-    HandleIn::Reply(Reply::error(json!({ "reason": reason.into() })))
+    HandleIn::error(json!({ "reason": reason.into() }))
 }
 
 impl Channel for RoomChannel {
@@ -376,7 +375,7 @@ impl Channel for RoomChannel {
                 };
                 let status = status.to_owned();
                 match RoomPresence::update_with(ctx, &self.user, |old| UserMeta { status, ..old }) {
-                    Ok(_) => HandleIn::Reply(Reply::ok(json!({}))),
+                    Ok(_) => HandleIn::ok(json!({})),
                     Err(e) => error_reply(e.to_string()),
                 }
             }
@@ -386,7 +385,7 @@ impl Channel for RoomChannel {
                     Err(reason) => return error_reply(reason),
                 };
                 match ctx.broadcast("new_msg", json!({ "user": self.user, "body": body })) {
-                    Ok(()) => HandleIn::Reply(Reply::ok(json!({}))),
+                    Ok(()) => HandleIn::ok(json!({})),
                     Err(e) => error_reply(e.to_string()),
                 }
             }

@@ -74,4 +74,4 @@ pub use registry::Registry;
 pub use tracker::{Tracker, TrackerConfig};
 
 #[cfg(feature = "macros")]
-pub use presence_macros::{Presence, presence};
+pub use presence_macros::presence;

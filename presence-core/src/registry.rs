@@ -59,6 +59,25 @@ pub enum RegistryError {
     /// The presence was not started (register it before the web endpoint).
     #[error("presence `{0}` is not running: start it before the endpoint that uses it")]
     PresenceNotRunning(&'static str),
+    /// No registry reached the web socket the presence was used from: its routes are not
+    /// wrapped in presence-poem's `PresenceMiddleware`.
+    #[error(
+        "no registry reached this socket: wrap the routes in `presence_poem::PresenceMiddleware::new(registry)`"
+    )]
+    NoRegistry,
+    /// A socket's pub/sub is another one than the presence broadcasts on, so the socket's
+    /// clients would never receive the presence's diffs.
+    #[error(
+        "presence `{presence}` broadcasts on the pub/sub of node `{presence_pubsub}`, but this socket was built with another pub/sub (of node `{socket_pubsub}`): build the socket on the presence's pub/sub (`PhoenixSocket::builder_for(&registry, &AppPubSub)`)"
+    )]
+    PubSubMismatch {
+        /// The presence's name.
+        presence: &'static str,
+        /// The node name of the pub/sub the presence broadcasts on.
+        presence_pubsub: String,
+        /// The node name of the socket's pub/sub.
+        socket_pubsub: String,
+    },
 }
 
 /// The running services of an application, by type. Clones share it.
@@ -79,9 +98,20 @@ pub enum RegistryError {
 /// assert_eq!(registry.pubsub(&AppPubSub)?.node_name(), "a");
 /// # Ok::<(), presence_core::registry::RegistryError>(())
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     services: Arc<RwLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+    /// False for the stand-in of a registry that was never provided.
+    provided: bool,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            services: Arc::default(),
+            provided: true,
+        }
+    }
 }
 
 /// The slot of the pub/sub named by `S`.
@@ -91,6 +121,43 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A stand-in for a registry that did not reach where it is needed (presence-poem uses
+    /// it for a socket without `PresenceMiddleware`): it holds nothing, and looking up a
+    /// pub/sub or a presence in it fails with [`RegistryError::NoRegistry`], which names the
+    /// fix, instead of "not running".
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::registry::{Registry, RegistryError};
+    /// presence_core::pubsub_server!(pub AppPubSub);
+    ///
+    /// let missing = Registry::not_provided();
+    /// assert_eq!(missing.pubsub(&AppPubSub).unwrap_err(), RegistryError::NoRegistry);
+    /// ```
+    pub fn not_provided() -> Self {
+        Registry {
+            services: Arc::default(),
+            provided: false,
+        }
+    }
+
+    /// Whether this registry was provided (it is not a [`not_provided`](Self::not_provided)
+    /// stand-in).
+    pub fn is_provided(&self) -> bool {
+        self.provided
+    }
+
+    /// The error for a service this registry does not hold: `missing`, or
+    /// [`RegistryError::NoRegistry`] for a stand-in.
+    pub(crate) fn missing(&self, missing: RegistryError) -> RegistryError {
+        if self.provided {
+            missing
+        } else {
+            RegistryError::NoRegistry
+        }
     }
 
     /// Stores `value` under its type, replacing any earlier one.
@@ -143,7 +210,7 @@ impl Registry {
             .get(&TypeId::of::<PubSubSlot<S>>())
             .and_then(|v| v.downcast_ref::<PubSubSlot<S>>())
             .map(|slot| slot.0.clone())
-            .ok_or(RegistryError::PubSubNotRunning(server.name()))
+            .ok_or_else(|| self.missing(RegistryError::PubSubNotRunning(server.name())))
     }
 
     /// Removes the pub/sub named by the server type `S`.

@@ -74,7 +74,7 @@ mod server {
     use poem::{EndpointExt, Route, Server};
     use presence_core::presence::{Presence, PresenceHandle, PresenceOptions};
     use presence_core::pubsub::Payload;
-    use presence_core::registry::{Registry, RegistryError};
+    use presence_core::registry::Registry;
     use presence_core::{PubSub, pubsub_server};
     use presence_poem::{
         Channel, ChannelContext, HandleIn, Join, PhoenixSocket, PresenceMiddleware, Reply,
@@ -83,18 +83,9 @@ mod server {
 
     pubsub_server!(BenchPubSub);
 
+    #[derive(Presence)]
+    #[presence(pubsub = BenchPubSub)]
     struct BenchPresence;
-
-    impl Presence for BenchPresence {
-        type Meta = Value;
-        type Extra = ();
-        type State = ();
-        const NAME: &'static str = "BenchPresence";
-        fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> {
-            registry.pubsub(&BenchPubSub)
-        }
-        fn init(&self) {}
-    }
 
     fn track(ctx: &ChannelContext, key: &str, meta: &Value) -> Result<(), String> {
         let presence = PresenceHandle::<BenchPresence>::from_registry(ctx.registry())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use presence_core::pubsub::{Message, Payload};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -25,11 +26,22 @@ use crate::ChannelContext;
 ///
 /// Implement the callbacks with `async fn`; the returned futures must be `Send`.
 ///
+/// # Join params
+///
+/// `Params` is what [`join`](Self::join) receives: the join message's payload (phoenix.js's
+/// `socket.channel(topic, params)`), deserialized by the socket. It defaults to
+/// [`serde_json::Value`], which takes any payload; implement `Channel<MyParams>` to get a
+/// type of your own instead. Params that do not deserialize into it are refused before the
+/// channel is made: the client gets an `error` reply with
+/// `{"reason": "invalid join params: <serde's message>"}` and the channel does not join.
+/// phoenix.js sends `{}` when given no params, so a struct whose fields are all `Option` or
+/// `#[serde(default)]` accepts a join without params; a binary join payload reaches the
+/// deserializer as `null`.
+///
 /// # Examples
 ///
 /// ```
-/// use presence_poem::{Channel, ChannelContext, HandleIn, Join, Reply};
-/// use presence_core::pubsub::Payload;
+/// use presence_poem::{Channel, ChannelContext, HandleIn, Join, Payload};
 /// use serde_json::{Value, json};
 ///
 /// struct Room;
@@ -50,25 +62,56 @@ use crate::ChannelContext;
 ///                 let _ = ctx.broadcast("shout", body);
 ///                 HandleIn::NoReply
 ///             }
-///             ("ping", payload) => HandleIn::Reply(Reply::Ok(payload)),
-///             _ => HandleIn::Reply(Reply::error(json!({"reason": "unknown event"}))),
+///             ("ping", payload) => HandleIn::ok(payload),
+///             _ => HandleIn::error(json!({"reason": "unknown event"})),
 ///         }
 ///     }
 /// }
 /// ```
+///
+/// With typed join params; the socket infers `Params` from the channel's one `Channel` impl:
+///
+/// ```
+/// use presence_poem::{Channel, ChannelContext, Join, PhoenixSocket};
+/// use serde::Deserialize;
+/// use serde_json::json;
+///
+/// #[derive(Deserialize)]
+/// struct JoinParams {
+///     #[serde(default)]
+///     status: Option<String>,
+/// }
+///
+/// struct Room;
+///
+/// impl Channel<JoinParams> for Room {
+///     async fn join(&mut self, _: &str, params: JoinParams, ctx: &mut ChannelContext) -> Join {
+///         let status = params.status.unwrap_or_else(|| "online".to_owned());
+///         Join::ok_with(json!({"status": status}))
+///     }
+/// }
+///
+/// let socket = PhoenixSocket::builder(presence_core::PubSub::new("node-a"))
+///     .channel("room:*", || Room)
+///     .build();
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a Phoenix channel",
-    note = "implement `presence_poem::Channel` for `{Self}`: at least `async fn join(&mut self, topic: &str, params: serde_json::Value, ctx: &mut ChannelContext) -> Join`"
+    note = "implement `presence_poem::Channel` for `{Self}`: at least `async fn join(&mut self, topic: &str, params: serde_json::Value, ctx: &mut ChannelContext) -> Join` (or `impl Channel<MyParams>` with `params: MyParams`)"
 )]
-pub trait Channel: Send + 'static {
-    /// Called for `phx_join`. [`Join::Ok`] joins (replying `ok` with its payload);
+pub trait Channel<Params = Value>: Send + 'static
+where
+    Params: DeserializeOwned + Send + 'static,
+{
+    /// Called for `phx_join`, with the join's params deserialized into `Params` (see
+    /// "Join params" above). [`Join::Ok`] joins (replying `ok` with its payload);
     /// [`Join::Error`] replies `error` and ends the channel.
     ///
     /// Pushes made here reach the client right after the join reply.
     fn join(
         &mut self,
         topic: &str,
-        params: Value,
+        params: Params,
         ctx: &mut ChannelContext,
     ) -> impl Future<Output = Join> + Send;
 
@@ -166,7 +209,8 @@ impl Reply {
     }
 }
 
-/// The outcome of [`Channel::handle_in`].
+/// The outcome of [`Channel::handle_in`]. [`HandleIn::ok`] and [`HandleIn::error`] build the
+/// usual replies.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum HandleIn {
@@ -176,6 +220,46 @@ pub enum HandleIn {
     NoReply,
     /// Stop the channel gracefully, after an optional reply: the client gets `phx_close`.
     Stop(Option<Reply>),
+}
+
+impl HandleIn {
+    /// Replies `ok` with `response`: short for `HandleIn::Reply(Reply::ok(response))`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_poem::{HandleIn, Reply};
+    /// use serde_json::json;
+    ///
+    /// assert_eq!(HandleIn::ok(json!({"n": 1})), HandleIn::Reply(Reply::ok(json!({"n": 1}))));
+    /// ```
+    pub fn ok(response: impl IntoPayload) -> Self {
+        HandleIn::Reply(Reply::ok(response))
+    }
+
+    /// Replies `error` with `response` (Phoenix apps send `{"reason": ...}`): short for
+    /// `HandleIn::Reply(Reply::error(response))`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_poem::{HandleIn, Reply};
+    /// use serde_json::json;
+    ///
+    /// let refused = HandleIn::error(json!({"reason": "unknown event"}));
+    /// assert_eq!(refused, HandleIn::Reply(Reply::error(json!({"reason": "unknown event"}))));
+    /// ```
+    pub fn error(response: impl IntoPayload) -> Self {
+        HandleIn::Reply(Reply::error(response))
+    }
+}
+
+/// A reply is a [`HandleIn::Reply`], so a helper returning a [`Reply`] can end `handle_in`
+/// with `.into()`.
+impl From<Reply> for HandleIn {
+    fn from(reply: Reply) -> Self {
+        HandleIn::Reply(reply)
+    }
 }
 
 /// A message for [`Channel::handle_info`].

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 
 use crate::StopReason;
-use crate::context::{ChannelContext, Cmd, Replaced, SocketShared, Start};
+use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared, Start};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit};
@@ -51,7 +51,7 @@ pub(crate) fn run(
     vsn: Vsn,
     assigns: Extensions,
     id: Option<Arc<str>>,
-    registry: Registry,
+    registry: Option<Registry>,
 ) -> impl Future<Output = ()> + Send + 'static {
     // Counted as open (for a drain) until its channels have stopped.
     let (open, draining) = Drain::enter(&inner);
@@ -62,7 +62,7 @@ pub(crate) fn run(
         vsn,
         outbox: outbox.clone(),
         hubs: inner.hubs.clone(),
-        registry,
+        registry: SocketRegistry::new(registry, &inner.no_registry_warned),
     });
     let (sink, stream) = stream.split();
     let deadline = inner.config.shutdown_timeout;

@@ -5,11 +5,14 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use poem::http::Extensions;
 use presence_core::pubsub::{BroadcastError, Message, Payload, RecvError, Subscription};
+use presence_core::registry::RegistryError;
 use presence_core::{Owner, PubSub, Registry};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -30,8 +33,56 @@ pub(crate) struct SocketShared {
     pub(crate) outbox: Outbox,
     pub(crate) hubs: Hubs,
     /// The application's registry, taken from the upgrade request (see
-    /// [`PresenceMiddleware`](crate::PresenceMiddleware)); empty without one.
-    pub(crate) registry: Registry,
+    /// [`PresenceMiddleware`](crate::PresenceMiddleware)).
+    pub(crate) registry: SocketRegistry,
+}
+
+/// The registry a socket's channels see: the one the upgrade request carried, or an empty
+/// one that warns (once per endpoint) when a channel first uses it.
+#[derive(Debug)]
+pub(crate) struct SocketRegistry {
+    registry: Registry,
+    /// The endpoint's "warned" flag when no registry reached the socket (`registry` is then
+    /// empty); `None` when one did.
+    missing: Option<Arc<AtomicBool>>,
+}
+
+impl SocketRegistry {
+    pub(crate) fn new(registry: Option<Registry>, warned: &Arc<AtomicBool>) -> Self {
+        match registry {
+            Some(registry) => SocketRegistry {
+                registry,
+                missing: None,
+            },
+            None => SocketRegistry {
+                registry: Registry::not_provided(),
+                missing: Some(warned.clone()),
+            },
+        }
+    }
+
+    /// The registry, empty when none reached the socket (the first use then warns).
+    fn get(&self) -> &Registry {
+        if let Some(warned) = &self.missing
+            && !warned.load(Ordering::Relaxed)
+            && !warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "a channel used the registry, but no registry reached its socket: presences \
+                 cannot be found; wrap the routes in `presence_poem::PresenceMiddleware::new(registry)`"
+            );
+        }
+        &self.registry
+    }
+
+    /// The registry that reached the socket.
+    fn reached(&self) -> Result<&Registry, RegistryError> {
+        let registry = self.get();
+        match self.missing {
+            None => Ok(registry),
+            Some(_) => Err(RegistryError::NoRegistry),
+        }
+    }
 }
 
 /// Work a channel's `join` left for right after its join reply, once the channel receives
@@ -143,11 +194,23 @@ impl ChannelContext {
     }
 
     /// The application's [`Registry`] (pub/subs and presences), as the
-    /// [`PresenceMiddleware`](crate::PresenceMiddleware) put it on the upgrade request. Without
-    /// the middleware it is empty, and presence helpers fail with
-    /// [`RegistryError::PresenceNotRunning`](presence_core::registry::RegistryError::PresenceNotRunning).
+    /// [`PresenceMiddleware`](crate::PresenceMiddleware) put it on the upgrade request.
+    ///
+    /// Without the middleware it is a
+    /// [`not_provided`](Registry::not_provided) stand-in: the first use logs a warning
+    /// naming `PresenceMiddleware`, and [`push_presence_state`](Self::push_presence_state)
+    /// and every lookup in it (the presence helpers) fail with [`RegistryError::NoRegistry`].
     pub fn registry(&self) -> &Registry {
-        &self.socket.registry
+        self.socket.registry.get()
+    }
+
+    /// The registry that reached this channel's socket.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NoRegistry`] without a [`PresenceMiddleware`](crate::PresenceMiddleware).
+    pub(crate) fn reached_registry(&self) -> Result<&Registry, RegistryError> {
+        self.socket.registry.reached()
     }
 
     /// The socket id set by the connect hook, if any.
@@ -484,7 +547,11 @@ impl Drop for CrashGuard {
 }
 
 /// Runs one joined channel to its end. Spawned by the connection, which owns the task.
-pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
+pub(crate) async fn run<C, P>(make: impl FnOnce() -> C, start: Start)
+where
+    C: Channel<P>,
+    P: DeserializeOwned + Send + 'static,
+{
     let Start {
         mut ctx,
         params,
@@ -507,6 +574,24 @@ pub(crate) async fn run<C: Channel>(make: impl FnOnce() -> C, start: Start) {
         joined: Some(joined),
         joining: true,
         done: false,
+    };
+    let params = match serde_json::from_value::<P>(params) {
+        Ok(params) => params,
+        Err(error) => {
+            tracing::debug!(topic = %ctx.topic, %error, "join refused: invalid join params");
+            if guard.settle(false) {
+                let reason = format!("invalid join params: {error}");
+                ctx.send_now(ctx.socket.vsn.reply(
+                    reply_join_ref.as_deref(),
+                    reference.as_deref(),
+                    &ctx.topic,
+                    "error",
+                    &Payload::Json(json!({ "reason": reason })),
+                ));
+            }
+            guard.done = true;
+            return;
+        }
     };
     let mut channel = make();
     let topic = ctx.topic.clone();

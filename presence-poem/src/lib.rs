@@ -1,99 +1,138 @@
 //! Phoenix channels over [poem] websockets: the wire protocol the official `phoenix` npm
 //! client speaks, with presence from [`presence_core`].
 //!
-//! Build a [`PhoenixSocket`] with channel routes and mount it at `/socket/websocket`; point
-//! phoenix.js at `new Socket("/socket")`. Wrap the app in a [`PresenceMiddleware`] with the
+//! Build a [`PhoenixSocket`] with channel routes and nest it at `/socket`
+//! (`Route::new().nest("/socket", socket)`); point phoenix.js at `new Socket("/socket")`,
+//! which connects to `/socket/websocket`. Wrap the app in a [`PresenceMiddleware`] with the
 //! application's [`Registry`](presence_core::Registry) so channels find their presences.
 //!
 //! # Examples
 //!
-//! A room channel that tracks the user and pushes `presence_state`; phoenix.js's `Presence`
-//! then stays in sync through the `presence_diff` broadcasts.
+//! The whole application, as the README shows it: a presence with a typed meta, a room channel
+//! with typed join params that tracks the user and pushes `presence_state` (phoenix.js's
+//! `Presence` then stays in sync through the `presence_diff` broadcasts), an HTTP handler
+//! that reads the presence, and a supervisor that starts the pub/sub, the presence and the
+//! endpoint in order. The endpoint builds the socket and the middleware from the registry it
+//! is given, so when the pub/sub restarts, the presence and then the endpoint restart after
+//! it, on the new pub/sub.
 //!
 //! ```no_run
-//! use poem::{EndpointExt, Route, Server, listener::TcpListener};
-//! use presence_core::presence::{Presence, PresenceError, PresenceHandle, PresenceOptions};
-//! use presence_core::registry::{Registry, RegistryError};
-//! use presence_core::PubSub;
-//! use presence_core::pubsub::Payload;
-//! use presence_poem::{Channel, ChannelContext, Connected, HandleIn, Join, PhoenixSocket, PresenceMiddleware};
-//! use serde_json::{Value, json};
+//! use poem::listener::TcpListener;
+//! use poem::web::Path;
+//! use poem::{EndpointExt, Route, Server, get, handler};
+//! use presence_core::presence::{Presence, PresenceOptions};
+//! use presence_core::pubsub_server;
+//! use presence_core::supervisor::{BoxError, PubSubSpec, Supervisor, TaskSpec};
+//! use presence_poem::{
+//!     Channel, ChannelContext, HandleIn, Join, Payload, PhoenixSocket, PresenceData,
+//!     PresenceMiddleware,
+//! };
+//! use serde::{Deserialize, Serialize};
+//! use serde_json::json;
 //!
-//! presence_core::pubsub_server!(pub AppPubSub);
+//! pubsub_server!(pub AppPubSub);
 //!
-//! // What `#[presence(pubsub = AppPubSub)]` generates, written by hand.
-//! struct RoomPresence;
-//! impl Presence for RoomPresence {
-//!     type Meta = Value;
-//!     type Extra = ();
-//!     type State = ();
-//!     const NAME: &'static str = "RoomPresence";
-//!     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> {
-//!         registry.pubsub(&AppPubSub)
-//!     }
-//!     fn init(&self) {}
+//! /// What each device of a user shows.
+//! #[derive(Serialize, Deserialize)]
+//! pub struct UserMeta {
+//!     pub online_at: u64,
+//!     pub status: String,
 //! }
 //!
-//! struct Room;
+//! /// Who is in which room.
+//! #[derive(Presence)]
+//! #[presence(pubsub = AppPubSub, meta = UserMeta)]
+//! pub struct RoomPresence;
 //!
-//! impl Channel for Room {
-//!     async fn join(&mut self, _topic: &str, params: Value, ctx: &mut ChannelContext) -> Join {
-//!         let user = params["user"].as_str().unwrap_or("anonymous").to_owned();
-//!         match track(ctx, &user).await {
+//! /// What `channel.join()` sends: `socket.channel("room:lobby", {user: "alice"})`.
+//! #[derive(Deserialize)]
+//! struct JoinParams {
+//!     user: String,
+//! }
+//!
+//! #[derive(Default)]
+//! struct Room {
+//!     user: String,
+//! }
+//!
+//! impl Channel<JoinParams> for Room {
+//!     async fn join(&mut self, _topic: &str, params: JoinParams, ctx: &mut ChannelContext) -> Join {
+//!         let meta = UserMeta { online_at: 0, status: "online".into() };
+//!         if let Err(e) = RoomPresence::track(ctx, &params.user, &meta) {
+//!             return Join::error(json!({ "reason": e.to_string() }));
+//!         }
+//!         self.user = params.user;
+//!         // Listed and pushed right after the join reply; `presence_diff`s follow by themselves.
+//!         match ctx.push_presence_state::<RoomPresence>().await {
 //!             Ok(()) => Join::ok(),
-//!             Err(e) => Join::error(json!({"reason": e.to_string()})),
+//!             Err(e) => Join::error(json!({ "reason": e.to_string() })),
 //!         }
 //!     }
 //!
 //!     async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext) -> HandleIn {
-//!         if let ("new_msg", Payload::Json(body)) = (event, payload) {
-//!             let _ = ctx.broadcast("new_msg", body);
+//!         let (event, Payload::Json(body)) = (event, payload) else {
+//!             return HandleIn::error(json!({ "reason": "JSON only" }));
+//!         };
+//!         match event {
+//!             "status" => {
+//!                 let status = body["status"].as_str().unwrap_or("online").to_owned();
+//!                 match RoomPresence::update_with(ctx, &self.user, |old| UserMeta { status, ..old }) {
+//!                     Ok(_) => HandleIn::ok(json!({})),
+//!                     Err(e) => HandleIn::error(json!({ "reason": e.to_string() })),
+//!                 }
+//!             }
+//!             _ => HandleIn::error(json!({ "reason": "unknown event" })),
 //!         }
-//!         HandleIn::NoReply
 //!     }
 //! }
 //!
-//! async fn track(ctx: &mut ChannelContext, user: &str) -> Result<(), PresenceError> {
-//!     // With the macro: `RoomPresence::track(ctx, user, &meta)?`.
-//!     let presence = PresenceHandle::<RoomPresence>::from_registry(ctx.registry())?;
-//!     presence.track(ctx.owner(), ctx.topic(), user, &json!({"online_at": 0}))?;
-//!     // Listed and pushed right after the join reply.
-//!     ctx.push_presence_state::<RoomPresence>().await
+//! /// `GET /rooms/lobby/count`: who is in `room:lobby`, without listing it.
+//! #[handler]
+//! fn count(Path(room): Path<String>, PresenceData(rooms): PresenceData<RoomPresence>) -> String {
+//!     let count = rooms.count(&format!("room:{room}"));
+//!     format!("{} users on {} devices", count.keys, count.metas)
 //! }
 //!
-//! # #[tokio::main]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let registry = Registry::new();
-//! registry.insert_pubsub(&AppPubSub, PubSub::new("node-a"));
-//! let presence = PresenceHandle::start(RoomPresence, registry.pubsub(&AppPubSub)?, &PresenceOptions::new())?;
-//! registry.insert(presence);
-//!
-//! // The socket broadcasts (and receives presence_diff) on the presences' pub/sub.
-//! let socket = PhoenixSocket::builder(registry.pubsub(&AppPubSub)?)
-//!     .on_connect(|info| async move { Ok(Connected::new().id(format!("user:{}", info.remote_addr))) })
-//!     .channel("room:*", || Room)
-//!     .build();
-//! let app = Route::new()
-//!     .at("/socket/websocket", socket)
-//!     .with(PresenceMiddleware::new(registry));
-//! Server::new(TcpListener::bind("0.0.0.0:4000")).run(app).await?;
-//! # Ok(())
-//! # }
+//! #[tokio::main]
+//! async fn main() -> Result<(), BoxError> {
+//!     let app = Supervisor::new() // starts its children in order, restarts them rest-for-one
+//!         .child(PubSubSpec::new(AppPubSub)) // one node; a cluster adds an adapter (Redis)
+//!         .child(RoomPresence.child_spec(PresenceOptions::new()))
+//!         .child(TaskSpec::new("endpoint", |registry| async move {
+//!             let socket = PhoenixSocket::builder_for(&registry, &AppPubSub)?
+//!                 .channel("room:*", Room::default)
+//!                 .build();
+//!             let routes = Route::new()
+//!                 .nest("/socket", socket) // phoenix.js: `new Socket("/socket")`
+//!                 .at("/rooms/:room/count", get(count))
+//!                 .with(PresenceMiddleware::new(registry));
+//!             Server::new(TcpListener::bind("127.0.0.1:4000")).run(routes).await?;
+//!             Ok::<(), BoxError>(())
+//!         }))
+//!         .start()
+//!         .await?;
+//!     app.wait().await?; // until the endpoint stops for good
+//!     Ok(())
+//! }
 //! ```
-//!
-//! With a [`Supervisor`](presence_core::supervisor::Supervisor), build the socket and the
-//! middleware inside the endpoint's `TaskSpec` from the registry it is given: when the pub/sub
-//! restarts, the presences and then the endpoint restart after it, on the new pub/sub.
 //!
 //! # Presence
 //!
 //! - **Registry.** [`PresenceMiddleware::new(registry)`](PresenceMiddleware) puts the
 //!   application's [`Registry`](presence_core::Registry) on every request; the socket takes
-//!   it at upgrade time and every [`ChannelContext::registry`] returns it (handlers extract it
-//!   with `Data<&Registry>`). The socket's own pub/sub is still given to
-//!   [`PhoenixSocket::builder`]: its fastlane hubs stay bound to one pub/sub for the endpoint's
-//!   life. It must be the pub/sub the presences use (`registry.pubsub(&AppPubSub)?`), or
-//!   `presence_diff` never reaches the sockets.
+//!   it at upgrade time and every [`ChannelContext::registry`] returns it. Without the
+//!   middleware, presence use in a channel logs a warning naming it and
+//!   [`push_presence_state`](ChannelContext::push_presence_state) fails with
+//!   [`RegistryError::NoRegistry`](presence_core::registry::RegistryError::NoRegistry).
+//! - **Pub/sub.** The socket's own pub/sub is given when it is built: its fastlane hubs stay
+//!   bound to one pub/sub for the endpoint's life. It must be the pub/sub the presences
+//!   broadcast on, or `presence_diff` never reaches the sockets:
+//!   [`PhoenixSocket::builder_for(&registry, &AppPubSub)`](PhoenixSocket::builder_for) takes
+//!   it from the registry, and `push_presence_state` refuses a socket built on another one
+//!   ([`RegistryError::PubSubMismatch`](presence_core::registry::RegistryError::PubSubMismatch)).
+//! - **HTTP handlers** take a running presence with the [`PresenceData`] extractor
+//!   (`PresenceData(rooms): PresenceData<RoomPresence>`), or the registry with
+//!   `Data<&Registry>`.
 //! - **Owner.** [`ChannelContext`] implements
 //!   [`PresenceSocket`](presence_core::presence::PresenceSocket) (registry, owner, topic): the
 //!   channel owns what it tracks, and its presences leave when the channel leaves, is
@@ -210,12 +249,28 @@
 //!     })
 //!     .build();
 //! let app = Route::new()
-//!     .nest("/socket", Route::new().at("/websocket", socket))
+//!     .nest("/socket", socket)
 //!     .at("/socket_token", get(socket_token))
 //!     .data(signer);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Mounting
+//!
+//! A [`PhoenixSocket`] serves its transports under the path it is mounted at, as a Phoenix
+//! endpoint's `socket "/socket", ...` does: nested with `Route::new().nest("/socket", socket)`,
+//! it answers `/socket/websocket` (what phoenix.js's `new Socket("/socket")` connects to) and
+//! 404 for any other path below `/socket`. It serves the websocket transport at any path
+//! whose last segment is `websocket`, so `Route::new().at("/socket/websocket", socket)` works
+//! too.
+//!
+//! # Join params
+//!
+//! A channel receives its join params as a [`serde_json::Value`] (`impl Channel for Room`) or
+//! as a type of its own (`impl Channel<JoinParams> for Room`), deserialized by the socket;
+//! params that do not deserialize are answered `error` with
+//! `{"reason": "invalid join params: ..."}` and the channel is not joined. See [`Channel`].
 //!
 //! # Protocol
 //!
@@ -346,7 +401,7 @@ pub use channel::{
 pub use context::{ChannelContext, SocketRef};
 pub use listener::{DEFAULT_HANDSHAKE_TIMEOUT, HandshakeTimeout, TimedIo};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
-pub use presence::{PresenceEndpoint, PresenceMiddleware};
+pub use presence::{PresenceData, PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
     ConnectError, ConnectInfo, Connected, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_JOIN_RATE, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_CHANNELS, DEFAULT_MAX_CONNECTIONS,
@@ -355,3 +410,6 @@ pub use socket::{
     RateLimit,
 };
 pub use token::{MIN_SECRET_LEN, TokenError, TokenSigner};
+
+// In `Channel::handle_in`'s signature: channels need no presence_core import for it.
+pub use presence_core::pubsub::Payload;

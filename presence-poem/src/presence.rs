@@ -2,14 +2,20 @@
 //! to the socket endpoint, [`PresenceSocket`] for [`ChannelContext`], and
 //! [`ChannelContext::push_presence_state`].
 
+use std::borrow::Cow;
+use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use poem::{Endpoint, Middleware, Request};
+use poem::error::ResponseError;
+use poem::http::StatusCode;
+use poem::{Endpoint, FromRequest, Middleware, Request, RequestBody, Response};
 use presence_core::presence::{
     PRESENCE_STATE, Presence, PresenceError, PresenceHandle, PresenceSocket,
 };
+use presence_core::registry::RegistryError;
 use presence_core::{Owner, Registry};
 
 use crate::ChannelContext;
@@ -21,7 +27,8 @@ use crate::hub::{Counter, PRESENCE_COUNT, count_payload};
 ///
 /// - a [`PhoenixSocket`](crate::PhoenixSocket) below it hands it to its channels
 ///   ([`ChannelContext::registry`]), where presence helpers find their presence, and
-/// - handlers extract it with `poem::web::Data<&Registry>`.
+/// - handlers extract it with `poem::web::Data<&Registry>`, or a running presence with
+///   [`PresenceData`].
 ///
 /// It is `EndpointExt::data(registry)` under a name that says what it is for.
 ///
@@ -44,9 +51,9 @@ use crate::hub::{Counter, PRESENCE_COUNT, count_payload};
 /// # fn main() -> Result<(), presence_core::registry::RegistryError> {
 /// let registry = Registry::new();
 /// registry.insert_pubsub(&AppPubSub, PubSub::new("node-a"));
-/// let socket = PhoenixSocket::builder(registry.pubsub(&AppPubSub)?).build();
+/// let socket = PhoenixSocket::builder_for(&registry, &AppPubSub)?.build();
 /// let app = Route::new()
-///     .at("/socket/websocket", socket)
+///     .nest("/socket", socket)
 ///     .at("/health", get(health))
 ///     .with(PresenceMiddleware::new(registry));
 /// # Ok(())
@@ -91,6 +98,123 @@ impl<E: Endpoint> Endpoint for PresenceEndpoint<E> {
     }
 }
 
+/// A poem extractor for the running presence `P`, taken from the [`Registry`] that
+/// [`PresenceMiddleware`] puts on every request, so a handler reading presences needs no
+/// fallible lookup of its own. It derefs to the [`PresenceHandle`].
+///
+/// It does the lookup of [`PresenceHandle::from_registry`] once per request; a handler that
+/// needs a presence on every call should take it this way rather than through
+/// `Data<&Registry>`.
+///
+/// # Errors
+///
+/// Extraction fails with HTTP 500 (an empty body) and logs an error naming the fix when
+/// the request carries no registry (the route is not wrapped in a [`PresenceMiddleware`])
+/// or `P` is not running in it (start the presence and insert it in the registry first).
+///
+/// # Examples
+///
+/// ```
+/// use poem::web::Path;
+/// use poem::{EndpointExt, Route, get, handler};
+/// use presence_core::presence::{Presence, PresenceHandle, PresenceOptions};
+/// use presence_core::registry::Registry;
+/// use presence_core::PubSub;
+/// use presence_poem::{PresenceData, PresenceMiddleware};
+///
+/// presence_core::pubsub_server!(pub AppPubSub);
+///
+/// #[derive(Presence)]
+/// #[presence(pubsub = AppPubSub)]
+/// struct RoomPresence;
+///
+/// /// `GET /rooms/lobby/count`: how many users are in `room:lobby`.
+/// #[handler]
+/// fn count(PresenceData(rooms): PresenceData<RoomPresence>, Path(room): Path<String>) -> String {
+///     rooms.count(&format!("room:{room}")).keys.to_string()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = Registry::new();
+/// registry.insert_pubsub(&AppPubSub, PubSub::new("node-a"));
+/// let rooms = PresenceHandle::start(RoomPresence, registry.pubsub(&AppPubSub)?, &PresenceOptions::new())?;
+/// registry.insert(rooms);
+/// let app = Route::new()
+///     .at("/rooms/:room/count", get(count))
+///     .with(PresenceMiddleware::new(registry));
+/// # Ok(())
+/// # }
+/// ```
+pub struct PresenceData<P: Presence>(pub PresenceHandle<P>);
+
+impl<P: Presence> fmt::Debug for PresenceData<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PresenceData").field(&self.0).finish()
+    }
+}
+
+impl<P: Presence> Clone for PresenceData<P> {
+    fn clone(&self) -> Self {
+        PresenceData(self.0.clone())
+    }
+}
+
+impl<P: Presence> Deref for PresenceData<P> {
+    type Target = PresenceHandle<P>;
+
+    fn deref(&self) -> &PresenceHandle<P> {
+        &self.0
+    }
+}
+
+impl<'a, P: Presence> FromRequest<'a> for PresenceData<P> {
+    async fn from_request(req: &'a Request, _body: &mut RequestBody) -> poem::Result<Self> {
+        let extracted = match req.data::<Registry>() {
+            None => Err(PresenceUnavailable {
+                presence: std::any::type_name::<P>(),
+                why: "no registry in the request: wrap the routes in \
+                      `presence_poem::PresenceMiddleware::new(registry)`"
+                    .into(),
+            }),
+            Some(registry) => {
+                PresenceHandle::<P>::from_registry(registry).map_err(|error| PresenceUnavailable {
+                    presence: std::any::type_name::<P>(),
+                    why: error.to_string().into(),
+                })
+            }
+        };
+        match extracted {
+            Ok(handle) => Ok(PresenceData(handle)),
+            Err(error) => {
+                tracing::error!(path = req.uri().path(), %error, "cannot serve the request");
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// Why a [`PresenceData`] could not be extracted: a server misconfiguration, answered HTTP
+/// 500 without details (they are logged).
+#[derive(Debug, thiserror::Error)]
+#[error("`PresenceData<{presence}>` is unavailable: {why}")]
+struct PresenceUnavailable {
+    presence: &'static str,
+    why: Cow<'static, str>,
+}
+
+impl ResponseError for PresenceUnavailable {
+    fn status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    fn as_response(&self) -> Response {
+        Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .finish()
+    }
+}
+
 /// A channel is a presence socket: it tracks with its own [`Owner`] on its own topic, so its
 /// presences leave when it leaves, crashes, or its socket closes.
 impl PresenceSocket for ChannelContext {
@@ -120,27 +244,28 @@ impl ChannelContext {
     ///
     /// # Errors
     ///
-    /// [`PresenceError::Registry`] when `P` is not running in [`registry`](Self::registry)
-    /// (checked at once, even in `join`). A state that does not serialize is logged and not
-    /// pushed.
+    /// Checked at once, even in `join`, as [`PresenceError::Registry`] with:
+    ///
+    /// - [`RegistryError::NoRegistry`] when no registry reached the socket (the routes are not
+    ///   wrapped in a [`PresenceMiddleware`]);
+    /// - [`RegistryError::PresenceNotRunning`] when `P` is not running in
+    ///   [`registry`](Self::registry);
+    /// - [`RegistryError::PubSubMismatch`] when the socket was built on another pub/sub than
+    ///   `P` broadcasts on, so `presence_diff` would never reach it (build it with
+    ///   [`PhoenixSocket::builder_for`](crate::PhoenixSocket::builder_for)).
+    ///
+    /// A state that does not serialize is logged and not pushed.
     ///
     /// # Examples
     ///
     /// ```
-    /// use presence_core::presence::{Presence, PresenceError, PresenceHandle};
+    /// use presence_core::presence::{Presence, PresenceError};
     /// use presence_poem::{Channel, ChannelContext, Join};
-    /// # use presence_core::registry::{Registry, RegistryError};
-    /// # use presence_core::PubSub;
     /// # presence_core::pubsub_server!(AppPubSub);
-    /// # struct RoomPresence;
-    /// # impl Presence for RoomPresence {
-    /// #     type Meta = serde_json::Value;
-    /// #     type Extra = ();
-    /// #     type State = ();
-    /// #     const NAME: &'static str = "RoomPresence";
-    /// #     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> { registry.pubsub(&AppPubSub) }
-    /// #     fn init(&self) {}
-    /// # }
+    ///
+    /// #[derive(Presence)]
+    /// #[presence(pubsub = AppPubSub)]
+    /// struct RoomPresence;
     ///
     /// struct Room;
     ///
@@ -155,14 +280,12 @@ impl ChannelContext {
     /// }
     ///
     /// async fn track_and_list(ctx: &mut ChannelContext, user: &str) -> Result<(), PresenceError> {
-    ///     // With the `#[presence]` macro: `RoomPresence::track(ctx, user, &meta)?`.
-    ///     let presence = PresenceHandle::<RoomPresence>::from_registry(ctx.registry())?;
-    ///     presence.track(ctx.owner(), ctx.topic(), user, &serde_json::json!({"online_at": 0}))?;
+    ///     RoomPresence::track(ctx, user, &serde_json::json!({"online_at": 0}))?;
     ///     ctx.push_presence_state::<RoomPresence>().await
     /// }
     /// ```
     pub async fn push_presence_state<P: Presence>(&mut self) -> Result<(), PresenceError> {
-        let handle = PresenceHandle::<P>::from_registry(self.registry())?;
+        let handle = self.presence_handle::<P>()?;
         match &mut self.deferred {
             Some(deferred) => deferred.push(Deferred::Run(after_join_state(handle))),
             None => self.push_state_of(&handle).await,
@@ -196,16 +319,10 @@ impl ChannelContext {
     /// ```
     /// # use presence_core::presence::Presence;
     /// # use presence_poem::{Channel, ChannelContext, Join};
-    /// # use presence_core::registry::{Registry, RegistryError};
-    /// # use presence_core::PubSub;
     /// # presence_core::pubsub_server!(AppPubSub);
+    /// # #[derive(Presence)]
+    /// # #[presence(pubsub = AppPubSub)]
     /// # struct Audience;
-    /// # impl Presence for Audience {
-    /// #     type Meta = serde_json::Value; type Extra = (); type State = ();
-    /// #     const NAME: &'static str = "Audience";
-    /// #     fn pubsub(registry: &Registry) -> Result<PubSub, RegistryError> { registry.pubsub(&AppPubSub) }
-    /// #     fn init(&self) {}
-    /// # }
     /// struct Stream;
     ///
     /// impl Channel for Stream {
@@ -222,12 +339,26 @@ impl ChannelContext {
         &mut self,
         above: usize,
     ) -> Result<(), PresenceError> {
-        let handle = PresenceHandle::<P>::from_registry(self.registry())?;
+        let handle = self.presence_handle::<P>()?;
         match &mut self.deferred {
             Some(deferred) => deferred.push(Deferred::Run(after_join_count(handle, above))),
             None => self.push_count_or_state(&handle, above).await,
         }
         Ok(())
+    }
+
+    /// The running presence `P`, checked to broadcast on this socket's pub/sub (or its diffs
+    /// would never reach the socket).
+    fn presence_handle<P: Presence>(&self) -> Result<PresenceHandle<P>, RegistryError> {
+        let handle = PresenceHandle::<P>::from_registry(self.reached_registry()?)?;
+        if !handle.pubsub().ptr_eq(self.pubsub()) {
+            return Err(RegistryError::PubSubMismatch {
+                presence: P::NAME,
+                presence_pubsub: handle.pubsub().node_name().to_owned(),
+                socket_pubsub: self.pubsub().node_name().to_owned(),
+            });
+        }
+        Ok(handle)
     }
 
     async fn push_count_or_state<P: Presence>(&mut self, handle: &PresenceHandle<P>, above: usize) {

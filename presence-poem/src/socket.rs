@@ -1,4 +1,5 @@
-//! [`PhoenixSocket`]: the poem endpoint that upgrades `/socket/websocket` requests.
+//! [`PhoenixSocket`]: the poem endpoint that serves `<mount>/websocket` (nested at `/socket`:
+//! `/socket/websocket`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -6,6 +7,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,7 +16,9 @@ use poem::http::{Extensions, HeaderMap, StatusCode, header};
 use poem::web::RemoteAddr;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{Endpoint, FromRequest, IntoResponse, Request, Response};
+use presence_core::registry::{PubSubServer, RegistryError};
 use presence_core::{PubSub, Registry};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -291,6 +295,9 @@ pub(crate) struct Inner {
     pub(crate) hubs: Hubs,
     pub(crate) drain: Drain,
     connect: Option<Box<ConnectFn>>,
+    /// Set once a channel of a socket that no registry reached has used presence, so the
+    /// warning naming `PresenceMiddleware` is logged once per endpoint.
+    pub(crate) no_registry_warned: Arc<AtomicBool>,
 }
 
 /// The endpoint's drain state: whether it is draining, and how many connections are open.
@@ -363,9 +370,12 @@ impl Inner {
     }
 }
 
-/// A Phoenix socket endpoint: mount it at `/socket/websocket`.
+/// A Phoenix socket endpoint: nest it where phoenix.js's `new Socket(path)` points,
+/// `Route::new().nest("/socket", socket)`.
 ///
-/// It negotiates the serializer from the `vsn` query parameter (`1.0.x` or absent: V1 JSON
+/// It serves the websocket transport at `<mount>/websocket` and answers other paths below
+/// its mount 404; mounted directly, `Route::new().at("/socket/websocket", socket)`, it serves
+/// any path whose last segment is `websocket` (see the crate docs, "Mounting"). It negotiates the serializer from the `vsn` query parameter (`1.0.x` or absent: V1 JSON
 /// objects; `2.0.x`: V2 JSON arrays and binary frames; anything else: HTTP 403), runs the
 /// connect hook (refusal: HTTP 403), then upgrades and serves the Phoenix channel protocol.
 /// Cloning is cheap and clones share their fastlane hubs.
@@ -389,7 +399,8 @@ impl Inner {
 /// let socket = PhoenixSocket::builder(PubSub::new("node-a"))
 ///     .channel("room:*", || Lobby)
 ///     .build();
-/// let app = Route::new().at("/socket/websocket", socket);
+/// // phoenix.js: `new Socket("/socket")`, which connects to `/socket/websocket`.
+/// let app = Route::new().nest("/socket", socket);
 /// Server::new(TcpListener::bind("0.0.0.0:4000")).run(app).await
 /// # }
 /// ```
@@ -527,7 +538,58 @@ impl PhoenixSocket {
         *self.inner.drain.open.borrow()
     }
 
-    /// A builder for a socket endpoint whose channels use `pubsub`.
+    /// A builder for a socket endpoint on the pub/sub that `registry` runs as `server`: the one
+    /// the presences declared with `pubsub = AppPubSub` broadcast on, so their
+    /// `presence_diff`s reach the sockets.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::PubSubNotRunning`] when `registry` holds no pub/sub named `server`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use poem::{EndpointExt, Route};
+    /// use presence_core::PubSub;
+    /// use presence_core::registry::Registry;
+    /// use presence_poem::{PhoenixSocket, PresenceMiddleware};
+    ///
+    /// presence_core::pubsub_server!(pub AppPubSub);
+    ///
+    /// # fn main() -> Result<(), presence_core::registry::RegistryError> {
+    /// let registry = Registry::new();
+    /// registry.insert_pubsub(&AppPubSub, PubSub::new("node-a"));
+    /// let socket = PhoenixSocket::builder_for(&registry, &AppPubSub)?.build();
+    /// let app = Route::new()
+    ///     .nest("/socket", socket)
+    ///     .with(PresenceMiddleware::new(registry));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder_for<S: PubSubServer>(
+        registry: &Registry,
+        server: &S,
+    ) -> Result<PhoenixSocketBuilder, RegistryError> {
+        Ok(Self::builder(registry.pubsub(server)?))
+    }
+
+    /// A builder for a socket endpoint whose channels use `pubsub`: their broadcasts go on
+    /// it, and its fastlane hubs deliver its messages (`presence_diff` included) to the
+    /// sockets.
+    ///
+    /// With presence, it must be the pub/sub the presences broadcast on, or their diffs never
+    /// reach the sockets; [`builder_for`](Self::builder_for) takes it from the registry, and
+    /// [`ChannelContext::push_presence_state`](crate::ChannelContext::push_presence_state)
+    /// refuses a socket on another one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::PhoenixSocket;
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("node-a")).build();
+    /// ```
     pub fn builder(pubsub: PubSub) -> PhoenixSocketBuilder {
         PhoenixSocketBuilder {
             pubsub,
@@ -571,10 +633,15 @@ impl PhoenixSocketBuilder {
     /// Routes topics matching `pattern` to a new channel made by `factory` for every join.
     /// A pattern ending in `*` matches by prefix (`"room:*"`), any other exactly. The first
     /// matching route wins.
-    pub fn channel<C, F>(mut self, pattern: &str, factory: F) -> Self
+    ///
+    /// The join params type `P` is inferred from the channel's `Channel` impl: `Value` for
+    /// `impl Channel for Room`, `JoinParams` for `impl Channel<JoinParams> for Room` (see
+    /// [`Channel`], "Join params"). The factory runs only for joins whose params deserialize.
+    pub fn channel<C, F, P>(mut self, pattern: &str, factory: F) -> Self
     where
-        C: Channel,
+        C: Channel<P>,
         F: Fn() -> C + Send + Sync + 'static,
+        P: DeserializeOwned + Send + 'static,
     {
         let factory = Arc::new(factory);
         let (pattern, prefix) = match pattern.strip_suffix('*') {
@@ -586,7 +653,7 @@ impl PhoenixSocketBuilder {
             prefix,
             spawn: Box::new(move |start| {
                 let factory = factory.clone();
-                tokio::spawn(context::run(move || factory(), start))
+                tokio::spawn(context::run::<C, P>(move || factory(), start))
             }),
         });
         self
@@ -794,6 +861,7 @@ impl PhoenixSocketBuilder {
                 hubs: Hubs::new(self.pubsub),
                 drain: Drain::new(),
                 connect: self.connect,
+                no_registry_warned: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -858,10 +926,42 @@ fn forbidden() -> Response {
     Response::builder().status(StatusCode::FORBIDDEN).finish()
 }
 
+/// A transport of the socket endpoint, named by the last segment of the request's path, as
+/// Phoenix serves `<mount>/websocket` (and `<mount>/longpoll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `<mount>/websocket`.
+    WebSocket,
+}
+
+impl Transport {
+    /// The transport of a request's `path`, whether the endpoint is nested (`/websocket`) or
+    /// mounted at its full path (`/socket/websocket`).
+    fn of_path(path: &str) -> Option<Transport> {
+        match path.rsplit('/').next() {
+            Some("websocket") => Some(Transport::WebSocket),
+            _ => None,
+        }
+    }
+}
+
 impl Endpoint for PhoenixSocket {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
+        match Transport::of_path(req.uri().path()) {
+            Some(Transport::WebSocket) => self.websocket(req).await,
+            None => {
+                tracing::debug!(path = req.uri().path(), "not a socket transport path");
+                Err(poem::error::NotFoundError.into())
+            }
+        }
+    }
+}
+
+impl PhoenixSocket {
+    /// Serves the websocket transport: checks, the connect hook, then the upgrade.
+    async fn websocket(&self, req: Request) -> poem::Result<Response> {
         if self.is_draining() {
             tracing::debug!("refusing websocket: the endpoint is draining");
             return Ok(Response::builder()
@@ -954,8 +1054,8 @@ impl Endpoint for PhoenixSocket {
                 }
             }
         };
-        // Put there by `PresenceMiddleware` (or any `.data(registry)`); empty without it.
-        let registry = req.data::<Registry>().cloned().unwrap_or_default();
+        // Put there by `PresenceMiddleware` (or any `.data(registry)`).
+        let registry = req.data::<Registry>().cloned();
         let inner = self.inner.clone();
         Ok(ws
             .protocols(["phoenix"])
@@ -1059,6 +1159,27 @@ mod tests {
             HeaderValue::from_static("phoenix, base64url.bearer.phx.!!!"),
         );
         assert_eq!(auth_token(&headers), Err(()));
+    }
+
+    #[test]
+    fn transports_are_named_by_the_last_path_segment() {
+        for path in ["/websocket", "/socket/websocket", "/a/b/websocket"] {
+            assert_eq!(
+                Transport::of_path(path),
+                Some(Transport::WebSocket),
+                "{path}"
+            );
+        }
+        for path in [
+            "/",
+            "",
+            "/socket",
+            "/websocket/",
+            "/websockets",
+            "/longpoll",
+        ] {
+            assert_eq!(Transport::of_path(path), None, "{path}");
+        }
     }
 
     #[test]

@@ -25,3 +25,9 @@ fn public_types_are_send_and_sync() {
     send::<ChannelContext>();
     send::<presence_poem::Info>();
 }
+
+/// For every presence, not one in particular.
+#[allow(dead_code)]
+fn presence_data_is_send_and_sync<P: presence_core::Presence>() {
+    send_sync::<presence_poem::PresenceData<P>>();
+}

@@ -95,6 +95,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
+/// `#[derive(Presence)]`: the trait and its derive share the name, as serde's do.
+#[cfg(feature = "macros")]
+pub use presence_macros::Presence;
+
 pub use coalesce::{NotADiff, merge_diff};
 pub use entry::{PresenceDiff, PresenceEntry, PresenceMap, TopicMetas, TypedMeta};
 pub use keys::{KeyChange, KeyEvent, KeyEvents};
@@ -736,11 +740,13 @@ impl<P: Presence> PresenceHandle<P> {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::PresenceNotRunning`] when it was not started there.
+    /// [`RegistryError::PresenceNotRunning`] when it was not started there;
+    /// [`RegistryError::NoRegistry`] when `registry` is a
+    /// [`not_provided`](Registry::not_provided) stand-in.
     pub fn from_registry(registry: &Registry) -> Result<Self, RegistryError> {
         registry
             .get::<Self>()
-            .ok_or(RegistryError::PresenceNotRunning(P::NAME))
+            .ok_or_else(|| registry.missing(RegistryError::PresenceNotRunning(P::NAME)))
     }
 
     /// The user's presence value.

@@ -187,6 +187,22 @@ impl PubSub {
         &self.inner.node_name
     }
 
+    /// Whether `self` and `other` are the same pub/sub (one is a clone of the other), rather
+    /// than two pub/subs that may share a node name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    ///
+    /// let a = PubSub::new("node-a");
+    /// assert!(a.ptr_eq(&a.clone()));
+    /// assert!(!a.ptr_eq(&PubSub::new("node-a")));
+    /// ```
+    pub fn ptr_eq(&self, other: &PubSub) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Whether the adapter may reach any other node (false for a single node).
     pub fn has_peers(&self) -> bool {
         self.inner.adapter.has_peers()
