@@ -1,26 +1,42 @@
 //! Support for the code `#[derive(Presence)]` generates. Not public API: anything here may
 //! change in any release.
 
+use std::any::Any;
 use std::marker::PhantomData;
 
 pub use serde_json::Value;
 
+use crate::PhxRef;
 use crate::presence::{
     Fetch, HandleMetas, Presence, PresenceEntry, PresenceError, PresenceHandle, PresenceMap,
     PresenceSocket,
 };
-use crate::registry::{PubSubServer, Registry};
-use crate::{PhxRef, PubSub};
+use crate::registry::Registry;
 
-/// Asserts, where the user wrote the `pubsub` argument, that it names a pub/sub server.
-pub const fn assert_pubsub_server<S: PubSubServer>(_: &S) {}
+/// The state of a derived presence's `HandleMetas`, type-erased so that the `Presence`
+/// impl's types and method signatures (`state: Self::State`) never name the hook's trait: a
+/// missing `impl HandleMetas` is then reported once, at the `handle_metas` flag, rather than
+/// again in presence-core's signatures.
+#[allow(missing_debug_implementations)]
+pub struct HookState(Box<dyn Any + Send>);
 
-/// The pub/sub of `registry` named by `server`.
-pub fn pubsub<S: PubSubServer>(
-    registry: &Registry,
-    server: &S,
-) -> Result<PubSub, crate::registry::RegistryError> {
-    registry.pubsub(server)
+impl HookState {
+    /// Erases `state`.
+    pub fn new<S: Send + 'static>(state: S) -> Self {
+        HookState(Box::new(state))
+    }
+
+    /// The state `new` erased.
+    ///
+    /// # Panics
+    ///
+    /// When it is not an `S`: never, since one presence makes and takes its own state.
+    pub fn take<S: 'static>(self) -> S {
+        match self.0.downcast::<S>() {
+            Ok(state) => *state,
+            Err(_) => unreachable!("a presence's state is the one its `init` made"),
+        }
+    }
 }
 
 #[allow(missing_debug_implementations)]

@@ -136,15 +136,20 @@ struct RawArgs {
     options: [Option<Arg<Expr>>; TRACKER_OPTIONS.len()],
     /// The first key written, where mistakes about the arguments as a whole are reported.
     first_key: Option<Ident>,
+    /// Whether a mistake about `pubsub` was already reported (`pubsub` without a value, a
+    /// misspelled `pubsub`), so that it is not reported again as missing.
+    pubsub_reported: bool,
 }
 
-/// Valid arguments: `pubsub` is given.
+/// The arguments that were written correctly. When there were mistakes, they are still used
+/// to declare the presence (without `pubsub` if it was wrong), so that the struct's other
+/// uses do not add errors to the ones reported.
 pub(crate) struct Args {
-    /// The pub/sub server expression.
-    pub(crate) pubsub: Expr,
+    /// The pub/sub server expression; `None` only after a reported mistake.
+    pub(crate) pubsub: Option<Expr>,
     /// The meta type, `None` for a JSON object.
     pub(crate) meta: Option<Type>,
-    /// The tracker name, `None` for the struct's path.
+    /// The tracker name, `None` for the struct's name.
     pub(crate) name: Option<Expr>,
     /// The `fetch` flag's key, when given.
     pub(crate) fetch: Option<Ident>,
@@ -167,6 +172,12 @@ pub(crate) struct ArgsParser {
 }
 
 impl ArgsParser {
+    /// Notes that the arguments as a whole were already reported as wrong (`#[presence]`
+    /// without a list), so that `pubsub` is not reported missing as well.
+    pub(crate) fn reported(&mut self) {
+        self.raw.pubsub_reported = true;
+    }
+
     /// Parses one list's arguments, pushing every problem to `errors`.
     pub(crate) fn parse(&mut self, tokens: TokenStream, errors: &mut Errors) {
         let text = tokens.to_string();
@@ -183,9 +194,9 @@ impl ArgsParser {
         }
     }
 
-    /// The valid arguments, or `None` (reported) when `pubsub` is missing; `missing_at` is
-    /// where a missing `pubsub` is reported.
-    pub(crate) fn finish(self, missing_at: Span, errors: &mut Errors) -> Option<Args> {
+    /// The arguments written correctly, or `None` when their syntax is broken; a missing
+    /// `pubsub` is reported spanning `missing_at` (the arguments, or the attribute's name).
+    pub(crate) fn finish(self, missing_at: TokenStream, errors: &mut Errors) -> Option<Args> {
         if self.malformed {
             return None;
         }
@@ -212,11 +223,10 @@ impl RawArgs {
             self.first_key = Some(key.clone());
         }
         match name.as_str() {
-            kw::PUBSUB => {
-                if let Some(value) = value(meta, &key, "<expr>", errors)? {
-                    set_once(&mut self.pubsub, key, value, errors);
-                }
-            }
+            kw::PUBSUB => match value(meta, &key, "AppPubSub", errors)? {
+                Some(value) => set_once(&mut self.pubsub, key, value, errors),
+                None => self.pubsub_reported = true,
+            },
             kw::META => {
                 if let Some(value) = value(meta, &key, "<type>", errors)? {
                     set_once(&mut self.meta, key, value, errors);
@@ -229,8 +239,9 @@ impl RawArgs {
                             &value,
                             "`name` is a string: write `name = \"RoomPresence\"`",
                         );
+                    } else {
+                        set_once(&mut self.name, key, value, errors);
                     }
-                    set_once(&mut self.name, key, value, errors);
                 }
             }
             kw::FETCH | kw::HANDLE_METAS => {
@@ -252,11 +263,11 @@ impl RawArgs {
             option => match TRACKER_OPTIONS.iter().position(|o| *o == option) {
                 Some(i) => {
                     if let Some(value) = value::<Expr>(meta, &key, "<expr>", errors)? {
-                        if DURATION_OPTIONS.contains(&option)
+                        let bare_number = DURATION_OPTIONS.contains(&option)
                             && is_literal(&value, |lit| {
                                 matches!(lit, syn::Lit::Int(_) | syn::Lit::Float(_))
-                            })
-                        {
+                            });
+                        if bare_number {
                             errors.spanned(
                                 &value,
                                 format!(
@@ -265,13 +276,18 @@ impl RawArgs {
                                     quote::ToTokens::to_token_stream(&value)
                                 ),
                             );
+                        } else {
+                            set_once(&mut self.options[i], key, value, errors);
                         }
-                        set_once(&mut self.options[i], key, value, errors);
                     }
                 }
                 None => {
                     skip_value(meta.input)?;
-                    let message = match did_you_mean(&name) {
+                    let suggestion = did_you_mean(&name);
+                    if suggestion == Some(kw::PUBSUB) {
+                        self.pubsub_reported = true;
+                    }
+                    let message = match suggestion {
                         Some(valid) => {
                             format!("unknown presence argument `{name}`; did you mean `{valid}`?")
                         }
@@ -287,21 +303,30 @@ impl RawArgs {
         Ok(())
     }
 
-    fn validate(self, missing_at: Span, written: String, errors: &mut Errors) -> Option<Args> {
+    fn validate(
+        self,
+        missing_at: TokenStream,
+        written: String,
+        errors: &mut Errors,
+    ) -> Option<Args> {
         if let Some(meta) = &self.meta {
             check_meta_type(&meta.value, errors);
         }
-        let Some(pubsub) = self.pubsub else {
-            errors.at(
+        let first_span = missing_at
+            .clone()
+            .into_iter()
+            .next()
+            .map_or_else(Span::call_site, |t| t.span());
+        if self.pubsub.is_none() && !self.pubsub_reported {
+            errors.spanned(
                 missing_at,
                 "missing `pubsub` argument: write `#[presence(pubsub = AppPubSub)]`, naming a \
                  server declared with `presence_core::pubsub_server!(pub AppPubSub);`",
             );
-            return None;
-        };
-        let span = self.first_key.map_or_else(Span::call_site, |k| k.span());
+        }
+        let span = self.first_key.map_or(first_span, |k| k.span());
         Some(Args {
-            pubsub: pubsub.value,
+            pubsub: self.pubsub.map(|a| a.value),
             meta: self.meta.map(|a| a.value),
             name: self.name.map(|a| a.value),
             fetch: self.fetch.map(|a| a.key),

@@ -4,7 +4,7 @@
 //! imports and shadowing cannot change what the expansion means.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, Item, Meta};
 
@@ -16,12 +16,15 @@ use crate::input::Input;
 /// the errors.
 ///
 /// When anything is wrong, the item is still emitted unchanged, so that its uses do not
-/// cascade into "cannot find type" errors.
+/// cascade into "cannot find type" errors, and the presence is still declared from the
+/// arguments that were right (see [`generate`]).
 pub(crate) fn attribute(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let mut parser = ArgsParser::default();
-    parser.parse(args, &mut errors);
-    let args = parser.finish(Span::call_site(), &mut errors);
+    parser.parse(args.clone(), &mut errors);
+    // A missing `pubsub` is reported under the arguments written (at the attribute when
+    // there are none).
+    let args = parser.finish(args, &mut errors);
     let input = match syn::parse2::<Item>(item.clone()) {
         Ok(parsed) => Input::from_item(&parsed, &mut errors),
         Err(error) => {
@@ -42,54 +45,70 @@ pub(crate) fn derive(item: TokenStream) -> TokenStream {
         Ok(input) => input,
         Err(error) => return error.into_compile_error(),
     };
-    let model = Input::from_derive(&input, &mut errors);
+    // The arguments first, then the struct, so that errors come in source order.
     let mut parser = ArgsParser::default();
     let mut missing_at = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("presence")) {
-        missing_at = Some(attr.path().span());
+        missing_at = Some(attr.path().to_token_stream());
         match &attr.meta {
             Meta::List(list) => parser.parse(list.tokens.clone(), &mut errors),
-            Meta::Path(path) => errors.spanned(
-                path,
-                "`#[presence]` needs arguments: write `#[presence(pubsub = AppPubSub)]`",
-            ),
-            Meta::NameValue(nv) => errors.spanned(
-                nv,
-                "`#[presence]` takes a list: write `#[presence(pubsub = AppPubSub)]`",
-            ),
-        }
-    }
-    let args = match missing_at {
-        Some(at) => parser.finish(at, &mut errors),
-        None => {
-            if model.is_some() {
-                errors.at(
-                    Span::call_site(),
-                    "`#[derive(Presence)]` needs its settings: add `#[presence(pubsub = \
-                     AppPubSub)]` below it, naming a server declared with \
-                     `presence_core::pubsub_server!(pub AppPubSub);`",
+            Meta::Path(path) => {
+                parser.reported();
+                errors.spanned(
+                    path,
+                    "`#[presence]` needs arguments: write `#[presence(pubsub = AppPubSub)]`",
                 );
             }
-            None
+            Meta::NameValue(nv) => {
+                parser.reported();
+                errors.spanned(
+                    nv,
+                    "`#[presence]` takes a list: write `#[presence(pubsub = AppPubSub)]`",
+                );
+            }
         }
-    };
+    }
+    let args = missing_at.and_then(|at| parser.finish(at, &mut errors));
+    let no_attribute = !input.attrs.iter().any(|a| a.path().is_ident("presence"));
+    let model = Input::from_derive(&input, &mut errors);
+    if no_attribute && model.is_some() {
+        errors.at(
+            Span::call_site(),
+            "`#[derive(Presence)]` needs its settings: add `#[presence(pubsub = AppPubSub)]` \
+             below it, naming a server declared with \
+             `presence_core::pubsub_server!(pub AppPubSub);`",
+        );
+    }
     generate(errors, args, model)
 }
 
 /// The generated code, or the errors.
+///
+/// With errors, the presence is still declared from what was written correctly (when the
+/// struct itself is fine), so that each mistake is reported once: the struct's `impl Fetch`,
+/// its uses of the helpers... do not add "not a presence" errors. The hook checks are left
+/// out then, since a misspelled or repeated flag would make them report the same mistake
+/// again.
 fn generate(errors: Errors, args: Option<Args>, input: Option<Input>) -> TokenStream {
-    match (errors.finish(), args, input) {
-        (Ok(()), Some(args), Some(input)) => expand(&args, &input),
-        (Err(error), _, _) => error.into_compile_error(),
-        (Ok(()), _, _) => TokenStream::new(),
+    let (errors, checked) = match errors.finish() {
+        Ok(()) => (TokenStream::new(), true),
+        Err(error) => (error.into_compile_error(), false),
+    };
+    let declaration = match (args, input) {
+        (Some(args), Some(input)) => expand(&args, &input, checked),
+        _ => TokenStream::new(),
+    };
+    quote! {
+        #errors
+        #declaration
     }
 }
 
-/// The `Presence` impl, the hook checks and the typed helpers.
-fn expand(args: &Args, input: &Input) -> TokenStream {
+/// The `Presence` impl, the hook checks (when `checked`) and the typed helpers.
+fn expand(args: &Args, input: &Input, checked: bool) -> TokenStream {
     let ident = &input.ident;
     let presence_impl = presence_impl(args, ident);
-    let checks = hook_checks(args, ident);
+    let checks = checked.then(|| hook_checks(args, ident));
     let helpers = helpers(input);
     quote! {
         const _: () = {
@@ -141,32 +160,34 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
     let str_ty = quote!(::core::primitive::str);
     let ctx_ty = quote!(::presence_core::presence::PresenceContext);
     let meta = match &args.meta {
-        // Spanned by the user's type, so an unsuitable type is underlined where written.
+        // Spanned by the user's type, so an unsuitable type is underlined where written, and
+        // only there: the type is used as written, so no other item adds an error about it.
         Some(meta) => quote_spanned!(meta.span()=> #meta),
         None => quote!(::presence_core::__private::Value),
     };
+    // A named hook the struct does not implement fails where the impl refers to the hook's
+    // trait: every such reference is spanned by the flag (with `Self`, not the struct's name,
+    // whose span is the struct's), so the compiler reports the one unmet bound once, there.
+    // The impl itself is unconditional, so the struct's other uses add no error.
     let extra = match &args.fetch {
-        Some(key) => {
-            quote_spanned!(key.span()=> <#ident as ::presence_core::presence::Fetch>::Extra)
-        }
-        None => quote!(()),
+        Some(key) => quote_spanned! {key.span()=>
+            type Extra = <Self as ::presence_core::presence::Fetch>::Extra;
+        },
+        None => quote!(
+            type Extra = ();
+        ),
     };
+    // The hook's state is type-erased, so that the trait's method signatures (`state:
+    // Self::State`) are checked without the hook's trait: a missing impl is reported only at
+    // the flag, not again in presence-core's source.
     let state = match &args.handle_metas {
-        Some(key) => {
-            quote_spanned!(key.span()=> <#ident as ::presence_core::presence::HandleMetas>::State)
-        }
-        None => quote!(()),
+        Some(key) => quote_spanned! {key.span()=>
+            type State = ::presence_core::__private::HookState;
+        },
+        None => quote!(
+            type State = ();
+        ),
     };
-    // A named hook the struct does not implement fails here, once, at its flag.
-    let bounds = [
-        args.fetch
-            .as_ref()
-            .map(|k| quote_spanned!(k.span()=> #ident: ::presence_core::presence::Fetch)),
-        args.handle_metas
-            .as_ref()
-            .map(|k| quote_spanned!(k.span()=> #ident: ::presence_core::presence::HandleMetas)),
-    ];
-    let bounds = bounds.iter().flatten();
     let name = match &args.name {
         Some(name) => quote!(#name),
         None => {
@@ -176,14 +197,17 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
     };
     let fetches = args.fetch.is_some();
     let handles_metas = args.handle_metas.is_some();
-    let pubsub = &args.pubsub;
-    // The check and the call are spanned by the user's expression, so a value that is not a
-    // pub/sub server is underlined where it was written. They share one body so that the
-    // compiler reports the unmet bound once.
-    let pubsub_call = quote_spanned! {pubsub.span()=>
-        let server = &(#pubsub);
-        ::presence_core::__private::assert_pubsub_server(server);
-        ::presence_core::__private::pubsub(registry, server)
+    // Spanned by the user's expression, so a value that is not a pub/sub server is
+    // underlined where it was written; the unmet bound is the public `Registry::pubsub`'s.
+    let pubsub_call = match &args.pubsub {
+        Some(pubsub) => quote_spanned! {pubsub.span()=>
+            ::presence_core::registry::Registry::pubsub(registry, &(#pubsub))
+        },
+        // Only after a reported mistake: nothing runs.
+        None => quote! {
+            let _ = registry;
+            ::core::unreachable!()
+        },
     };
     let options = args.options.iter().map(|option| {
         let method = format_ident!("{}", option.key, span = option.key.span());
@@ -203,7 +227,7 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
                     ::presence_core::presence::FetchError,
                 >,
             > + ::core::marker::Send {
-                <#ident as ::presence_core::presence::Fetch>::fetch(self, ctx, topic, presences)
+                <Self as ::presence_core::presence::Fetch>::fetch(self, ctx, topic, presences)
             }
         }
     });
@@ -213,7 +237,10 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
                 &self,
                 ctx: &#ctx_ty,
             ) -> ::core::result::Result<Self::State, ::presence_core::presence::InitError> {
-                <#ident as ::presence_core::presence::HandleMetas>::init(self, ctx)
+                ::core::result::Result::map(
+                    <Self as ::presence_core::presence::HandleMetas>::init(self, ctx),
+                    ::presence_core::__private::HookState::new,
+                )
             }
         },
         None => quote! {
@@ -235,18 +262,24 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
                 presences: &::presence_core::presence::TopicMetas,
                 state: Self::State,
             ) -> impl ::core::future::Future<Output = Self::State> + ::core::marker::Send {
-                <#ident as ::presence_core::presence::HandleMetas>::handle_metas(
-                    self, ctx, topic, diff, presences, state,
-                )
+                async move {
+                    let state = state.take::<<Self as ::presence_core::presence::HandleMetas>::State>();
+                    ::presence_core::__private::HookState::new(
+                        <Self as ::presence_core::presence::HandleMetas>::handle_metas(
+                            self, ctx, topic, diff, presences, state,
+                        )
+                        .await,
+                    )
+                }
             }
         }
     });
     quote! {
         #[automatically_derived]
-        impl ::presence_core::presence::Presence for #ident where #(#bounds,)* {
+        impl ::presence_core::presence::Presence for #ident {
             type Meta = #meta;
-            type Extra = #extra;
-            type State = #state;
+            #extra
+            #state
             const NAME: &'static #str_ty = #name;
             const FETCHES: ::core::primitive::bool = #fetches;
             const HANDLES_METAS: ::core::primitive::bool = #handles_metas;
@@ -294,6 +327,9 @@ fn helpers(input: &Input) -> TokenStream {
          the tracker stopped or the meta does not serialize to a JSON object."
     );
     let not_running = format!("{not_running}.");
+    // `list` and `get_by_key` return the futures of `__private` rather than being `async fn`s:
+    // an `async fn` here would lay out the presence's entries in the user's crate, and so add
+    // a second error at the derive when a named `fetch` is not implemented.
     quote! {
         #[allow(dead_code, unreachable_pub, clippy::all, clippy::pedantic, clippy::nursery)]
         impl #ident {
@@ -374,10 +410,12 @@ fn helpers(input: &Input) -> TokenStream {
             /// # Errors
             ///
             #[doc = #not_running]
-            #vis async fn list(
+            #vis fn list(
                 socket: &impl #socket,
-            ) -> #result<::presence_core::presence::PresenceMap<Self>, #error> {
-                ::presence_core::__private::list::<Self>(socket).await
+            ) -> impl ::core::future::Future<
+                Output = #result<::presence_core::presence::PresenceMap<Self>, #error>,
+            > {
+                ::presence_core::__private::list::<Self>(socket)
             }
 
             /// The entry of `key` in the socket's topic, fetched; `None` when nobody is there.
@@ -385,14 +423,16 @@ fn helpers(input: &Input) -> TokenStream {
             /// # Errors
             ///
             #[doc = #not_running]
-            #vis async fn get_by_key(
+            #vis fn get_by_key(
                 socket: &impl #socket,
                 key: &#str_ty,
-            ) -> #result<
-                ::core::option::Option<::presence_core::presence::PresenceEntry<Self>>,
-                #error,
+            ) -> impl ::core::future::Future<
+                Output = #result<
+                    ::core::option::Option<::presence_core::presence::PresenceEntry<Self>>,
+                    #error,
+                >,
             > {
-                ::presence_core::__private::get_by_key::<Self>(socket, key).await
+                ::presence_core::__private::get_by_key::<Self>(socket, key)
             }
 
             /// How many keys and presences the socket's topic has, cluster-wide, without

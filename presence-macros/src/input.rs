@@ -96,8 +96,8 @@ fn not_a_struct(item: &Item) -> syn::Error {
     syn::Error::new_spanned(
         tokens,
         format!(
-            "#[presence] goes on a struct, not on {kind}: \
-             write `#[presence(pubsub = AppPubSub)] pub struct RoomPresence;`"
+            "`#[presence(...)]` goes on a struct, not on {kind}: a presence is declared by a \
+             struct, e.g. `#[presence(pubsub = AppPubSub)] pub struct RoomPresence;`"
         ),
     )
 }

@@ -973,3 +973,40 @@ async fn a_non_object_meta_is_refused() {
     );
     assert!(RoomPresence::list(&socket).await.unwrap().is_empty());
 }
+
+/// A closure that panics inside `update_with` (it runs under the shard's lock) changes
+/// nothing, and the presence goes on: the same key updates and lists afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_update_closure_changes_nothing() {
+    let apps = start(1, || Typed.child_spec(options())).await;
+    let typed = Typed::running(apps[0].registry()).unwrap();
+    let owner = Owner::new();
+    let meta = UserMeta {
+        device: "web".to_owned(),
+        typing: false,
+    };
+    let tracked = typed.track(&owner, "room:1", "alice", &meta).unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        typed.update_with(&owner, "room:1", "alice", |_| {
+            panic!("a bug in the closure")
+        })
+    }));
+    assert!(panicked.is_err());
+    let entry = typed.get_by_key("room:1", "alice").await.unwrap();
+    assert_eq!(
+        entry.raw_metas()[0].phx_ref(),
+        tracked,
+        "the meta is untouched"
+    );
+    typed
+        .update_with(&owner, "room:1", "alice", |old| UserMeta {
+            typing: true,
+            ..old
+        })
+        .unwrap();
+    let entry = typed.get_by_key("room:1", "alice").await.unwrap();
+    assert!(entry.metas().unwrap()[0].meta.typing);
+    let bob = Owner::new();
+    typed.track(&bob, "room:1", "bob", &meta).unwrap();
+    assert_eq!(typed.count("room:1").keys, 2);
+}

@@ -1,6 +1,7 @@
-//! Compile tests of the `#[presence]` attribute: what users see when they get it right and
-//! wrong. Regenerate the `.stderr` files with
-//! `TRYBUILD=overwrite cargo test -p presence-tests --test ui` and review the diff.
+//! Compile tests of `#[derive(Presence)]` and its attribute spelling `#[presence(...)]`: what
+//! users see when they get them right and wrong (one error per mistake, at its token).
+//! Regenerate the `.stderr` files with `TRYBUILD=overwrite cargo test -p presence-tests --test
+//! ui` and review the diff.
 
 #[rustversion::attr(not(stable), ignore)]
 #[cfg_attr(miri, ignore)]

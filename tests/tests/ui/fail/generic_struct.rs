@@ -1,7 +1,8 @@
-use presence_core::presence;
+use presence_core::Presence;
 
 presence_core::pubsub_server!(pub AppPubSub);
 
+#[derive(Presence)]
 #[presence(pubsub = AppPubSub)]
 pub struct RoomPresence<T> {
     db: T,

@@ -1,6 +1,6 @@
 use presence_core::presence;
 
-#[presence(fetch)]
+#[presence(pool_size = 2)]
 pub struct RoomPresence;
 
 fn main() {}

@@ -1,4 +1,6 @@
-use presence_core::presence;
+//! Other attributes and derives on the struct still apply, whatever their order relative to
+//! the presence declaration, in both spellings.
+use presence_core::{Presence, presence};
 
 presence_core::pubsub_server!(pub AppPubSub);
 
@@ -15,8 +17,16 @@ struct DeriveFirst {
     n: u8,
 }
 
+/// The derive among others, its helper attribute among other attributes.
+#[derive(Debug, Clone, Presence, PartialEq, Default)]
+#[repr(C)]
+#[presence(pubsub = AppPubSub)]
+#[allow(dead_code)]
+pub struct Derived {
+    n: u8,
+}
+
 fn main() {
-    // The derives on the struct still apply.
     assert_eq!(RoomPresence, RoomPresence::default());
     let copy = RoomPresence;
     let _ = (copy, copy);
@@ -24,4 +34,6 @@ fn main() {
         format!("{:?}", DeriveFirst { n: 1 }),
         "DeriveFirst { n: 1 }"
     );
+    assert_eq!(Derived { n: 2 }.clone(), Derived { n: 2 });
+    assert_eq!(format!("{:?}", Derived::default()), "Derived { n: 0 }");
 }

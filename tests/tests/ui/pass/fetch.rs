@@ -1,5 +1,7 @@
-use presence_core::presence;
-use presence_core::presence::{Fetch, FetchError, Presence, PresenceMap};
+//! A fetch that reads the struct's fields and fills each entry's `extra`; `Presence::Extra`
+//! is `Fetch::Extra`.
+use presence_core::Presence;
+use presence_core::presence::{Fetch, FetchError, PresenceContext, PresenceMap, PresenceOptions};
 use serde::Serialize;
 
 presence_core::pubsub_server!(pub AppPubSub);
@@ -13,6 +15,7 @@ pub struct Db {
     pub prefix: String,
 }
 
+#[derive(Presence)]
 #[presence(pubsub = AppPubSub, fetch)]
 pub struct Enriched {
     db: Db,
@@ -23,9 +26,10 @@ impl Fetch for Enriched {
 
     async fn fetch(
         &self,
+        _ctx: &PresenceContext,
         _topic: &str,
-        mut presences: PresenceMap<UserInfo>,
-    ) -> Result<PresenceMap<UserInfo>, FetchError> {
+        mut presences: PresenceMap<Self>,
+    ) -> Result<PresenceMap<Self>, FetchError> {
         for (key, entry) in presences.iter_mut() {
             entry.extra = Some(UserInfo {
                 name: format!("{}{key}", self.db.prefix),
@@ -38,11 +42,11 @@ impl Fetch for Enriched {
 fn main() {
     fn assert_extra<P: Presence<Extra = UserInfo>>() {}
     assert_extra::<Enriched>();
-    assert!(Enriched::FETCHES);
+    assert!(Enriched::FETCHES && !Enriched::HANDLES_METAS);
     let _spec = Enriched {
         db: Db {
             prefix: "user:".to_owned(),
         },
     }
-    .child_spec(presence_core::presence::PresenceOptions::new());
+    .child_spec(PresenceOptions::new());
 }

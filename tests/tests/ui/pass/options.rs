@@ -1,12 +1,14 @@
+//! Every tracker option, each an expression, becomes `Presence::options`.
 use std::time::Duration;
 
-use presence_core::presence;
-use presence_core::presence::{Presence, PresenceOptions};
+use presence_core::Presence;
+use presence_core::presence::PresenceOptions;
 
 presence_core::pubsub_server!(pub AppPubSub);
 
 const POOL: usize = 4;
 
+#[derive(Presence)]
 #[presence(
     pubsub = AppPubSub,
     pool_size = POOL,

@@ -1,3 +1,5 @@
+//! The simplest declaration, in the attribute spelling: JSON-object metas, no hooks, no
+//! options, and the struct's name as the tracker name.
 use presence_core::presence;
 use presence_core::presence::{Presence, PresenceOptions};
 
@@ -7,11 +9,11 @@ presence_core::pubsub_server!(pub AppPubSub);
 pub struct RoomPresence;
 
 fn main() {
-    // The module path of the struct, then its name.
-    assert!(RoomPresence::NAME.ends_with("::RoomPresence"));
-    assert!(!RoomPresence::NAME.starts_with("::"));
+    assert_eq!(RoomPresence::NAME, "RoomPresence");
     assert!(!RoomPresence::FETCHES && !RoomPresence::HANDLES_METAS);
     assert_eq!(RoomPresence::options(), PresenceOptions::new());
-    let _meta: <RoomPresence as Presence>::Meta = serde_json::Map::new();
+    let _meta: <RoomPresence as Presence>::Meta = serde_json::json!({ "status": "online" });
+    let _: <RoomPresence as Presence>::Extra = ();
+    let _: <RoomPresence as Presence>::State = ();
     let _spec = RoomPresence.child_spec(PresenceOptions::new());
 }

@@ -1,8 +1,10 @@
+//! The helpers have the struct's visibility, whatever it is.
 mod rooms {
-    use presence_core::presence;
+    use presence_core::{Presence, presence};
 
     presence_core::pubsub_server!(pub AppPubSub);
 
+    #[derive(Presence)]
     #[presence(pubsub = AppPubSub)]
     pub struct Public;
 
@@ -10,7 +12,8 @@ mod rooms {
     pub(crate) struct Crate;
 
     pub mod inner {
-        #[presence_core::presence(pubsub = super::AppPubSub)]
+        #[derive(presence_core::Presence)]
+        #[presence(pubsub = super::AppPubSub)]
         pub(super) struct Parent;
 
         #[presence_core::presence(pubsub = crate::rooms::AppPubSub)]
@@ -21,16 +24,15 @@ mod rooms {
     struct Private;
 
     pub(crate) fn use_private() {
-        // Helpers have the struct's visibility.
-        let _ = inner::Parent::handle;
-        let _ = inner::InPath::handle;
-        let _ = Private::handle;
+        let _ = inner::Parent::running;
+        let _ = inner::InPath::running;
+        let _ = Private::running;
         let _ = Private.child_spec(presence_core::presence::PresenceOptions::new());
     }
 }
 
 fn main() {
     rooms::use_private();
-    let _ = rooms::Public::handle;
-    let _ = rooms::Crate::handle;
+    let _ = rooms::Public::running;
+    let _ = rooms::Crate::running;
 }

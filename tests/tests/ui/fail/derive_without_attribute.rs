@@ -1,0 +1,6 @@
+use presence_core::Presence;
+
+#[derive(Presence)]
+pub struct RoomPresence;
+
+fn main() {}

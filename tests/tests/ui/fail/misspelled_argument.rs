@@ -1,0 +1,9 @@
+use presence_core::Presence;
+
+presence_core::pubsub_server!(pub AppPubSub);
+
+#[derive(Presence)]
+#[presence(pubsbu = AppPubSub)]
+pub struct RoomPresence;
+
+fn main() {}
