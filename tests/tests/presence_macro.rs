@@ -1010,3 +1010,62 @@ async fn a_panicking_update_closure_changes_nothing() {
     typed.track(&bob, "room:1", "bob", &meta).unwrap();
     assert_eq!(typed.count("room:1").keys, 2);
 }
+
+/// Counts the topic from inside `handle_metas`, through the registry of its context.
+#[derive(Presence)]
+#[presence(pubsub = AppPubSub, handle_metas)]
+struct SelfCounting {
+    counts: Arc<Mutex<Vec<(usize, usize)>>>,
+}
+
+impl HandleMetas for SelfCounting {
+    type State = ();
+
+    fn init(&self, _ctx: &PresenceContext) -> Result<(), InitError> {
+        Ok(())
+    }
+
+    async fn handle_metas(
+        &self,
+        ctx: &PresenceContext,
+        topic: &str,
+        _diff: &PresenceDiff<Self>,
+        presences: &TopicMetas,
+        state: (),
+    ) {
+        let count = SelfCounting::running(ctx.registry())
+            .expect("the supervisor put the presence in the registry")
+            .count(topic);
+        // The count is live: it may already include changes whose diffs come later, so it
+        // is never below what this diff left.
+        assert!(count.keys >= presences.len(), "{count:?} vs {presences:?}");
+        self.counts.lock().unwrap().push((count.keys, count.metas));
+        state
+    }
+}
+
+/// A hook reaches its own presence through the context's registry; by the last diff, the
+/// count it reads is the final one.
+#[tokio::test(start_paused = true)]
+async fn a_hook_counts_its_own_topic() {
+    let counts = Arc::new(Mutex::new(Vec::new()));
+    let apps = start(1, || {
+        SelfCounting {
+            counts: counts.clone(),
+        }
+        .child_spec(options())
+    })
+    .await;
+    let (web, phone) = (
+        Socket::new(apps[0].registry(), "room:1"),
+        Socket::new(apps[0].registry(), "room:1"),
+    );
+    SelfCounting::track(&web, "alice", &device("web")).unwrap();
+    SelfCounting::track(&phone, "alice", &device("phone")).unwrap();
+    SelfCounting::track(&phone, "bob", &device("phone")).unwrap();
+    let running = SelfCounting::running(apps[0].registry()).unwrap();
+    running.settled().await;
+    let counts = counts.lock().unwrap();
+    assert_eq!(counts.len(), 3, "one call per diff");
+    assert_eq!(counts.last(), Some(&(2, 3)));
+}

@@ -326,7 +326,9 @@ pub trait Fetch: Presence {
 /// forgetting either half is a compile error.
 ///
 /// Diffs are handled one at a time, in tracker order, on every node for its own view. A
-/// panic in `handle_metas` is logged and the state starts over from `init`.
+/// panic in `handle_metas` is logged and the state starts over from `init`. `presences` is
+/// the topic as this diff left it; a live read from the hook (the presence's `count` or
+/// `list`) may already include changes whose diffs come later.
 ///
 /// # Examples
 ///
