@@ -276,6 +276,7 @@ fn presence_impl(args: &Args, ident: &Ident) -> TokenStream {
     });
     quote! {
         #[automatically_derived]
+        #[allow(clippy::all, clippy::pedantic, clippy::nursery)]
         impl ::presence_core::presence::Presence for #ident {
             type Meta = #meta;
             #extra
