@@ -607,3 +607,68 @@ fn handlers_may_call_back_into_any_shard_from_several_threads() {
     );
     assert_eq!(tracker.list("out:in:3:299").len(), 1);
 }
+
+/// After its graceful permdown a node sends nothing more (a heartbeat heard after the
+/// permdown would bring it back on its peers), yet its own view of the peers stays current.
+#[tokio::test(start_paused = true)]
+async fn a_departed_node_stays_silent_but_keeps_listening() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let owner = Owner::new();
+    b.tracker.track(&owner, "room:1", "bob", json!({})).unwrap();
+    eventually(LONG, "a sees bob", || keys(&a.tracker, "room:1") == ["bob"]).await;
+    let alice = Owner::new();
+    a.tracker
+        .track(&alice, "room:1", "alice", json!({}))
+        .unwrap();
+    eventually(LONG, "b sees alice", || {
+        keys(&b.tracker, "room:1") == ["alice", "bob"]
+    })
+    .await;
+
+    // A watcher of the replication topic on a third node.
+    let watcher = PubSub::builder("watcher")
+        .adapter(cluster.adapter())
+        .build();
+    let mut replication = watcher.subscribe("phx_presence:Presence_shard0");
+    b.tracker.graceful_permdown();
+    eventually(LONG, "a drops bob", || {
+        keys(&a.tracker, "room:1") == ["alice"]
+    })
+    .await;
+    while replication.try_recv().is_ok() {}
+    // Ten down periods: no heartbeat from b, so a never brings it back.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut from_b = 0;
+    while let Ok(message) = replication.try_recv() {
+        if let presence_core::pubsub::Payload::Binary(bytes) = message.payload()
+            && a_sender_is(bytes, "b")
+        {
+            from_b += 1;
+        }
+    }
+    assert_eq!(from_b, 0, "b sent nothing after its permdown");
+    assert_eq!(keys(&a.tracker, "room:1"), ["alice"]);
+    assert!(a.tracker.replicas()[0].is_empty());
+
+    // b still hears a: a change on a reaches b's list.
+    let carol = Owner::new();
+    a.tracker
+        .track(&carol, "room:1", "carol", json!({}))
+        .unwrap();
+    eventually(LONG, "b's view of a stays current", || {
+        keys(&b.tracker, "room:1").contains(&"carol".to_owned())
+    })
+    .await;
+}
+
+/// Whether a replication message (JSON: `{"<kind>": {"from": {"name": ..}, ..}}`) was sent
+/// by `node`.
+fn a_sender_is(bytes: &[u8], node: &str) -> bool {
+    let message: serde_json::Value = serde_json::from_slice(bytes).expect("JSON");
+    message
+        .as_object()
+        .and_then(|kinds| kinds.values().next())
+        .is_some_and(|body| body["from"]["name"] == node)
+}

@@ -584,20 +584,14 @@ impl Tracker {
             .collect()
     }
 
-    /// Leaves the cluster for good: tells every peer to drop this node's presences now, and
-    /// stops the shards. Later calls to `track` and `update` fail with `Stopped`.
+    /// Leaves the cluster for good: tells every peer to drop this node's presences now, then
+    /// sends nothing more (a heartbeat heard after the permdown would bring the node back on
+    /// a peer). Later calls to `track` and `update` fail with `Stopped`. The shards keep
+    /// listening, so `list`, `get_by_key` and `count` go on showing the peers as they change,
+    /// not a frozen copy; dropping the tracker ends them.
     pub fn graceful_permdown(&self) {
         for shard in &self.inner.shards {
             shard.graceful_permdown(&self.inner.pubsub);
-        }
-        for task in self
-            .inner
-            .tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain(..)
-        {
-            task.abort();
         }
     }
 }

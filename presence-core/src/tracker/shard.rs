@@ -207,15 +207,21 @@ impl Shard {
     }
 
     pub(super) fn graceful_permdown(&self, pubsub: &PubSub) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::Release);
         let msg = self.read(|core| core.graceful_permdown());
         self.send(pubsub, vec![msg]);
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn send(&self, pubsub: &PubSub, out: Vec<Outgoing>) {
         if out.is_empty() || !pubsub.has_peers() {
             // A single node: nobody to tell, so nothing is encoded.
+            return;
+        }
+        if self.is_stopped() {
+            // Gone for good: peers purged this replica, and a heartbeat now would bring it
+            // back on a peer that hears it after the permdown. The shard still listens, so
+            // its view of the peers stays current.
             return;
         }
         let from = *self
@@ -267,33 +273,24 @@ pub(super) fn spawn(
         loop {
             tokio::select! {
                 msg = sub.recv() => match msg {
-                    Ok(msg) => {
-                        if msg.event() != EVENT {
-                            continue;
-                        }
-                        let Payload::Binary(bytes) = msg.payload() else { continue };
-                        match TrackerMsg::decode(bytes) {
-                            Ok(msg) => {
-                                let now = now_ms();
-                                // A message that trips an internal check must not end the
-                                // shard's task (and with it all replication): it is dropped.
-                                let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                    shard.step(|core| ((), core.handle(now, msg)))
-                                }));
-                                match step {
-                                    Ok(((), out)) => shard.send(&pubsub, out),
-                                    Err(_) => tracing::error!(shard = %shard.topic, "a replication message could not be applied and was dropped"),
-                                }
-                            }
-                            Err(e) => tracing::warn!(shard = %shard.topic, error = %e, "malformed replication message ignored"),
-                        }
-                    }
+                    Ok(msg) => shard.receive(&pubsub, &msg, now_ms()),
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(shard = %shard.topic, missed = n, "shard lagged behind its replication traffic; transfers will catch up");
                     }
                     Err(_) => break,
                 },
                 () = tokio::time::sleep_until(next_tick) => {
+                    // Heartbeats that queued while this task was busy (or descheduled) are
+                    // taken first: ticking before them could mark live peers down.
+                    for _ in 0..MAX_DRAIN_BEFORE_TICK {
+                        match sub.try_recv() {
+                            Ok(msg) => shard.receive(&pubsub, &msg, now_ms()),
+                            Err(RecvError::Lagged(n)) => {
+                                tracing::warn!(shard = %shard.topic, missed = n, "shard lagged behind its replication traffic; transfers will catch up");
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     let now = now_ms();
                     let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         shard.step(|core| ((), core.tick(now)))
@@ -310,4 +307,37 @@ pub(super) fn spawn(
             }
         }
     })
+}
+
+/// At most this many queued messages are handled before a tick (the rest after it).
+const MAX_DRAIN_BEFORE_TICK: usize = 4096;
+
+impl Shard {
+    /// Handles one message from the shard's topic at `now` (ms).
+    fn receive(&self, pubsub: &PubSub, msg: &Message, now: u64) {
+        if msg.event() != EVENT {
+            return;
+        }
+        let Payload::Binary(bytes) = msg.payload() else {
+            return;
+        };
+        match TrackerMsg::decode(bytes) {
+            Ok(msg) => {
+                // A message that trips an internal check must not end the shard's task (and
+                // with it all replication): it is dropped.
+                let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.step(|core| ((), core.handle(now, msg)))
+                }));
+                match step {
+                    Ok(((), out)) => self.send(pubsub, out),
+                    Err(_) => {
+                        tracing::error!(shard = %self.topic, "a replication message could not be applied and was dropped")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(shard = %self.topic, error = %e, "malformed replication message ignored")
+            }
+        }
+    }
 }

@@ -265,7 +265,7 @@ impl ShardCore {
                 }
             },
             TrackerMsg::GracefulPermdown { from } => {
-                let transitions = self.replicas.graceful_permdown(&from);
+                let transitions = self.replicas.graceful_permdown(&from, now);
                 self.apply(transitions, &mut fx);
             }
         }
@@ -277,6 +277,12 @@ impl ShardCore {
         Outgoing::Broadcast(TrackerMsg::GracefulPermdown {
             from: self.state.replica().clone(),
         })
+    }
+
+    /// How many incarnations the shard remembers as gone.
+    #[cfg(test)]
+    pub(crate) fn gone_len(&self) -> usize {
+        self.replicas.gone_len()
     }
 
     /// The peers this shard knows, with their status.

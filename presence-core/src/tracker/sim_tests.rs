@@ -618,3 +618,190 @@ fn heartbeats_announce_an_idle_replica_every_max_silent_periods_plus_one_ticks()
         Outgoing::Broadcast(TrackerMsg::Heartbeat { delta: Some(_), .. })
     )));
 }
+
+/// A peer `name`/`vsn` tracking `rows` presences over 100 topics.
+fn peer_with_rows(name: &str, vsn: u64, rows: u64) -> ShardCore {
+    let mut core = ShardCore::new(
+        ReplicaRef {
+            name: Arc::from(name),
+            vsn,
+        },
+        timing(),
+    );
+    for i in 0..rows {
+        let owner = OwnerId::from_parts(vsn, i);
+        core.track(
+            owner,
+            &format!("room:{}", i % 100),
+            &format!("u{i}"),
+            json!({"i": i}),
+        )
+        .unwrap();
+    }
+    core
+}
+
+/// Runs `ticks` heartbeat periods of `cores` from `now`, every message delivered at once.
+fn beat(cores: &mut [ShardCore], now: &mut u64, ticks: u64) {
+    let all: Vec<usize> = (0..cores.len()).collect();
+    for _ in 0..ticks {
+        *now += PERIOD;
+        for i in 0..cores.len() {
+            let out = cores[i].tick(*now).out;
+            route(cores, *now, i, &all, out);
+        }
+    }
+}
+
+/// Fifty restarts of a peer holding 5,000 presences leave nothing behind in a node that saw
+/// them all: whether the peer comes back under its name with a new incarnation (replaced at
+/// once) or under a new name each time (purged after the permdown period).
+#[test]
+fn restarted_peers_leave_no_trace() {
+    for same_name in [true, false] {
+        let mut now = 0;
+        let mut cores = vec![core("a"), peer_with_rows("b0", 1, 5_000)];
+        beat(&mut cores, &mut now, 5);
+        assert_eq!(cores[0].state().len(), 5_000, "a caught up with b");
+        let fresh = cores[0].state().footprint();
+        for restart in 1..=50u64 {
+            let name = if same_name {
+                "b0".to_owned()
+            } else {
+                format!("b{restart}")
+            };
+            cores[1] = peer_with_rows(&name, 1 + restart, 5_000);
+            beat(&mut cores, &mut now, 5);
+            if !same_name {
+                // The old name falls silent: down, then purged after the permdown period.
+                beat(&mut cores, &mut now, timing().permdown_period / PERIOD + 2);
+            }
+        }
+        // A last period past every expiry.
+        beat(&mut cores, &mut now, timing().permdown_period / PERIOD + 2);
+        let a = cores[0].state();
+        assert_eq!(a.len(), 5_000, "only the live incarnation's rows");
+        let left = a.footprint();
+        assert_eq!(left.live_replicas, 2, "{left:?}");
+        assert_eq!(left.down, 0, "the fast read path is back: {left:?}");
+        assert!(left.slots <= 3, "replica slots are reused: {left:?}");
+        assert!(
+            left.row_capacity <= 2 * fresh.row_capacity,
+            "row maps of gone incarnations are freed: {left:?} vs {fresh:?}"
+        );
+        assert!(
+            left.topic_capacity <= 2 * fresh.topic_capacity.max(128),
+            "{left:?}"
+        );
+        assert!(
+            left.ids_capacity <= 2 * fresh.ids_capacity.max(8),
+            "{left:?}"
+        );
+        assert!(cores[0].gone_len() <= 8, "gone incarnations expire");
+        assert!(
+            cores[0]
+                .replicas()
+                .all(|(_, _, status)| status == super::replica::ReplicaStatus::Up)
+        );
+    }
+}
+
+/// A restarted node whose clock is behind (a lower vsn) is accepted once its predecessor is
+/// down, and its presences replicate.
+#[test]
+fn a_restart_with_a_lower_vsn_replicates() {
+    let mut now = 0;
+    let mut cores = vec![core("a"), peer_with_rows("b", 1_000, 3)];
+    beat(&mut cores, &mut now, 5);
+    assert_eq!(cores[0].state().len(), 3);
+    cores[1] = peer_with_rows("b", 10, 2);
+    beat(&mut cores, &mut now, timing().down_period / PERIOD + 5);
+    let a = cores[0].state();
+    assert_eq!(a.len(), 2, "the new incarnation's rows, not the old one's");
+    assert_eq!(a.footprint().down, 0);
+}
+
+/// A shard that left gracefully sends nothing more, so a peer that hears its permdown cannot
+/// see it come back from a later heartbeat; and a permdown that overtakes the incarnation's
+/// heartbeat keeps that heartbeat out.
+#[test]
+fn nothing_brings_back_a_gracefully_departed_incarnation() {
+    let mut now = 0;
+    let mut cores = vec![core("a"), peer_with_rows("b", 5, 10)];
+    beat(&mut cores, &mut now, 5);
+    // b's next heartbeat (with a new row) is held back; its permdown overtakes it.
+    cores[1]
+        .track(OwnerId::from_parts(5, 99), "room:x", "late", json!({}))
+        .unwrap();
+    let late: Vec<TrackerMsg> = cores[1]
+        .tick(now + 1)
+        .out
+        .into_iter()
+        .filter_map(|o| match o {
+            Outgoing::Broadcast(m @ TrackerMsg::Heartbeat { .. }) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert!(!late.is_empty());
+    let Outgoing::Broadcast(permdown) = cores[1].graceful_permdown() else {
+        panic!("a broadcast")
+    };
+    cores[0].handle(now + 2, permdown);
+    assert_eq!(cores[0].state().len(), 0, "b's presences left at once");
+    for m in late {
+        cores[0].handle(now + 3, m);
+    }
+    assert_eq!(
+        cores[0].state().len(),
+        0,
+        "the late heartbeat does not bring b back"
+    );
+
+    // Heard in the other order by a fresh node c that never knew b: the permdown first.
+    let mut c = core("c");
+    let Outgoing::Broadcast(permdown) = cores[1].graceful_permdown() else {
+        panic!("a broadcast")
+    };
+    c.handle(now + 4, permdown);
+    let heartbeat = (1..=4)
+        .flat_map(|k| cores[1].tick(now + k * PERIOD).out)
+        .find_map(|o| match o {
+            Outgoing::Broadcast(m @ TrackerMsg::Heartbeat { .. }) => Some(m),
+            _ => None,
+        })
+        .expect("the core still beats; the driver stops sending after a permdown");
+    c.handle(now + 5, heartbeat);
+    assert_eq!(c.state().len(), 0);
+    assert!(c.replicas().next().is_none());
+}
+
+/// After a spike, a node's maps give their memory back: 20,000 presences tracked over 2,000
+/// topics, then all but ten gone, leave maps sized for the ten.
+#[test]
+fn maps_shrink_after_a_spike() {
+    let mut a = core("a");
+    let before = a.state().footprint();
+    let owners: Vec<OwnerId> = (0..20_000).map(|i| OwnerId::from_parts(1, i)).collect();
+    for (i, owner) in owners.iter().enumerate() {
+        a.track(
+            *owner,
+            &format!("room:{}", i % 2_000),
+            &format!("u{i}"),
+            json!({}),
+        )
+        .unwrap();
+    }
+    let peak = a.state().footprint();
+    for owner in &owners[10..] {
+        a.untrack_all(*owner);
+    }
+    let after = a.state().footprint();
+    assert_eq!(a.state().len(), 10);
+    assert!(peak.topic_capacity >= 2_000, "{peak:?}");
+    assert!(after.topic_capacity <= 64, "{after:?} after {peak:?}");
+    assert!(
+        after.row_capacity <= 128.max(2 * before.row_capacity),
+        "{after:?} after {peak:?}"
+    );
+    assert!(a.state().owners_capacity() <= 128, "owners shrink too");
+}

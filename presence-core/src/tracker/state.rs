@@ -430,11 +430,26 @@ impl Rep {
     }
 }
 
+/// What a state holds besides its rows (see [`State::footprint`]).
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Footprint {
+    pub(crate) live_replicas: usize,
+    pub(crate) slots: usize,
+    pub(crate) down: usize,
+    pub(crate) row_capacity: usize,
+    pub(crate) topic_capacity: usize,
+    pub(crate) ids_capacity: usize,
+}
+
 /// The replicated set of presences held by one shard replica.
 #[derive(Clone, Debug)]
 pub(crate) struct State {
+    /// Replicas by rid; a forgotten replica's slot is vacant (not in `ids`) and reused.
     reps: Vec<Rep>,
     ids: HashMap<ReplicaRef, Rid>,
+    /// Vacant slots of `reps`, reused before the vector grows.
+    vacant: Vec<Rid>,
     /// Number of replicas with status down (fast path for reads when 0).
     down: usize,
     topics: HashMap<Arc<str>, TopicRows>,
@@ -455,6 +470,7 @@ impl State {
         State {
             reps: vec![me],
             ids: std::iter::once((replica, ME)).collect(),
+            vacant: Vec::new(),
             down: 0,
             topics: HashMap::new(),
             owners: IntMap::default(),
@@ -489,10 +505,39 @@ impl State {
         if let Some(rid) = self.rid(r) {
             return rid;
         }
-        let rid = Rid::try_from(self.reps.len()).expect("fewer than 2^32 replica incarnations");
-        self.reps.push(Rep::new(r.clone()));
+        let rid = match self.vacant.pop() {
+            Some(rid) => {
+                self.reps[rid as usize] = Rep::new(r.clone());
+                rid
+            }
+            None => {
+                let rid = Rid::try_from(self.reps.len())
+                    .expect("fewer than 2^32 live replica incarnations");
+                self.reps.push(Rep::new(r.clone()));
+                rid
+            }
+        };
         self.ids.insert(r.clone(), rid);
         rid
+    }
+
+    /// Whether `rid` is a live (not vacant) slot.
+    fn is_live(&self, rid: usize) -> bool {
+        let rep = &self.reps[rid];
+        self.ids.get(&rep.id).is_some_and(|&r| r as usize == rid)
+    }
+
+    /// Lets collections that emptied after a spike give their memory back: a map far below
+    /// its capacity is shrunk (amortized: each shrink follows at least as many removals as
+    /// it keeps).
+    fn shrink_if_sparse<K, V, S>(map: &mut HashMap<K, V, S>)
+    where
+        K: Eq + std::hash::Hash,
+        S: std::hash::BuildHasher,
+    {
+        if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+            map.shrink_to(map.len() * 2);
+        }
     }
 
     fn visible(&self, rid: Rid) -> bool {
@@ -576,10 +621,12 @@ impl State {
         let (slot, empty) = rows.keys.get_mut(&*loc.key)?.take(|s| s.dot == dot)?;
         if empty {
             rows.keys.remove(&*loc.key);
+            Self::shrink_if_sparse(&mut rows.keys);
         }
         rows.len -= 1;
         if rows.len == 0 {
             self.topics.remove(&*loc.topic);
+            Self::shrink_if_sparse(&mut self.topics);
         }
         self.len -= 1;
         if dot.0 == ME
@@ -587,6 +634,11 @@ impl State {
             && let Some((_, true)) = ns.take(|&n| n == dot.1)
         {
             self.owners.remove(&loc.owner);
+            Self::shrink_if_sparse(&mut self.owners);
+        }
+        let rows = &mut self.rep_mut(dot.0).rows;
+        if rows.capacity() > 64 && rows.len() < rows.capacity() / 4 {
+            rows.shrink_to(rows.len() * 2);
         }
         Some(Entry {
             topic: loc.topic,
@@ -703,6 +755,7 @@ impl State {
                 out.push(e);
             }
         }
+        Self::shrink_if_sparse(&mut self.owners);
         out
     }
 
@@ -1099,8 +1152,10 @@ impl State {
         self.rows_of(rid)
     }
 
-    /// Forgets a (down) replica for good: its rows, context entry, cloud and pending-delta dots.
-    /// It stays marked down, so values from it are never adopted again unless it is brought up.
+    /// Forgets a replica for good: its rows, context entry, cloud, pending-delta dots and its
+    /// slot, which a later replica reuses. Values from it are not adopted again unless it is
+    /// brought up (as for any replica outside the context), and nothing of it stays in memory:
+    /// a deploy that gives every node a new incarnation leaves no trace.
     pub(crate) fn remove_down_replica(&mut self, r: &ReplicaRef) {
         let Some(rid) = self.rid(r).filter(|&rid| rid != ME) else {
             return;
@@ -1109,13 +1164,54 @@ impl State {
         for n in ns {
             self.remove_row((rid, n));
         }
-        let rep = self.rep_mut(rid);
-        rep.ctx = None;
-        rep.cloud.clear();
-        if rep.status.replace(ReplicaStatus::Down) != Some(ReplicaStatus::Down) {
-            self.down += 1;
+        if self.rep(rid).status == Some(ReplicaStatus::Down) {
+            self.down -= 1;
         }
         self.delta.remove_replica(r);
+        self.ids.remove(r);
+        // A vacant slot: no context, no rows, no status; `is_live` is false for it.
+        self.reps[rid as usize] = Rep::new(ReplicaRef {
+            name: Arc::from(""),
+            vsn: 0,
+        });
+        self.vacant.push(rid);
+        Self::shrink_if_sparse(&mut self.ids);
+        Self::shrink_if_sparse(&mut self.topics);
+        if self.reps.len() > 16 && self.vacant.len() > self.reps.len() / 2 {
+            self.compact_reps();
+        }
+    }
+
+    /// Drops vacant slots at the end of `reps` (rids are positions, so only the tail can go).
+    fn compact_reps(&mut self) {
+        while self.reps.len() > 1 && !self.is_live(self.reps.len() - 1) {
+            self.reps.pop();
+        }
+        let len = self.reps.len();
+        self.vacant.retain(|&rid| (rid as usize) < len);
+        self.reps.shrink_to(len * 2);
+        self.vacant.shrink_to(self.vacant.len() * 2);
+    }
+
+    /// What the state holds besides its rows, for tests that look for leaks.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> Footprint {
+        Footprint {
+            live_replicas: (0..self.reps.len())
+                .filter(|&rid| self.is_live(rid))
+                .count(),
+            slots: self.reps.len(),
+            down: self.down,
+            row_capacity: self.reps.iter().map(|r| r.rows.capacity()).sum(),
+            topic_capacity: self.topics.capacity(),
+            ids_capacity: self.ids.capacity(),
+        }
+    }
+
+    /// The capacity of the own-rows-by-owner index.
+    #[cfg(test)]
+    pub(crate) fn owners_capacity(&self) -> usize {
+        self.owners.capacity()
     }
 
     /// The status of `r`, if known.
@@ -1191,7 +1287,9 @@ pub(crate) mod test_support {
                 reps: self
                     .reps
                     .iter()
-                    .map(|r| (r.id.clone(), (r.ctx, r.cloud.clone(), r.status)))
+                    .enumerate()
+                    .filter(|(rid, _)| self.is_live(*rid))
+                    .map(|(_, r)| (r.id.clone(), (r.ctx, r.cloud.clone(), r.status)))
                     .collect(),
                 rows,
                 owners: self
