@@ -616,8 +616,8 @@ async fn without_the_middleware_presence_helpers_say_so() {
     assert_eq!(reply.payload["status"], "error");
     let reason = reply.payload["response"]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("RoomPresence") && reason.contains("not running"),
-        "{reason}"
+        reason.contains("PresenceMiddleware") && !reason.contains("not running"),
+        "the error names the fix: {reason}"
     );
 }
 
