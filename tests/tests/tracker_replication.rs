@@ -672,3 +672,66 @@ fn a_sender_is(bytes: &[u8], node: &str) -> bool {
         .and_then(|kinds| kinds.values().next())
         .is_some_and(|body| body["from"]["name"] == node)
 }
+
+/// A `tracing` writer that keeps what is logged, for tests that check a warning.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A node that receives replication for a presence it does not run (renamed on some nodes,
+/// or declared under another name) says so once, after a grace period for a node that is
+/// still starting its presences.
+#[test]
+fn replication_for_a_presence_this_node_does_not_run_is_reported_once() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    {
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _default = subscriber.set_default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let cluster = LocalCluster::new();
+            let a = node(&cluster, "a");
+            // b runs the pub/sub but another presence.
+            let b_pubsub = PubSub::builder("b").adapter(cluster.adapter()).build();
+            let _other = Tracker::builder("Other", b_pubsub)
+                .config(config())
+                .start()
+                .unwrap();
+            let owner = Owner::new();
+            a.tracker.track(&owner, "room:1", "ann", json!({})).unwrap();
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        });
+    }
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let reports = |name: &str| -> Vec<&str> {
+        logs.lines()
+            .filter(|l| l.contains(&format!("receives replication for the presence `{name}`")))
+            .collect()
+    };
+    // Each node reports the other's presence, once in twenty seconds of heartbeats.
+    let on_b = reports("Presence");
+    assert_eq!(on_b.len(), 1, "{logs}");
+    assert!(on_b[0].contains("node=\"b\""), "{logs}");
+    let on_a = reports("Other");
+    assert_eq!(on_a.len(), 1, "{logs}");
+    assert!(on_a[0].contains("node=\"a\""), "{logs}");
+}
