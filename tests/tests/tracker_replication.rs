@@ -735,3 +735,109 @@ fn replication_for_a_presence_this_node_does_not_run_is_reported_once() {
     assert_eq!(on_a.len(), 1, "{logs}");
     assert!(on_a[0].contains("node=\"a\""), "{logs}");
 }
+
+/// Blocks the shard task that reports a diff while `stall` is set, and records replica events.
+#[derive(Clone, Default)]
+struct Stalling {
+    stall: Arc<std::sync::atomic::AtomicBool>,
+    events: Arc<Mutex<Vec<ReplicaEvent>>>,
+}
+
+impl presence_core::tracker::DiffHandler for Stalling {
+    fn handle_diff(&self, _diff: Diff) {
+        if self.stall.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // The shard's task is stuck (a slow handler, a descheduled thread) for well over
+            // the down period while its peer's heartbeats queue up.
+            std::thread::sleep(Duration::from_millis(2_500));
+        }
+    }
+
+    fn handle_replica_event(&self, event: &ReplicaEvent) {
+        self.events.lock().unwrap().push(event.clone());
+    }
+}
+
+/// A shard whose task stalled past the down period handles the heartbeats that queued
+/// meanwhile before its overdue tick looks for silent peers, so a live peer is never marked
+/// down (its users would flicker offline and back on every client).
+///
+/// Node b runs on a runtime of its own, whose shard task its diff handler blocks; node a, on
+/// the test's runtime, keeps beating into b's queue meanwhile. Real time, generous margins: a
+/// heartbeat every 200 ms against a down period of 1 s, stalls of 2.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shard_does_not_mark_live_peers_down() {
+    let config = TrackerConfig {
+        broadcast_period: Duration::from_millis(100),
+        max_silent_periods: 1,
+        down_period: Some(Duration::from_millis(1_000)),
+        permdown_period: Duration::from_secs(60),
+        ..TrackerConfig::default()
+    };
+    let cluster = LocalCluster::new();
+    let a_pubsub = PubSub::builder("a").adapter(cluster.adapter()).build();
+    let a = Tracker::builder("Presence", a_pubsub)
+        .config(config.clone())
+        .start()
+        .unwrap();
+
+    let stalling = Stalling::default();
+    let (b_tx, b_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let b_thread = std::thread::spawn({
+        let (cluster, stalling) = (cluster.clone(), stalling.clone());
+        move || {
+            // Two workers: while the stall blocks one, the other runs the timers, so b's
+            // tick is due and ready together with the queued heartbeats when the stall ends
+            // (as on a production runtime).
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let b_pubsub = PubSub::builder("b").adapter(cluster.adapter()).build();
+                let b = Tracker::builder("Presence", b_pubsub)
+                    .config(config)
+                    .on_diff(stalling)
+                    .start()
+                    .unwrap();
+                b_tx.send(b).unwrap();
+                let _ = stop_rx.await;
+            });
+        }
+    });
+    let b = b_rx.recv().unwrap();
+
+    let owner = Owner::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for round in 0..4 {
+        // a's next delta reaches b's shard task, whose diff report stalls b's thread.
+        stalling
+            .stall
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        a.track(&owner, "room:1", &format!("u{round}"), json!({}))
+            .unwrap();
+        while b.list("room:1").len() <= round {
+            assert!(std::time::Instant::now() < deadline, "b never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The stall ends, then a few ticks pass.
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+    }
+    let events = stalling.events.lock().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ReplicaEvent::Up { name, .. } if name == "a")),
+        "{events:?}"
+    );
+    let downs: Vec<&ReplicaEvent> = events
+        .iter()
+        .filter(|e| matches!(e, ReplicaEvent::Down { .. }))
+        .collect();
+    assert!(downs.is_empty(), "a live peer was marked down: {events:?}");
+    assert_eq!(b.list("room:1").len(), 4);
+    drop(b);
+    let _ = stop_tx.send(());
+    b_thread.join().unwrap();
+}
