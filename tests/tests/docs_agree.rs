@@ -10,9 +10,13 @@ fn read(relative: &str) -> String {
 
 /// The first code block opened by `fence` after `heading`, without the fences.
 fn block_after(text: &str, heading: &str, fence: &str) -> String {
-    let start = text.find(heading).unwrap_or_else(|| panic!("{heading:?} is missing"));
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading:?} is missing"));
     let rest = &text[start..];
-    let open = rest.find(fence).unwrap_or_else(|| panic!("no {fence:?} after {heading:?}"));
+    let open = rest
+        .find(fence)
+        .unwrap_or_else(|| panic!("no {fence:?} after {heading:?}"));
     let body = &rest[open + fence.len()..];
     let body = body.strip_prefix('\n').unwrap_or(body);
     let close = body.find("```").expect("the block closes");
@@ -29,6 +33,12 @@ fn the_readme_tour_is_the_crate_docs_example() {
         .collect::<Vec<_>>()
         .join("\n");
     let docs = block_after(&lib, "# Examples", "```no_run");
-    assert!(readme.contains("#[derive(Presence)]"), "the tour uses the derive");
-    assert_eq!(readme, docs, "README.md's tour and presence-poem's crate example differ");
+    assert!(
+        readme.contains("#[derive(Presence)]"),
+        "the tour uses the derive"
+    );
+    assert_eq!(
+        readme, docs,
+        "README.md's tour and presence-poem's crate example differ"
+    );
 }

@@ -185,8 +185,14 @@ mod tests {
 
     #[test]
     fn tracker_names_come_from_replication_topics() {
-        assert_eq!(tracker_name("phx_presence:RoomPresence_shard0"), Some("RoomPresence"));
-        assert_eq!(tracker_name("phx_presence:a_shard_b_shard12"), Some("a_shard_b"));
+        assert_eq!(
+            tracker_name("phx_presence:RoomPresence_shard0"),
+            Some("RoomPresence")
+        );
+        assert_eq!(
+            tracker_name("phx_presence:a_shard_b_shard12"),
+            Some("a_shard_b")
+        );
         assert_eq!(tracker_name("phx_presence:x_shardy"), None);
         assert_eq!(tracker_name("room:lobby"), None);
     }
@@ -196,12 +202,19 @@ mod tests {
         let unknown = UnknownTrackers::default();
         let topic = "phx_presence:Renamed_shard0";
         unknown.undelivered(topic, "a");
-        assert!(!unknown.reported("Renamed"), "a node may be starting its presences");
+        assert!(
+            !unknown.reported("Renamed"),
+            "a node may be starting its presences"
+        );
         tokio::time::advance(UNKNOWN_TRACKER_GRACE).await;
         unknown.undelivered(topic, "a");
         assert!(unknown.reported("Renamed"));
         unknown.undelivered("room:lobby", "a");
-        assert_eq!(unknown.seen.lock().unwrap().len(), 1, "other topics are not trackers");
+        assert_eq!(
+            unknown.seen.lock().unwrap().len(),
+            1,
+            "other topics are not trackers"
+        );
         for i in 0..2 * UNKNOWN_TRACKERS_MAX {
             unknown.undelivered(&format!("phx_presence:T{i}_shard0"), "a");
         }
