@@ -63,6 +63,10 @@ pub mod tracker;
 #[allow(missing_docs, unreachable_pub)]
 pub mod __private;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz;
+
 #[doc = include_str!("docs/migrating_from_phoenix.md")]
 pub mod migrating_from_phoenix {}
 

@@ -395,6 +395,10 @@ mod protocol;
 mod socket;
 mod token;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz;
+
 pub use channel::{
     Channel, HandleIn, Info, IntoPayload, Join, Mailbox, MailboxError, Reply, StopReason,
 };

@@ -34,10 +34,10 @@
 mod adapter;
 mod cluster;
 pub mod error;
-mod frame;
+pub(crate) mod frame;
 mod message;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 
 use std::collections::HashMap;
 use std::fmt;

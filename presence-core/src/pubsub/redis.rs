@@ -21,10 +21,10 @@ use super::error::BroadcastError;
 pub const DEFAULT_REDIS_QUEUE_CAPACITY: usize = 4096;
 
 const VERSION: u8 = 1;
-const KIND_BROADCAST: u8 = 0;
-const KIND_DIRECT: u8 = 1;
-const KIND_HELLO: u8 = 2;
-const KIND_NAME_TAKEN: u8 = 3;
+pub(crate) const KIND_BROADCAST: u8 = 0;
+pub(crate) const KIND_DIRECT: u8 = 1;
+pub(crate) const KIND_HELLO: u8 = 2;
+pub(crate) const KIND_NAME_TAKEN: u8 = 3;
 /// Most envelopes sent in one pipeline.
 const MAX_BATCH: usize = 64;
 
@@ -839,7 +839,7 @@ impl Backoff {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Kind<'a> {
+pub(crate) enum Kind<'a> {
     Broadcast,
     Direct(&'a str),
     Hello,
@@ -847,14 +847,20 @@ enum Kind<'a> {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct Envelope<'a> {
-    kind: Kind<'a>,
-    instance: u64,
-    origin: &'a str,
-    frame: &'a [u8],
+pub(crate) struct Envelope<'a> {
+    pub(crate) kind: Kind<'a>,
+    pub(crate) instance: u64,
+    pub(crate) origin: &'a str,
+    pub(crate) frame: &'a [u8],
 }
 
-fn encode(kind: u8, instance: u64, origin: &str, target: Option<&str>, rest: &[u8]) -> Bytes {
+pub(crate) fn encode(
+    kind: u8,
+    instance: u64,
+    origin: &str,
+    target: Option<&str>,
+    rest: &[u8],
+) -> Bytes {
     let target = target.unwrap_or("");
     let mut buf = BytesMut::with_capacity(14 + origin.len() + target.len() + rest.len());
     buf.put_u8(VERSION);
@@ -875,7 +881,7 @@ fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_slice(&s.as_bytes()[..len]);
 }
 
-fn decode(mut buf: &[u8]) -> Result<Envelope<'_>, &'static str> {
+pub(crate) fn decode(mut buf: &[u8]) -> Result<Envelope<'_>, &'static str> {
     if buf.remaining() < 10 {
         return Err("truncated header");
     }

@@ -40,16 +40,16 @@
 //! # }
 //! ```
 
-mod clock;
+pub(crate) mod clock;
 mod diff;
 mod generations;
-mod message;
+pub(crate) mod message;
 mod replica;
 mod shard;
-mod shard_core;
+pub(crate) mod shard_core;
 #[cfg(test)]
 mod sim_tests;
-mod state;
+pub(crate) mod state;
 
 use std::fmt;
 use std::sync::Arc;

@@ -91,7 +91,7 @@ pub(crate) struct Changes {
 
 impl Changes {
     /// Whether nothing changed.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn is_empty(&self) -> bool {
         self.joins.is_empty() && self.leaves.is_empty()
     }
@@ -845,7 +845,7 @@ impl State {
     }
 
     /// Visible rows of `topic` as entries (owner and replica included).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn list_entries(&self, topic: &str) -> Vec<Entry> {
         let Some(rows) = self.topics.get(topic) else {
             return Vec::new();
@@ -904,7 +904,7 @@ impl State {
     }
 
     /// Number of visible rows of `topic`.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn topic_len(&self, topic: &str) -> usize {
         match self.topics.get(topic) {
             None => 0,
@@ -931,7 +931,7 @@ impl State {
     }
 
     /// Topics holding at least one row (of any replica).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn topics(&self) -> Vec<Arc<str>> {
         self.topics.keys().cloned().collect()
     }
@@ -1235,9 +1235,9 @@ impl State {
 #[path = "tracker_state_props.rs"]
 mod tracker_state_props;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod test_support {
-    //! Helpers shared by the unit tests and the property tests.
+    //! Helpers shared by the unit tests, the property tests and the fuzz targets.
     use super::*;
 
     /// Context entry, cloud and status of one replica.
@@ -1258,6 +1258,7 @@ pub(crate) mod test_support {
         /// Drops the pending delta's record of observed removes (the cloud dots of other
         /// replicas), which depends on the order merges happened in (a remove that arrives
         /// before the add it removes is never "observed"). Own values and dots are kept.
+        #[cfg_attr(not(test), allow(dead_code))]
         pub(crate) fn without_observed_removes(mut self) -> Self {
             let me = self.me.clone();
             self.delta.dots.retain(|r, _| *r == me);
