@@ -10,7 +10,7 @@
 
 use std::str::FromStr;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../presence-macros/src/args.rs"]
@@ -34,7 +34,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let mut errors = errors::Errors::default();
         let mut parser = args::ArgsParser::default();
         parser.parse(args.clone(), &mut errors);
-        let _ = parser.finish(Span::call_site(), &mut errors);
+        let _ = parser.finish(TokenStream::new(), &mut errors);
         let _ = errors.finish();
         if let Ok(item) = TokenStream::from_str(item_text) {
             lexes(&expand::attribute(args, item));
