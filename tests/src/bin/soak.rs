@@ -1054,7 +1054,6 @@ async fn client(
             }
         }
         connected_before = true;
-        tries = 0;
         lock(&core).slot = Some(slot);
         let mut conn = Conn {
             id,
@@ -1149,11 +1148,9 @@ impl Redis {
         tcp.write_all(out.as_bytes()).await?;
         let mut reader = BufReader::new(tcp);
         let mut reply = String::new();
-        for _ in 0..(if args.first() == Some(&"PUBSUB") {
-            5
-        } else {
-            1
-        }) {
+        // PING: one line; PUBSUB NUMSUB of one channel: `*2`, `$<len>`, the channel, `:<n>`.
+        let lines = if args.first() == Some(&"PUBSUB") { 4 } else { 1 };
+        for _ in 0..lines {
             reader.read_line(&mut reply).await?;
         }
         Ok(reply)
@@ -1177,7 +1174,6 @@ impl Redis {
         .await
         .ok()?
         .ok()?;
-        // *2 $len channel :n
         reply.lines().last()?.strip_prefix(':')?.trim().parse().ok()
     }
 
@@ -2073,6 +2069,17 @@ async fn drive(
             e.what,
             e.outcome,
             e.down_for.as_secs_f64()
+        );
+    }
+    let _ = writeln!(text, "windows excluded from the message check:");
+    for d in &book.disturbances {
+        let at = |t: Instant| t.saturating_duration_since(churn_start).as_secs_f64();
+        let _ = writeln!(
+            text,
+            "  {}: +{:.1} s to +{:.1} s",
+            d.what,
+            at(d.from),
+            d.to.map_or(f64::INFINITY, at)
         );
     }
     let _ = writeln!(
