@@ -79,7 +79,9 @@
 //! 5. **RSS**: `VmRSS` of `/proc/<pid>/status` of every node process, sampled every 5 s.
 //!    For each incarnation still running at the end, its *baseline* is its first sample at
 //!    least 60 s after both the churn's start and its own start, taken before the churn ended;
-//!    its *final* figure is sampled once the checks above are done. The check fails when the
+//!    its *final* figure is sampled once the presence checks are done, the clients still
+//!    connected. The open file descriptors of each sample (about one per client socket) are
+//!    reported with it, as RSS follows the number of sockets a node holds. The check fails when the
 //!    final figure exceeds the baseline by more than 10 % (growth; a drop is reported but is
 //!    no failure). Incarnations without a baseline (they started less than a minute before
 //!    the churn ended, or the run is shorter than a minute) are reported, not checked.
@@ -162,6 +164,8 @@ usage: soak [options]
   --server PATH       chat node binary (default: chat_node next to this binary)
   --redis-server PATH redis-server binary (default redis-server on PATH)
   --log-dir DIR       node and Redis logs (default $TMPDIR/soak-<pid>)
+  --mix J,L,S,M,D     weights of join, leave, status, new_msg, drop (default 20,12,20,38,10)
+  --node-env KEY=VAL  extra environment of the nodes (repeatable)
   --json              also print one JSON object line on stdout
 ";
 
@@ -178,6 +182,10 @@ struct Args {
     server: PathBuf,
     redis_server: PathBuf,
     log_dir: PathBuf,
+    /// Weights of join, leave, status, new_msg, drop.
+    mix: [u64; 5],
+    /// Extra environment of the nodes.
+    node_env: Vec<(String, String)>,
     json: bool,
 }
 
@@ -196,6 +204,8 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
         server: default_server,
         redis_server: PathBuf::from("redis-server"),
         log_dir: std::env::temp_dir().join(format!("soak-{}", std::process::id())),
+        mix: [20, 12, 20, 38, 10],
+        node_env: Vec::new(),
         json: false,
     };
     fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
@@ -229,6 +239,22 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
             "--server" => args.server = PathBuf::from(value),
             "--redis-server" => args.redis_server = PathBuf::from(value),
             "--log-dir" => args.log_dir = PathBuf::from(value),
+            "--mix" => {
+                let weights: Vec<u64> = value
+                    .split(',')
+                    .map(|w| number(&name, w))
+                    .collect::<Result<_, _>>()?;
+                args.mix = weights
+                    .try_into()
+                    .map_err(|_| "--mix expects five weights J,L,S,M,D".to_owned())?;
+            }
+            "--node-env" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| format!("--node-env expects KEY=VAL, got {value:?}"))?;
+                args.node_env.push((k.to_owned(), v.to_owned()));
+            }
             _ => return Err(format!("unknown option {name:?}")),
         }
     }
@@ -716,13 +742,14 @@ impl Conn<'_> {
             };
             (joined, absent)
         };
-        let roll = rng.below(100);
+        let roll = rng.below(self.shared.args.mix.iter().sum::<u64>().max(1));
         let pick = |rng: &mut Rng, v: &[u16]| v[rng.below(v.len() as u64) as usize];
-        if roll >= 90 {
+        let [j, l, st, m, _] = self.shared.args.mix;
+        if roll >= j + l + st + m {
             self.shared.book().ops.drops += 1;
             return Err(End::Dropped);
         }
-        if roll < 20 || joined.is_empty() {
+        if roll < j || joined.is_empty() {
             if absent.is_empty() {
                 return Ok(());
             }
@@ -733,7 +760,7 @@ impl Conn<'_> {
             return self.join(room).await;
         }
         let room = pick(rng, &joined);
-        if roll < 32 {
+        if roll < j + l {
             let state = lock(self.core).rooms.remove(&room).expect("joined");
             if let Some(m) = state.membership {
                 self.shared.book().end(m);
@@ -746,7 +773,7 @@ impl Conn<'_> {
                 .send(json!([state.join_ref, r, topic(room), "phx_leave", {}]))
                 .await;
         }
-        if roll < 52 {
+        if roll < j + l + st {
             let status = format!("s{}", rng.below(1000));
             lock(self.core)
                 .rooms
@@ -1149,7 +1176,11 @@ impl Redis {
         let mut reader = BufReader::new(tcp);
         let mut reply = String::new();
         // PING: one line; PUBSUB NUMSUB of one channel: `*2`, `$<len>`, the channel, `:<n>`.
-        let lines = if args.first() == Some(&"PUBSUB") { 4 } else { 1 };
+        let lines = if args.first() == Some(&"PUBSUB") {
+            4
+        } else {
+            1
+        };
         for _ in 0..lines {
             reader.read_line(&mut reply).await?;
         }
@@ -1219,7 +1250,8 @@ struct Incarnation {
     pid: u32,
     started: Instant,
     ended: Option<(Instant, String)>,
-    rss: Vec<(Instant, u64)>,
+    /// (when, VmRSS KiB, open file descriptors).
+    rss: Vec<(Instant, u64, usize)>,
     final_rss: Option<u64>,
 }
 
@@ -1265,6 +1297,7 @@ impl Cluster {
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .env("CHAT_NODE_EXIT_WITH_STDIN", "1")
+            .envs(self.args.node_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -1335,7 +1368,11 @@ impl Cluster {
         let now = Instant::now();
         for proc in self.procs.iter().flatten() {
             if let Some(kib) = status_kib(proc.pid, "VmRSS:") {
-                self.incarnations[proc.incarnation].rss.push((now, kib));
+                let fds =
+                    std::fs::read_dir(format!("/proc/{}/fd", proc.pid)).map_or(0, Iterator::count);
+                self.incarnations[proc.incarnation]
+                    .rss
+                    .push((now, kib, fds));
             }
         }
     }
@@ -1907,6 +1944,11 @@ async fn drive(
     let mut detail = vec![format!("{} clients with a wrong list", views.0)];
     detail.extend(views.1.iter().cloned());
     out.check("client views", views.0 == 0, detail);
+    // The final RSS, with the clients still connected (as at the baseline).
+    cluster.sample_rss();
+    for proc in cluster.procs.iter().flatten() {
+        cluster.incarnations[proc.incarnation].final_rss = status_kib(proc.pid, "VmRSS:");
+    }
     progress(run_start, "checking messages");
     let _ = phase_tx.send(Phase::Stop);
     clients.shutdown().await;
@@ -1938,10 +1980,6 @@ async fn drive(
         mc.lost == 0 && mc.duplicates == 0 && mc.misrouted == 0 && book.unknown_msgs == 0,
         detail,
     );
-    cluster.sample_rss();
-    for proc in cluster.procs.iter().flatten() {
-        cluster.incarnations[proc.incarnation].final_rss = status_kib(proc.pid, "VmRSS:");
-    }
     let mut rss_ok = true;
     let mut rss_detail = Vec::new();
     let mut rss_json = Vec::new();
@@ -1950,9 +1988,9 @@ async fn drive(
         let baseline = inc
             .rss
             .iter()
-            .find(|(t, _)| *t >= from && *t <= churn_end)
-            .map(|(_, k)| *k);
-        let peak = inc.rss.iter().map(|(_, k)| *k).max();
+            .find(|(t, _, _)| *t >= from && *t <= churn_end)
+            .map(|(_, k, _)| *k);
+        let peak = inc.rss.iter().map(|(_, k, _)| *k).max();
         let (text, checked, passed) = match (inc.ended.as_ref(), baseline, inc.final_rss) {
             (Some((_, how)), _, _) => (
                 format!("ended ({how}); peak {} MiB", mib(peak)),
@@ -1968,8 +2006,8 @@ async fn drive(
                         mib(Some(b)),
                         inc.rss
                             .iter()
-                            .find(|(_, k)| *k == b)
-                            .map_or(0.0, |(t, _)| (*t - churn_start).as_secs_f64()),
+                            .find(|(_, k, _)| *k == b)
+                            .map_or(0.0, |(t, _, _)| (*t - churn_start).as_secs_f64()),
                         mib(Some(f)),
                         mib(peak)
                     ),
@@ -1998,7 +2036,26 @@ async fn drive(
                 ""
             }
         ));
+        // One sample a minute (the first at or after each minute of the churn), and the last.
+        let mut timeline: Vec<(f64, u64, usize)> = Vec::new();
+        let mut minute = 0;
+        for (i, (t, k, f)) in inc.rss.iter().enumerate() {
+            let at = t.saturating_duration_since(churn_start).as_secs();
+            if at >= minute * 60 || i + 1 == inc.rss.len() {
+                timeline.push((secs(t.saturating_duration_since(churn_start)), *k, *f));
+                minute = at / 60 + 1;
+            }
+        }
+        rss_detail.push(format!(
+            "  MiB / open fds: {}",
+            timeline
+                .iter()
+                .map(|(t, k, f)| format!("+{t:.0} s {} / {f}", mib(Some(*k))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         rss_json.push(json!({
+            "timeline_s_kib_fds": timeline,
             "node": inc.name, "slot": SLOTS[inc.slot], "pid": inc.pid,
             "started_s": secs(inc.started.saturating_duration_since(churn_start)),
             "ended": inc.ended.as_ref().map(|(_, h)| h.clone()),
