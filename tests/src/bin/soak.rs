@@ -81,9 +81,9 @@
 //!    least 60 s after both the churn's start and its own start, taken before the churn ended;
 //!    its *final* figure is sampled once the presence checks are done, the clients still
 //!    connected. The open file descriptors of each sample (about one per client socket) are
-//!    reported with it, as RSS follows the number of sockets a node holds. The check fails when the
-//!    final figure exceeds the baseline by more than 10 % (growth; a drop is reported but is
-//!    no failure). Incarnations without a baseline (they started less than a minute before
+//!    reported with it, as RSS follows the number of sockets a node holds. The check fails
+//!    when the final figure exceeds the baseline by more than 10 % (growth; a drop is reported
+//!    but is no failure). Incarnations without a baseline (they started less than a minute before
 //!    the churn ended, or the run is shorter than a minute) are reported, not checked.
 //!
 //! # Output and exit status
@@ -166,6 +166,7 @@ usage: soak [options]
   --log-dir DIR       node and Redis logs (default $TMPDIR/soak-<pid>)
   --mix J,L,S,M,D     weights of join, leave, status, new_msg, drop (default 20,12,20,38,10)
   --node-env KEY=VAL  extra environment of the nodes (repeatable)
+  --no-restarts       no node nor Redis restart (not a full soak: for narrowing down)
   --json              also print one JSON object line on stdout
 ";
 
@@ -186,6 +187,8 @@ struct Args {
     mix: [u64; 5],
     /// Extra environment of the nodes.
     node_env: Vec<(String, String)>,
+    /// Skip the node and Redis restarts (to tell steady-state growth from restart effects).
+    no_restarts: bool,
     json: bool,
 }
 
@@ -206,6 +209,7 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
         log_dir: std::env::temp_dir().join(format!("soak-{}", std::process::id())),
         mix: [20, 12, 20, 38, 10],
         node_env: Vec::new(),
+        no_restarts: false,
         json: false,
     };
     fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
@@ -222,6 +226,10 @@ fn parse_args(raw: Vec<String>) -> Result<Args, String> {
             "-h" | "--help" => return Err(String::new()),
             "--json" if inline.is_none() => {
                 args.json = true;
+                continue;
+            }
+            "--no-restarts" if inline.is_none() => {
+                args.no_restarts = true;
                 continue;
             }
             _ => {}
@@ -1830,7 +1838,8 @@ async fn drive(
     let end = churn_start + args.duration;
     while Instant::now() < end {
         let now = Instant::now();
-        if next_event < SCHEDULE.len()
+        if !args.no_restarts
+            && next_event < SCHEDULE.len()
             && now >= churn_start + args.duration * (next_event as u32 + 1) / 6
         {
             let event = perform(cluster, &shared, SCHEDULE[next_event]).await;
