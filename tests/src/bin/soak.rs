@@ -1,0 +1,2371 @@
+//! A churn soak of the chat example: three chat nodes over Redis as separate processes, a
+//! few thousand phoenix.js-like clients doing random joins, leaves, status updates, messages
+//! and abrupt disconnects, node restarts (SIGTERM and `kill -9`, each with the same node name
+//! and with a new one) and one Redis restart; then the churn stops, the cluster settles and
+//! the tool checks that nothing was lost, duplicated or left behind.
+//!
+//! Not part of `cargo test` (its unit tests too: `test = false` in `Cargo.toml`; run them with
+//! `cargo test -p presence-tests --bin soak`).
+//!
+//! # Usage
+//!
+//! ```text
+//! cargo build --release -p presence-tests --bin soak --bin chat_node
+//! target/release/soak [--duration-secs 600] [--clients 2000] [--rooms 20] [--ops-per-sec 100]
+//!     [--seed N] [--server target/release/chat_node] [--redis-server redis-server]
+//!     [--log-dir DIR] [--json]
+//! ```
+//!
+//! # What runs
+//!
+//! - **Redis**: a `redis-server` of the tool's own on a free loopback port (no persistence),
+//!   so that restarting it never disturbs anybody else's Redis. It is restarted once (stopped
+//!   with SIGTERM, started again on the same port after `REDIS_DOWN`, longer than the down
+//!   period, so that the nodes mark each other down and must come back up).
+//! - **Nodes**: three `chat_node` processes (`src/bin/chat_node.rs`, the chat example's
+//!   `main`), slots `a`, `b` and `c`, started with `PORT=0` and short tracker periods so that
+//!   the cluster settles in seconds: a broadcast every 100 ms, a heartbeat at least every
+//!   200 ms (`PRESENCE_MAX_SILENT_PERIODS=2`), down after 3 s, permanently down after 8 s
+//!   ([`PERIODS`]). Their stderr (`RUST_LOG=warn`) goes to `<log-dir>/<node>.log`. Slot `a`
+//!   is never restarted. Slot `b` gets a SIGTERM then a `kill -9`, both restarting it under
+//!   the same name; slot `c` gets a SIGTERM then a `kill -9`, both restarting it under a new
+//!   name. The four restarts and the Redis restart are spread evenly over the run (at 1/6,
+//!   2/6, ... 5/6 of `--duration-secs`). A restarted node starts 1 s after the old one exited.
+//! - **Clients**: `--clients` tasks, each a user `u<i>` with one websocket at a time to
+//!   `/socket/websocket?vsn=2.0.0`, speaking V2 frames as phoenix.js does: a heartbeat every
+//!   30 s (closing the socket when the previous one got no reply), a presence list per joined
+//!   room kept as phoenix.js's `Presence` does (meta-level, by `phx_ref`, diffs before the
+//!   first `presence_state` held), and, like phoenix.js, reconnecting when the socket is lost
+//!   (backoff 10, 50, 100, 150, 200, 250, 500, 1000, 2000 then 5000 ms) to a node picked at
+//!   random among those up (a load balancer in front of the cluster), and rejoining its rooms;
+//!   a channel that gets `phx_error` or an unexpected `phx_close` is rejoined after 1 s. A
+//!   join error is retried the same way.
+//! - **Churn**: every client does an operation at exponentially distributed intervals (the
+//!   clients together `--ops-per-sec`): join a room it is not in (20 %, up to 3 rooms),
+//!   leave one (12 %), set its status in one (20 %), send a `new_msg` to one (38 %), or drop
+//!   its TCP connection without a close frame (10 %) and reconnect. An operation that does not
+//!   apply (no room to leave) becomes a join.
+//!
+//! # The checks
+//!
+//! When `--duration-secs` is over, the clients stop operating (but still reconnect and rejoin
+//! as needed), then:
+//!
+//! 1. **quiet**: within 120 s every client is connected, has every room it wants joined and
+//!    no reply outstanding. The *expected presence* of a room is then the users whose join of
+//!    it was acknowledged on the socket they still hold, with the status they last set there.
+//! 2. **presence on every node**: a fresh observer socket joins every room on every node and
+//!    reads its `presence_state`; every node must list exactly the expected users (no ghost,
+//!    no loss), each with exactly one meta carrying the expected status (the observer's own
+//!    key is ignored). Retried every second until it holds, for at most
+//!    max(60 s, 4 x permdown period) after the clients were quiet.
+//! 3. **client views**: with the same deadline, the presence list each client keeps from its
+//!    diffs equals the expected presence of each room it is in (same keys, one meta each,
+//!    same status).
+//! 4. **messages**: every `new_msg` carries a unique body `m<id>`. A message is *acked* when
+//!    its sender got the `ok` reply, at `acked`, having sent it at `sent`. A client's
+//!    *membership* of a room runs from the join's `ok` reply (`joined`) until the client
+//!    left, lost its socket or got a channel error (`ended`; open at the end). Membership `M`
+//!    of room `r` on node slot `n` *should receive* acked message `m` to `r` from node slot
+//!    `s` when `M.joined < m.sent`, `M.ended > m.acked + GRACE` (or still open), and no
+//!    *disturbance* overlaps `[m.sent, m.acked + GRACE]` on slot `n`, slot `s` or Redis.
+//!    A disturbance runs from just before a node is signalled until its next incarnation
+//!    listens plus [`RECOVERY`], and from just before Redis stops until every node is
+//!    subscribed again plus [`RECOVERY`] (messages published while Redis is down are lost by
+//!    design: the pub/sub is at most once). Every such (membership, message) pair must have
+//!    been received exactly once in that membership (**lost**: 0). Independently, no
+//!    membership may receive a message twice (**duplicates**), nor one sent to another room
+//!    (**misrouted**). `GRACE` is [`GRACE`].
+//! 5. **RSS**: `VmRSS` of `/proc/<pid>/status` of every node process, sampled every 5 s.
+//!    For each incarnation still running at the end, its *baseline* is its first sample at
+//!    least 60 s after both the churn's start and its own start, taken before the churn ended;
+//!    its *final* figure is sampled once the presence checks are done, the clients still
+//!    connected. The open file descriptors of each sample (about one per client socket) are
+//!    reported with it, as RSS follows the number of sockets a node holds. The check fails
+//!    when the final figure exceeds the baseline by more than 10 % (growth; a drop is reported
+//!    but is no failure). Incarnations without a baseline (they started less than a minute before
+//!    the churn ended, or the run is shorter than a minute) are reported, not checked.
+//!
+//! # Output and exit status
+//!
+//! A text report on stdout, progress on stderr; with `--json`, one JSON object line follows
+//! the report. Exit status 0 when every check passed, 3 when one failed, 1 when the cluster
+//! could not be started, 2 on a usage error. Ctrl-C stops the run and every process it
+//! started.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use presence_tests::procfs::status_kib;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+type Ws = WebSocketStream<TcpStream>;
+
+const SOCKET_PATH: &str = "/socket/websocket?vsn=2.0.0";
+/// How long a message may take to reach every member of its room.
+const GRACE: Duration = Duration::from_secs(5);
+/// How long after a node or Redis is back its disturbance is still counted.
+const RECOVERY: Duration = Duration::from_secs(5);
+/// How long Redis stays down during its restart (longer than the down period).
+const REDIS_DOWN: Duration = Duration::from_secs(4);
+/// How long a restarted node waits after its predecessor exited.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// How long a client's TCP connect and websocket handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// phoenix.js's heartbeat interval.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// phoenix.js's first rejoin delay after a channel error.
+const REJOIN_AFTER: Duration = Duration::from_secs(1);
+/// How long the clients may take to be quiet after the churn.
+const QUIET_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a node may take to print `LISTENING`, or to exit after SIGTERM.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
+/// Rooms a client is in at most.
+const MAX_ROOMS_PER_CLIENT: usize = 3;
+/// The user the observers join with; ignored in every presence list.
+const OBSERVER: &str = "soak-observer";
+/// RSS sampling period.
+const RSS_EVERY: Duration = Duration::from_secs(5);
+/// How long an incarnation runs before its RSS baseline.
+const RSS_BASELINE_AFTER: Duration = Duration::from_secs(60);
+/// Allowed RSS growth from the baseline, in percent.
+const RSS_GROWTH_PERCENT: f64 = 10.0;
+/// Source addresses 127.0.0.2.. the clients connect from (ephemeral ports per address).
+const SOURCES: usize = 16;
+
+/// Tracker periods of the soak cluster, in ms: broadcast, down, permdown, max silent periods.
+const PERIODS: (u64, u64, u64, u32) = (100, 3000, 8000, 2);
+
+const USAGE: &str = "\
+usage: soak [options]
+
+  --duration-secs S   how long the churn runs (default 600)
+  --clients N         clients (default 2000)
+  --rooms R           rooms room:0 .. room:<R-1> (default 20)
+  --ops-per-sec K     operations per second, all clients together (default 100)
+  --seed N            random seed (default: from the clock; printed)
+  --server PATH       chat node binary (default: chat_node next to this binary)
+  --redis-server PATH redis-server binary (default redis-server on PATH)
+  --log-dir DIR       node and Redis logs (default $TMPDIR/soak-<pid>)
+  --mix J,L,S,M,D     weights of join, leave, status, new_msg, drop (default 20,12,20,38,10)
+  --node-env KEY=VAL  extra environment of the nodes (repeatable)
+  --no-restarts       no node nor Redis restart (not a full soak: for narrowing down)
+  --json              also print one JSON object line on stdout
+";
+
+// ---------------------------------------------------------------------------------------
+// Arguments
+
+#[derive(Debug, Clone)]
+struct Args {
+    duration: Duration,
+    clients: u32,
+    rooms: u16,
+    ops_per_sec: f64,
+    seed: u64,
+    server: PathBuf,
+    redis_server: PathBuf,
+    log_dir: PathBuf,
+    /// Weights of join, leave, status, new_msg, drop.
+    mix: [u64; 5],
+    /// Extra environment of the nodes.
+    node_env: Vec<(String, String)>,
+    /// Skip the node and Redis restarts (to tell steady-state growth from restart effects).
+    no_restarts: bool,
+    json: bool,
+}
+
+fn parse_args(raw: Vec<String>) -> Result<Args, String> {
+    let default_server = std::env::current_exe()
+        .map(|exe| exe.with_file_name("chat_node"))
+        .unwrap_or_else(|_| PathBuf::from("target/release/chat_node"));
+    let mut args = Args {
+        duration: Duration::from_secs(600),
+        clients: 2000,
+        rooms: 20,
+        ops_per_sec: 100.0,
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        server: default_server,
+        redis_server: PathBuf::from("redis-server"),
+        log_dir: std::env::temp_dir().join(format!("soak-{}", std::process::id())),
+        mix: [20, 12, 20, 38, 10],
+        node_env: Vec::new(),
+        no_restarts: false,
+        json: false,
+    };
+    fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+        v.parse()
+            .map_err(|_| format!("{name} expects a number, got {v:?}"))
+    }
+    let mut it = raw.into_iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Err(String::new()),
+            "--json" if inline.is_none() => {
+                args.json = true;
+                continue;
+            }
+            "--no-restarts" if inline.is_none() => {
+                args.no_restarts = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().ok_or_else(|| format!("{name} expects a value"))?,
+        };
+        match name.as_str() {
+            "--duration-secs" => args.duration = Duration::from_secs(number(&name, &value)?),
+            "--clients" => args.clients = number(&name, &value)?,
+            "--rooms" => args.rooms = number(&name, &value)?,
+            "--ops-per-sec" => args.ops_per_sec = number(&name, &value)?,
+            "--seed" => args.seed = number(&name, &value)?,
+            "--server" => args.server = PathBuf::from(value),
+            "--redis-server" => args.redis_server = PathBuf::from(value),
+            "--log-dir" => args.log_dir = PathBuf::from(value),
+            "--mix" => {
+                let weights: Vec<u64> = value
+                    .split(',')
+                    .map(|w| number(&name, w))
+                    .collect::<Result<_, _>>()?;
+                args.mix = weights
+                    .try_into()
+                    .map_err(|_| "--mix expects five weights J,L,S,M,D".to_owned())?;
+            }
+            "--node-env" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| format!("--node-env expects KEY=VAL, got {value:?}"))?;
+                args.node_env.push((k.to_owned(), v.to_owned()));
+            }
+            _ => return Err(format!("unknown option {name:?}")),
+        }
+    }
+    if args.clients == 0 || args.rooms == 0 {
+        return Err("--clients and --rooms must be at least 1".to_owned());
+    }
+    if args.duration.is_zero() {
+        return Err("--duration-secs must be at least 1".to_owned());
+    }
+    if args.ops_per_sec.is_nan() || args.ops_per_sec <= 0.0 {
+        return Err("--ops-per-sec must be positive".to_owned());
+    }
+    Ok(args)
+}
+
+// ---------------------------------------------------------------------------------------
+// Randomness: splitmix64, seeded per client, so a run is described by its seed.
+
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `(0, 1]`.
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// Exponentially distributed with mean `mean`.
+    fn exp(&mut self, mean: Duration) -> Duration {
+        mean.mul_f64(-self.unit().ln()).min(mean * 20)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The book: what every client did and saw, for the checks.
+
+#[derive(Debug)]
+struct Msg {
+    room: u16,
+    /// The node slot it was sent through.
+    slot: usize,
+    sent: Instant,
+    acked: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Membership {
+    room: u16,
+    slot: usize,
+    joined: Instant,
+    ended: Option<Instant>,
+}
+
+/// A window in which a node slot (or Redis, `slot: None`) was not fully up.
+#[derive(Debug, Clone)]
+struct Disturbance {
+    what: String,
+    slot: Option<usize>,
+    from: Instant,
+    to: Option<Instant>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Ops {
+    joins: u64,
+    rejoins: u64,
+    leaves: u64,
+    statuses: u64,
+    messages: u64,
+    drops: u64,
+    connects: u64,
+    reconnects: u64,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    msgs: Vec<Msg>,
+    memberships: Vec<Membership>,
+    /// `(message id << 32) | membership id`, one per `new_msg` received.
+    receipts: Vec<u64>,
+    ops: Ops,
+    disturbances: Vec<Disturbance>,
+    /// `new_msg` received on a topic the client had left (or not joined yet).
+    outside_membership: u64,
+    /// `new_msg` bodies that name no message sent.
+    unknown_msgs: u64,
+    unparsed_frames: u64,
+    channel_errors: BTreeMap<String, u64>,
+    reply_errors: BTreeMap<String, u64>,
+    /// Sockets lost without the client asking, by close code or cause.
+    sockets_lost: BTreeMap<String, u64>,
+    connect_failures: BTreeMap<String, u64>,
+    heartbeat_timeouts: u64,
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: impl Into<String>) {
+    *map.entry(key.into()).or_default() += 1;
+}
+
+impl Book {
+    fn new_msg(&mut self, room: u16, slot: usize) -> usize {
+        self.msgs.push(Msg {
+            room,
+            slot,
+            sent: Instant::now(),
+            acked: None,
+        });
+        self.msgs.len() - 1
+    }
+
+    fn join(&mut self, room: u16, slot: usize) -> usize {
+        self.memberships.push(Membership {
+            room,
+            slot,
+            joined: Instant::now(),
+            ended: None,
+        });
+        self.memberships.len() - 1
+    }
+
+    fn end(&mut self, membership: usize) {
+        let m = &mut self.memberships[membership];
+        if m.ended.is_none() {
+            m.ended = Some(Instant::now());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Presence lists as phoenix.js keeps them.
+
+/// key => phx_ref => status.
+type Metas = BTreeMap<String, BTreeMap<String, String>>;
+
+#[derive(Debug, Default, Clone)]
+struct View {
+    synced: bool,
+    pending: Vec<Value>,
+    metas: Metas,
+}
+
+fn metas_of(entry: &Value) -> impl Iterator<Item = (String, String)> + '_ {
+    entry["metas"].as_array().into_iter().flatten().map(|m| {
+        (
+            m["phx_ref"].as_str().unwrap_or_default().to_owned(),
+            m["status"].as_str().unwrap_or_default().to_owned(),
+        )
+    })
+}
+
+impl View {
+    fn state(&mut self, state: &Value) {
+        self.metas.clear();
+        if let Some(map) = state.as_object() {
+            for (key, entry) in map {
+                let metas: BTreeMap<_, _> = metas_of(entry).collect();
+                if !metas.is_empty() {
+                    self.metas.insert(key.clone(), metas);
+                }
+            }
+        }
+        self.synced = true;
+        for diff in std::mem::take(&mut self.pending) {
+            self.apply(&diff);
+        }
+    }
+
+    fn diff(&mut self, diff: &Value) {
+        if self.synced {
+            self.apply(diff);
+        } else {
+            self.pending.push(diff.clone());
+        }
+    }
+
+    /// Joins, then leaves, meta by meta (phoenix.js `syncDiff`).
+    fn apply(&mut self, diff: &Value) {
+        if let Some(joins) = diff["joins"].as_object() {
+            for (key, entry) in joins {
+                self.metas
+                    .entry(key.clone())
+                    .or_default()
+                    .extend(metas_of(entry));
+            }
+        }
+        if let Some(leaves) = diff["leaves"].as_object() {
+            for (key, entry) in leaves {
+                if let Some(metas) = self.metas.get_mut(key) {
+                    for (r, _) in metas_of(entry) {
+                        metas.remove(&r);
+                    }
+                    if metas.is_empty() {
+                        self.metas.remove(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A presence list as user => statuses of its metas, observers left out.
+type Listed = BTreeMap<String, Vec<String>>;
+
+fn listed(metas: &Metas) -> Listed {
+    metas
+        .iter()
+        .filter(|(k, _)| !k.starts_with(OBSERVER))
+        .map(|(k, m)| (k.clone(), m.values().cloned().collect()))
+        .collect()
+}
+
+/// What differs between a list and the expected `user => status`: ghosts, losses, and users
+/// with other metas than one with the expected status.
+fn compare(list: &Listed, expected: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, statuses) in list {
+        match expected.get(key) {
+            None => out.push(format!("ghost {key} {statuses:?}")),
+            Some(s) if statuses.len() != 1 || &statuses[0] != s => {
+                out.push(format!("{key}: metas {statuses:?}, expected [{s:?}]"));
+            }
+            Some(_) => {}
+        }
+    }
+    for key in expected.keys() {
+        if !list.contains_key(key) {
+            out.push(format!("missing {key}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The clients
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Churn,
+    Quiesce,
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+struct RoomState {
+    status: String,
+    /// The join_ref of the current join (pending or acked) on the current socket.
+    join_ref: Option<String>,
+    membership: Option<usize>,
+    rejoin_at: Option<Instant>,
+    view: View,
+}
+
+impl RoomState {
+    fn new(status: String) -> RoomState {
+        RoomState {
+            status,
+            join_ref: None,
+            membership: None,
+            rejoin_at: None,
+            view: View::default(),
+        }
+    }
+}
+
+/// A client's state, shared with the checks.
+#[derive(Debug, Default)]
+struct ClientCore {
+    rooms: BTreeMap<u16, RoomState>,
+    slot: Option<usize>,
+    /// Replies awaited (heartbeats aside).
+    pending: usize,
+}
+
+impl ClientCore {
+    fn quiet(&self) -> bool {
+        self.slot.is_some()
+            && self.pending == 0
+            && self
+                .rooms
+                .values()
+                .all(|r| r.membership.is_some() && r.rejoin_at.is_none())
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    args: Args,
+    /// The address of each node slot that is up.
+    up: Mutex<Vec<Option<SocketAddr>>>,
+    book: Mutex<Book>,
+    connect: Semaphore,
+    mean_op_interval: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn book(&self) -> MutexGuard<'_, Book> {
+        lock(&self.book)
+    }
+
+    fn pick_node(&self, rng: &mut Rng) -> Option<(usize, SocketAddr)> {
+        let up: Vec<(usize, SocketAddr)> = lock(&self.up)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.map(|a| (i, a)))
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        Some(up[rng.below(up.len() as u64) as usize])
+    }
+}
+
+/// phoenix.js's `reconnectAfterMs`.
+fn reconnect_after(tries: u32) -> Duration {
+    const STEPS: [u64; 9] = [10, 50, 100, 150, 200, 250, 500, 1000, 2000];
+    let ms = STEPS
+        .get(tries.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or(5000);
+    Duration::from_millis(ms)
+}
+
+async fn connect(id: u32, addr: SocketAddr) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    let source = Ipv4Addr::new(127, 0, 0, 2 + (id as usize % SOURCES) as u8);
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let tcp = socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    let _ = tcp.set_nodelay(true);
+    let url = format!("ws://{addr}{SOCKET_PATH}");
+    let (ws, _) = client_async(url.as_str(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client dropped it on purpose (churn).
+    Dropped,
+    /// Lost: closed by the server, EOF, error, heartbeat timeout.
+    Lost,
+    Stop,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Join(u16),
+    Leave,
+    Status,
+    Msg(usize),
+}
+
+fn topic(room: u16) -> String {
+    format!("room:{room}")
+}
+
+fn room_of(topic: &str) -> Option<u16> {
+    topic.strip_prefix("room:")?.parse().ok()
+}
+
+struct Conn<'a> {
+    id: u32,
+    slot: usize,
+    ws: Ws,
+    shared: &'a Shared,
+    core: &'a Mutex<ClientCore>,
+    next_ref: u64,
+    pending: HashMap<String, Pending>,
+    heartbeat: Option<String>,
+}
+
+impl Conn<'_> {
+    fn next_ref(&mut self) -> String {
+        self.next_ref += 1;
+        self.next_ref.to_string()
+    }
+
+    async fn send(&mut self, frame: Value) -> Result<(), End> {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .map_err(|_| End::Lost)
+    }
+
+    async fn push(
+        &mut self,
+        room: u16,
+        event: &str,
+        payload: Value,
+        p: Pending,
+    ) -> Result<(), End> {
+        let r = self.next_ref();
+        let join_ref = if let Pending::Join(_) = p {
+            let mut core = lock(self.core);
+            let state = core.rooms.get_mut(&room).expect("a room of the client");
+            state.join_ref = Some(r.clone());
+            state.view = View::default();
+            state.rejoin_at = None;
+            Some(r.clone())
+        } else {
+            lock(self.core)
+                .rooms
+                .get(&room)
+                .and_then(|s| s.join_ref.clone())
+        };
+        self.pending.insert(r.clone(), p);
+        lock(self.core).pending = self.pending.len();
+        self.send(json!([join_ref, r, topic(room), event, payload]))
+            .await
+    }
+
+    async fn join(&mut self, room: u16) -> Result<(), End> {
+        let status = lock(self.core).rooms[&room].status.clone();
+        let user = format!("u{}", self.id);
+        self.push(
+            room,
+            "phx_join",
+            json!({"user": user, "status": status}),
+            Pending::Join(room),
+        )
+        .await
+    }
+
+    /// Rooms whose rejoin time has come.
+    fn due_rejoins(&self, now: Instant) -> Vec<u16> {
+        lock(self.core)
+            .rooms
+            .iter()
+            .filter(|(_, s)| s.rejoin_at.is_some_and(|t| t <= now))
+            .map(|(r, _)| *r)
+            .collect()
+    }
+
+    fn next_rejoin(&self) -> Option<Instant> {
+        lock(self.core)
+            .rooms
+            .values()
+            .filter_map(|s| s.rejoin_at)
+            .min()
+    }
+
+    /// One random operation of the churn.
+    async fn operate(&mut self, rng: &mut Rng) -> Result<(), End> {
+        let (joined, absent): (Vec<u16>, Vec<u16>) = {
+            let core = lock(self.core);
+            let joined = core
+                .rooms
+                .iter()
+                .filter(|(_, s)| s.membership.is_some())
+                .map(|(r, _)| *r)
+                .collect();
+            let absent = if core.rooms.len() < MAX_ROOMS_PER_CLIENT {
+                (0..self.shared.args.rooms)
+                    .filter(|r| !core.rooms.contains_key(r))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (joined, absent)
+        };
+        let roll = rng.below(self.shared.args.mix.iter().sum::<u64>().max(1));
+        let pick = |rng: &mut Rng, v: &[u16]| v[rng.below(v.len() as u64) as usize];
+        let [j, l, st, m, _] = self.shared.args.mix;
+        if roll >= j + l + st + m {
+            self.shared.book().ops.drops += 1;
+            return Err(End::Dropped);
+        }
+        if roll < j || joined.is_empty() {
+            if absent.is_empty() {
+                return Ok(());
+            }
+            let room = pick(rng, &absent);
+            let status = format!("s{}", rng.below(1000));
+            lock(self.core).rooms.insert(room, RoomState::new(status));
+            self.shared.book().ops.joins += 1;
+            return self.join(room).await;
+        }
+        let room = pick(rng, &joined);
+        if roll < j + l {
+            let state = lock(self.core).rooms.remove(&room).expect("joined");
+            if let Some(m) = state.membership {
+                self.shared.book().end(m);
+            }
+            self.shared.book().ops.leaves += 1;
+            let r = self.next_ref();
+            self.pending.insert(r.clone(), Pending::Leave);
+            lock(self.core).pending = self.pending.len();
+            return self
+                .send(json!([state.join_ref, r, topic(room), "phx_leave", {}]))
+                .await;
+        }
+        if roll < j + l + st {
+            let status = format!("s{}", rng.below(1000));
+            lock(self.core)
+                .rooms
+                .get_mut(&room)
+                .expect("joined")
+                .status
+                .clone_from(&status);
+            self.shared.book().ops.statuses += 1;
+            return self
+                .push(room, "status", json!({"status": status}), Pending::Status)
+                .await;
+        }
+        let id = {
+            let mut book = self.shared.book();
+            book.ops.messages += 1;
+            book.new_msg(room, self.slot)
+        };
+        self.push(
+            room,
+            "new_msg",
+            json!({"body": format!("m{id}")}),
+            Pending::Msg(id),
+        )
+        .await
+    }
+
+    fn frame(&mut self, text: &str) {
+        let Ok(Value::Array(frame)) = serde_json::from_str::<Value>(text) else {
+            self.shared.book().unparsed_frames += 1;
+            return;
+        };
+        let [join_ref, reference, topic, event, payload] = &frame[..] else {
+            self.shared.book().unparsed_frames += 1;
+            return;
+        };
+        let (join_ref, event) = (join_ref.as_str(), event.as_str().unwrap_or_default());
+        let topic = topic.as_str().unwrap_or_default();
+        if topic == "phoenix" {
+            if event == "phx_reply" && reference.as_str() == self.heartbeat.as_deref() {
+                self.heartbeat = None;
+            }
+            return;
+        }
+        let Some(room) = room_of(topic) else { return };
+        let now = Instant::now();
+        match event {
+            "phx_reply" => {
+                let Some(p) = reference.as_str().and_then(|r| self.pending.remove(r)) else {
+                    return;
+                };
+                lock(self.core).pending = self.pending.len();
+                let ok = payload["status"] == "ok";
+                let reason = || {
+                    payload["response"]["reason"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned()
+                };
+                match p {
+                    Pending::Join(room) => {
+                        let mut core = lock(self.core);
+                        let Some(state) = core.rooms.get_mut(&room) else {
+                            return;
+                        };
+                        if state.join_ref.as_deref() != join_ref {
+                            return;
+                        }
+                        if ok {
+                            state.membership = Some(self.shared.book().join(room, self.slot));
+                        } else {
+                            state.join_ref = None;
+                            state.rejoin_at = Some(now + REJOIN_AFTER);
+                            bump(
+                                &mut self.shared.book().reply_errors,
+                                format!("join: {}", reason()),
+                            );
+                        }
+                    }
+                    Pending::Msg(id) => {
+                        let mut book = self.shared.book();
+                        if ok {
+                            book.msgs[id].acked = Some(now);
+                        } else {
+                            bump(&mut book.reply_errors, format!("new_msg: {}", reason()));
+                        }
+                    }
+                    Pending::Status if !ok => {
+                        bump(
+                            &mut self.shared.book().reply_errors,
+                            format!("status: {}", reason()),
+                        );
+                    }
+                    Pending::Status | Pending::Leave => {}
+                }
+            }
+            "phx_error" | "phx_close" => {
+                let mut core = lock(self.core);
+                let Some(state) = core.rooms.get_mut(&room) else {
+                    return;
+                };
+                if join_ref.is_none() || state.join_ref.as_deref() != join_ref {
+                    return;
+                }
+                let mut book = self.shared.book();
+                if let Some(m) = state.membership.take() {
+                    book.end(m);
+                }
+                state.join_ref = None;
+                state.rejoin_at = Some(now + REJOIN_AFTER);
+                bump(
+                    &mut book.channel_errors,
+                    format!(
+                        "{event} {}",
+                        payload.to_string().chars().take(80).collect::<String>()
+                    ),
+                );
+            }
+            "presence_state" | "presence_diff" => {
+                let mut core = lock(self.core);
+                let Some(state) = core.rooms.get_mut(&room) else {
+                    return;
+                };
+                if state.join_ref.is_none()
+                    || (join_ref.is_some() && state.join_ref.as_deref() != join_ref)
+                {
+                    return;
+                }
+                if event == "presence_state" {
+                    state.view.state(payload);
+                } else {
+                    state.view.diff(payload);
+                }
+            }
+            "new_msg" => {
+                let id = payload["body"]
+                    .as_str()
+                    .and_then(|b| b.strip_prefix('m'))
+                    .and_then(|n| n.parse::<u64>().ok());
+                let membership = lock(self.core)
+                    .rooms
+                    .get(&room)
+                    .filter(|s| join_ref.is_none() || s.join_ref.as_deref() == join_ref)
+                    .and_then(|s| s.membership);
+                let mut book = self.shared.book();
+                match (id, membership) {
+                    (Some(id), _) if id >= book.msgs.len() as u64 => book.unknown_msgs += 1,
+                    (None, _) => book.unknown_msgs += 1,
+                    (Some(id), Some(m)) => book.receipts.push((id << 32) | m as u64),
+                    (Some(_), None) => book.outside_membership += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn run(&mut self, rng: &mut Rng, phase: &mut watch::Receiver<Phase>) -> End {
+        let rooms: Vec<u16> = lock(self.core).rooms.keys().copied().collect();
+        for room in rooms {
+            if let Err(end) = self.join(room).await {
+                return end;
+            }
+            self.shared.book().ops.rejoins += 1;
+        }
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_op = Instant::now() + rng.exp(self.shared.mean_op_interval);
+        let far = Instant::now() + Duration::from_secs(86_400);
+        loop {
+            let churning = *phase.borrow() == Phase::Churn;
+            let rejoin = self.next_rejoin();
+            let step: Result<(), End> = tokio::select! {
+                message = self.ws.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        self.frame(text.as_str());
+                        Ok(())
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let code = frame.map_or_else(
+                            || "close without code".to_owned(),
+                            |f| format!("close {}", u16::from(f.code)),
+                        );
+                        bump(&mut self.shared.book().sockets_lost, code);
+                        Err(End::Lost)
+                    }
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => {
+                        let why = match e {
+                            tokio_tungstenite::tungstenite::Error::Io(io) => format!("io: {}", io.kind()),
+                            tokio_tungstenite::tungstenite::Error::Protocol(p) => format!("protocol: {p}"),
+                            other => other.to_string(),
+                        };
+                        bump(&mut self.shared.book().sockets_lost, why);
+                        Err(End::Lost)
+                    }
+                    None => {
+                        bump(&mut self.shared.book().sockets_lost, "eof");
+                        Err(End::Lost)
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    if self.heartbeat.is_some() {
+                        self.shared.book().heartbeat_timeouts += 1;
+                        Err(End::Lost)
+                    } else {
+                        let r = self.next_ref();
+                        self.heartbeat = Some(r.clone());
+                        self.send(json!([null, r, "phoenix", "heartbeat", {}])).await
+                    }
+                }
+                _ = tokio::time::sleep_until(next_op), if churning => {
+                    next_op = Instant::now() + rng.exp(self.shared.mean_op_interval);
+                    self.operate(rng).await
+                }
+                _ = tokio::time::sleep_until(rejoin.unwrap_or(far)), if rejoin.is_some() => {
+                    let mut result = Ok(());
+                    for room in self.due_rejoins(Instant::now()) {
+                        self.shared.book().ops.rejoins += 1;
+                        result = self.join(room).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    result
+                }
+                changed = phase.changed() => match changed {
+                    Ok(()) if *phase.borrow() != Phase::Stop => Ok(()),
+                    _ => Err(End::Stop),
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+}
+
+/// Forgets the socket: every membership ends, every room waits for the next join.
+fn disconnected(shared: &Shared, core: &Mutex<ClientCore>) {
+    let mut core = lock(core);
+    core.slot = None;
+    core.pending = 0;
+    let mut book = shared.book();
+    for state in core.rooms.values_mut() {
+        if let Some(m) = state.membership.take() {
+            book.end(m);
+        }
+        state.join_ref = None;
+        state.rejoin_at = None;
+        state.view = View::default();
+    }
+}
+
+async fn client(
+    id: u32,
+    shared: Arc<Shared>,
+    core: Arc<Mutex<ClientCore>>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let mut rng = Rng::new(shared.args.seed ^ (u64::from(id) << 20).wrapping_mul(0x2545_f491));
+    let first_room = rng.below(u64::from(shared.args.rooms)) as u16;
+    lock(&core)
+        .rooms
+        .insert(first_room, RoomState::new("s0".to_owned()));
+    // Spread the first connects over the first seconds.
+    let mut wait = Duration::from_millis(rng.below(u64::from(shared.args.clients) * 5));
+    let mut tries = 0u32;
+    let mut connected_before = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() == Phase::Stop {
+                    return;
+                }
+                continue;
+            }
+        }
+        tries += 1;
+        wait = reconnect_after(tries);
+        let Some((slot, addr)) = shared.pick_node(&mut rng) else {
+            continue;
+        };
+        let connected = {
+            let Ok(_permit) = shared.connect.acquire().await else {
+                return;
+            };
+            tokio::time::timeout(CONNECT_TIMEOUT, connect(id, addr)).await
+        };
+        let ws = match connected {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                bump(&mut shared.book().connect_failures, e);
+                continue;
+            }
+            Err(_) => {
+                bump(&mut shared.book().connect_failures, "timeout");
+                continue;
+            }
+        };
+        {
+            let mut book = shared.book();
+            book.ops.connects += 1;
+            if connected_before {
+                book.ops.reconnects += 1;
+            }
+        }
+        connected_before = true;
+        lock(&core).slot = Some(slot);
+        let mut conn = Conn {
+            id,
+            slot,
+            ws,
+            shared: &shared,
+            core: &core,
+            next_ref: 0,
+            pending: HashMap::new(),
+            heartbeat: None,
+        };
+        let end = conn.run(&mut rng, &mut phase).await;
+        drop(conn);
+        disconnected(&shared, &core);
+        if end == End::Stop {
+            return;
+        }
+        tries = 1;
+        wait = reconnect_after(tries);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: Redis and the nodes
+
+/// Our own `redis-server` on a fixed loopback port, killed when dropped.
+#[derive(Debug)]
+struct Redis {
+    binary: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    async fn start(binary: PathBuf, dir: PathBuf) -> Result<Redis, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let mut redis = Redis {
+            binary,
+            port,
+            dir,
+            child: None,
+        };
+        redis.spawn().await?;
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<(), String> {
+        let log = self.dir.join("redis.log");
+        let child = Command::new(&self.binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        while self.ping().await.is_err() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis did not answer within 30 s; see {}",
+                    log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// One RESP command; the reply's first line.
+    async fn command(&self, args: &[&str]) -> std::io::Result<String> {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            let _ = write!(out, "${}\r\n{a}\r\n", a.len());
+        }
+        tcp.write_all(out.as_bytes()).await?;
+        let mut reader = BufReader::new(tcp);
+        let mut reply = String::new();
+        // PING: one line; PUBSUB NUMSUB of one channel: `*2`, `$<len>`, the channel, `:<n>`.
+        let lines = if args.first() == Some(&"PUBSUB") {
+            4
+        } else {
+            1
+        };
+        for _ in 0..lines {
+            reader.read_line(&mut reply).await?;
+        }
+        Ok(reply)
+    }
+
+    async fn ping(&self) -> std::io::Result<()> {
+        let reply = tokio::time::timeout(Duration::from_secs(1), self.command(&["PING"])).await??;
+        if reply.starts_with("+PONG") {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(reply))
+        }
+    }
+
+    /// Subscribers of `channel` (`PUBSUB NUMSUB`).
+    async fn subscribers(&self, channel: &str) -> Option<u64> {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.command(&["PUBSUB", "NUMSUB", channel]),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        reply.lines().last()?.strip_prefix(':')?.trim().parse().ok()
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                signal(pid, "TERM");
+            }
+            if tokio::time::timeout(PROCESS_DEADLINE, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
+}
+
+/// One node process.
+#[derive(Debug)]
+struct Proc {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    _stdout: BufReader<ChildStdout>,
+    /// Held open: the node exits when this tool dies without killing it.
+    _stdin: ChildStdin,
+    incarnation: usize,
+}
+
+/// One run of a node process, for the report.
+#[derive(Debug, Clone)]
+struct Incarnation {
+    slot: usize,
+    name: String,
+    pid: u32,
+    started: Instant,
+    ended: Option<(Instant, String)>,
+    /// (when, VmRSS KiB, open file descriptors).
+    rss: Vec<(Instant, u64, usize)>,
+    final_rss: Option<u64>,
+}
+
+const SLOTS: [&str; 3] = ["a", "b", "c"];
+
+#[derive(Debug)]
+struct Cluster {
+    args: Args,
+    redis: Redis,
+    pubsub: String,
+    procs: Vec<Option<Proc>>,
+    /// The current node name of each slot.
+    names: Vec<String>,
+    renames: Vec<u32>,
+    incarnations: Vec<Incarnation>,
+    started: Instant,
+}
+
+impl Cluster {
+    fn channel(&self) -> String {
+        format!("presence:{}", self.pubsub)
+    }
+
+    async fn start_node(&mut self, slot: usize) -> Result<SocketAddr, String> {
+        let name = self.names[slot].clone();
+        let log = self.args.log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let (broadcast, down, permdown, silent) = PERIODS;
+        let mut child = Command::new(&self.args.server)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("PRESENCE_NODE", &name)
+            .env("PRESENCE_REDIS_URL", self.redis.url())
+            .env("PRESENCE_PUBSUB_NAME", &self.pubsub)
+            .env("PRESENCE_BROADCAST_PERIOD_MS", broadcast.to_string())
+            .env("PRESENCE_DOWN_PERIOD_MS", down.to_string())
+            .env("PRESENCE_PERMDOWN_PERIOD_MS", permdown.to_string())
+            .env("PRESENCE_MAX_SILENT_PERIODS", silent.to_string())
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .env("CHAT_NODE_EXIT_WITH_STDIN", "1")
+            .envs(self.args.node_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.args.server.display()))?;
+        let pid = child.id().ok_or("no pid")?;
+        let stdin = child.stdin.take().ok_or("stdin not piped")?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("stdout not piped")?);
+        let mut line = String::new();
+        let read = tokio::time::timeout(PROCESS_DEADLINE, stdout.read_line(&mut line)).await;
+        let addr: SocketAddr = match read {
+            Ok(Ok(n)) if n > 0 => line
+                .trim()
+                .strip_prefix("LISTENING ")
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("{name}: unexpected first line {line:?}"))?,
+            _ => {
+                return Err(format!(
+                    "{name} did not say LISTENING; see {}",
+                    log.display()
+                ));
+            }
+        };
+        self.incarnations.push(Incarnation {
+            slot,
+            name,
+            pid,
+            started: Instant::now(),
+            ended: None,
+            rss: Vec::new(),
+            final_rss: None,
+        });
+        self.procs[slot] = Some(Proc {
+            child,
+            pid,
+            addr,
+            _stdout: stdout,
+            _stdin: stdin,
+            incarnation: self.incarnations.len() - 1,
+        });
+        Ok(addr)
+    }
+
+    /// Signals the node of `slot` (`TERM` or `KILL`) and waits for it to exit.
+    async fn stop_node(&mut self, slot: usize, sig: &str) -> String {
+        let Some(mut proc) = self.procs[slot].take() else {
+            return "not running".to_owned();
+        };
+        signal(proc.pid, sig);
+        let status = match tokio::time::timeout(PROCESS_DEADLINE, proc.child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            _ => {
+                let _ = proc.child.start_kill();
+                let _ = proc.child.wait().await;
+                format!(
+                    "did not exit within {} s; killed",
+                    PROCESS_DEADLINE.as_secs()
+                )
+            }
+        };
+        let how = format!("SIG{sig}: {status}");
+        self.incarnations[proc.incarnation].ended = Some((Instant::now(), how.clone()));
+        how
+    }
+
+    fn sample_rss(&mut self) {
+        let now = Instant::now();
+        for proc in self.procs.iter().flatten() {
+            if let Some(kib) = status_kib(proc.pid, "VmRSS:") {
+                let fds =
+                    std::fs::read_dir(format!("/proc/{}/fd", proc.pid)).map_or(0, Iterator::count);
+                self.incarnations[proc.incarnation]
+                    .rss
+                    .push((now, kib, fds));
+            }
+        }
+    }
+
+    /// Waits until every node is subscribed to the cluster's Redis channel.
+    async fn wait_subscribed(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let channel = self.channel();
+        loop {
+            let live = self.procs.iter().flatten().count() as u64;
+            if self
+                .redis
+                .subscribers(&channel)
+                .await
+                .is_some_and(|n| n >= live)
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        for slot in 0..self.procs.len() {
+            if self.procs[slot].is_some() {
+                self.stop_node(slot, "TERM").await;
+            }
+        }
+        self.redis.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+
+/// One scheduled restart, for the report.
+#[derive(Debug, Clone)]
+struct Event {
+    at: Duration,
+    what: String,
+    outcome: String,
+    down_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    /// Slot, signal, with a new name.
+    Restart(usize, &'static str, bool),
+    RedisRestart,
+}
+
+const SCHEDULE: [Action; 5] = [
+    Action::Restart(1, "TERM", false),
+    Action::Restart(2, "TERM", true),
+    Action::Restart(1, "KILL", false),
+    Action::Restart(2, "KILL", true),
+    Action::RedisRestart,
+];
+
+async fn perform(cluster: &mut Cluster, shared: &Shared, action: Action) -> Event {
+    let at = cluster.started.elapsed();
+    let t0 = Instant::now();
+    match action {
+        Action::Restart(slot, sig, rename) => {
+            let old = cluster.names[slot].clone();
+            lock(&shared.up)[slot] = None;
+            let d = shared.book().disturbances.len();
+            shared.book().disturbances.push(Disturbance {
+                what: format!("node {} ({old}) SIG{sig}", SLOTS[slot]),
+                slot: Some(slot),
+                from: Instant::now(),
+                to: None,
+            });
+            let outcome = cluster.stop_node(slot, sig).await;
+            tokio::time::sleep(RESTART_PAUSE).await;
+            if rename {
+                cluster.renames[slot] += 1;
+                cluster.names[slot] = format!("{}{}", SLOTS[slot], cluster.renames[slot] + 1);
+            }
+            let new = cluster.names[slot].clone();
+            let (outcome, to) = match cluster.start_node(slot).await {
+                Ok(addr) => {
+                    lock(&shared.up)[slot] = Some(addr);
+                    (
+                        format!("{outcome}; restarted as {new}"),
+                        Instant::now() + RECOVERY,
+                    )
+                }
+                Err(e) => (format!("{outcome}; restart failed: {e}"), far_future()),
+            };
+            shared.book().disturbances[d].to = Some(to);
+            Event {
+                at,
+                what: format!(
+                    "node {} ({old}): SIG{sig}, restart under {} name",
+                    SLOTS[slot],
+                    if rename { "a new" } else { "the same" }
+                ),
+                outcome,
+                down_for: t0.elapsed(),
+            }
+        }
+        Action::RedisRestart => {
+            let d = shared.book().disturbances.len();
+            shared.book().disturbances.push(Disturbance {
+                what: "redis restart".to_owned(),
+                slot: None,
+                from: Instant::now(),
+                to: None,
+            });
+            cluster.redis.stop().await;
+            tokio::time::sleep(REDIS_DOWN).await;
+            let outcome = match cluster.redis.spawn().await {
+                Ok(()) => {
+                    if cluster.wait_subscribed(Duration::from_secs(60)).await {
+                        format!(
+                            "down {:.1} s; every node subscribed again after {:.1} s",
+                            REDIS_DOWN.as_secs_f64(),
+                            t0.elapsed().as_secs_f64()
+                        )
+                    } else {
+                        "nodes did not all subscribe again within 60 s".to_owned()
+                    }
+                }
+                Err(e) => format!("restart failed: {e}"),
+            };
+            shared.book().disturbances[d].to = Some(Instant::now() + RECOVERY);
+            Event {
+                at,
+                what: "redis: SIGTERM, restart on the same port".to_owned(),
+                outcome,
+                down_for: t0.elapsed(),
+            }
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Every room's presence as listed by the node at `addr`, through a fresh observer join.
+async fn node_presence(addr: SocketAddr, rooms: u16) -> Result<BTreeMap<u16, Listed>, String> {
+    let url = format!("ws://{addr}{SOCKET_PATH}");
+    let (mut ws, _) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async(url.as_str()),
+    )
+    .await
+    .map_err(|_| "connect timeout".to_owned())?
+    .map_err(|e| format!("connect: {e}"))?;
+    for room in 0..rooms {
+        let r = room.to_string();
+        let frame = json!([r, r, topic(room), "phx_join", {"user": OBSERVER}]);
+        ws.send(Message::text(frame.to_string()))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    let mut out = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.len() < usize::from(rooms) {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| format!("{} presence_state of {rooms} within 20 s", out.len()))?;
+        let Some(Ok(Message::Text(text))) = next else {
+            if matches!(next, Some(Ok(_))) {
+                continue;
+            }
+            return Err(format!("observer socket closed: {next:?}"));
+        };
+        let frame: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+        if frame[3] == "presence_state"
+            && let Some(room) = frame[2].as_str().and_then(room_of)
+        {
+            let mut view = View::default();
+            view.state(&frame[4]);
+            out.insert(room, listed(&view.metas));
+        } else if frame[3] == "phx_reply" && frame[4]["status"] != "ok" {
+            return Err(format!("observer join refused: {}", frame[4]));
+        }
+    }
+    let close = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = ws.send(Message::Close(Some(close))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    Ok(out)
+}
+
+/// The figures of a run.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// (name, passed, detail lines)
+    checks: Vec<(String, bool, Vec<String>)>,
+    json: serde_json::Map<String, Value>,
+}
+
+impl Outcome {
+    fn check(&mut self, name: &str, passed: bool, detail: Vec<String>) {
+        self.checks.push((name.to_owned(), passed, detail));
+    }
+}
+
+fn progress(started: Instant, text: &str) {
+    eprintln!("[{:6.1} s] {text}", started.elapsed().as_secs_f64());
+}
+
+/// The expected presence (room => user => status) and each client's views, from the clients.
+type Expected = BTreeMap<u16, BTreeMap<String, String>>;
+
+fn expected_presence(cores: &[Arc<Mutex<ClientCore>>]) -> Expected {
+    let mut expected: Expected = BTreeMap::new();
+    for (id, core) in cores.iter().enumerate() {
+        for (room, state) in &lock(core).rooms {
+            if state.membership.is_some() {
+                expected
+                    .entry(*room)
+                    .or_default()
+                    .insert(format!("u{id}"), state.status.clone());
+            }
+        }
+    }
+    expected
+}
+
+/// Problems of the clients' own lists: (clients with a wrong list, examples).
+fn client_view_problems(
+    cores: &[Arc<Mutex<ClientCore>>],
+    expected: &Expected,
+) -> (usize, Vec<String>) {
+    let empty = BTreeMap::new();
+    let mut wrong = 0;
+    let mut examples = Vec::new();
+    for (id, core) in cores.iter().enumerate() {
+        let core = lock(core);
+        let mut bad = false;
+        for (room, state) in &core.rooms {
+            let problems = compare(
+                &listed(&state.view.metas),
+                expected.get(room).unwrap_or(&empty),
+            );
+            if !problems.is_empty() || !state.view.synced {
+                bad = true;
+                if examples.len() < 5 {
+                    examples.push(format!(
+                        "u{id} in room:{room} (synced {}): {}",
+                        state.view.synced,
+                        problems
+                            .iter()
+                            .take(4)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
+            }
+        }
+        if bad {
+            wrong += 1;
+        }
+    }
+    (wrong, examples)
+}
+
+/// Problems of every node's list, by node name.
+async fn node_problems(
+    nodes: &[(String, SocketAddr)],
+    rooms: u16,
+    expected: &Expected,
+) -> BTreeMap<String, Vec<String>> {
+    let empty = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (name, addr) in nodes {
+        let problems = match node_presence(*addr, rooms).await {
+            Ok(lists) => lists
+                .iter()
+                .flat_map(|(room, list)| {
+                    compare(list, expected.get(room).unwrap_or(&empty))
+                        .into_iter()
+                        .map(move |p| format!("room:{room}: {p}"))
+                })
+                .collect(),
+            Err(e) => vec![format!("cannot read its presence: {e}")],
+        };
+        out.insert(name.clone(), problems);
+    }
+    out
+}
+
+/// The message check: (eligible deliveries, lost, duplicates, misrouted, examples).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MessageCheck {
+    acked: usize,
+    unacked: usize,
+    excluded: usize,
+    eligible: u64,
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+    misrouted: u64,
+    examples: Vec<String>,
+}
+
+fn disturbed(ds: &[Disturbance], slots: [usize; 2], from: Instant, to: Instant) -> bool {
+    ds.iter().any(|d| {
+        (d.slot.is_none() || d.slot == Some(slots[0]) || d.slot == Some(slots[1]))
+            && d.from <= to
+            && d.to.is_none_or(|end| end >= from)
+    })
+}
+
+fn check_messages(book: &mut Book) -> MessageCheck {
+    let mut c = MessageCheck::default();
+    book.receipts.sort_unstable();
+    let mut counts: HashMap<u64, u32> = HashMap::with_capacity(book.receipts.len());
+    for r in &book.receipts {
+        *counts.entry(*r).or_default() += 1;
+    }
+    for (&r, &n) in &counts {
+        let (id, m) = ((r >> 32) as usize, (r & 0xffff_ffff) as usize);
+        if n > 1 {
+            c.duplicates += u64::from(n - 1);
+            if c.examples.len() < 10 {
+                c.examples
+                    .push(format!("m{id} received {n} times in membership {m}"));
+            }
+        }
+        if book.msgs[id].room != book.memberships[m].room {
+            c.misrouted += 1;
+        }
+    }
+    let mut by_room: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, m) in book.memberships.iter().enumerate() {
+        by_room.entry(m.room).or_default().push(i);
+    }
+    for (id, msg) in book.msgs.iter().enumerate() {
+        let Some(acked) = msg.acked else {
+            c.unacked += 1;
+            continue;
+        };
+        c.acked += 1;
+        let until = acked + GRACE;
+        let mut excluded = false;
+        for &mi in by_room.get(&msg.room).map_or(&[][..], Vec::as_slice) {
+            let m = &book.memberships[mi];
+            if m.joined >= msg.sent || m.ended.is_some_and(|e| e <= until) {
+                continue;
+            }
+            if disturbed(&book.disturbances, [m.slot, msg.slot], msg.sent, until) {
+                excluded = true;
+                continue;
+            }
+            c.eligible += 1;
+            match counts.get(&(((id as u64) << 32) | mi as u64)) {
+                Some(_) => c.received += 1,
+                None => {
+                    c.lost += 1;
+                    if c.examples.len() < 10 {
+                        c.examples.push(format!(
+                            "m{id} to room:{} via slot {} not received by membership {mi} (slot {})",
+                            msg.room, SLOTS[msg.slot], SLOTS[m.slot]
+                        ));
+                    }
+                }
+            }
+        }
+        if excluded {
+            c.excluded += 1;
+        }
+    }
+    c
+}
+
+async fn soak(args: Args) -> Result<(i32, String, Value), String> {
+    std::fs::create_dir_all(&args.log_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.log_dir.display()))?;
+    if !args.server.is_file() {
+        return Err(format!(
+            "no chat node at {}: run `cargo build --release -p presence-tests --bin soak --bin chat_node` (or pass --server)",
+            args.server.display()
+        ));
+    }
+    let run_start = Instant::now();
+    progress(
+        run_start,
+        &format!("seed {}; logs in {}", args.seed, args.log_dir.display()),
+    );
+    let redis = Redis::start(args.redis_server.clone(), args.log_dir.clone()).await?;
+    let pubsub = format!("soak-{}-{:x}", std::process::id(), args.seed & 0xffff_ffff);
+    let mut cluster = Cluster {
+        args: args.clone(),
+        redis,
+        pubsub,
+        procs: (0..SLOTS.len()).map(|_| None).collect(),
+        names: SLOTS.iter().map(|s| format!("{s}1")).collect(),
+        renames: vec![0; SLOTS.len()],
+        incarnations: Vec::new(),
+        started: Instant::now(),
+    };
+    let result = drive(&args, &mut cluster, run_start).await;
+    progress(run_start, "stopping the nodes and redis");
+    cluster.shutdown().await;
+    result
+}
+
+async fn drive(
+    args: &Args,
+    cluster: &mut Cluster,
+    run_start: Instant,
+) -> Result<(i32, String, Value), String> {
+    let shared = Arc::new(Shared {
+        args: args.clone(),
+        up: Mutex::new(vec![None; SLOTS.len()]),
+        book: Mutex::new(Book::default()),
+        connect: Semaphore::new(64),
+        mean_op_interval: Duration::from_secs_f64(f64::from(args.clients) / args.ops_per_sec),
+    });
+    for slot in 0..SLOTS.len() {
+        let addr = cluster.start_node(slot).await?;
+        lock(&shared.up)[slot] = Some(addr);
+    }
+    if !cluster.wait_subscribed(PROCESS_DEADLINE).await {
+        return Err("the nodes did not all subscribe to redis".to_owned());
+    }
+    progress(
+        run_start,
+        &format!("3 nodes up on redis {}", cluster.redis.url()),
+    );
+    let (phase_tx, phase_rx) = watch::channel(Phase::Churn);
+    let cores: Vec<Arc<Mutex<ClientCore>>> = (0..args.clients)
+        .map(|_| Arc::new(Mutex::new(ClientCore::default())))
+        .collect();
+    let mut clients = JoinSet::new();
+    for (id, core) in cores.iter().enumerate() {
+        clients.spawn(client(
+            id as u32,
+            shared.clone(),
+            core.clone(),
+            phase_rx.clone(),
+        ));
+    }
+    let churn_start = Instant::now();
+    cluster.started = churn_start;
+    let mut events = Vec::new();
+    let mut next_event = 0;
+    let mut next_rss = Instant::now();
+    let mut next_progress = Instant::now() + Duration::from_secs(10);
+    let end = churn_start + args.duration;
+    while Instant::now() < end {
+        let now = Instant::now();
+        if !args.no_restarts
+            && next_event < SCHEDULE.len()
+            && now >= churn_start + args.duration * (next_event as u32 + 1) / 6
+        {
+            let event = perform(cluster, &shared, SCHEDULE[next_event]).await;
+            progress(run_start, &format!("{}: {}", event.what, event.outcome));
+            events.push(event);
+            next_event += 1;
+            continue;
+        }
+        if now >= next_rss {
+            cluster.sample_rss();
+            next_rss += RSS_EVERY;
+        }
+        if now >= next_progress {
+            let book = shared.book();
+            let o = &book.ops;
+            progress(
+                run_start,
+                &format!(
+                    "connects {} joins {} leaves {} statuses {} msgs {} drops {} receipts {}",
+                    o.connects,
+                    o.joins,
+                    o.leaves,
+                    o.statuses,
+                    o.messages,
+                    o.drops,
+                    book.receipts.len()
+                ),
+            );
+            next_progress += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let churn_end = Instant::now();
+    let _ = phase_tx.send(Phase::Quiesce);
+    progress(
+        run_start,
+        "churn over; waiting for every client to be quiet",
+    );
+    let quiet_deadline = churn_end + QUIET_DEADLINE;
+    let quiet_count = || cores.iter().filter(|c| lock(c).quiet()).count();
+    let mut quiet = quiet_count();
+    while quiet < cores.len() && Instant::now() < quiet_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        quiet = quiet_count();
+    }
+    let quiet_at = Instant::now();
+    let mut out = Outcome::default();
+    out.check(
+        "quiet",
+        quiet == cores.len(),
+        vec![format!(
+            "{quiet} of {} clients quiet {:.1} s after the churn",
+            cores.len(),
+            (quiet_at - churn_end).as_secs_f64()
+        )],
+    );
+    progress(
+        run_start,
+        &format!("{quiet} clients quiet; checking presence"),
+    );
+    let expected = expected_presence(&cores);
+    let members: usize = expected.values().map(BTreeMap::len).sum();
+    let nodes: Vec<(String, SocketAddr)> = cluster
+        .procs
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, p)| p.as_ref().map(|p| (cluster.names[slot].clone(), p.addr)))
+        .collect();
+    let settle = Duration::from_secs(60).max(Duration::from_millis(PERIODS.2 * 4));
+    let settle_deadline = quiet_at + settle;
+    let (mut node_view, mut views);
+    loop {
+        node_view = node_problems(&nodes, args.rooms, &expected).await;
+        views = client_view_problems(&cores, &expected);
+        let nodes_ok = node_view.values().all(Vec::is_empty);
+        if (nodes_ok && views.0 == 0) || Instant::now() > settle_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let settled_in = quiet_at.elapsed();
+    let mut detail = vec![format!(
+        "{members} memberships in {} rooms; nodes read {:.1} s after the clients were quiet",
+        args.rooms,
+        settled_in.as_secs_f64()
+    )];
+    for (name, problems) in &node_view {
+        detail.push(format!(
+            "{name}: {}",
+            if problems.is_empty() {
+                "exact".to_owned()
+            } else {
+                format!(
+                    "{} problems: {}",
+                    problems.len(),
+                    problems
+                        .iter()
+                        .take(8)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            }
+        ));
+    }
+    out.check(
+        "presence on every node",
+        node_view.values().all(Vec::is_empty),
+        detail,
+    );
+    let mut detail = vec![format!("{} clients with a wrong list", views.0)];
+    detail.extend(views.1.iter().cloned());
+    out.check("client views", views.0 == 0, detail);
+    // The final RSS, with the clients still connected (as at the baseline).
+    cluster.sample_rss();
+    for proc in cluster.procs.iter().flatten() {
+        cluster.incarnations[proc.incarnation].final_rss = status_kib(proc.pid, "VmRSS:");
+    }
+    progress(run_start, "checking messages");
+    let _ = phase_tx.send(Phase::Stop);
+    clients.shutdown().await;
+    let mut book = std::mem::take(&mut *shared.book());
+    let mc = check_messages(&mut book);
+    let mut detail = vec![
+        format!(
+            "{} sent, {} acked ({} not acked: refused or lost with their socket); {} acked messages had a delivery excluded by a disturbance",
+            book.msgs.len(),
+            mc.acked,
+            mc.unacked,
+            mc.excluded
+        ),
+        format!(
+            "{} deliveries due, {} received, {} lost; {} duplicates, {} misrouted; {} receipts in all, {} outside a membership, {} unknown",
+            mc.eligible,
+            mc.received,
+            mc.lost,
+            mc.duplicates,
+            mc.misrouted,
+            book.receipts.len(),
+            book.outside_membership,
+            book.unknown_msgs
+        ),
+    ];
+    detail.extend(mc.examples.iter().cloned());
+    out.check(
+        "messages",
+        mc.lost == 0 && mc.duplicates == 0 && mc.misrouted == 0 && book.unknown_msgs == 0,
+        detail,
+    );
+    let mut rss_ok = true;
+    let mut rss_detail = Vec::new();
+    let mut rss_json = Vec::new();
+    for inc in &cluster.incarnations {
+        let from = inc.started.max(churn_start) + RSS_BASELINE_AFTER;
+        let baseline = inc
+            .rss
+            .iter()
+            .find(|(t, _, _)| *t >= from && *t <= churn_end)
+            .map(|(_, k, _)| *k);
+        let peak = inc.rss.iter().map(|(_, k, _)| *k).max();
+        let (text, checked, passed) = match (inc.ended.as_ref(), baseline, inc.final_rss) {
+            (Some((_, how)), _, _) => (
+                format!("ended ({how}); peak {} MiB", mib(peak)),
+                false,
+                true,
+            ),
+            (None, Some(b), Some(f)) => {
+                let growth = (f as f64 - b as f64) / b as f64 * 100.0;
+                let passed = growth <= RSS_GROWTH_PERCENT;
+                (
+                    format!(
+                        "baseline {} MiB at +{:.0} s, final {} MiB ({growth:+.1} %), peak {} MiB",
+                        mib(Some(b)),
+                        inc.rss
+                            .iter()
+                            .find(|(_, k, _)| *k == b)
+                            .map_or(0.0, |(t, _, _)| (*t - churn_start).as_secs_f64()),
+                        mib(Some(f)),
+                        mib(peak)
+                    ),
+                    true,
+                    passed,
+                )
+            }
+            (None, _, f) => (
+                format!(
+                    "no baseline (ran less than a minute of churn); final {} MiB",
+                    mib(f)
+                ),
+                false,
+                true,
+            ),
+        };
+        rss_ok &= passed;
+        rss_detail.push(format!(
+            "{} (slot {}, pid {}): {text}{}",
+            inc.name,
+            SLOTS[inc.slot],
+            inc.pid,
+            if checked {
+                if passed { " ok" } else { " FAILED" }
+            } else {
+                ""
+            }
+        ));
+        // One sample a minute (the first at or after each minute of the churn), and the last.
+        let mut timeline: Vec<(f64, u64, usize)> = Vec::new();
+        let mut minute = 0;
+        for (i, (t, k, f)) in inc.rss.iter().enumerate() {
+            let at = t.saturating_duration_since(churn_start).as_secs();
+            if at >= minute * 60 || i + 1 == inc.rss.len() {
+                timeline.push((secs(t.saturating_duration_since(churn_start)), *k, *f));
+                minute = at / 60 + 1;
+            }
+        }
+        rss_detail.push(format!(
+            "  MiB / open fds: {}",
+            timeline
+                .iter()
+                .map(|(t, k, f)| format!("+{t:.0} s {} / {f}", mib(Some(*k))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        rss_json.push(json!({
+            "timeline_s_kib_fds": timeline,
+            "node": inc.name, "slot": SLOTS[inc.slot], "pid": inc.pid,
+            "started_s": secs(inc.started.saturating_duration_since(churn_start)),
+            "ended": inc.ended.as_ref().map(|(_, h)| h.clone()),
+            "baseline_kib": baseline, "final_kib": inc.final_rss, "peak_kib": peak,
+            "checked": checked, "passed": passed,
+        }));
+    }
+    out.check("rss", rss_ok, rss_detail);
+
+    // The report.
+    let o = book.ops.clone();
+    let log_counts: Vec<(String, usize, usize)> = cluster
+        .incarnations
+        .iter()
+        .map(|i| i.name.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(args.log_dir.join(format!("{name}.log")))
+                .unwrap_or_default();
+            let warn = text.lines().filter(|l| l.contains(" WARN ")).count();
+            let error = text.lines().filter(|l| l.contains(" ERROR ")).count();
+            (name, warn, error)
+        })
+        .collect();
+    let mut text = String::new();
+    let (b, d, p, s) = PERIODS;
+    let _ = writeln!(
+        text,
+        "churn soak: {} clients, {} rooms, {} s of churn at {} ops/s, seed {}",
+        args.clients,
+        args.rooms,
+        args.duration.as_secs(),
+        args.ops_per_sec,
+        args.seed
+    );
+    let _ = writeln!(
+        text,
+        "cluster: 3 chat nodes ({}) over redis {}; tracker broadcast {b} ms, max silent periods {s}, down {d} ms, permdown {p} ms",
+        args.server.display(),
+        cluster.redis.url()
+    );
+    let _ = writeln!(
+        text,
+        "operations: {} joins, {} leaves, {} status updates, {} messages, {} abrupt disconnects; {} connects ({} reconnects), {} rejoins",
+        o.joins, o.leaves, o.statuses, o.messages, o.drops, o.connects, o.reconnects, o.rejoins
+    );
+    let _ = writeln!(
+        text,
+        "sockets lost: {}; connect failures: {}; heartbeat timeouts: {}",
+        map_text(&book.sockets_lost),
+        map_text(&book.connect_failures),
+        book.heartbeat_timeouts
+    );
+    let _ = writeln!(
+        text,
+        "channel errors: {}; error replies: {}; unparsed frames: {}",
+        map_text(&book.channel_errors),
+        map_text(&book.reply_errors),
+        book.unparsed_frames
+    );
+    let _ = writeln!(text, "restarts:");
+    for e in &events {
+        let _ = writeln!(
+            text,
+            "  +{:.0} s {}: {} ({:.1} s)",
+            e.at.as_secs_f64(),
+            e.what,
+            e.outcome,
+            e.down_for.as_secs_f64()
+        );
+    }
+    let _ = writeln!(text, "windows excluded from the message check:");
+    for d in &book.disturbances {
+        let at = |t: Instant| t.saturating_duration_since(churn_start).as_secs_f64();
+        let _ = writeln!(
+            text,
+            "  {}: +{:.1} s to +{:.1} s",
+            d.what,
+            at(d.from),
+            d.to.map_or(f64::INFINITY, at)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "node logs (warnings / errors): {}",
+        log_counts
+            .iter()
+            .map(|(n, w, e)| format!("{n} {w}/{e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(text, "checks:");
+    for (name, passed, detail) in &out.checks {
+        let _ = writeln!(text, "  {name}: {}", if *passed { "PASS" } else { "FAIL" });
+        for line in detail {
+            let _ = writeln!(text, "    {line}");
+        }
+    }
+    let all = out.checks.iter().all(|(_, p, _)| *p);
+    let _ = writeln!(text, "result: {}", if all { "PASS" } else { "FAIL" });
+    out.json.insert("clients".into(), json!(args.clients));
+    let object = json!({
+        "clients": args.clients,
+        "rooms": args.rooms,
+        "duration_s": args.duration.as_secs(),
+        "ops_per_sec": args.ops_per_sec,
+        "seed": args.seed,
+        "periods_ms": {"broadcast": b, "down": d, "permdown": p, "max_silent_periods": s},
+        "operations": {
+            "joins": o.joins, "leaves": o.leaves, "statuses": o.statuses, "messages": o.messages,
+            "drops": o.drops, "connects": o.connects, "reconnects": o.reconnects, "rejoins": o.rejoins,
+        },
+        "sockets_lost": book.sockets_lost,
+        "connect_failures": book.connect_failures,
+        "heartbeat_timeouts": book.heartbeat_timeouts,
+        "channel_errors": book.channel_errors,
+        "reply_errors": book.reply_errors,
+        "restarts": events.iter().map(|e| json!({"at_s": secs(e.at), "what": e.what, "outcome": e.outcome, "took_s": secs(e.down_for)})).collect::<Vec<_>>(),
+        "messages": {
+            "sent": book.msgs.len(), "acked": mc.acked, "excluded": mc.excluded,
+            "deliveries_due": mc.eligible, "received": mc.received, "lost": mc.lost,
+            "duplicates": mc.duplicates, "misrouted": mc.misrouted,
+            "receipts": book.receipts.len(), "outside_membership": book.outside_membership,
+        },
+        "memberships_at_end": members,
+        "settled_s": secs(settled_in),
+        "rss": rss_json,
+        "node_log_warnings": log_counts.iter().map(|(n, w, e)| json!({"node": n, "warn": w, "error": e})).collect::<Vec<_>>(),
+        "checks": out.checks.iter().map(|(n, p, d)| json!({"check": n, "passed": p, "detail": d})).collect::<Vec<_>>(),
+        "passed": all,
+    });
+    Ok((if all { 0 } else { 3 }, text, object))
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+fn map_text(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".to_owned();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{v} x {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn main() {
+    let args = match parse_args(std::env::args().skip(1).collect()) {
+        Ok(args) => args,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("soak: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("soak: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let json_out = args.json;
+    let code = runtime.block_on(async move {
+        tokio::select! {
+            result = soak(args) => match result {
+                Ok((code, text, object)) => {
+                    print!("{text}");
+                    if json_out {
+                        println!("{object}");
+                    }
+                    code
+                }
+                Err(e) => {
+                    eprintln!("soak: {e}");
+                    1
+                }
+            },
+            // Dropping the run kills its processes (kill_on_drop).
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("soak: interrupted");
+                130
+            }
+        }
+    });
+    let _ = std::io::stdout().flush();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_follow_phoenix_js() {
+        let mut v = View::default();
+        v.diff(
+            &json!({"joins": {"u1": {"metas": [{"phx_ref": "b", "status": "x"}]}}, "leaves": {}}),
+        );
+        assert!(v.metas.is_empty(), "held until the state");
+        v.state(&json!({"u1": {"metas": [{"phx_ref": "a", "status": "s0"}]}}));
+        assert_eq!(listed(&v.metas)["u1"], vec!["s0", "x"]);
+        v.diff(&json!({"joins": {}, "leaves": {"u1": {"metas": [{"phx_ref": "a"}]}}}));
+        assert_eq!(listed(&v.metas)["u1"], vec!["x"]);
+        v.diff(&json!({"joins": {}, "leaves": {"u1": {"metas": [{"phx_ref": "b"}]}}}));
+        assert!(v.metas.is_empty());
+    }
+
+    #[test]
+    fn compare_names_ghosts_losses_and_metas() {
+        let list: Listed = [
+            ("u1".to_owned(), vec!["a".to_owned()]),
+            ("u2".to_owned(), vec!["b".to_owned(), "b".to_owned()]),
+        ]
+        .into();
+        let expected: BTreeMap<String, String> = [
+            ("u2".to_owned(), "b".to_owned()),
+            ("u3".to_owned(), "c".to_owned()),
+        ]
+        .into();
+        let problems = compare(&list, &expected);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn deliveries_due_follow_the_rule() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut book = Book::default();
+        book.msgs.push(Msg {
+            room: 0,
+            slot: 0,
+            sent: t + s(10),
+            acked: Some(t + s(11)),
+        });
+        book.memberships.push(Membership {
+            room: 0,
+            slot: 1,
+            joined: t,
+            ended: None,
+        });
+        book.memberships.push(Membership {
+            room: 0,
+            slot: 1,
+            joined: t,
+            ended: Some(t + s(12)),
+        });
+        book.memberships.push(Membership {
+            room: 0,
+            slot: 2,
+            joined: t + s(10),
+            ended: None,
+        });
+        book.memberships.push(Membership {
+            room: 1,
+            slot: 2,
+            joined: t,
+            ended: None,
+        });
+        let c = check_messages(&mut book);
+        assert_eq!((c.eligible, c.lost), (1, 1), "only membership 0 is due");
+        book.receipts = vec![0, 0];
+        let c = check_messages(&mut book);
+        assert_eq!((c.lost, c.duplicates), (0, 1));
+        book.receipts = vec![0];
+        book.disturbances.push(Disturbance {
+            what: String::new(),
+            slot: Some(1),
+            from: t + s(14),
+            to: Some(t + s(20)),
+        });
+        let c = check_messages(&mut book);
+        assert_eq!(
+            (c.eligible, c.excluded),
+            (0, 1),
+            "the receiver's node was disturbed"
+        );
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let args = |s: &str| parse_args(s.split_whitespace().map(str::to_owned).collect());
+        let a = args("--duration-secs 60 --clients=10 --json").unwrap();
+        assert_eq!(a.duration, Duration::from_secs(60));
+        assert_eq!(a.clients, 10);
+        assert!(a.json);
+        assert!(args("--clients 0").is_err());
+        assert!(args("--bogus 1").is_err());
+    }
+}
