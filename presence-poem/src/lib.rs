@@ -377,9 +377,12 @@
 //!
 //! # Memory
 //!
-//! The websocket uses a 4 KiB read buffer and no write batching buffer (tungstenite's default
-//! is 128 KiB each); the queues allocate as they fill. Poem's websocket messages own their
-//! bytes, so each socket copies an encoded frame once when writing it.
+//! The websocket uses a 1 KiB read buffer and no write batching buffer (tungstenite's default
+//! is 128 KiB each): an idle joined socket costs about 8.4 KB. Phoenix clients send small
+//! frames; a larger message is read 1 KiB at a time (raise the buffer with
+//! [`PhoenixSocketBuilder::websocket_config`] for clients that send large payloads). The
+//! queues allocate as they fill. Poem's websocket messages own their bytes, so each socket
+//! copies an encoded frame once when writing it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 

@@ -623,7 +623,7 @@ impl PhoenixSocket {
 /// read buffer. Writes are not batched by tungstenite (the connection flushes in batches).
 fn default_websocket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
@@ -846,7 +846,8 @@ impl PhoenixSocketBuilder {
     }
 
     /// Replaces the websocket configuration entirely (buffers and limits). The default uses a
-    /// 4 KiB read buffer, no write batching, and 1 MiB message and frame limits.
+    /// 1 KiB read buffer (an idle socket holds it for its life; larger messages take several
+    /// reads), no write batching, and 1 MiB message and frame limits.
     pub fn websocket_config(mut self, config: WebSocketConfig) -> Self {
         self.config.websocket = config;
         self
