@@ -60,7 +60,8 @@ impl<T: HandleMetas> Probe<T> {
     pub const HANDLE_METAS: bool = true;
 }
 
-fn running<P: Presence>(registry: &Registry) -> Result<PresenceHandle<P>, PresenceError> {
+/// The running presence `P` of `registry`, as the generated `running` returns it.
+pub fn running<P: Presence>(registry: &Registry) -> Result<PresenceHandle<P>, PresenceError> {
     Ok(PresenceHandle::<P>::from_registry(registry)?)
 }
 
@@ -112,8 +113,4 @@ pub fn count<P: Presence>(
     socket: &impl PresenceSocket,
 ) -> Result<crate::tracker::PresenceCount, PresenceError> {
     Ok(running::<P>(socket.registry())?.count(socket.topic()))
-}
-
-pub fn running_in<P: Presence>(registry: &Registry) -> Result<PresenceHandle<P>, PresenceError> {
-    running::<P>(registry)
 }

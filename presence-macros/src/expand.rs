@@ -353,7 +353,7 @@ fn helpers(input: &Input) -> TokenStream {
             #vis fn running(
                 registry: &#registry,
             ) -> #result<::presence_core::presence::PresenceHandle<Self>, #error> {
-                ::presence_core::__private::running_in::<Self>(registry)
+                ::presence_core::__private::running::<Self>(registry)
             }
 
             /// Tracks the socket's owner under `key` in the socket's topic.
