@@ -558,7 +558,6 @@ impl<P: Presence> fmt::Debug for PresenceHandle<P> {
 struct Shared<P: Presence> {
     presence: Arc<P>,
     ctx: PresenceContext,
-    pubsub: PubSub,
     runtime: tokio::runtime::Handle,
     queue: mpsc::UnboundedSender<Pending<P>>,
     in_flight: AtomicUsize,
@@ -714,7 +713,6 @@ impl<P: Presence> PresenceHandle<P> {
         let shared = Arc::new(Shared {
             presence,
             ctx,
-            pubsub: pubsub.clone(),
             runtime: runtime.clone(),
             queue,
             in_flight: AtomicUsize::new(0),
@@ -763,7 +761,7 @@ impl<P: Presence> PresenceHandle<P> {
 
     /// The pub/sub it broadcasts on.
     pub fn pubsub(&self) -> &PubSub {
-        &self.shared.pubsub
+        &self.shared.ctx.pubsub
     }
 
     /// Tracks `owner` under `key` in `topic`.
@@ -1122,7 +1120,7 @@ async fn broadcast_loop<P: Presence>(
         };
         let Some(s) = shared.upgrade() else { return };
         match serde_json::to_value(&diff) {
-            Ok(payload) => s.pubsub.local_broadcast(
+            Ok(payload) => s.ctx.pubsub.local_broadcast(
                 Message::json(topic.clone(), PRESENCE_DIFF, payload)
                     .with_merge_window(s.diff_window),
             ),
