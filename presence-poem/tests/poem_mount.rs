@@ -10,23 +10,7 @@ use common::*;
 use poem::{Route, get, handler};
 use presence_core::PubSub;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
-
-/// A plain HTTP/1.1 GET (no upgrade): the status code.
-async fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let status = response.split(' ').nth(1).expect("a status line");
-    status.parse().expect("a status code")
-}
 
 /// A websocket upgrade of `path`: `Ok` when it upgraded, else the HTTP status.
 async fn upgrade(addr: SocketAddr, path: &str) -> Result<Client, u16> {
@@ -86,12 +70,12 @@ async fn other_paths_below_a_nested_socket_are_not_found() {
         "/socket/websocket/extra?vsn=2.0.0",
     ] {
         assert_eq!(upgrade(server.addr, path).await.err(), Some(404), "{path}");
-        assert_eq!(http_status(server.addr, path).await, 404, "{path}");
+        assert_eq!(http_get(server.addr, path).await.0, 404, "{path}");
     }
     // Neighbours of the mount are routed as usual.
-    assert_eq!(http_status(server.addr, "/socket_page").await, 200);
+    assert_eq!(http_get(server.addr, "/socket_page").await.0, 200);
     // A plain GET of the transport is not an upgrade: refused, but not as a missing route.
-    assert_ne!(http_status(server.addr, "/socket/websocket").await, 404);
+    assert_ne!(http_get(server.addr, "/socket/websocket").await.0, 404);
 }
 
 #[tokio::test]

@@ -624,20 +624,6 @@ async fn without_the_middleware_presence_helpers_say_so() {
 #[tokio::test]
 async fn handlers_extract_the_registry_as_data() {
     let app = app().await;
-    let body = http_get(app.server.addr, "/registry").await;
+    let (_, body) = http_get(app.server.addr, "/registry").await;
     assert!(body.ends_with("presence running: true"), "{body}");
-}
-
-/// A minimal HTTP/1.1 GET over loopback; returns the whole response.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
-        .await
-        .expect("timed out")
-        .expect("read");
-    response
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
 use poem::web::Path;
 use poem::{EndpointExt, Route, get, handler};
@@ -18,8 +16,6 @@ use presence_poem::{
     PresenceMiddleware,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 presence_core::pubsub_server!(AppPubSub);
 
@@ -228,21 +224,6 @@ fn rooms() -> Route {
     Route::new()
         .at("/rooms/:room/count", get(count))
         .at("/rooms/:room/metas", get(metas))
-}
-
-/// A plain HTTP/1.1 GET: the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let status = response.split(' ').nth(1).expect("a status line");
-    let (_, body) = response.split_once("\r\n\r\n").expect("a head");
-    (status.parse().expect("a status code"), body.to_owned())
 }
 
 #[tokio::test]

@@ -27,6 +27,22 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Generous deadline for anything the server should do "soon".
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
+/// A plain HTTP/1.1 GET over loopback (no upgrade): the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let status = response.split(' ').nth(1).expect("a status line");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head");
+    (status.parse().expect("a status code"), body.to_owned())
+}
+
 /// The pub/sub topic where test channels report `terminate` and context drops.
 pub const EVENTS: &str = "test:events";
 
