@@ -343,15 +343,19 @@ async fn a_slow_reader_gets_merged_diffs_and_is_never_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_at_its_budget_and_its_neighbour_is_untouched() {
     let room = room(Duration::ZERO, 100_000, 512 << 10, true).await;
-    let (mut stuck, _) = watcher(small_client(room.server.addr).await).await;
+    let (stuck, _) = watcher(small_client(room.server.addr).await).await;
+    let mut stuck = Some(stuck);
+    let mut stuck_reader = None;
     let (mut neighbour, mut view) = watcher(Client::v2(room.server.addr).await).await;
+    // The neighbour reports how many keys it lists, so that the joins are paced by its
+    // reading (not by the clock): it never falls a whole byte budget behind, however slow
+    // the machine, while the stuck client's queue only grows.
+    let (listed_tx, mut listed) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !(view.synced && view.key_set() == users(0..2000)) {
-            let frame = tokio::time::timeout_at(deadline, neighbour.recv())
-                .await
-                .expect("the neighbour converges");
+            let frame = neighbour.recv().await;
             view.apply(&frame);
+            listed_tx.send_replace(view.keys.len());
         }
         neighbour
     });
@@ -363,18 +367,29 @@ async fn a_client_that_stops_reading_is_closed_at_its_budget_and_its_neighbour_i
             .track(&owner, TOPIC, &format!("u{i}"), &json!({ "pad": pad }))
             .unwrap();
         owners.push(owner);
-        // Paced (4 joins of 1 KB a millisecond), so that a reading client keeps up.
-        if i % 4 == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        // At most 100 joins (about 100 KB of diffs) ahead of the neighbour.
+        if i % 100 == 99 {
+            tokio::time::timeout(DEADLINE, listed.wait_for(|&n| n + 100 > i))
+                .await
+                .expect("the neighbour keeps reading")
+                .expect("the neighbour's reader runs");
+        }
+        // By now the neighbour has read 900 diffs of about 1 KB: the stuck client's queue
+        // got them too and passed its 512 KiB budget. It reads from here on, so that the
+        // server can write the close frame within its shutdown timeout.
+        if i == 999 {
+            let mut stuck = stuck.take().expect("once");
+            stuck_reader = Some(tokio::spawn(async move { stuck.closed().await }));
         }
     }
     let mut neighbour = reader.await.expect("the neighbour's reader");
     // The neighbour is still connected: a heartbeat is answered.
     assert_eq!(neighbour.heartbeat("9").await.event, "phx_reply");
     // The stuck client, reading at last, finds the server closed it with 1013.
-    let close = tokio::time::timeout(Duration::from_secs(30), stuck.closed())
+    let close = tokio::time::timeout(Duration::from_secs(30), stuck_reader.expect("spawned"))
         .await
-        .expect("closed in time");
+        .expect("closed in time")
+        .expect("the stuck client's reader");
     assert_eq!(close_code(close), 1013);
 }
 
