@@ -1,6 +1,6 @@
 //! One websocket connection: a control loop that reads frames and routes them to channel
-//! tasks, and a writer that drains the outbound queue. Both run inside the task poem spawns
-//! for the upgraded connection; the channel tasks are owned by the control loop, which stops
+//! tasks, and a writer that drains the outbound queue. Both run inside the task spawned for
+//! the upgraded connection (`upgrade::Upgrade::accept`); the channel tasks are owned by the control loop, which stops
 //! them (and waits for them, within a deadline) when the socket closes.
 //!
 //! The control loop never waits on a channel: commands are queued without waiting (a full
@@ -9,27 +9,31 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use poem::http::Extensions;
-use poem::web::websocket::{CloseCode, Message as WsMessage, WebSocketStream};
 use presence_core::Registry;
 use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 
 use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared, Start};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit};
+use crate::upgrade::WsStream;
 
 /// Capacity of the command queue from the connection to one channel task. The last slot is
 /// kept for a leave or a stop: client pushes are refused (`channel busy`) when only it is
@@ -39,6 +43,11 @@ const CHANNEL_QUEUE: usize = 16;
 const YIELD_EVERY: u32 = 16;
 /// Frames written before one flush.
 const WRITE_BATCH: usize = 64;
+/// The largest websocket frame written: a longer message goes out as fragments of this size
+/// (RFC 6455, section 5.4; browsers and websocket libraries join them). tungstenite copies
+/// each frame into a write buffer whose capacity never shrinks, so this bounds what a socket
+/// keeps after the largest message it was sent (a big room's `presence_state`), for its life.
+const FRAGMENT: usize = 2048;
 
 /// Serves one upgraded websocket until it closes.
 ///
@@ -46,7 +55,7 @@ const WRITE_BATCH: usize = 64;
 /// for its arguments (an unsplit `WebSocketStream` is a few hundred bytes) for its whole
 /// life: it is one of the 10k futures a 10k-socket server holds.
 pub(crate) fn run(
-    stream: WebSocketStream,
+    stream: WsStream,
     inner: Arc<Inner>,
     vsn: Vsn,
     assigns: Extensions,
@@ -87,15 +96,33 @@ pub(crate) fn run(
     futures_util::future::join(writer, control.run(stream, open)).map(|((), ())| ())
 }
 
-fn to_ws(out: Out) -> WsMessage {
-    match out.into_text() {
-        Ok(text) => WsMessage::Text(text),
-        Err(bytes) => WsMessage::Binary(bytes.to_vec()),
+/// Writes one message: one frame, or fragments of at most [`FRAGMENT`] bytes. The bytes are
+/// shared, not copied (a broadcast's encoding, a `presence_state`'s body): tungstenite's copy
+/// into its write buffer is the only one per socket.
+async fn feed(sink: &mut SplitSink<WsStream, WsMessage>, out: Out) -> Result<(), WsError> {
+    let total = out.len();
+    let (text, parts) = out.into_parts();
+    let mut opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
+    if total == 0 {
+        return sink
+            .feed(WsMessage::Frame(Frame::message(Bytes::new(), opcode, true)))
+            .await;
     }
+    let mut sent = 0;
+    for mut part in parts.into_iter().flatten() {
+        while !part.is_empty() {
+            let chunk = part.split_to(part.len().min(FRAGMENT));
+            sent += chunk.len();
+            let frame = Frame::message(chunk, opcode, sent == total);
+            sink.feed(WsMessage::Frame(frame)).await?;
+            opcode = OpCode::Data(Data::Continue);
+        }
+    }
+    Ok(())
 }
 
 async fn write_loop(
-    mut sink: SplitSink<WebSocketStream, WsMessage>,
+    mut sink: SplitSink<WsStream, WsMessage>,
     mut frames: Frames,
     mut close: watch::Receiver<Option<Close>>,
     outbox: Outbox,
@@ -108,10 +135,10 @@ async fn write_loop(
             out = frames.recv() => {
                 // Boxed: only the idle state of this loop stays in every socket's task.
                 let write = Box::pin(async {
-                    sink.feed(to_ws(out)).await?;
+                    feed(&mut sink, out).await?;
                     for _ in 1..WRITE_BATCH {
                         match frames.try_recv() {
-                            Some(out) => sink.feed(to_ws(out)).await?,
+                            Some(out) => feed(&mut sink, out).await?,
                             None => break,
                         }
                     }
@@ -134,7 +161,7 @@ async fn write_loop(
 
 /// Writes the close frame, if any, and closes the sink.
 async fn close_sink(
-    mut sink: SplitSink<WebSocketStream, WsMessage>,
+    mut sink: SplitSink<WsStream, WsMessage>,
     requested: Option<Close>,
     deadline: std::time::Duration,
 ) {
@@ -144,7 +171,10 @@ async fn close_sink(
         send_frame: true,
     }) = requested
     {
-        let frame = WsMessage::Close(Some((CloseCode::from(code), reason.to_owned())));
+        let frame = WsMessage::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(reason),
+        }));
         let _ = timeout(deadline, sink.send(frame)).await;
     }
     let _ = timeout(deadline, sink.close()).await;
@@ -286,7 +316,7 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads until the client's close frame (or the end of the stream, an error, or
 /// [`CLOSE_WAIT`]), discarding everything else.
-async fn finish_closing(mut stream: SplitStream<WebSocketStream>) {
+async fn finish_closing(mut stream: SplitStream<WsStream>) {
     let _ = timeout(CLOSE_WAIT, async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, WsMessage::Close(_)) {
@@ -315,7 +345,7 @@ impl Control {
         &self.socket.outbox
     }
 
-    async fn run(mut self, mut stream: SplitStream<WebSocketStream>, open: OpenGuard) {
+    async fn run(mut self, mut stream: SplitStream<WsStream>, open: OpenGuard) {
         let idle_timeout = self.inner.config.idle_timeout;
         let mut disconnect = self
             .socket
@@ -380,12 +410,11 @@ impl Control {
         }
     }
 
-    fn read_error(&self, error: &io::Error) {
-        let text = error.to_string();
-        if text.contains("Space limit exceeded") || text.contains("too long") {
+    fn read_error(&self, error: &WsError) {
+        if matches!(error, WsError::Capacity(_)) {
             tracing::warn!(%error, "closing websocket: message too big");
             self.outbox().close(code::TOO_BIG, "message too big");
-        } else if text.contains("UTF-8") {
+        } else if matches!(error, WsError::Utf8(_)) {
             tracing::warn!(%error, "closing websocket: invalid UTF-8");
             self.outbox()
                 .close(code::INVALID_PAYLOAD, "invalid payload");
@@ -401,7 +430,7 @@ impl Control {
 
     fn handle_frame(&mut self, message: &WsMessage) {
         let decoded = match message {
-            WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text)),
+            WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text.as_str())),
             WsMessage::Binary(bytes) => self.socket.vsn.decode(Raw::Binary(bytes)),
             WsMessage::Close(_) => {
                 // tungstenite answers the close frame; the writer flushes it.
@@ -412,7 +441,7 @@ impl Control {
                 });
                 return;
             }
-            WsMessage::Ping(_) | WsMessage::Pong(_) => return,
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return,
         };
         match decoded {
             Ok(inbound) => {

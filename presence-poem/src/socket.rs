@@ -14,8 +14,8 @@ use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use poem::http::{Extensions, HeaderMap, StatusCode, header};
 use poem::web::RemoteAddr;
-use poem::web::websocket::{WebSocket, WebSocketConfig};
-use poem::{Endpoint, FromRequest, IntoResponse, Request, Response};
+use poem::web::websocket::WebSocketConfig;
+use poem::{Endpoint, Request, Response};
 use presence_core::registry::{PubSubServer, RegistryError};
 use presence_core::{PubSub, Registry};
 use serde::de::DeserializeOwned;
@@ -29,6 +29,7 @@ use crate::hub::Hubs;
 use crate::origin::CheckOrigin;
 use crate::outbox::Limits;
 use crate::protocol::Vsn;
+use crate::upgrade::Upgrade;
 
 /// The connect hook's input: what Phoenix's `connect/3` sees, with its `connect_info`.
 ///
@@ -620,10 +621,11 @@ impl PhoenixSocket {
 }
 
 /// Small buffers: an idle socket should cost a few KiB, not tungstenite's default 128 KiB
-/// read buffer. Writes are not batched by tungstenite (the connection flushes in batches).
+/// read buffer. A write buffer size of 0 makes tungstenite write each frame as it gets it,
+/// so its write buffer holds one frame at most (at most a 2 KiB fragment).
 fn default_websocket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
@@ -846,8 +848,10 @@ impl PhoenixSocketBuilder {
     }
 
     /// Replaces the websocket configuration entirely (buffers and limits). The default uses a
-    /// 1 KiB read buffer (an idle socket holds it for its life; larger messages take several
-    /// reads), no write batching, and 1 MiB message and frame limits.
+    /// 512-byte read buffer (an idle socket holds it for its life; larger messages take
+    /// several reads), no write batching, and 1 MiB message and frame limits. Whatever the
+    /// configuration, messages longer than 2 KiB are written as fragments of 2 KiB (see the
+    /// crate docs, "Memory").
     pub fn websocket_config(mut self, config: WebSocketConfig) -> Self {
         self.config.websocket = config;
         self
@@ -1008,7 +1012,10 @@ impl PhoenixSocket {
             tracing::warn!(vsn = ?params.get("vsn"), "refusing websocket: unsupported serializer version");
             return Ok(forbidden());
         };
-        let ws = WebSocket::from_request_without_body(&req).await?;
+        let upgrade = match Upgrade::check(&req) {
+            Ok(upgrade) => upgrade,
+            Err(refusal) => return Ok(refusal.response()),
+        };
         let Ok(auth_token) = auth_token(req.headers()) else {
             tracing::warn!("refusing websocket: malformed auth token");
             return Ok(forbidden());
@@ -1058,20 +1065,16 @@ impl PhoenixSocket {
         // Put there by `PresenceMiddleware` (or any `.data(registry)`).
         let registry = req.data::<Registry>().cloned();
         let inner = self.inner.clone();
-        Ok(ws
-            .protocols(["phoenix"])
-            .config(self.inner.config.websocket)
-            .on_upgrade(move |stream| {
-                connection::run(
-                    stream,
-                    inner,
-                    vsn,
-                    connected.assigns,
-                    connected.id.map(Arc::from),
-                    registry,
-                )
-            })
-            .into_response())
+        Ok(upgrade.accept(self.inner.config.websocket, move |stream| {
+            connection::run(
+                stream,
+                inner,
+                vsn,
+                connected.assigns,
+                connected.id.map(Arc::from),
+                registry,
+            )
+        }))
     }
 }
 

@@ -545,3 +545,32 @@ async fn a_flood_in_a_room_does_not_delay_its_presence_diffs() {
         .expect("its reader");
     assert_eq!(close_code(close), 1008);
 }
+
+#[tokio::test]
+async fn a_big_presence_state_goes_out_in_fragments_of_2_kib() {
+    // Every frame a socket writes passes through tungstenite's write buffer, which keeps its
+    // largest size for the socket's life; so a big room's `presence_state` goes out in
+    // fragments, and a client that refuses frames over 2 KiB still receives it whole.
+    let room = room(Duration::from_millis(20), 256, 8 << 20, false).await;
+    let owners: Vec<Owner> = (0..300).map(|_| Owner::new()).collect();
+    for (i, owner) in owners.iter().enumerate() {
+        room.presence
+            .track(
+                owner,
+                TOPIC,
+                &format!("u{i}"),
+                &json!({"pad": "x".repeat(40)}),
+            )
+            .expect("tracked");
+    }
+    let (mut client, mut view) =
+        watcher(Client::with_max_frame(room.server.addr, 2048).await).await;
+    let state = client.recv().await;
+    assert_eq!(state.event, "presence_state");
+    assert!(
+        state.payload.to_string().len() > 5 * 2048,
+        "the state is several fragments long"
+    );
+    view.apply(&state);
+    assert_eq!(view.key_set(), users(0..300));
+}

@@ -9,28 +9,19 @@ use presence_core::pubsub::Message;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-fn client_push(join_ref: &str, r: &str, topic: &str, event: &str, data: &[u8]) -> WsMessage {
-    let mut frame = vec![
-        0,
-        join_ref.len() as u8,
-        r.len() as u8,
-        topic.len() as u8,
-        event.len() as u8,
-    ];
-    for field in [join_ref, r, topic, event] {
-        frame.extend_from_slice(field.as_bytes());
-    }
-    frame.extend_from_slice(data);
-    WsMessage::binary(frame)
-}
-
 #[tokio::test]
 async fn binary_push_gets_a_binary_reply() {
     let server = default_server().await;
     let mut c = Client::v2(server.addr).await;
     c.join_ok("room:1", "1").await;
-    c.send_raw(client_push("1", "22", "room:1", "echo", b"\x01\x02\x03"))
-        .await;
+    c.send_raw(binary_push(
+        b"1",
+        b"22",
+        b"room:1",
+        b"echo",
+        b"\x01\x02\x03",
+    ))
+    .await;
     let reply = c.recv_binary().await;
     let mut expected = vec![1u8, 1, 2, 6, 2];
     expected.extend_from_slice(b"122room:1ok\x01\x02\x03");
@@ -80,36 +71,13 @@ async fn malformed_binary_frame_closes_1007() {
     assert_eq!(other.heartbeat("1").await.payload["status"], "ok");
 }
 
-/// A binary push: kind 0 with `join_ref`, `ref`, `topic`, `event` and the data.
-fn binary_push(
-    join_ref: &[u8],
-    reference: &[u8],
-    topic: &[u8],
-    event: &[u8],
-    data: &[u8],
-) -> Vec<u8> {
-    let mut frame = vec![
-        0u8,
-        join_ref.len() as u8,
-        reference.len() as u8,
-        topic.len() as u8,
-        event.len() as u8,
-    ];
-    for part in [join_ref, reference, topic, event, data] {
-        frame.extend_from_slice(part);
-    }
-    frame
-}
-
 #[tokio::test]
 async fn binary_push_with_an_empty_join_ref_is_stale() {
     let server = default_server().await;
     let mut c = Client::v2(server.addr).await;
     c.join_ok("room:1", "1").await;
-    c.send_raw(WsMessage::binary(binary_push(
-        b"", b"2", b"room:1", b"echo", b"\x01",
-    )))
-    .await;
+    c.send_raw(binary_push(b"", b"2", b"room:1", b"echo", b"\x01"))
+        .await;
     // Dropped as stale, as in Phoenix: the next frame is the heartbeat's reply.
     let reply = c.heartbeat("3").await;
     assert_eq!(
@@ -117,10 +85,8 @@ async fn binary_push_with_an_empty_join_ref_is_stale() {
         ("phoenix", json!("3"))
     );
     // With the channel's join_ref it is handled.
-    c.send_raw(WsMessage::binary(binary_push(
-        b"1", b"4", b"room:1", b"echo", b"\x01",
-    )))
-    .await;
+    c.send_raw(binary_push(b"1", b"4", b"room:1", b"echo", b"\x01"))
+        .await;
     assert_eq!(&c.recv_binary().await[..2], &[1u8, 1]);
 }
 
@@ -129,9 +95,7 @@ async fn binary_header_field_that_is_not_utf8_closes_1007() {
     let server = default_server().await;
     let mut c = Client::v2(server.addr).await;
     c.join_ok("room:1", "1").await;
-    c.send_raw(WsMessage::binary(binary_push(
-        b"\xff", b"2", b"room:1", b"echo", b"",
-    )))
-    .await;
+    c.send_raw(binary_push(b"\xff", b"2", b"room:1", b"echo", b""))
+        .await;
     assert_eq!(close_code(c.closed().await), 1007);
 }

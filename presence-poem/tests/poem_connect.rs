@@ -322,3 +322,33 @@ async fn a_signed_user_token_is_verified_by_the_connect_hook() {
     }
     assert_eq!(status_of(server.addr, "vsn=2.0.0").await, 403, "no token");
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_a_websocket_handshake_is_refused_with_the_reason() {
+    let server = default_server().await;
+    // A plain GET: 400, saying what is missing.
+    let (status, body) = http_get(server.addr, "/socket/websocket?vsn=2.0.0").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("Upgrade: websocket"), "{body}");
+    // Another protocol version: 426 with the version this server speaks (RFC 6455, 4.4).
+    let mut req = request(server.addr, "vsn=2.0.0");
+    req.headers_mut()
+        .insert("sec-websocket-version", HeaderValue::from_static("8"));
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 426);
+            assert_eq!(response.headers()["sec-websocket-version"], "13");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The subprotocol phoenix.js may ask for is answered.
+    let mut req = request(server.addr, "vsn=2.0.0");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("phoenix"),
+    );
+    let (_, response) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgraded");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "phoenix");
+}

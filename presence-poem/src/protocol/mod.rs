@@ -86,7 +86,23 @@ impl Out {
         }
     }
 
+    /// Whether it is a text frame, and its bytes in order (one part, or three for a spliced
+    /// frame), shared rather than copied.
+    pub(crate) fn into_parts(self) -> (bool, [Option<Bytes>; 3]) {
+        match self {
+            Out::Text(text) => (true, [Some(shared(text)), None, None]),
+            Out::Binary(bytes) => (false, [Some(bytes), None, None]),
+            Out::Spliced(s) => {
+                let Spliced { head, body, tail } = *s;
+                let head = Bytes::from(head.into_boxed_bytes());
+                let tail = Bytes::from(tail.into_boxed_bytes());
+                (true, [Some(head), Some(shared(body)), Some(tail)])
+            }
+        }
+    }
+
     /// The frame's text, if it is a text frame.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn into_text(self) -> Result<String, Bytes> {
         match self {
             Out::Text(text) => Ok(text.to_string()),
@@ -100,6 +116,20 @@ impl Out {
             }
         }
     }
+}
+
+/// An `Arc<str>` as the owner of a [`Bytes`], so that a text many sockets send is not copied
+/// for each of them.
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+fn shared(text: Arc<str>) -> Bytes {
+    Bytes::from_owner(SharedText(text))
 }
 
 /// A message received from a client.

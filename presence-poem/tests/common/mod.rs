@@ -143,6 +143,21 @@ impl Client {
         Self::connect(addr, "vsn=1.0.0").await
     }
 
+    /// A V2 client that refuses any websocket frame longer than `max_frame` bytes (a message
+    /// may still be longer, in fragments).
+    pub async fn with_max_frame(addr: SocketAddr, max_frame: usize) -> Client {
+        let config =
+            tungstenite::protocol::WebSocketConfig::default().max_frame_size(Some(max_frame));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(
+            url(addr, "vsn=2.0.0"),
+            Some(config),
+            false,
+        )
+        .await
+        .expect("handshake");
+        Client { ws, v2: true }
+    }
+
     pub async fn send(
         &mut self,
         join_ref: Option<&str>,
@@ -455,4 +470,26 @@ impl Channel for TestChannel {
             json!({"topic": ctx.topic(), "reason": format!("{reason:?}")}),
         ));
     }
+}
+
+/// A V2 binary push (kind 0) from the client. The fields are bytes, so that a test can send
+/// fields that are not UTF-8.
+pub fn binary_push(
+    join_ref: &[u8],
+    reference: &[u8],
+    topic: &[u8],
+    event: &[u8],
+    data: &[u8],
+) -> WsMessage {
+    let mut frame = vec![
+        0u8,
+        join_ref.len() as u8,
+        reference.len() as u8,
+        topic.len() as u8,
+        event.len() as u8,
+    ];
+    for part in [join_ref, reference, topic, event, data] {
+        frame.extend_from_slice(part);
+    }
+    WsMessage::binary(frame)
 }
