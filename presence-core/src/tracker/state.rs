@@ -539,8 +539,9 @@ pub(crate) struct State {
     /// Vacant tids, reused before `topics` grows. May hold tids past the end of `topics`
     /// (after its vacant tail was cut), which are skipped.
     free_topics: Vec<Tid>,
-    /// Tids, hashed by topic name.
-    topic_ids: HashTable<Tid>,
+    /// Tids by topic name. The entry holds the name too, so that a lookup reads the name and
+    /// the topic's slot at once rather than one after the other.
+    topic_ids: HashTable<(Arc<str>, Tid)>,
     /// The head of each owner's chain of own rows, hashed by owner.
     owners: HashTable<Pos>,
     /// Hashes topics and keys. They come from users, so the hash is keyed per state like
@@ -675,14 +676,9 @@ impl State {
     }
 
     fn find_topic(&self, name: &str) -> Option<Tid> {
-        let topics = &self.topics;
         self.topic_ids
-            .find(self.hasher.hash_one(name), |&t| {
-                topics[t as usize]
-                    .as_ref()
-                    .is_some_and(|x| *x.name == *name)
-            })
-            .copied()
+            .find(self.hasher.hash_one(name), |(x, _)| **x == *name)
+            .map(|&(_, t)| t)
     }
 
     /// The tid of `name`, adding the topic (with the string given) if it is new.
@@ -690,11 +686,11 @@ impl State {
         let (topics, hasher) = (&mut self.topics, &self.hasher);
         let entry = self.topic_ids.entry(
             hasher.hash_one(&*name),
-            |&t| topics[t as usize].as_ref().is_some_and(|x| x.name == name),
-            |&t| hasher.hash_one(&*live(topics, t).name),
+            |(x, _)| *x == name,
+            |(x, _)| hasher.hash_one(&**x),
         );
         match entry {
-            hash_table::Entry::Occupied(e) => *e.get(),
+            hash_table::Entry::Occupied(e) => e.get().1,
             hash_table::Entry::Vacant(e) => {
                 let t = loop {
                     match self.free_topics.pop() {
@@ -710,12 +706,12 @@ impl State {
                         }
                     }
                 };
+                e.insert((Arc::clone(&name), t));
                 topics[t as usize] = Some(Topic {
                     name,
                     keys: HashTable::new(),
                     rows: Vec::new(),
                 });
-                e.insert(t);
                 t
             }
         }
@@ -724,16 +720,14 @@ impl State {
     /// Forgets the topic `t`, whose last row left.
     fn drop_topic(&mut self, t: Tid) {
         let topic = self.topics[t as usize].take().expect("a live topic");
-        let (topics, hasher) = (&self.topics, &self.hasher);
+        let hasher = &self.hasher;
         if let Ok(e) = self
             .topic_ids
-            .find_entry(hasher.hash_one(&*topic.name), |&x| x == t)
+            .find_entry(hasher.hash_one(&*topic.name), |&(_, x)| x == t)
         {
             e.remove();
         }
-        shrink_table(&mut self.topic_ids, |&x| {
-            hasher.hash_one(&*live(topics, x).name)
-        });
+        shrink_table(&mut self.topic_ids, |(x, _)| hasher.hash_one(&**x));
         if t as usize + 1 == self.topics.len() {
             while let Some(None) = self.topics.last() {
                 self.topics.pop();
