@@ -78,7 +78,20 @@ pub(crate) trait OwnerRelease: Send + Sync {
 #[must_use = "dropping an Owner untracks every presence it tracked"]
 pub struct Owner {
     id: OwnerId,
-    holders: Mutex<Vec<Weak<dyn OwnerRelease>>>,
+    holders: Mutex<Holders>,
+}
+
+/// What an owner's presences are held by: nearly always one tracker, kept inline, so that
+/// tracking costs the owner no allocation of its own.
+enum Holders {
+    None,
+    One(Weak<dyn OwnerRelease>),
+    Many(Vec<Weak<dyn OwnerRelease>>),
+}
+
+/// Whether `weak` points to `holder`.
+fn is(weak: &Weak<dyn OwnerRelease>, holder: &Arc<dyn OwnerRelease>) -> bool {
+    std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(holder))
 }
 
 impl Owner {
@@ -86,7 +99,7 @@ impl Owner {
     pub fn new() -> Self {
         Owner {
             id: OwnerId::next(),
-            holders: Mutex::new(Vec::new()),
+            holders: Mutex::new(Holders::None),
         }
     }
 
@@ -98,14 +111,22 @@ impl Owner {
     /// Remembers `holder`, so that dropping this owner releases its presences there.
     pub(crate) fn register(&self, holder: &Arc<dyn OwnerRelease>) {
         let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
-        holders.retain(|w| w.strong_count() > 0);
-        if !holders
-            .iter()
-            .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(holder)))
-        {
-            // Most owners use one tracker: keep the list exactly as long as needed.
-            holders.reserve_exact(1);
-            holders.push(Arc::downgrade(holder));
+        match &mut *holders {
+            Holders::One(w) if is(w, holder) => {}
+            Holders::None => *holders = Holders::One(Arc::downgrade(holder)),
+            Holders::One(w) if w.strong_count() == 0 => *w = Arc::downgrade(holder),
+            Holders::One(w) => {
+                let first = w.clone();
+                *holders = Holders::Many(vec![first, Arc::downgrade(holder)]);
+            }
+            Holders::Many(list) => {
+                list.retain(|w| w.strong_count() > 0);
+                if !list.iter().any(|w| is(w, holder)) {
+                    // Keep the list exactly as long as needed.
+                    list.reserve_exact(1);
+                    list.push(Arc::downgrade(holder));
+                }
+            }
         }
     }
 }
@@ -124,15 +145,66 @@ impl fmt::Debug for Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let holders = std::mem::take(
+        let holders = std::mem::replace(
             self.holders
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner),
+            Holders::None,
         );
-        for holder in holders {
+        let (one, more) = match holders {
+            Holders::None => (None, Vec::new()),
+            Holders::One(w) => (Some(w), Vec::new()),
+            Holders::Many(list) => (None, list),
+        };
+        for holder in one.into_iter().chain(more) {
             if let Some(holder) = holder.upgrade() {
                 holder.release(self.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A holder that records the owners it is asked to release.
+    #[derive(Default)]
+    struct Released(Mutex<Vec<OwnerId>>);
+
+    impl OwnerRelease for Released {
+        fn release(&self, owner: OwnerId) {
+            self.0.lock().unwrap().push(owner);
+        }
+    }
+
+    #[test]
+    fn dropping_an_owner_releases_each_holder_once() {
+        let (a, b) = (Arc::new(Released::default()), Arc::new(Released::default()));
+        let (da, db): (Arc<dyn OwnerRelease>, Arc<dyn OwnerRelease>) = (a.clone(), b.clone());
+        let owner = Owner::new();
+        let id = owner.id();
+        owner.register(&da);
+        owner.register(&da);
+        assert!(matches!(*owner.holders.lock().unwrap(), Holders::One(_)));
+        owner.register(&db);
+        owner.register(&da);
+        drop(owner);
+        assert_eq!(*a.0.lock().unwrap(), vec![id]);
+        assert_eq!(*b.0.lock().unwrap(), vec![id]);
+    }
+
+    #[test]
+    fn a_gone_holder_is_replaced_inline() {
+        let owner = Owner::new();
+        let gone: Arc<dyn OwnerRelease> = Arc::new(Released::default());
+        owner.register(&gone);
+        drop(gone);
+        let a = Arc::new(Released::default());
+        let da: Arc<dyn OwnerRelease> = a.clone();
+        owner.register(&da);
+        assert!(matches!(*owner.holders.lock().unwrap(), Holders::One(_)));
+        drop(owner);
+        assert_eq!(a.0.lock().unwrap().len(), 1);
     }
 }

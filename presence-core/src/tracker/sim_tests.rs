@@ -687,7 +687,11 @@ fn restarted_peers_leave_no_trace() {
         assert!(left.slots <= 3, "replica slots are reused: {left:?}");
         assert!(
             left.row_capacity <= 2 * fresh.row_capacity,
-            "row maps of gone incarnations are freed: {left:?} vs {fresh:?}"
+            "dot indexes of gone incarnations are freed: {left:?} vs {fresh:?}"
+        );
+        assert!(
+            left.arena_capacity <= 4 * fresh.arena_capacity,
+            "the arena holds the live rows only: {left:?} vs {fresh:?}"
         );
         assert!(
             left.topic_capacity <= 2 * fresh.topic_capacity.max(128),
@@ -799,9 +803,11 @@ fn maps_shrink_after_a_spike() {
     assert_eq!(a.state().len(), 10);
     assert!(peak.topic_capacity >= 2_000, "{peak:?}");
     assert!(after.topic_capacity <= 64, "{after:?} after {peak:?}");
+    assert!(after.topic_slots <= 64, "{after:?} after {peak:?}");
     assert!(
         after.row_capacity <= 128.max(2 * before.row_capacity),
         "{after:?} after {peak:?}"
     );
+    assert!(after.arena_capacity <= 128, "{after:?} after {peak:?}");
     assert!(a.state().owners_capacity() <= 128, "owners shrink too");
 }

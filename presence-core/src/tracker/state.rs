@@ -5,17 +5,26 @@
 //! removed since the last broadcast) and, to catch up, whole-state extracts. It is a plain value:
 //! no tasks, clocks, IO or randomness; the shard drives it.
 //!
-//! Layout, chosen for the hot paths:
-//! - replica refs are interned to small indexes (`Rid`), so a dot is two integers;
-//! - rows live in a per-topic, per-key index (`topic → key → [slot]`), which makes `list` a
-//!   walk over one topic and `get_by_key` a walk over one key; the topic and key strings are
-//!   interned by these maps, so rows of one topic share one allocation of its name;
-//! - each replica keeps `counter → location` of its rows, for merges and up/down;
-//! - the owner index (own rows only) makes `leave_owner` proportional to the owner's rows.
+//! Layout, chosen for memory (one tracked presence costs a row of 64 bytes, its key string
+//! and a few bytes of index) and for the hot paths:
+//! - replica refs are interned to small indexes (`Rid`), so a dot is two integers, and topics
+//!   to small indexes (`Tid`);
+//! - the rows of a topic live in one vector, without holes, so `list` reads one run of memory;
+//!   the indexes are hash tables of row positions, hashed by what they look up (the row's
+//!   key, dot counter or owner) and compared against the row itself;
+//! - the rows under one topic and key form a chain through their `next_key` indexes, and each
+//!   topic's table holds the first row of each key: `get_by_key` walks one chain; the rows of
+//!   a chain share one allocation of the key string;
+//! - the rows of other replicas are found by dot in their replica's table, for merges and
+//!   up/down; own rows never need that;
+//! - the own rows of one owner form a chain through `next_owner`, with its first row in the
+//!   owner table, which makes `leave_owner` proportional to the owner's rows.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Arc;
+
+use hashbrown::{HashTable, hash_table};
 
 use serde::{Deserialize, Serialize};
 
@@ -302,91 +311,156 @@ pub(crate) enum Transfer {
     State(Extract),
 }
 
-/// Where a row lives in the topic index.
+/// An interned topic: index into `State::topics`.
+type Tid = u32;
+/// A row's index in its topic's rows.
+type Idx = u32;
+/// The end of a key chain (past the end of any topic's rows).
+const NIL: Idx = Idx::MAX;
+
+/// Where a row is: its topic, and its index in the topic's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pos {
+    topic: Tid,
+    index: Idx,
+}
+
+impl Pos {
+    /// The end of an owner chain.
+    const NIL: Pos = Pos {
+        topic: Tid::MAX,
+        index: NIL,
+    };
+}
+
+/// One presence row (64 bytes), stored in its topic's vector; the indexes hold positions.
 #[derive(Clone, Debug)]
-struct Loc {
-    topic: Arc<str>,
+struct Row {
+    /// The presence key: one allocation shared by the rows under the same topic and key.
     key: Arc<str>,
-    owner: OwnerId,
-}
-
-/// One row under a topic and key.
-#[derive(Clone, Debug)]
-struct Slot {
-    owner: OwnerId,
-    dot: Dot,
     meta: Meta,
+    owner: OwnerId,
+    /// The counter of the row's dot.
+    n: u64,
+    /// The replica of the row's dot.
+    rid: Rid,
+    /// The next row under the same topic and key, or [`NIL`].
+    next_key: Idx,
+    /// The next own row of the same owner, or [`Pos::NIL`] (always [`Pos::NIL`] in other
+    /// replicas' rows).
+    next_owner: Pos,
 }
 
-/// A list that is nearly always of length one (the rows under one topic and key, the own rows
-/// of one owner), so one element is stored inline: no allocation, one pointer chase less.
+/// The row at `p`.
+fn row_at(topics: &[Option<Topic>], p: Pos) -> &Row {
+    &live(topics, p.topic).rows[p.index as usize]
+}
+
+/// The topic `t`, which a row or an index names: it is live.
+fn live(topics: &[Option<Topic>], t: Tid) -> &Topic {
+    topics[t as usize].as_ref().expect("a live topic")
+}
+
+/// The rows under one topic and key, from the first.
+#[derive(Clone, Copy, Debug)]
+struct KeyChain<'a> {
+    rows: &'a [Row],
+    at: Idx,
+}
+
+impl<'a> Iterator for KeyChain<'a> {
+    type Item = &'a Row;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // NIL is past the end of the rows.
+        let row = self.rows.get(self.at as usize)?;
+        self.at = row.next_key;
+        Some(row)
+    }
+}
+
+/// The own rows of one owner, from the first.
+#[derive(Clone, Copy, Debug)]
+struct OwnerChain<'a> {
+    topics: &'a [Option<Topic>],
+    at: Pos,
+}
+
+impl<'a> Iterator for OwnerChain<'a> {
+    type Item = (Pos, &'a Row);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let at = self.at;
+        if at == Pos::NIL {
+            return None;
+        }
+        let row = row_at(self.topics, at);
+        self.at = row.next_owner;
+        Some((at, row))
+    }
+}
+
+/// Replaces the reference to `old` in the key chain that starts at `*head` (the head itself
+/// or the link of the row before it) by `new`. Unlinks `old` when `new` is the row after it;
+/// `*head` becomes [`NIL`] when that empties the chain. The row at `old` is not read, so it
+/// may already be gone.
+fn replace_in_key_chain(rows: &mut [Row], head: &mut Idx, old: Idx, new: Idx) {
+    if *head == old {
+        *head = new;
+        return;
+    }
+    let mut at = *head;
+    while rows[at as usize].next_key != old {
+        at = rows[at as usize].next_key;
+    }
+    rows[at as usize].next_key = new;
+}
+
+/// The same for an owner chain.
+fn replace_in_owner_chain(topics: &mut [Option<Topic>], head: &mut Pos, old: Pos, new: Pos) {
+    if *head == old {
+        *head = new;
+        return;
+    }
+    let mut at = *head;
+    while row_at(topics, at).next_owner != old {
+        at = row_at(topics, at).next_owner;
+    }
+    let topic = topics[at.topic as usize].as_mut().expect("a live topic");
+    topic.rows[at.index as usize].next_owner = new;
+}
+
+/// The hash of a trusted integer key (a dot counter, an owner id) for the tables of row
+/// positions.
+fn int_hash(x: impl Hash) -> u64 {
+    BuildHasherDefault::<IntHasher>::default().hash_one(x)
+}
+
+/// Lets a table that emptied after a spike give its memory back (amortized: each shrink
+/// follows at least as many removals as it keeps).
+fn shrink_table<T>(table: &mut HashTable<T>, hasher: impl Fn(&T) -> u64) {
+    if table.capacity() > 64 && table.len() < table.capacity() / 4 {
+        table.shrink_to(table.len() * 2, hasher);
+    }
+}
+
+/// The same for a vector.
+fn shrink_vec<T>(v: &mut Vec<T>) {
+    if v.capacity() > 64 && v.len() < v.capacity() / 4 {
+        v.shrink_to(v.len() * 2);
+    }
+}
+
+/// One topic: its rows, and the first row of each of its keys.
 #[derive(Clone, Debug)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T> OneOrMany<T> {
-    fn as_slice(&self) -> &[T] {
-        match self {
-            OneOrMany::One(x) => std::slice::from_ref(x),
-            OneOrMany::Many(v) => v,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [T] {
-        match self {
-            OneOrMany::One(x) => std::slice::from_mut(x),
-            OneOrMany::Many(v) => v,
-        }
-    }
-
-    fn push(&mut self, x: T) {
-        match self {
-            OneOrMany::Many(v) => v.push(x),
-            OneOrMany::One(_) => {
-                if let OneOrMany::One(first) = std::mem::replace(self, OneOrMany::Many(Vec::new()))
-                {
-                    *self = OneOrMany::Many(vec![first, x]);
-                }
-            }
-        }
-    }
-
-    /// Removes the first element matching `pred`; also says whether none is left (the caller
-    /// then drops the whole list).
-    fn take(&mut self, pred: impl Fn(&T) -> bool) -> Option<(T, bool)> {
-        match self {
-            OneOrMany::One(x) if pred(x) => {
-                match std::mem::replace(self, OneOrMany::Many(Vec::new())) {
-                    OneOrMany::One(x) => Some((x, true)),
-                    OneOrMany::Many(_) => None,
-                }
-            }
-            OneOrMany::One(_) => None,
-            OneOrMany::Many(v) => {
-                let i = v.iter().position(pred)?;
-                let x = v.swap_remove(i);
-                let empty = v.is_empty();
-                if v.len() == 1
-                    && let Some(last) = v.pop()
-                {
-                    *self = OneOrMany::One(last);
-                }
-                Some((x, empty))
-            }
-        }
-    }
-}
-
-/// The rows under one topic and key.
-type Slots = OneOrMany<Slot>;
-
-/// The rows of one topic, by key.
-#[derive(Clone, Debug, Default)]
-struct TopicRows {
-    keys: HashMap<Arc<str>, Slots>,
-    len: usize,
+struct Topic {
+    name: Arc<str>,
+    /// The head of each key's chain, hashed by the key.
+    keys: HashTable<Idx>,
+    /// The rows, without holes: removing a row moves the last one into its place. Its
+    /// capacity grows by an eighth (not double) and shrinks even when small: the slack of
+    /// many topics' vectors would otherwise cost more than the indexes.
+    rows: Vec<Row>,
 }
 
 /// Everything known about one replica.
@@ -397,7 +471,9 @@ struct Rep {
     ctx: Option<u64>,
     cloud: BTreeSet<u64>,
     status: Option<ReplicaStatus>,
-    rows: IntMap<u64, Loc>,
+    /// Its rows, hashed by dot counter. Empty for the own replica, whose rows are never
+    /// looked up by dot (they are found by topic and key, or by owner).
+    rows: HashTable<Pos>,
 }
 
 impl Rep {
@@ -407,7 +483,7 @@ impl Rep {
             ctx: None,
             cloud: BTreeSet::new(),
             status: None,
-            rows: IntMap::default(),
+            rows: HashTable::new(),
         }
     }
 
@@ -437,8 +513,14 @@ pub(crate) struct Footprint {
     pub(crate) live_replicas: usize,
     pub(crate) slots: usize,
     pub(crate) down: usize,
+    /// Capacity of the replicas' dot indexes.
     pub(crate) row_capacity: usize,
+    /// Capacity of the topics' row vectors.
+    pub(crate) arena_capacity: usize,
+    /// Capacity of the topic name index.
     pub(crate) topic_capacity: usize,
+    /// Capacity of the topic slots.
+    pub(crate) topic_slots: usize,
     pub(crate) ids_capacity: usize,
 }
 
@@ -452,12 +534,23 @@ pub(crate) struct State {
     vacant: Vec<Rid>,
     /// Number of replicas with status down (fast path for reads when 0).
     down: usize,
-    topics: HashMap<Arc<str>, TopicRows>,
-    /// Own rows' counters by owner.
-    owners: IntMap<OwnerId, OneOrMany<u64>>,
+    /// Topics by tid; the slot of a topic whose last row left is `None` until reused.
+    topics: Vec<Option<Topic>>,
+    /// Vacant tids, reused before `topics` grows. May hold tids past the end of `topics`
+    /// (after its vacant tail was cut), which are skipped.
+    free_topics: Vec<Tid>,
+    /// Tids by topic name. The entry holds the name too, so that a lookup reads the name and
+    /// the topic's slot at once rather than one after the other.
+    topic_ids: HashTable<(Arc<str>, Tid)>,
+    /// The head of each owner's chain of own rows, hashed by owner.
+    owners: HashTable<Pos>,
+    /// Hashes topics and keys. They come from users, so the hash is keyed per state like
+    /// the standard maps', rather than the [`IntHasher`] of trusted integers.
+    hasher: RandomState,
+    /// Number of rows held.
+    len: usize,
     /// The pending outgoing delta.
     delta: Delta,
-    len: usize,
 }
 
 impl State {
@@ -472,10 +565,13 @@ impl State {
             ids: std::iter::once((replica, ME)).collect(),
             vacant: Vec::new(),
             down: 0,
-            topics: HashMap::new(),
-            owners: IntMap::default(),
-            delta,
+            topics: Vec::new(),
+            free_topics: Vec::new(),
+            topic_ids: HashTable::new(),
+            owners: HashTable::new(),
+            hasher: RandomState::new(),
             len: 0,
+            delta,
         }
     }
 
@@ -527,9 +623,7 @@ impl State {
         self.ids.get(&rep.id).is_some_and(|&r| r as usize == rid)
     }
 
-    /// Lets collections that emptied after a spike give their memory back: a map far below
-    /// its capacity is shrunk (amortized: each shrink follows at least as many removals as
-    /// it keeps).
+    /// Lets a map that emptied after a spike give its memory back, like [`shrink_table`].
     fn shrink_if_sparse<K, V, S>(map: &mut HashMap<K, V, S>)
     where
         K: Eq + std::hash::Hash,
@@ -569,174 +663,411 @@ impl State {
         d.cloud.insert(n);
     }
 
-    /// Inserts a row, interning topic and key; returns the interned strings.
+    fn topic(&self, t: Tid) -> &Topic {
+        live(&self.topics, t)
+    }
+
+    fn topic_mut(&mut self, t: Tid) -> &mut Topic {
+        self.topics[t as usize].as_mut().expect("a live topic")
+    }
+
+    fn row(&self, p: Pos) -> &Row {
+        row_at(&self.topics, p)
+    }
+
+    fn find_topic(&self, name: &str) -> Option<Tid> {
+        self.topic_ids
+            .find(self.hasher.hash_one(name), |(x, _)| **x == *name)
+            .map(|&(_, t)| t)
+    }
+
+    /// The tid of `name`, adding the topic (with the string given) if it is new.
+    fn intern_topic(&mut self, name: Arc<str>) -> Tid {
+        let (topics, hasher) = (&mut self.topics, &self.hasher);
+        let entry = self.topic_ids.entry(
+            hasher.hash_one(&*name),
+            |(x, _)| *x == name,
+            |(x, _)| hasher.hash_one(&**x),
+        );
+        match entry {
+            hash_table::Entry::Occupied(e) => e.get().1,
+            hash_table::Entry::Vacant(e) => {
+                let t = loop {
+                    match self.free_topics.pop() {
+                        Some(t) if (t as usize) < topics.len() => break t,
+                        // Past the end since the vacant tail was cut.
+                        Some(_) => {}
+                        None => {
+                            topics.push(None);
+                            break Tid::try_from(topics.len() - 1)
+                                .ok()
+                                .filter(|&t| t != Pos::NIL.topic)
+                                .expect("fewer than 2^32 - 1 topics");
+                        }
+                    }
+                };
+                e.insert((Arc::clone(&name), t));
+                topics[t as usize] = Some(Topic {
+                    name,
+                    keys: HashTable::new(),
+                    rows: Vec::new(),
+                });
+                t
+            }
+        }
+    }
+
+    /// Forgets the topic `t`, whose last row left.
+    fn drop_topic(&mut self, t: Tid) {
+        let topic = self.topics[t as usize].take().expect("a live topic");
+        let hasher = &self.hasher;
+        if let Ok(e) = self
+            .topic_ids
+            .find_entry(hasher.hash_one(&*topic.name), |&(_, x)| x == t)
+        {
+            e.remove();
+        }
+        shrink_table(&mut self.topic_ids, |(x, _)| hasher.hash_one(&**x));
+        if t as usize + 1 == self.topics.len() {
+            while let Some(None) = self.topics.last() {
+                self.topics.pop();
+            }
+            shrink_vec(&mut self.topics);
+        } else {
+            self.free_topics.push(t);
+        }
+        shrink_vec(&mut self.free_topics);
+    }
+
+    /// The first row under `key` in `topic`.
+    fn key_head(topic: &Topic, hasher: &RandomState, key: &str) -> Option<Idx> {
+        topic
+            .keys
+            .find(hasher.hash_one(key), |&i| {
+                *topic.rows[i as usize].key == *key
+            })
+            .copied()
+    }
+
+    /// The rows under `(topic, key)`.
+    fn rows_under(&self, topic: &str, key: &str) -> KeyChain<'_> {
+        let Some(t) = self.find_topic(topic) else {
+            return KeyChain { rows: &[], at: NIL };
+        };
+        let topic = self.topic(t);
+        KeyChain {
+            rows: &topic.rows,
+            at: Self::key_head(topic, &self.hasher, key).unwrap_or(NIL),
+        }
+    }
+
+    /// The own rows of `owner`.
+    fn owner_chain(&self, owner: OwnerId) -> OwnerChain<'_> {
+        let topics = &self.topics;
+        let head = self
+            .owners
+            .find(int_hash(owner), |&p| row_at(topics, p).owner == owner)
+            .copied();
+        OwnerChain {
+            topics,
+            at: head.unwrap_or(Pos::NIL),
+        }
+    }
+
+    /// The row of another replica tagged `(rid, n)`.
+    fn find_dot(&self, rid: Rid, n: u64) -> Option<Pos> {
+        let topics = &self.topics;
+        self.rep(rid)
+            .rows
+            .find(int_hash(n), |&p| row_at(topics, p).n == n)
+            .copied()
+    }
+
+    /// This replica's row `(topic, owner, key)`.
+    fn find_own(&self, topic: &str, owner: OwnerId, key: &str) -> Option<Pos> {
+        let t = self.find_topic(topic)?;
+        let topic = self.topic(t);
+        let mut at = Self::key_head(topic, &self.hasher, key)?;
+        while let Some(row) = topic.rows.get(at as usize) {
+            if row.owner == owner && row.rid == ME {
+                return Some(Pos {
+                    topic: t,
+                    index: at,
+                });
+            }
+            at = row.next_key;
+        }
+        None
+    }
+
+    /// The positions of the rows of `rid`.
+    fn positions_of(&self, rid: Rid) -> Vec<Pos> {
+        if rid != ME {
+            return self.rep(rid).rows.iter().copied().collect();
+        }
+        let mut out = Vec::with_capacity(self.owners.len());
+        for (t, topic) in self.topics.iter().enumerate() {
+            let Some(topic) = topic else { continue };
+            let t = Tid::try_from(t).expect("tids fit");
+            for (i, row) in topic.rows.iter().enumerate() {
+                if row.rid == ME {
+                    let index = Idx::try_from(i).expect("row indexes fit");
+                    out.push(Pos { topic: t, index });
+                }
+            }
+        }
+        out
+    }
+
+    fn entry_at(&self, p: Pos) -> Entry {
+        let row = self.row(p);
+        Entry {
+            topic: Arc::clone(&self.topic(p.topic).name),
+            key: Arc::clone(&row.key),
+            owner: row.owner,
+            meta: row.meta.clone(),
+            replica: self.rep(row.rid).id.clone(),
+        }
+    }
+
+    fn element_at(&self, p: Pos) -> Element {
+        let row = self.row(p);
+        Element {
+            topic: Arc::clone(&self.topic(p.topic).name),
+            owner: row.owner,
+            key: Arc::clone(&row.key),
+            meta: row.meta.clone(),
+        }
+    }
+
+    /// Inserts a row, interning topic and key (the row and its topic keep the strings
+    /// already held for them, if any); returns its position.
     fn insert_row(
         &mut self,
-        dot: Dot,
+        (rid, n): Dot,
         topic: Arc<str>,
         key: Arc<str>,
         owner: OwnerId,
         meta: Meta,
-    ) -> (Arc<str>, Arc<str>) {
-        let entry = self.topics.entry(topic);
-        let topic = Arc::clone(entry.key());
-        let rows = entry.or_default();
-        let slot = Slot { owner, dot, meta };
-        let key = match rows.keys.entry(key) {
-            hash_map::Entry::Occupied(mut e) => {
-                e.get_mut().push(slot);
-                Arc::clone(e.key())
+    ) -> Pos {
+        let t = self.intern_topic(topic);
+        let hasher = &self.hasher;
+        let Topic { keys, rows, .. } = self.topics[t as usize].as_mut().expect("interned");
+        let index = Idx::try_from(rows.len())
+            .ok()
+            .filter(|&i| i != NIL)
+            .expect("fewer than 2^32 - 1 rows in a topic");
+        let entry = keys.entry(
+            hasher.hash_one(&*key),
+            |&h| rows[h as usize].key == key,
+            |&h| hasher.hash_one(&*rows[h as usize].key),
+        );
+        let key = match entry {
+            hash_table::Entry::Occupied(e) => {
+                let head = *e.get();
+                let mut last = head;
+                while rows[last as usize].next_key != NIL {
+                    last = rows[last as usize].next_key;
+                }
+                rows[last as usize].next_key = index;
+                Arc::clone(&rows[head as usize].key)
             }
-            hash_map::Entry::Vacant(e) => {
-                let key = Arc::clone(e.key());
-                e.insert(OneOrMany::One(slot));
+            hash_table::Entry::Vacant(e) => {
+                e.insert(index);
                 key
             }
         };
-        rows.len += 1;
+        if rows.len() == rows.capacity() {
+            rows.reserve_exact((rows.len() / 8).max(1));
+        }
+        rows.push(Row {
+            key,
+            meta,
+            owner,
+            n,
+            rid,
+            next_key: NIL,
+            next_owner: Pos::NIL,
+        });
         self.len += 1;
-        self.rep_mut(dot.0).rows.insert(
-            dot.1,
-            Loc {
-                topic: Arc::clone(&topic),
-                key: Arc::clone(&key),
-                owner,
-            },
-        );
-        if dot.0 == ME {
-            match self.owners.entry(owner) {
-                hash_map::Entry::Occupied(mut e) => e.get_mut().push(dot.1),
-                hash_map::Entry::Vacant(e) => {
-                    e.insert(OneOrMany::One(dot.1));
+        let pos = Pos { topic: t, index };
+        let topics = &mut self.topics;
+        if rid == ME {
+            let entry = self.owners.entry(
+                int_hash(owner),
+                |&p| row_at(topics, p).owner == owner,
+                |&p| int_hash(row_at(topics, p).owner),
+            );
+            match entry {
+                hash_table::Entry::Occupied(e) => {
+                    let mut last = *e.get();
+                    while row_at(topics, last).next_owner != Pos::NIL {
+                        last = row_at(topics, last).next_owner;
+                    }
+                    let topic = topics[last.topic as usize].as_mut().expect("a live topic");
+                    topic.rows[last.index as usize].next_owner = pos;
+                }
+                hash_table::Entry::Vacant(e) => {
+                    e.insert(pos);
                 }
             }
+        } else {
+            self.reps[rid as usize]
+                .rows
+                .insert_unique(int_hash(n), pos, |&p| int_hash(row_at(topics, p).n));
         }
-        (topic, key)
+        pos
     }
 
-    /// Removes the row tagged `dot`, if present.
-    fn remove_row(&mut self, dot: Dot) -> Option<Entry> {
-        let loc = self.rep_mut(dot.0).rows.remove(&dot.1)?;
-        let rows = self.topics.get_mut(&*loc.topic)?;
-        let (slot, empty) = rows.keys.get_mut(&*loc.key)?.take(|s| s.dot == dot)?;
-        if empty {
-            rows.keys.remove(&*loc.key);
-            Self::shrink_if_sparse(&mut rows.keys);
+    /// Removes the row of another replica tagged `dot`, if present.
+    fn remove_row(&mut self, (rid, n): Dot) -> Option<Entry> {
+        let p = self.find_dot(rid, n)?;
+        Some(self.remove_row_at(p))
+    }
+
+    /// Removes the row at `p` from its indexes and its topic, where the topic's last row
+    /// takes its place.
+    fn remove_row_at(&mut self, p: Pos) -> Entry {
+        let row = self.row(p);
+        let (rid, n, owner) = (row.rid, row.n, row.owner);
+        let (next_key, next_owner) = (row.next_key, row.next_owner);
+        let topics = &mut self.topics;
+
+        if rid == ME {
+            let entry = self
+                .owners
+                .find_entry(int_hash(owner), |&h| row_at(topics, h).owner == owner);
+            if let Ok(mut e) = entry {
+                replace_in_owner_chain(topics, e.get_mut(), p, next_owner);
+                if *e.get() == Pos::NIL {
+                    e.remove();
+                }
+            }
+            shrink_table(&mut self.owners, |&h| int_hash(row_at(topics, h).owner));
+        } else {
+            let dots = &mut self.reps[rid as usize].rows;
+            if let Ok(e) = dots.find_entry(int_hash(n), |&h| h == p) {
+                e.remove();
+            }
+            shrink_table(dots, |&h| int_hash(row_at(topics, h).n));
         }
-        rows.len -= 1;
-        if rows.len == 0 {
-            self.topics.remove(&*loc.topic);
-            Self::shrink_if_sparse(&mut self.topics);
-        }
-        self.len -= 1;
-        if dot.0 == ME
-            && let Some(ns) = self.owners.get_mut(&loc.owner)
-            && let Some((_, true)) = ns.take(|&n| n == dot.1)
+
+        let hasher = &self.hasher;
+        let Topic { keys, rows, .. } = topics[p.topic as usize].as_mut().expect("a live topic");
+        let key = &rows[p.index as usize].key;
+        if let Ok(mut e) =
+            keys.find_entry(hasher.hash_one(&**key), |&h| rows[h as usize].key == *key)
         {
-            self.owners.remove(&loc.owner);
-            Self::shrink_if_sparse(&mut self.owners);
+            replace_in_key_chain(rows, e.get_mut(), p.index, next_key);
+            if *e.get() == NIL {
+                e.remove();
+            }
         }
-        let rows = &mut self.rep_mut(dot.0).rows;
-        if rows.capacity() > 64 && rows.len() < rows.capacity() / 4 {
+        shrink_table(keys, |&h| hasher.hash_one(&*rows[h as usize].key));
+        let row = rows.swap_remove(p.index as usize);
+        let moved = Idx::try_from(rows.len()).expect("row indexes fit");
+        if rows.len() < rows.capacity() / 4 {
             rows.shrink_to(rows.len() * 2);
         }
-        Some(Entry {
-            topic: loc.topic,
-            key: loc.key,
-            owner: loc.owner,
-            meta: slot.meta,
-            replica: self.rep(dot.0).id.clone(),
-        })
-    }
-
-    fn entry_of(&self, rid: Rid, n: u64) -> Option<Entry> {
-        let loc = self.rep(rid).rows.get(&n)?;
-        let meta = self.slot_meta(loc, (rid, n))?;
-        Some(Entry {
-            topic: Arc::clone(&loc.topic),
-            key: Arc::clone(&loc.key),
-            owner: loc.owner,
-            meta: meta.clone(),
+        self.len -= 1;
+        let topic = if rows.is_empty() {
+            let name = Arc::clone(&self.topic(p.topic).name);
+            self.drop_topic(p.topic);
+            name
+        } else {
+            if moved != p.index {
+                self.relocate(
+                    Pos {
+                        topic: p.topic,
+                        index: moved,
+                    },
+                    p,
+                );
+            }
+            Arc::clone(&self.topic(p.topic).name)
+        };
+        Entry {
+            topic,
+            key: row.key,
+            owner,
+            meta: row.meta,
             replica: self.rep(rid).id.clone(),
-        })
+        }
     }
 
-    fn slot_meta(&self, loc: &Loc, dot: Dot) -> Option<&Meta> {
-        self.topics
-            .get(&*loc.topic)?
-            .keys
-            .get(&*loc.key)?
-            .as_slice()
-            .iter()
-            .find(|s| s.dot == dot)
-            .map(|s| &s.meta)
+    /// Points the indexes that held `from` (an index past the end of its topic's rows now)
+    /// at `to`, where that row was moved in the same topic.
+    fn relocate(&mut self, from: Pos, to: Pos) {
+        let hasher = &self.hasher;
+        let topics = &mut self.topics;
+        let row = row_at(topics, to);
+        let (rid, n, owner) = (row.rid, row.n, row.owner);
+        if rid == ME {
+            // The head of the owner's chain, which may be the row itself.
+            let head = self.owners.find_mut(int_hash(owner), |&h| {
+                h == from || row_at(topics, h).owner == owner
+            });
+            if let Some(head) = head {
+                replace_in_owner_chain(topics, head, from, to);
+            }
+        } else if let Some(h) = self.reps[rid as usize]
+            .rows
+            .find_mut(int_hash(n), |&h| h == from)
+        {
+            *h = to;
+        }
+        let Topic { keys, rows, .. } = topics[to.topic as usize].as_mut().expect("a live topic");
+        let key = &rows[to.index as usize].key;
+        // The head of the row's key chain, which may be the row itself.
+        let head = keys.find_mut(hasher.hash_one(&**key), |&h| {
+            h == from.index || rows[h as usize].key == *key
+        });
+        if let Some(head) = head {
+            replace_in_key_chain(rows, head, from.index, to.index);
+        }
     }
 
     fn rows_of(&self, rid: Rid) -> Vec<Entry> {
         self.rep(rid)
             .rows
-            .keys()
-            .filter_map(|&n| self.entry_of(rid, n))
-            .collect()
-    }
-
-    fn slots(&self, topic: &str, key: &str) -> &[Slot] {
-        self.topics
-            .get(topic)
-            .and_then(|t| t.keys.get(key))
-            .map_or(&[], Slots::as_slice)
-    }
-
-    fn find_own(&self, topic: &str, owner: OwnerId, key: &str) -> Option<u64> {
-        self.slots(topic, key)
             .iter()
-            .find(|s| s.owner == owner && s.dot.0 == ME)
-            .map(|s| s.dot.1)
+            .map(|&p| self.entry_at(p))
+            .collect()
     }
 
     /// Adds a row owned by this replica. The caller has checked with [`State::get_own`] that
     /// `(topic, owner, key)` is not tracked yet.
     pub(crate) fn join(&mut self, owner: OwnerId, topic: Arc<str>, key: Arc<str>, meta: Meta) {
         let n = self.bump();
-        let (topic, key) = self.insert_row((ME, n), topic, key, owner, meta.clone());
+        let p = self.insert_row((ME, n), topic, key, owner, meta);
+        let element = self.element_at(p);
         self.delta
             .dots_mut(&self.reps[ME as usize].id)
             .values
-            .insert(
-                n,
-                Element {
-                    topic,
-                    owner,
-                    key,
-                    meta,
-                },
-            );
+            .insert(n, element);
     }
 
     /// The meta of the row `(topic, owner, key)` of any replica (down ones included).
     #[cfg(test)]
     pub(crate) fn get(&self, topic: &str, owner: OwnerId, key: &str) -> Option<&Meta> {
-        let slots = self.slots(topic, key);
-        slots
-            .iter()
-            .find(|s| s.owner == owner && s.dot.0 == ME)
-            .or_else(|| slots.iter().find(|s| s.owner == owner))
-            .map(|s| &s.meta)
+        let mut rows = self.rows_under(topic, key);
+        rows.clone()
+            .find(|r| r.owner == owner && r.rid == ME)
+            .or_else(|| rows.find(|r| r.owner == owner))
+            .map(|r| &r.meta)
     }
 
     /// The meta of this replica's row `(topic, owner, key)`: the uniqueness check of `track`.
     pub(crate) fn get_own(&self, topic: &str, owner: OwnerId, key: &str) -> Option<&Meta> {
-        self.slots(topic, key)
-            .iter()
-            .find(|s| s.owner == owner && s.dot.0 == ME)
-            .map(|s| &s.meta)
+        self.find_own(topic, owner, key).map(|p| &self.row(p).meta)
     }
 
     /// Removes this replica's row `(topic, owner, key)`. Rows of other replicas are refused
     /// (`None`), as is a missing row.
     pub(crate) fn leave(&mut self, topic: &str, owner: OwnerId, key: &str) -> Option<Entry> {
-        let n = self.find_own(topic, owner, key)?;
-        let entry = self.remove_row((ME, n))?;
+        let p = self.find_own(topic, owner, key)?;
+        let n = self.row(p).n;
+        let entry = self.remove_row_at(p);
         self.delta_remove(ME, n);
         self.bump();
         Some(entry)
@@ -744,18 +1075,14 @@ impl State {
 
     /// Removes every own row of `owner`, in all topics.
     pub(crate) fn leave_owner(&mut self, owner: OwnerId) -> Vec<Entry> {
-        let Some(ns) = self.owners.remove(&owner) else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(ns.as_slice().len());
-        for &n in ns.as_slice() {
-            if let Some(e) = self.remove_row((ME, n)) {
-                self.delta_remove(ME, n);
-                self.bump();
-                out.push(e);
-            }
+        let mut out = Vec::with_capacity(self.owner_chain(owner).count());
+        // Each removal may move another row, so the chain is read again from its head.
+        while let Some((p, row)) = self.owner_chain(owner).next() {
+            let n = row.n;
+            out.push(self.remove_row_at(p));
+            self.delta_remove(ME, n);
+            self.bump();
         }
-        Self::shrink_if_sparse(&mut self.owners);
         out
     }
 
@@ -769,51 +1096,25 @@ impl State {
         key: &str,
         new_meta: Meta,
     ) -> Option<(Entry, Entry)> {
-        let old = self.find_own(topic, owner, key)?;
+        let p = self.find_own(topic, owner, key)?;
+        let old = self.row(p).n;
         self.delta_remove(ME, old);
         self.bump();
         let new = self.bump();
-        let me = self.rep_mut(ME);
-        let loc = me.rows.remove(&old)?;
-        me.rows.insert(new, loc.clone());
-        let slot = self
-            .topics
-            .get_mut(&*loc.topic)?
-            .keys
-            .get_mut(&*loc.key)?
-            .as_mut_slice()
-            .iter_mut()
-            .find(|s| s.dot == (ME, old))?;
-        let old_meta = std::mem::replace(&mut slot.meta, new_meta.clone());
-        slot.dot = (ME, new);
-        if let Some(n) = self
-            .owners
-            .get_mut(&owner)
-            .and_then(|ns| ns.as_mut_slice().iter_mut().find(|n| **n == old))
-        {
-            *n = new;
-        }
-        let id = self.rep(ME).id.clone();
-        self.delta.dots_mut(&id).values.insert(
-            new,
-            Element {
-                topic: Arc::clone(&loc.topic),
-                owner,
-                key: Arc::clone(&loc.key),
-                meta: new_meta.clone(),
-            },
-        );
+        // Own rows are not in the dot index: the new dot is just written in.
+        let row = &mut self.topic_mut(p.topic).rows[p.index as usize];
+        row.n = new;
+        let old_meta = std::mem::replace(&mut row.meta, new_meta);
+        let element = self.element_at(p);
+        let new_entry = self.entry_at(p);
         let old_entry = Entry {
-            topic: Arc::clone(&loc.topic),
-            key: Arc::clone(&loc.key),
-            owner,
             meta: old_meta,
-            replica: id.clone(),
+            ..new_entry.clone()
         };
-        let new_entry = Entry {
-            meta: new_meta,
-            ..old_entry.clone()
-        };
+        self.delta
+            .dots_mut(&self.reps[ME as usize].id)
+            .values
+            .insert(new, element);
         Some((old_entry, new_entry))
     }
 
@@ -829,93 +1130,85 @@ impl State {
     }
 
     fn collect_topic(&self, topic: &str, hide_down: bool) -> Vec<(Arc<str>, Meta)> {
-        let Some(rows) = self.topics.get(topic) else {
+        let Some(t) = self.find_topic(topic) else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(rows.len);
         let filter = hide_down && self.down > 0;
-        for (key, slots) in &rows.keys {
-            for s in slots.as_slice() {
-                if !filter || self.visible(s.dot.0) {
-                    out.push((Arc::clone(key), s.meta.clone()));
-                }
-            }
-        }
-        out
+        self.topic(t)
+            .rows
+            .iter()
+            .filter(|row| !filter || self.visible(row.rid))
+            .map(|row| (Arc::clone(&row.key), row.meta.clone()))
+            .collect()
     }
 
     /// Visible rows of `topic` as entries (owner and replica included).
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn list_entries(&self, topic: &str) -> Vec<Entry> {
-        let Some(rows) = self.topics.get(topic) else {
+        let Some(t) = self.find_topic(topic) else {
             return Vec::new();
         };
-        let topic = self.topics.get_key_value(topic).map(|(k, _)| k);
-        let Some(topic) = topic else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(rows.len);
-        for (key, slots) in &rows.keys {
-            for s in slots.as_slice().iter().filter(|s| self.visible(s.dot.0)) {
-                out.push(Entry {
-                    topic: Arc::clone(topic),
-                    key: Arc::clone(key),
-                    owner: s.owner,
-                    meta: s.meta.clone(),
-                    replica: self.rep(s.dot.0).id.clone(),
-                });
-            }
-        }
-        out
+        let topic = self.topic(t);
+        topic
+            .rows
+            .iter()
+            .filter(|row| self.visible(row.rid))
+            .map(|row| Entry {
+                topic: Arc::clone(&topic.name),
+                key: Arc::clone(&row.key),
+                owner: row.owner,
+                meta: row.meta.clone(),
+                replica: self.rep(row.rid).id.clone(),
+            })
+            .collect()
     }
 
     /// Visible rows under `(topic, key)`, as `(owner, meta)`.
     pub(crate) fn get_by_key(&self, topic: &str, key: &str) -> Vec<(OwnerId, Meta)> {
-        self.slots(topic, key)
-            .iter()
-            .filter(|s| self.visible(s.dot.0))
-            .map(|s| (s.owner, s.meta.clone()))
+        self.rows_under(topic, key)
+            .filter(|r| self.visible(r.rid))
+            .map(|r| (r.owner, r.meta.clone()))
             .collect()
     }
 
     /// The number of keys and of rows of `topic` on live replicas: O(1) while no replica is
     /// down, a walk of the topic's rows otherwise.
     pub(crate) fn count(&self, topic: &str) -> (usize, usize) {
-        match self.topics.get(topic) {
-            None => (0, 0),
-            Some(rows) if self.down == 0 => (rows.keys.len(), rows.len),
-            Some(rows) => rows.keys.values().fold((0, 0), |(keys, metas), slots| {
-                let n = slots
-                    .as_slice()
-                    .iter()
-                    .filter(|s| self.visible(s.dot.0))
-                    .count();
-                (keys + usize::from(n > 0), metas + n)
-            }),
+        let Some(t) = self.find_topic(topic) else {
+            return (0, 0);
+        };
+        let topic = self.topic(t);
+        if self.down == 0 {
+            return (topic.keys.len(), topic.rows.len());
         }
+        topic.keys.iter().fold((0, 0), |(keys, metas), &head| {
+            let chain = KeyChain {
+                rows: &topic.rows,
+                at: head,
+            };
+            let n = chain.filter(|r| self.visible(r.rid)).count();
+            (keys + usize::from(n > 0), metas + n)
+        })
     }
 
     /// The number of visible rows under `(topic, key)`.
     pub(crate) fn key_len(&self, topic: &str, key: &str) -> usize {
-        self.slots(topic, key)
-            .iter()
-            .filter(|s| self.visible(s.dot.0))
+        self.rows_under(topic, key)
+            .filter(|r| self.visible(r.rid))
             .count()
     }
 
     /// Number of visible rows of `topic`.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn topic_len(&self, topic: &str) -> usize {
-        match self.topics.get(topic) {
-            None => 0,
-            Some(rows) if self.down == 0 => rows.len,
-            Some(rows) => rows
-                .keys
-                .values()
-                .flat_map(Slots::as_slice)
-                .filter(|s| self.visible(s.dot.0))
-                .count(),
+        let Some(t) = self.find_topic(topic) else {
+            return 0;
+        };
+        let rows = &self.topic(t).rows;
+        if self.down == 0 {
+            return rows.len();
         }
+        rows.iter().filter(|r| self.visible(r.rid)).count()
     }
 
     /// Number of rows held, including those of down replicas.
@@ -933,7 +1226,11 @@ impl State {
     /// Topics holding at least one row (of any replica).
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn topics(&self) -> Vec<Arc<str>> {
-        self.topics.keys().cloned().collect()
+        self.topics
+            .iter()
+            .flatten()
+            .map(|t| Arc::clone(&t.name))
+            .collect()
     }
 
     /// Whether the pending delta covers any dot (there is something to broadcast).
@@ -1013,7 +1310,7 @@ impl State {
                 }
             }
             for &n in &rd.cloud {
-                if rep.rows.contains_key(&n) && !rd.values.contains_key(&n) {
+                if !rd.values.contains_key(&n) && self.find_dot(rid, n).is_some() {
                     removed.push((rid, n));
                 }
             }
@@ -1023,7 +1320,8 @@ impl State {
                 continue;
             };
             let rd = dots.get(r);
-            for &n in self.rep(rid).rows.keys() {
+            for &p in self.rep(rid).rows.iter() {
+                let n = self.row(p).n;
                 let kept = rd.is_some_and(|d| d.values.contains_key(&n) || d.cloud.contains(&n));
                 if n <= c && !kept {
                     removed.push((rid, n));
@@ -1035,7 +1333,7 @@ impl State {
         // Joins first, so that an update (old dot removed, new dot added under the same
         // topic/owner/key) never leaves the row missing.
         for ((rid, n), el) in added {
-            let (topic, key) = self.insert_row(
+            let p = self.insert_row(
                 (rid, n),
                 Arc::clone(&el.topic),
                 Arc::clone(&el.key),
@@ -1044,13 +1342,7 @@ impl State {
             );
             self.rep_mut(rid).cloud.insert(n);
             if self.visible(rid) {
-                changes.joins.push(Entry {
-                    topic,
-                    key,
-                    owner: el.owner,
-                    meta: el.meta.clone(),
-                    replica: self.rep(rid).id.clone(),
-                });
+                changes.joins.push(self.entry_at(p));
             }
         }
         for dot in removed {
@@ -1095,19 +1387,10 @@ impl State {
             };
             if rep.id != *requester {
                 let rid = Rid::try_from(rid).expect("interned");
-                rd.values.reserve(rep.rows.len());
-                for (&n, loc) in &rep.rows {
-                    if let Some(meta) = self.slot_meta(loc, (rid, n)) {
-                        rd.values.insert(
-                            n,
-                            Element {
-                                topic: Arc::clone(&loc.topic),
-                                owner: loc.owner,
-                                key: Arc::clone(&loc.key),
-                                meta: meta.clone(),
-                            },
-                        );
-                    }
+                let positions = self.positions_of(rid);
+                rd.values.reserve(positions.len());
+                for p in positions {
+                    rd.values.insert(self.row(p).n, self.element_at(p));
                 }
             }
             if !rd.is_empty() {
@@ -1160,7 +1443,8 @@ impl State {
         let Some(rid) = self.rid(r).filter(|&rid| rid != ME) else {
             return;
         };
-        let ns: Vec<u64> = self.rep(rid).rows.keys().copied().collect();
+        // Counters, not positions: each removal may move another row.
+        let ns: Vec<u64> = self.rep(rid).rows.iter().map(|&p| self.row(p).n).collect();
         for n in ns {
             self.remove_row((rid, n));
         }
@@ -1176,7 +1460,6 @@ impl State {
         });
         self.vacant.push(rid);
         Self::shrink_if_sparse(&mut self.ids);
-        Self::shrink_if_sparse(&mut self.topics);
         if self.reps.len() > 16 && self.vacant.len() > self.reps.len() / 2 {
             self.compact_reps();
         }
@@ -1203,7 +1486,14 @@ impl State {
             slots: self.reps.len(),
             down: self.down,
             row_capacity: self.reps.iter().map(|r| r.rows.capacity()).sum(),
-            topic_capacity: self.topics.capacity(),
+            arena_capacity: self
+                .topics
+                .iter()
+                .flatten()
+                .map(|t| t.rows.capacity())
+                .sum(),
+            topic_capacity: self.topic_ids.capacity(),
+            topic_slots: self.topics.capacity(),
             ids_capacity: self.ids.capacity(),
         }
     }
@@ -1268,22 +1558,22 @@ pub(crate) mod test_support {
 
     impl State {
         pub(crate) fn canonical(&self) -> Canonical {
-            let mut rows = BTreeSet::new();
-            for (rid, rep) in self.reps.iter().enumerate() {
-                for (&n, loc) in &rep.rows {
-                    let meta = self
-                        .slot_meta(loc, (Rid::try_from(rid).unwrap(), n))
-                        .expect("row indexed");
-                    rows.insert((
-                        rep.id.clone(),
-                        n,
-                        loc.topic.to_string(),
-                        loc.key.to_string(),
-                        loc.owner,
-                        meta.phx_ref().to_string(),
-                    ));
-                }
-            }
+            let rows = self
+                .topics
+                .iter()
+                .flatten()
+                .flat_map(|topic| topic.rows.iter().map(move |row| (topic, row)))
+                .map(|(topic, row)| {
+                    (
+                        self.rep(row.rid).id.clone(),
+                        row.n,
+                        topic.name.to_string(),
+                        row.key.to_string(),
+                        row.owner,
+                        row.meta.phx_ref().to_string(),
+                    )
+                })
+                .collect();
             Canonical {
                 reps: self
                     .reps
@@ -1296,7 +1586,10 @@ pub(crate) mod test_support {
                 owners: self
                     .owners
                     .iter()
-                    .map(|(o, ns)| (*o, ns.as_slice().iter().copied().collect()))
+                    .map(|&head| {
+                        let owner = self.row(head).owner;
+                        (owner, self.owner_chain(owner).map(|(_, r)| r.n).collect())
+                    })
                     .collect(),
                 delta: self.delta.clone(),
                 len: self.len,
@@ -1320,30 +1613,90 @@ pub(crate) mod test_support {
             out
         }
 
-        /// Checks the internal indexes agree with each other.
+        /// Checks the internal indexes agree with each other and with the rows: every row is
+        /// on exactly one key chain (of its topic, sharing the chain's key string); a row of
+        /// another replica is found by its dot, an own row is on exactly one owner chain.
         pub(crate) fn check_indexes(&self) {
-            let total: usize = self.reps.iter().map(|r| r.rows.len()).sum();
-            assert_eq!(total, self.len);
-            let slots: usize = self
-                .topics
-                .values()
-                .map(|t| {
-                    let n: usize = t.keys.values().map(|s| s.as_slice().len()).sum();
-                    assert_eq!(n, t.len);
-                    assert!(n > 0);
-                    n
-                })
-                .sum();
-            assert_eq!(slots, self.len);
-            let owned: usize = self.owners.values().map(|ns| ns.as_slice().len()).sum();
-            assert_eq!(owned, self.rep(ME).rows.len());
-            for rep in &self.reps {
-                if let Some(c) = rep.ctx {
-                    for &n in rep.rows.keys() {
-                        assert!(rep.seen(n), "row dot {n} not seen (ctx {c})");
+            let mut len = 0;
+            let mut live_topics = 0;
+            let mut own = 0;
+            for (t, topic) in self.topics.iter().enumerate() {
+                let t = Tid::try_from(t).unwrap();
+                let Some(topic) = topic else {
+                    assert!(self.free_topics.contains(&t), "vacant topic {t} not free");
+                    continue;
+                };
+                live_topics += 1;
+                assert_eq!(self.find_topic(&topic.name), Some(t));
+                assert!(!topic.rows.is_empty(), "empty topic {:?} kept", topic.name);
+                let mut on_chain = vec![false; topic.rows.len()];
+                for &head in topic.keys.iter() {
+                    let key = &topic.rows[head as usize].key;
+                    assert_eq!(Self::key_head(topic, &self.hasher, key), Some(head));
+                    let mut at = head;
+                    while let Some(row) = topic.rows.get(at as usize) {
+                        assert!(!on_chain[at as usize], "row {at} on two key chains");
+                        on_chain[at as usize] = true;
+                        assert!(Arc::ptr_eq(&row.key, key), "key {key:?} not shared");
+                        at = row.next_key;
+                    }
+                    assert_eq!(at, NIL);
+                }
+                assert!(
+                    on_chain.iter().all(|&on| on),
+                    "rows of {:?} off chains",
+                    topic.name
+                );
+                for (i, row) in topic.rows.iter().enumerate() {
+                    let p = Pos {
+                        topic: t,
+                        index: Idx::try_from(i).unwrap(),
+                    };
+                    let rep = self.rep(row.rid);
+                    if let Some(c) = rep.ctx {
+                        assert!(rep.seen(row.n), "row dot {} not seen (ctx {c})", row.n);
+                    }
+                    if row.rid == ME {
+                        own += 1;
+                        assert_eq!(
+                            self.owner_chain(row.owner)
+                                .find(|&(q, _)| q == p)
+                                .map(|(q, _)| q),
+                            Some(p),
+                            "own row {p:?} off its owner's chain"
+                        );
+                    } else {
+                        assert_eq!(self.find_dot(row.rid, row.n), Some(p), "dot of {p:?}");
+                        assert_eq!(row.next_owner, Pos::NIL);
                     }
                 }
+                len += topic.rows.len();
             }
+            assert_eq!(len, self.len);
+            assert_eq!(self.topic_ids.len(), live_topics);
+            for &t in &self.free_topics {
+                assert!(self.topics.get(t as usize).is_none_or(Option::is_none));
+            }
+            // Dot indexes hold other replicas' rows, each once.
+            assert!(self.rep(ME).rows.is_empty(), "own rows in the dot index");
+            let indexed: usize = self.reps.iter().map(|r| r.rows.len()).sum();
+            assert_eq!(indexed, len - own, "dot indexes");
+            for (rid, rep) in self.reps.iter().enumerate() {
+                for &p in rep.rows.iter() {
+                    assert_eq!(self.row(p).rid as usize, rid, "{p:?} indexed under {rid}");
+                }
+            }
+            // Owner chains hold own rows, each once.
+            let mut chained = 0;
+            for &head in self.owners.iter() {
+                let owner = self.row(head).owner;
+                assert_eq!(self.owner_chain(owner).next().map(|(p, _)| p), Some(head));
+                for (_, row) in self.owner_chain(owner) {
+                    assert_eq!((row.rid, row.owner), (ME, owner));
+                    chained += 1;
+                }
+            }
+            assert_eq!(chained, own, "owner chains");
         }
     }
 }
@@ -1823,10 +2176,8 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<State>();
         send_sync::<Transfer>();
-        // per presence: one `Slots` in the key index, one `Loc` in the replica's row map
-        assert!(size_of::<Slots>() <= 48, "{}", size_of::<Slots>());
-        assert!(size_of::<Loc>() <= 48, "{}", size_of::<Loc>());
-        assert!(size_of::<OneOrMany<u64>>() <= 24);
+        // per presence: one row in the arena, and a row position in a few tables
+        assert!(size_of::<Row>() <= 64, "{}", size_of::<Row>());
     }
 
     #[test]
@@ -1862,7 +2213,7 @@ mod tests {
         }
         assert_eq!(a.topic_len("big"), 100_000);
         eprintln!("list of 100k rows took {took:?}");
-        // topic strings are shared, not copied per row
+        // the topic string is interned once: the delta's 100k elements share it
         assert!(Arc::strong_count(&topic) > 100_000);
     }
 }

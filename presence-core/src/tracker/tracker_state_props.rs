@@ -404,6 +404,11 @@ fn list_owned_strings_are_interned() {
     w.states[1].merge_delta(&d);
     let topics = w.states[1].topics();
     let t: &Arc<str> = &topics[0];
-    // the map key, both row locations and the pending delta's element share one allocation
+    // the topic's name, both rows' entries and the pending delta's element share one
+    // allocation, and both rows share one of the key
+    let rows = w.states[1].list_entries(t);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|e| Arc::ptr_eq(&e.topic, t)));
+    assert!(Arc::ptr_eq(&rows[0].key, &rows[1].key));
     assert!(Arc::strong_count(t) >= 4, "{}", Arc::strong_count(t));
 }
