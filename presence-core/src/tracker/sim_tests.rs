@@ -680,6 +680,7 @@ fn restarted_peers_leave_no_trace() {
         // A last period past every expiry.
         beat(&mut cores, &mut now, timing().permdown_period / PERIOD + 2);
         let a = cores[0].state();
+        a.check_indexes();
         assert_eq!(a.len(), 5_000, "only the live incarnation's rows");
         let left = a.footprint();
         assert_eq!(left.live_replicas, 2, "{left:?}");
@@ -800,6 +801,7 @@ fn maps_shrink_after_a_spike() {
         a.untrack_all(*owner);
     }
     let after = a.state().footprint();
+    a.state().check_indexes();
     assert_eq!(a.state().len(), 10);
     assert!(peak.topic_capacity >= 2_000, "{peak:?}");
     assert!(after.topic_capacity <= 64, "{after:?} after {peak:?}");
@@ -810,4 +812,29 @@ fn maps_shrink_after_a_spike() {
     );
     assert!(after.arena_capacity <= 128, "{after:?} after {peak:?}");
     assert!(a.state().owners_capacity() <= 128, "owners shrink too");
+}
+
+#[test]
+fn many_rows_under_one_key_keep_the_indexes_whole() {
+    // A shared key ("guest") chains every row of the topic: inserts go first in the chain,
+    // removals unlink from its head, middle and end, and the topic's last row moves into
+    // each hole.
+    let mut a = core("a");
+    let owners: Vec<OwnerId> = (0..3_000).map(|i| OwnerId::from_parts(1, i)).collect();
+    for owner in &owners {
+        a.track(*owner, "room:lobby", "guest", json!({})).unwrap();
+    }
+    a.state().check_indexes();
+    assert_eq!(a.state().key_len("room:lobby", "guest"), 3_000);
+    for owner in owners.iter().step_by(3) {
+        a.untrack_all(*owner);
+    }
+    a.untrack_all(owners[2_999]);
+    a.state().check_indexes();
+    assert_eq!(a.state().key_len("room:lobby", "guest"), 1_999);
+    for owner in &owners[..1_500] {
+        a.untrack_all(*owner);
+    }
+    a.state().check_indexes();
+    assert_eq!(a.state().get_by_key("room:lobby", "guest").len(), 999);
 }

@@ -862,19 +862,17 @@ impl State {
             |&h| rows[h as usize].key == key,
             |&h| hasher.hash_one(&*rows[h as usize].key),
         );
-        let key = match entry {
-            hash_table::Entry::Occupied(e) => {
-                let head = *e.get();
-                let mut last = head;
-                while rows[last as usize].next_key != NIL {
-                    last = rows[last as usize].next_key;
-                }
-                rows[last as usize].next_key = index;
-                Arc::clone(&rows[head as usize].key)
+        // A new row goes first in its key's chain and its owner's: an insert costs the same
+        // however many rows share the key (a shared "guest" key, a peer's delta of many rows
+        // under one key).
+        let (key, next_key) = match entry {
+            hash_table::Entry::Occupied(mut e) => {
+                let head = std::mem::replace(e.get_mut(), index);
+                (Arc::clone(&rows[head as usize].key), head)
             }
             hash_table::Entry::Vacant(e) => {
                 e.insert(index);
-                key
+                (key, NIL)
             }
         };
         if rows.len() == rows.capacity() {
@@ -886,7 +884,7 @@ impl State {
             owner,
             n,
             rid,
-            next_key: NIL,
+            next_key,
             next_owner: Pos::NIL,
         });
         self.len += 1;
@@ -898,19 +896,15 @@ impl State {
                 |&p| row_at(topics, p).owner == owner,
                 |&p| int_hash(row_at(topics, p).owner),
             );
-            match entry {
-                hash_table::Entry::Occupied(e) => {
-                    let mut last = *e.get();
-                    while row_at(topics, last).next_owner != Pos::NIL {
-                        last = row_at(topics, last).next_owner;
-                    }
-                    let topic = topics[last.topic as usize].as_mut().expect("a live topic");
-                    topic.rows[last.index as usize].next_owner = pos;
-                }
+            let next_owner = match entry {
+                hash_table::Entry::Occupied(mut e) => std::mem::replace(e.get_mut(), pos),
                 hash_table::Entry::Vacant(e) => {
                     e.insert(pos);
+                    Pos::NIL
                 }
-            }
+            };
+            let topic = topics[t as usize].as_mut().expect("a live topic");
+            topic.rows[index as usize].next_owner = next_owner;
         } else {
             self.reps[rid as usize]
                 .rows
