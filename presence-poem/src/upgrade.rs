@@ -2,7 +2,7 @@
 //! extractor so that the connection holds tokio-tungstenite's stream itself: poem's wrapper
 //! sends whole messages only, and a message written whole stays in tungstenite's write buffer,
 //! whose capacity never shrinks. With the stream in hand, the connection writes large messages
-//! as fragments (see `connection::write_out`), so no socket keeps a buffer the size of the
+//! as fragments (see `connection::feed`), so no socket keeps a buffer the size of the
 //! largest `presence_state` it ever received.
 
 use std::future::Future;
@@ -57,7 +57,14 @@ impl Upgrade {
         };
         Ok(Upgrade {
             accept: derive_accept_key(key.as_bytes()),
-            protocol: has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL),
+            // Subprotocol names are compared exactly (RFC 6455, 4.1): the answer must be one
+            // of the client's own.
+            protocol: headers
+                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim() == PROTOCOL),
             on_upgrade,
         })
     }
@@ -119,6 +126,8 @@ impl Refusal {
                 tracing::debug!("refusing websocket: not version 13");
                 Response::builder()
                     .status(StatusCode::UPGRADE_REQUIRED)
+                    .header(header::UPGRADE, "websocket")
+                    .header(header::CONNECTION, "upgrade")
                     .header(header::SEC_WEBSOCKET_VERSION, "13")
                     .body("websocket version 13 required")
             }
@@ -126,8 +135,8 @@ impl Refusal {
     }
 }
 
-/// Whether the comma-separated header `name` holds `token` (ASCII case-insensitive), in any
-/// of its values.
+/// Whether the comma-separated header `name` holds `token` (ASCII case-insensitive, as
+/// `Upgrade` and `Connection` are), in any of its values.
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)

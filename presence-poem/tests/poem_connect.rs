@@ -338,6 +338,7 @@ async fn a_request_that_is_not_a_websocket_handshake_is_refused_with_the_reason(
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 426);
             assert_eq!(response.headers()["sec-websocket-version"], "13");
+            assert_eq!(response.headers()["upgrade"], "websocket");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
