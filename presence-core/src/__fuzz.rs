@@ -137,17 +137,6 @@ pub fn redis_envelope_seeds() -> Vec<Vec<u8>> {
 
 // ----- tracker replication -----
 
-/// The timings of Phoenix's tracker test harness, as the simulation tests use them.
-fn timing() -> Timing {
-    Timing {
-        max_silent_periods: 2,
-        down_period: 400,
-        permdown_period: 1500,
-        clock_sample_periods: 2,
-        max_delta_sizes: vec![5, 20, 100],
-    }
-}
-
 /// The heartbeat period of [`timing`], in milliseconds.
 const PERIOD: u64 = 100;
 
@@ -164,7 +153,7 @@ pub fn tracker_replication(data: &[u8]) {
         name: Arc::from("fuzz"),
         vsn: 1,
     };
-    let mut core = ShardCore::new(me, timing());
+    let mut core = ShardCore::new(me, Timing::test_harness());
     let owner = OwnerId::from_parts(1, 1);
     // Own rows from the start, so that transfer requests and extracts meet something.
     for key in ["k0", "k1"] {
@@ -265,8 +254,8 @@ pub fn tracker_replication_seeds() -> Vec<Vec<u8>> {
         name: Arc::from(name),
         vsn: 1,
     };
-    let mut a = ShardCore::new(replica("a"), timing());
-    let mut b = ShardCore::new(replica("b"), timing());
+    let mut a = ShardCore::new(replica("a"), Timing::test_harness());
+    let mut b = ShardCore::new(replica("b"), Timing::test_harness());
     let owner = OwnerId::from_parts(2, 1);
     let mut sent = Vec::new();
     let mut inflight: Vec<(bool, TrackerMsg)> = Vec::new();

@@ -27,6 +27,21 @@ pub(crate) struct Timing {
     pub(crate) max_delta_sizes: Vec<usize>,
 }
 
+impl Timing {
+    /// The timings of Phoenix's own tracker test harness, for the simulation tests and the
+    /// replication fuzz target.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn test_harness() -> Self {
+        Timing {
+            max_silent_periods: 2,
+            down_period: 400,
+            permdown_period: 1500,
+            clock_sample_periods: 2,
+            max_delta_sizes: vec![5, 20, 100],
+        }
+    }
+}
+
 /// A message for peers.
 #[derive(Debug, Clone)]
 pub(crate) enum Outgoing {

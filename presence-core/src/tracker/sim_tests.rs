@@ -20,17 +20,6 @@ const PERIOD: u64 = 100;
 const TOPICS: [&str; 3] = ["room:a", "room:b", "room:c"];
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 
-fn timing() -> Timing {
-    // The timings of Phoenix's own tracker test harness.
-    Timing {
-        max_silent_periods: 2,
-        down_period: 400,
-        permdown_period: 1500,
-        clock_sample_periods: 2,
-        max_delta_sizes: vec![5, 20, 100],
-    }
-}
-
 #[derive(Debug, Clone)]
 enum Op {
     Track {
@@ -166,7 +155,7 @@ impl Sim {
             vsn: node.incarnation,
         };
         self.incarnations.push(r.clone());
-        node.core = Some(ShardCore::new(r, timing()));
+        node.core = Some(ShardCore::new(r, Timing::test_harness()));
         node.live.clear();
     }
 
@@ -552,7 +541,7 @@ fn core(name: &str) -> ShardCore {
             name: Arc::from(name),
             vsn: 1,
         },
-        timing(),
+        Timing::test_harness(),
     )
 }
 
@@ -626,7 +615,7 @@ fn peer_with_rows(name: &str, vsn: u64, rows: u64) -> ShardCore {
             name: Arc::from(name),
             vsn,
         },
-        timing(),
+        Timing::test_harness(),
     );
     for i in 0..rows {
         let owner = OwnerId::from_parts(vsn, i);
@@ -674,11 +663,19 @@ fn restarted_peers_leave_no_trace() {
             beat(&mut cores, &mut now, 5);
             if !same_name {
                 // The old name falls silent: down, then purged after the permdown period.
-                beat(&mut cores, &mut now, timing().permdown_period / PERIOD + 2);
+                beat(
+                    &mut cores,
+                    &mut now,
+                    Timing::test_harness().permdown_period / PERIOD + 2,
+                );
             }
         }
         // A last period past every expiry.
-        beat(&mut cores, &mut now, timing().permdown_period / PERIOD + 2);
+        beat(
+            &mut cores,
+            &mut now,
+            Timing::test_harness().permdown_period / PERIOD + 2,
+        );
         let a = cores[0].state();
         a.check_indexes();
         assert_eq!(a.len(), 5_000, "only the live incarnation's rows");
@@ -720,7 +717,11 @@ fn a_restart_with_a_lower_vsn_replicates() {
     beat(&mut cores, &mut now, 5);
     assert_eq!(cores[0].state().len(), 3);
     cores[1] = peer_with_rows("b", 10, 2);
-    beat(&mut cores, &mut now, timing().down_period / PERIOD + 5);
+    beat(
+        &mut cores,
+        &mut now,
+        Timing::test_harness().down_period / PERIOD + 5,
+    );
     let a = cores[0].state();
     assert_eq!(a.len(), 2, "the new incarnation's rows, not the old one's");
     assert_eq!(a.footprint().down, 0);
