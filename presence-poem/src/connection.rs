@@ -1,7 +1,8 @@
 //! One websocket connection: a control loop that reads frames and routes them to channel
 //! tasks, and a writer that drains the outbound queue. Both run inside the task spawned for
-//! the upgraded connection (`upgrade::Upgrade::accept`); the channel tasks are owned by the control loop, which stops
-//! them (and waits for them, within a deadline) when the socket closes.
+//! the upgraded connection (`upgrade::Upgrade::accept`); the channel tasks are owned by the
+//! control loop, which stops them (and waits for them, within a deadline) when the socket
+//! closes.
 //!
 //! The control loop never waits on a channel: commands are queued without waiting (a full
 //! queue is answered `channel busy`), and joins run in their channel's task while the loop

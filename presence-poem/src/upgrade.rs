@@ -59,12 +59,7 @@ impl Upgrade {
             accept: derive_accept_key(key.as_bytes()),
             // Subprotocol names are compared exactly (RFC 6455, 4.1): the answer must be one
             // of the client's own.
-            protocol: headers
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim() == PROTOCOL),
+            protocol: tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).any(|t| t == PROTOCOL),
             on_upgrade,
         })
     }
@@ -138,12 +133,17 @@ impl Refusal {
 /// Whether the comma-separated header `name` holds `token` (ASCII case-insensitive, as
 /// `Upgrade` and `Connection` are), in any of its values.
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The trimmed tokens of the comma-separated header `name`, over all its values.
+fn tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
 }
 
 #[cfg(test)]
