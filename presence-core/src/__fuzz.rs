@@ -178,7 +178,7 @@ pub fn tracker_replication(data: &[u8]) {
                 }
                 Err(_) => {
                     now += PERIOD;
-                    core.tick(now)
+                    core.tick_all(now)
                 }
             },
         };
@@ -278,7 +278,7 @@ pub fn tracker_replication_seeds() -> Vec<Vec<u8>> {
             _ => {}
         }
         now += PERIOD;
-        for (to_b, fx) in [(true, a.tick(now)), (false, b.tick(now))] {
+        for (to_b, fx) in [(true, a.tick_all(now)), (false, b.tick_all(now))] {
             inflight.extend(fx.out.into_iter().map(|o| (to_b, message_of(o))));
         }
         while let Some((to_b, msg)) = inflight.pop() {

@@ -841,3 +841,47 @@ async fn a_stalled_shard_does_not_mark_live_peers_down() {
     let _ = stop_tx.send(());
     b_thread.join().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_tracks_reaches_peers_in_heartbeats_of_bounded_size() {
+    let cluster = LocalCluster::new();
+    let a = node(&cluster, "a");
+    let b = node(&cluster, "b");
+    let spy = PubSub::builder("spy")
+        .adapter(cluster.adapter())
+        .queue_capacity(10_000)
+        .build();
+    let mut wire = spy.subscribe("phx_presence:Presence_shard0");
+    eventually(LONG, "a and b to see each other", || {
+        !a.tracker.replicas()[0].is_empty() && !b.tracker.replicas()[0].is_empty()
+    })
+    .await;
+    // 25,000 tracks between two heartbeats: one delta would carry them all.
+    let owners: Vec<Owner> = (0..25_000).map(|_| Owner::new()).collect();
+    for (i, owner) in owners.iter().enumerate() {
+        a.tracker
+            .track(owner, &format!("room:{}", i % 7), &format!("user{i}"), json!({"i": i}))
+            .unwrap();
+    }
+    eventually(LONG, "b to list every presence", || {
+        (0..7).map(|t| b.tracker.list(&format!("room:{t}")).len()).sum::<usize>() == 25_000
+    })
+    .await;
+    let mut largest = 0;
+    let mut total = 0;
+    while let Ok(msg) = wire.try_recv() {
+        if let presence_core::pubsub::Payload::Binary(bytes) = msg.payload() {
+            largest = largest.max(bytes.len());
+            total += bytes.len();
+        }
+    }
+    // The rows went out in three heartbeats (10,000 rows each at most), not in one.
+    assert!(total > 2_500_000, "{total} bytes of replication seen");
+    assert!(
+        largest < total / 2,
+        "the largest heartbeat held {largest} of {total} bytes"
+    );
+    let log = b.log.take();
+    let joins = log.iter().filter(|r| matches!(r, Record::Join(..))).count();
+    assert_eq!(joins, 25_000, "each presence reported once");
+}

@@ -32,12 +32,13 @@ impl DeltaGenerations {
 
     /// Adds `delta` to every generation it is contiguous with.
     ///
-    /// On the first push every slot is seeded with `seed`, the parent state's current (empty)
-    /// delta. A merge that fits its slot's cap is kept; one that overflows makes the slot restart
+    /// On the first push every slot is seeded with what `seed` gives, the parent state's
+    /// current delta (read only then: it copies rows). A merge that fits its slot's cap is kept; one that overflows makes the slot restart
     /// from the previous slot's candidate (for slot 0, `delta` itself). A slot whose range is
     /// not contiguous with `delta` is left unchanged.
-    pub(crate) fn push(&mut self, seed: &Delta, delta: &Delta) {
+    pub(crate) fn push(&mut self, seed: impl FnOnce() -> Delta, delta: &Delta) {
         if self.gens.is_empty() {
+            let seed = seed();
             self.gens = self.caps.iter().map(|_| seed.clone()).collect();
         }
         let mut candidate = delta.clone();
@@ -116,7 +117,7 @@ mod tests {
     /// Broadcasts `s`'s pending delta into `g` the way the shard does; returns the delta.
     fn push_own(s: &mut State, g: &mut DeltaGenerations) -> Delta {
         let d = s.take_delta();
-        g.push(s.delta(), &d);
+        g.push(|| s.delta(), &d);
         d
     }
 
@@ -168,7 +169,7 @@ mod tests {
         b.replica_up(&rr("a"));
         join(&mut b, 9, "kb");
         let db = b.take_delta();
-        g.push(a.delta(), &db);
+        g.push(|| a.delta(), &db);
         assert_eq!(sizes(&g), vec![2, 4, 6]);
         assert_eq!(
             ranges(&g),
@@ -203,7 +204,7 @@ mod tests {
         join(&mut a, 1, "ka");
         join(&mut b, 2, "kb");
         push_own(&mut a, &mut g);
-        g.push(a.delta(), &b.take_delta());
+        g.push(|| a.delta(), &b.take_delta());
         g.remove_replica(&rr("b"));
         let gen0 = &g.generations()[0];
         assert!(!gen0.dots().contains_key(&rr("b")));
@@ -282,7 +283,7 @@ mod tests {
         let mut g = DeltaGenerations::new(vec![10]);
         join(&mut b, 1, "kb");
         // a relays b's delta; its generation is empty for a requester that only knows a
-        g.push(a.delta(), &b.take_delta());
+        g.push(|| a.delta(), &b.take_delta());
         let req = ctx(&[("a", 0), ("r", 0)]);
         assert!(matches!(g.extract(&a, &rr("r"), &req), Transfer::State(_)));
         let req = ctx(&[("a", 0), ("b", 0), ("r", 0)]);

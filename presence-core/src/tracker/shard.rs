@@ -123,6 +123,7 @@ impl Shard {
             permdown_period: config.permdown_period.as_millis() as u64,
             clock_sample_periods: config.clock_sample_periods,
             max_delta_sizes: config.max_delta_sizes.clone(),
+            max_delta_part: Timing::DELTA_PART,
         };
         let replica = ReplicaRef {
             name: Arc::from(node),
@@ -299,6 +300,24 @@ pub(super) fn spawn(
                         Ok(((), out)) => shard.send(&pubsub, out),
                         Err(_) => tracing::error!(shard = %shard.topic, "a heartbeat tick panicked; the next tick tries again"),
                     }
+                    // The rest of a large pending delta, one part at a time: each is built
+                    // and sent before the next, and operations may run in between. What is
+                    // still left after MAX_PARTS_PER_TICK goes at the next tick.
+                    for _ in 0..MAX_PARTS_PER_TICK {
+                        if !shard.read(ShardCore::has_more) {
+                            break;
+                        }
+                        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            shard.step(|core| ((), core.send_more()))
+                        }));
+                        match step {
+                            Ok(((), out)) => shard.send(&pubsub, out),
+                            Err(_) => {
+                                tracing::error!(shard = %shard.topic, "sending a delta part panicked; the next tick tries again");
+                                break;
+                            }
+                        }
+                    }
                     next_tick += period;
                     if next_tick < Instant::now() {
                         next_tick = Instant::now() + period;
@@ -308,6 +327,10 @@ pub(super) fn spawn(
         }
     })
 }
+
+/// At most this many parts of a large pending delta are sent per tick (a million rows at the
+/// default part size).
+const MAX_PARTS_PER_TICK: usize = 100;
 
 /// At most this many queued messages are handled before a tick (the rest after it).
 const MAX_DRAIN_BEFORE_TICK: usize = 4096;

@@ -25,9 +25,17 @@ pub(crate) struct Timing {
     pub(crate) permdown_period: u64,
     pub(crate) clock_sample_periods: u32,
     pub(crate) max_delta_sizes: Vec<usize>,
+    /// The most own counters (so the most rows) one heartbeat's delta covers: a burst of
+    /// tracks goes out in several heartbeats (see [`Timing::DELTA_PART`]).
+    pub(crate) max_delta_part: u64,
 }
 
 impl Timing {
+    /// The default `max_delta_part`. Larger delta generations than this are never kept
+    /// (Phoenix's largest default is 10,000), and a Redis subscriber gets messages of a few
+    /// MB at most.
+    pub(crate) const DELTA_PART: u64 = 10_000;
+
     /// The timings of Phoenix's own tracker test harness, for the simulation tests and the
     /// replication fuzz target.
     #[cfg(any(test, feature = "fuzzing"))]
@@ -38,6 +46,7 @@ impl Timing {
             permdown_period: 1500,
             clock_sample_periods: 2,
             max_delta_sizes: vec![5, 20, 100],
+            max_delta_part: 8,
         }
     }
 }
@@ -172,21 +181,7 @@ impl ShardCore {
         let own = self.state.replica().clone();
 
         if self.state.has_delta() {
-            let delta = self.state.take_delta();
-            fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {
-                from: own.clone(),
-                delta: Some(delta.clone()),
-                clocks: self.state.clocks(),
-            }));
-            // Generations serve peers that already know this replica; with none known, a
-            // newcomer gets the whole state anyway, so keeping history would be wasted work.
-            // Cleared rather than left behind, so that the next push starts a contiguous window.
-            if self.replicas.iter().next().is_some() {
-                self.generations.push(self.state.delta(), &delta);
-            } else {
-                self.generations.clear();
-            }
-            self.silent_periods = 0;
+            self.send_delta_part(&mut fx);
         } else if self.silent_periods >= self.timing.max_silent_periods {
             fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {
                 from: own.clone(),
@@ -226,6 +221,60 @@ impl ShardCore {
         fx
     }
 
+    /// Whether part of the pending delta is still to be sent (after a tick that sent the
+    /// first part of a large one): the driver calls [`ShardCore::send_more`] until not.
+    pub(crate) fn has_more(&self) -> bool {
+        self.state.has_delta()
+    }
+
+    /// Broadcasts the next part of the pending delta, if any, in a heartbeat of its own.
+    pub(crate) fn send_more(&mut self) -> Effects {
+        let mut fx = Effects::default();
+        if self.state.has_delta() {
+            self.send_delta_part(&mut fx);
+        }
+        fx
+    }
+
+    /// A tick, then every part of the pending delta (what the driver does, in one step).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn tick_all(&mut self, now: u64) -> Effects {
+        let mut fx = self.tick(now);
+        while self.has_more() {
+            fx.out.extend(self.send_more().out);
+        }
+        fx
+    }
+
+    /// Broadcasts the oldest part of the pending delta, at most `max_delta_part` own
+    /// counters: a burst of tracks goes out in messages of bounded size (Redis limits what a
+    /// subscriber may have queued), each built only when sent.
+    fn send_delta_part(&mut self, fx: &mut Effects) {
+        let own = self.state.replica().clone();
+        let delta = self.state.take_delta_part(self.timing.max_delta_part);
+        // Generations serve peers that already know this replica; with none known, a
+        // newcomer gets the whole state anyway, so keeping history would be wasted work.
+        // Cleared rather than left behind, so that the next push starts a contiguous window.
+        if self.replicas.iter().next().is_some() {
+            self.generations.push(|| self.state.delta(), &delta);
+        } else {
+            self.generations.clear();
+        }
+        // The clocks say how far this part brings its receivers, not how far the pending rest
+        // goes: a peer reading the rest's counter before the rest arrives would ask for a
+        // transfer it does not need.
+        let mut clocks = self.state.clocks();
+        if let Some(end) = delta.end().get(&own) {
+            clocks.insert(own.clone(), end);
+        }
+        fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {
+            from: own,
+            delta: Some(delta),
+            clocks,
+        }));
+        self.silent_periods = 0;
+    }
+
     // ----- peers -----
 
     /// Handles one message from a peer at `now` (ms).
@@ -251,7 +300,7 @@ impl ShardCore {
                     let changes = self.state.merge_delta(&delta);
                     fx.joins(changes.joins);
                     fx.leaves(changes.leaves);
-                    self.generations.push(self.state.delta(), &delta);
+                    self.generations.push(|| self.state.delta(), &delta);
                 }
                 clock::append_clock(&mut self.pending_clocks, from, clocks);
             }
@@ -270,7 +319,7 @@ impl ShardCore {
                     let changes = self.state.merge_delta(delta);
                     fx.joins(changes.joins);
                     fx.leaves(changes.leaves);
-                    self.generations.push(self.state.delta(), delta);
+                    self.generations.push(|| self.state.delta(), delta);
                 }
                 Transfer::State(extract) => {
                     let changes = self.state.merge_state(extract);

@@ -222,7 +222,7 @@ impl Sim {
             for i in 0..self.nodes.len() {
                 let now = self.now;
                 let out = match self.nodes[i].core.as_mut() {
-                    Some(core) => core.tick(now).out,
+                    Some(core) => core.tick_all(now).out,
                     None => continue,
                 };
                 self.send(i, out);
@@ -553,7 +553,7 @@ fn transfer_requests_collapse_to_the_dominant_clock() {
     cores[2].track(o, "t", "x", json!({})).unwrap();
     for now in [100, 200, 300, 400] {
         for i in [1, 2] {
-            let out = cores[i].tick(now).out;
+            let out = cores[i].tick_all(now).out;
             route(&mut cores, now, i, &[1, 2], out);
         }
     }
@@ -562,7 +562,7 @@ fn transfer_requests_collapse_to_the_dominant_clock() {
     cores[2].track(o, "t", "y", json!({})).unwrap();
     let hb = |core: &mut ShardCore| {
         (0..3)
-            .flat_map(|k| core.tick(500 + k).out)
+            .flat_map(|k| core.tick_all(500 + k).out)
             .find_map(|o| match o {
                 Outgoing::Broadcast(m @ TrackerMsg::Heartbeat { .. }) => Some(m),
                 _ => None,
@@ -575,7 +575,7 @@ fn transfer_requests_collapse_to_the_dominant_clock() {
     // a samples over two ticks, then asks for a transfer.
     let mut requests = Vec::new();
     for now in [600, 700] {
-        for o in cores[0].tick(now).out {
+        for o in cores[0].tick_all(now).out {
             if let Outgoing::Direct(to, TrackerMsg::TransferReq { .. }) = o {
                 requests.push(to.to_string());
             }
@@ -589,7 +589,7 @@ fn heartbeats_announce_an_idle_replica_every_max_silent_periods_plus_one_ticks()
     let mut a = core("a");
     let beats: Vec<u64> = (1..=9)
         .filter(|t| {
-            a.tick(t * PERIOD).out.iter().any(|o| {
+            a.tick_all(t * PERIOD).out.iter().any(|o| {
                 matches!(
                     o,
                     Outgoing::Broadcast(TrackerMsg::Heartbeat { delta: None, .. })
@@ -601,7 +601,7 @@ fn heartbeats_announce_an_idle_replica_every_max_silent_periods_plus_one_ticks()
     assert_eq!(beats, [1, 4, 7]);
     a.track(OwnerId::from_parts(1, 1), "t", "k", json!({}))
         .unwrap();
-    let out = a.tick(10 * PERIOD).out;
+    let out = a.tick_all(10 * PERIOD).out;
     assert!(out.iter().any(|o| matches!(
         o,
         Outgoing::Broadcast(TrackerMsg::Heartbeat { delta: Some(_), .. })
@@ -636,7 +636,7 @@ fn beat(cores: &mut [ShardCore], now: &mut u64, ticks: u64) {
     for _ in 0..ticks {
         *now += PERIOD;
         for i in 0..cores.len() {
-            let out = cores[i].tick(*now).out;
+            let out = cores[i].tick_all(*now).out;
             route(cores, *now, i, &all, out);
         }
     }
@@ -740,7 +740,7 @@ fn nothing_brings_back_a_gracefully_departed_incarnation() {
         .track(OwnerId::from_parts(5, 99), "room:x", "late", json!({}))
         .unwrap();
     let late: Vec<TrackerMsg> = cores[1]
-        .tick(now + 1)
+        .tick_all(now + 1)
         .out
         .into_iter()
         .filter_map(|o| match o {
@@ -770,7 +770,7 @@ fn nothing_brings_back_a_gracefully_departed_incarnation() {
     };
     c.handle(now + 4, permdown);
     let heartbeat = (1..=4)
-        .flat_map(|k| cores[1].tick(now + k * PERIOD).out)
+        .flat_map(|k| cores[1].tick_all(now + k * PERIOD).out)
         .find_map(|o| match o {
             Outgoing::Broadcast(m @ TrackerMsg::Heartbeat { .. }) => Some(m),
             _ => None,

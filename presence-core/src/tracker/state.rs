@@ -461,6 +461,9 @@ struct Topic {
     /// capacity grows by an eighth (not double) and shrinks even when small: the slack of
     /// many topics' vectors would otherwise cost more than the indexes.
     rows: Vec<Row>,
+    /// Whether it is in [`State::touched`]: it may hold own rows newer than the last
+    /// [`State::take_delta`].
+    touched: bool,
 }
 
 /// Everything known about one replica.
@@ -549,8 +552,16 @@ pub(crate) struct State {
     hasher: RandomState,
     /// Number of rows held.
     len: usize,
-    /// The pending outgoing delta.
+    /// The pending outgoing delta, without the own rows and counters newer than
+    /// `fresh_from`: those are read from the rows when the delta is taken, so that a burst
+    /// of tracks costs no copy of each row (and no memory left behind once it is sent).
+    /// It holds the own dots removed that are not newer, and the observed removes of others.
     delta: Delta,
+    /// The own counter when the pending delta was last taken.
+    fresh_from: u64,
+    /// The topics that may hold own rows newer than `fresh_from` (with their flag set;
+    /// a tid may repeat, or name a topic gone since).
+    touched: Vec<Tid>,
 }
 
 impl State {
@@ -572,6 +583,8 @@ impl State {
             hasher: RandomState::new(),
             len: 0,
             delta,
+            fresh_from: 0,
+            touched: Vec::new(),
         }
     }
 
@@ -642,21 +655,30 @@ impl State {
         self.rep(ME).ctx.unwrap_or(0)
     }
 
-    /// Consumes the next own counter, covering it in the pending delta.
+    /// Consumes the next own counter. The pending delta covers every own counter newer
+    /// than `fresh_from` (see [`State::take_delta`]).
     fn bump(&mut self) -> u64 {
         let me = &mut self.reps[ME as usize];
         let n = me.ctx.unwrap_or(0) + 1;
         me.ctx = Some(n);
-        self.delta.dots_mut(&me.id).cloud.insert(n);
-        match self.delta.end.0.get_mut(&me.id) {
-            Some(end) => *end = n,
-            None => self.delta.end.insert(me.id.clone(), n),
-        }
         n
+    }
+
+    /// Notes that topic `t` holds an own row newer than `fresh_from`.
+    fn touch(&mut self, t: Tid) {
+        let topic = self.topics[t as usize].as_mut().expect("a live topic");
+        if !topic.touched {
+            topic.touched = true;
+            self.touched.push(t);
+        }
     }
 
     /// Records in the pending delta that the dot `(rid, n)` was removed.
     fn delta_remove(&mut self, rid: Rid, n: u64) {
+        if rid == ME && n > self.fresh_from {
+            // Covered by the pending range, and gone from the rows it is read from.
+            return;
+        }
         let id = &self.reps[rid as usize].id;
         let d = self.delta.dots_mut(id);
         d.values.remove(&n);
@@ -711,6 +733,7 @@ impl State {
                     name,
                     keys: HashTable::new(),
                     rows: Vec::new(),
+                    touched: false,
                 });
                 t
             }
@@ -1034,11 +1057,7 @@ impl State {
     pub(crate) fn join(&mut self, owner: OwnerId, topic: Arc<str>, key: Arc<str>, meta: Meta) {
         let n = self.bump();
         let p = self.insert_row((ME, n), topic, key, owner, meta);
-        let element = self.element_at(p);
-        self.delta
-            .dots_mut(&self.reps[ME as usize].id)
-            .values
-            .insert(n, element);
+        self.touch(p.topic);
     }
 
     /// The meta of the row `(topic, owner, key)` of any replica (down ones included).
@@ -1099,16 +1118,12 @@ impl State {
         let row = &mut self.topic_mut(p.topic).rows[p.index as usize];
         row.n = new;
         let old_meta = std::mem::replace(&mut row.meta, new_meta);
-        let element = self.element_at(p);
+        self.touch(p.topic);
         let new_entry = self.entry_at(p);
         let old_entry = Entry {
             meta: old_meta,
             ..new_entry.clone()
         };
-        self.delta
-            .dots_mut(&self.reps[ME as usize].id)
-            .values
-            .insert(new, element);
         Some((old_entry, new_entry))
     }
 
@@ -1229,19 +1244,75 @@ impl State {
 
     /// Whether the pending delta covers any dot (there is something to broadcast).
     pub(crate) fn has_delta(&self) -> bool {
-        !self.delta.is_empty()
+        self.own_counter() > self.fresh_from || !self.delta.is_empty()
     }
 
-    /// The pending delta, for inspection.
-    pub(crate) fn delta(&self) -> &Delta {
-        &self.delta
+    /// A copy of the whole pending delta (it reads the touched topics' rows).
+    pub(crate) fn delta(&self) -> Delta {
+        let mut d = self.delta.clone();
+        self.add_fresh(&mut d, self.own_counter());
+        d
     }
 
-    /// Takes the pending delta, leaves an empty one starting at the current own counter, and
-    /// compacts the state.
+    /// Adds to `d` what the pending delta leaves to the rows: the own counters newer than
+    /// `fresh_from` up to `cut`, and the own rows still alive among them.
+    fn add_fresh(&self, d: &mut Delta, cut: u64) {
+        if cut == self.fresh_from {
+            return;
+        }
+        let me = self.replica();
+        let fresh = self.fresh_from + 1..=cut;
+        let dots = d.dots_mut(me);
+        dots.cloud.extend(fresh.clone());
+        for &t in &self.touched {
+            let Some(topic) = self.topics.get(t as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if !topic.touched {
+                continue;
+            }
+            let rows = topic.rows.iter();
+            for row in rows.filter(|r| r.rid == ME && fresh.contains(&r.n)) {
+                let element = Element {
+                    topic: Arc::clone(&topic.name),
+                    owner: row.owner,
+                    key: Arc::clone(&row.key),
+                    meta: row.meta.clone(),
+                };
+                dots.values.insert(row.n, element);
+            }
+        }
+        d.end.insert(me.clone(), cut);
+    }
+
+    /// Takes the whole pending delta (see [`State::take_delta_part`]).
+    #[cfg(test)]
     pub(crate) fn take_delta(&mut self) -> Delta {
-        let at = std::iter::once((self.replica().clone(), self.own_counter())).collect();
-        let d = std::mem::replace(&mut self.delta, Delta::empty_at(at));
+        self.take_delta_part(u64::MAX)
+    }
+
+    /// Takes the oldest part of the pending delta: at most `max` own counters (and with them
+    /// at most `max` rows), plus the pending removes of older rows and the observed removes
+    /// of other replicas. What is left starts where the part ends. The state is compacted.
+    ///
+    /// A burst of tracks is so sent in deltas of bounded size, each only built when it is
+    /// sent: every part scans the topics touched since the last whole take.
+    pub(crate) fn take_delta_part(&mut self, max: u64) -> Delta {
+        let now = self.own_counter();
+        let cut = now.min(self.fresh_from.saturating_add(max.max(1)));
+        let at = std::iter::once((self.replica().clone(), cut)).collect();
+        let mut d = std::mem::replace(&mut self.delta, Delta::empty_at(at));
+        self.add_fresh(&mut d, cut);
+        self.fresh_from = cut;
+        if cut == now {
+            for &t in &self.touched {
+                if let Some(topic) = self.topics.get_mut(t as usize).and_then(Option::as_mut) {
+                    topic.touched = false;
+                }
+            }
+            self.touched.clear();
+            shrink_vec(&mut self.touched);
+        }
         for rep in &mut self.reps {
             rep.compact();
         }
@@ -1585,7 +1656,7 @@ pub(crate) mod test_support {
                         (owner, self.owner_chain(owner).map(|(_, r)| r.n).collect())
                     })
                     .collect(),
-                delta: self.delta.clone(),
+                delta: self.delta(),
                 len: self.len,
                 me: self.replica().clone(),
             }
@@ -1917,6 +1988,107 @@ mod tests {
         let left = a.leave_owner(owner(1));
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].replica, rr("a"));
+    }
+
+    #[test]
+    fn the_pending_delta_reads_fresh_own_rows_from_their_topics() {
+        let mut a = State::new(rr("a"));
+        join(&mut a, 1, "t", "alice"); // 1
+        join(&mut a, 2, "gone", "bob"); // 2
+        a.take_delta();
+        // Since the take: an update of a row from before it (3: remove of 1, 4: new dot), a
+        // leave of one from before it (5: remove of 2, emptying its topic), a row in a
+        // topic that takes the emptied topic's slot (6), and a row tracked and left (7, 8).
+        let new = meta("away");
+        a.leave_join("t", owner(1), "alice", new.clone()).unwrap();
+        a.leave("gone", owner(2), "bob").unwrap();
+        join(&mut a, 3, "reused", "carol");
+        join(&mut a, 4, "t", "dave");
+        a.leave("t", owner(4), "dave").unwrap();
+        assert!(a.has_delta());
+        let d = a.delta();
+        assert_eq!(d.start(), &ctx(&[("a", 2)]));
+        assert_eq!(d.end(), &ctx(&[("a", 8)]));
+        let dots = &d.dots()[&rr("a")];
+        assert_eq!(dots.cloud, (1..=8).collect::<BTreeSet<u64>>());
+        let mut values: Vec<(u64, String, String, Meta)> = dots
+            .values
+            .iter()
+            .map(|(&n, e)| (n, e.topic.to_string(), e.key.to_string(), e.meta.clone()))
+            .collect();
+        values.sort_by_key(|v| v.0);
+        assert_eq!(values.len(), 2);
+        assert_eq!(
+            (values[0].0, &*values[0].1, &*values[0].2),
+            (4, "t", "alice")
+        );
+        assert_eq!(values[0].3, new);
+        assert_eq!(
+            (values[1].0, &*values[1].1, &*values[1].2),
+            (6, "reused", "carol")
+        );
+        // Taking it gives the same, and leaves nothing pending.
+        assert_eq!(a.take_delta(), d);
+        assert!(!a.has_delta());
+        assert_eq!(a.delta(), Delta::empty_at(ctx(&[("a", 8)])));
+        // A peer that merges it lists what a lists.
+        let mut b = State::new(rr("b"));
+        b.replica_up(&rr("a"));
+        b.merge_delta(&d);
+        assert_eq!(keys(&b.list("t")), vec!["alice"]);
+        assert_eq!(keys(&b.list("reused")), vec!["carol"]);
+        assert!(b.list("gone").is_empty());
+    }
+
+    #[test]
+    fn a_pending_delta_is_taken_in_contiguous_parts_of_bounded_size() {
+        let mut a = State::new(rr("a"));
+        join(&mut a, 100, "t", "old");
+        a.take_delta();
+        // 1 is tracked before the last take; then its remove (2), and 23 rows (3..=25).
+        a.leave("t", owner(100), "old").unwrap();
+        for i in 0..23 {
+            join(&mut a, i, &format!("room:{}", i % 3), &format!("user{i}"));
+        }
+        let mut parts = Vec::new();
+        while a.has_delta() {
+            parts.push(a.take_delta_part(10));
+        }
+        assert_eq!(parts.len(), 3);
+        let ends: Vec<_> = parts.iter().map(|d| d.end().get(&rr("a"))).collect();
+        assert_eq!(ends, vec![Some(11), Some(21), Some(25)]);
+        for (i, part) in parts.iter().enumerate() {
+            let dots = &part.dots()[&rr("a")];
+            assert!(dots.values.len() <= 10, "part {i}: {} rows", dots.values.len());
+            if i > 0 {
+                assert_eq!(part.start(), parts[i - 1].end(), "contiguous");
+            }
+        }
+        // The old row's remove goes with the first part; the parts cover every counter once.
+        let covered: Vec<u64> = parts
+            .iter()
+            .flat_map(|d| d.dots()[&rr("a")].cloud.iter().copied())
+            .collect();
+        assert_eq!(covered, (1..=25).collect::<Vec<_>>());
+        // Merged as one delta, or the parts in any order, a peer lists all of a's rows.
+        let whole = parts
+            .iter()
+            .skip(1)
+            .try_fold(parts[0].clone(), |acc, d| merge_deltas(&acc, d))
+            .unwrap();
+        for order in [vec![2, 0, 1], vec![0, 1, 2]] {
+            let mut b = State::new(rr("b"));
+            b.replica_up(&rr("a"));
+            let mut c = b.clone();
+            c.merge_delta(&whole);
+            for i in order {
+                b.merge_delta(&parts[i]);
+            }
+            for t in ["t", "room:0", "room:1", "room:2"] {
+                assert_eq!(keys(&b.list(t)), keys(&a.list(t)), "{t}");
+                assert_eq!(keys(&c.list(t)), keys(&a.list(t)), "{t}");
+            }
+        }
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl World {
                     return;
                 }
                 let d = self.states[r].take_delta();
-                self.gens[r].push(self.states[r].delta(), &d);
+                self.gens[r].push(|| self.states[r].delta(), &d);
                 for j in (0..n).filter(|&j| j != r) {
                     if drop & (1 << j) != 0 {
                         continue;
@@ -235,7 +235,7 @@ impl World {
                     once,
                     "second merge of a delta changed the state"
                 );
-                self.gens[j].push(s.delta(), &d);
+                self.gens[j].push(|| s.delta(), &d);
             }
             Op::Transfer { from, to, gens } => {
                 let (from, to) = (from % n, to % n);
@@ -252,7 +252,7 @@ impl World {
                 let t: Transfer = serde_json::from_str(&wire).expect("deserializes");
                 self.states[to].merge(&t);
                 match &t {
-                    Transfer::Delta(d) => self.gens[to].push(self.states[to].delta(), d),
+                    Transfer::Delta(d) => self.gens[to].push(|| self.states[to].delta(), d),
                     Transfer::State(_) => self.gens[to].clear(),
                 }
             }
