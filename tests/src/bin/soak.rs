@@ -36,8 +36,9 @@
 //!   30 s (closing the socket when the previous one got no reply), a presence list per joined
 //!   room kept as phoenix.js's `Presence` does (meta-level, by `phx_ref`, diffs before the
 //!   first `presence_state` held), and, like phoenix.js, reconnecting when the socket is lost
-//!   (backoff 10, 50, 100, 150, 200, 250, 500, 1000, 2000 then 5000 ms) to a node picked at
-//!   random among those up (a load balancer in front of the cluster), and rejoining its rooms;
+//!   (backoff 10, 50, 100, 150, 200, 250, 500, 1000, 2000 then 5000 ms) to the node up with
+//!   the fewest client connections, ties broken at random (a least-connections load balancer
+//!   in front of the cluster), and rejoining its rooms;
 //!   a channel that gets `phx_error` or an unexpected `phx_close` is rejoined after 1 s. A
 //!   join error is retried the same way.
 //! - **Churn**: every client does an operation at exponentially distributed intervals (the
@@ -329,8 +330,12 @@ struct Msg {
 struct Membership {
     room: u16,
     slot: usize,
+    /// The client's id.
+    client: u32,
     joined: Instant,
     ended: Option<Instant>,
+    /// Why it ended: "leave", "channel error" or "socket lost".
+    cause: &'static str,
 }
 
 /// A window in which a node slot (or Redis, `slot: None`) was not fully up.
@@ -360,6 +365,10 @@ struct Book {
     memberships: Vec<Membership>,
     /// `(message id << 32) | membership id`, one per `new_msg` received.
     receipts: Vec<u64>,
+    /// When each receipt arrived (same order as `receipts` until the check sorts them).
+    receipt_times: Vec<Instant>,
+    /// `new_msg` received outside a membership: `(message id, client id, when)`.
+    late: Vec<(u64, u32, Instant)>,
     ops: Ops,
     disturbances: Vec<Disturbance>,
     /// `new_msg` received on a topic the client had left (or not joined yet).
@@ -390,20 +399,23 @@ impl Book {
         self.msgs.len() - 1
     }
 
-    fn join(&mut self, room: u16, slot: usize) -> usize {
+    fn join(&mut self, room: u16, slot: usize, client: u32) -> usize {
         self.memberships.push(Membership {
             room,
             slot,
+            client,
             joined: Instant::now(),
             ended: None,
+            cause: "open",
         });
         self.memberships.len() - 1
     }
 
-    fn end(&mut self, membership: usize) {
+    fn end(&mut self, membership: usize, cause: &'static str) {
         let m = &mut self.memberships[membership];
         if m.ended.is_none() {
             m.ended = Some(Instant::now());
+            m.cause = cause;
         }
     }
 }
@@ -569,6 +581,8 @@ struct Shared {
     args: Args,
     /// The address of each node slot that is up.
     up: Mutex<Vec<Option<SocketAddr>>>,
+    /// Client connections routed to each node slot and not ended yet (attempts included).
+    routed: Mutex<Vec<usize>>,
     book: Mutex<Book>,
     connect: Semaphore,
     mean_op_interval: Duration,
@@ -583,16 +597,42 @@ impl Shared {
         lock(&self.book)
     }
 
-    fn pick_node(&self, rng: &mut Rng) -> Option<(usize, SocketAddr)> {
+    /// Routes a new connection as a least-connections load balancer does: to the node up
+    /// with the fewest connections (attempts included), ties broken at random. Nodes that
+    /// were never killed would otherwise keep the clients of killed ones, and their memory
+    /// would follow their socket count rather than show a leak.
+    fn pick_node(&self, rng: &mut Rng) -> Option<Route<'_>> {
         let up: Vec<(usize, SocketAddr)> = lock(&self.up)
             .iter()
             .enumerate()
             .filter_map(|(i, a)| a.map(|a| (i, a)))
             .collect();
-        if up.is_empty() {
-            return None;
-        }
-        Some(up[rng.below(up.len() as u64) as usize])
+        let mut routed = lock(&self.routed);
+        let fewest = up.iter().map(|&(slot, _)| routed[slot]).min()?;
+        let least: Vec<(usize, SocketAddr)> = up
+            .into_iter()
+            .filter(|&(slot, _)| routed[slot] == fewest)
+            .collect();
+        let (slot, addr) = least[rng.below(least.len() as u64) as usize];
+        routed[slot] += 1;
+        Some(Route {
+            shared: self,
+            slot,
+            addr,
+        })
+    }
+}
+
+/// A connection routed to a node slot, counted until dropped.
+struct Route<'a> {
+    shared: &'a Shared,
+    slot: usize,
+    addr: SocketAddr,
+}
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.routed)[self.slot] -= 1;
     }
 }
 
@@ -771,7 +811,7 @@ impl Conn<'_> {
         if roll < j + l {
             let state = lock(self.core).rooms.remove(&room).expect("joined");
             if let Some(m) = state.membership {
-                self.shared.book().end(m);
+                self.shared.book().end(m, "leave");
             }
             self.shared.book().ops.leaves += 1;
             let r = self.next_ref();
@@ -850,7 +890,8 @@ impl Conn<'_> {
                             return;
                         }
                         if ok {
-                            state.membership = Some(self.shared.book().join(room, self.slot));
+                            state.membership =
+                                Some(self.shared.book().join(room, self.slot, self.id));
                         } else {
                             state.join_ref = None;
                             state.rejoin_at = Some(now + REJOIN_AFTER);
@@ -887,7 +928,7 @@ impl Conn<'_> {
                 }
                 let mut book = self.shared.book();
                 if let Some(m) = state.membership.take() {
-                    book.end(m);
+                    book.end(m, "channel error");
                 }
                 state.join_ref = None;
                 state.rejoin_at = Some(now + REJOIN_AFTER);
@@ -929,8 +970,14 @@ impl Conn<'_> {
                 match (id, membership) {
                     (Some(id), _) if id >= book.msgs.len() as u64 => book.unknown_msgs += 1,
                     (None, _) => book.unknown_msgs += 1,
-                    (Some(id), Some(m)) => book.receipts.push((id << 32) | m as u64),
-                    (Some(_), None) => book.outside_membership += 1,
+                    (Some(id), Some(m)) => {
+                        book.receipts.push((id << 32) | m as u64);
+                        book.receipt_times.push(Instant::now());
+                    }
+                    (Some(id), None) => {
+                        book.outside_membership += 1;
+                        book.late.push((id, self.id, Instant::now()));
+                    }
                 }
             }
             _ => {}
@@ -1026,7 +1073,7 @@ fn disconnected(shared: &Shared, core: &Mutex<ClientCore>) {
     let mut book = shared.book();
     for state in core.rooms.values_mut() {
         if let Some(m) = state.membership.take() {
-            book.end(m);
+            book.end(m, "socket lost");
         }
         state.join_ref = None;
         state.rejoin_at = None;
@@ -1061,9 +1108,10 @@ async fn client(
         }
         tries += 1;
         wait = reconnect_after(tries);
-        let Some((slot, addr)) = shared.pick_node(&mut rng) else {
+        let Some(route) = shared.pick_node(&mut rng) else {
             continue;
         };
+        let (slot, addr) = (route.slot, route.addr);
         let connected = {
             let Ok(_permit) = shared.connect.acquire().await else {
                 return;
@@ -1103,6 +1151,7 @@ async fn client(
         let end = conn.run(&mut rng, &mut phase).await;
         drop(conn);
         disconnected(&shared, &core);
+        drop(route);
         if end == End::Stop {
             return;
         }
@@ -1689,6 +1738,8 @@ struct MessageCheck {
     duplicates: u64,
     misrouted: u64,
     examples: Vec<String>,
+    /// Every lost delivery: `(message id, membership id)`.
+    lost_pairs: Vec<(usize, usize)>,
 }
 
 fn disturbed(ds: &[Disturbance], slots: [usize; 2], from: Instant, to: Instant) -> bool {
@@ -1701,7 +1752,6 @@ fn disturbed(ds: &[Disturbance], slots: [usize; 2], from: Instant, to: Instant) 
 
 fn check_messages(book: &mut Book) -> MessageCheck {
     let mut c = MessageCheck::default();
-    book.receipts.sort_unstable();
     let mut counts: HashMap<u64, u32> = HashMap::with_capacity(book.receipts.len());
     for r in &book.receipts {
         *counts.entry(*r).or_default() += 1;
@@ -1745,6 +1795,7 @@ fn check_messages(book: &mut Book) -> MessageCheck {
                 Some(_) => c.received += 1,
                 None => {
                     c.lost += 1;
+                    c.lost_pairs.push((id, mi));
                     if c.examples.len() < 10 {
                         c.examples.push(format!(
                             "m{id} to room:{} via slot {} not received by membership {mi} (slot {})",
@@ -1759,6 +1810,114 @@ fn check_messages(book: &mut Book) -> MessageCheck {
         }
     }
     c
+}
+
+/// Seconds since the start of the run, for reports.
+fn since(start: Instant, t: Instant) -> f64 {
+    t.saturating_duration_since(start).as_secs_f64()
+}
+
+/// p50, p99 and max of `delays` (sorted in place), in ms.
+fn percentiles(delays: &mut [Duration]) -> String {
+    if delays.is_empty() {
+        return "no receipts".to_owned();
+    }
+    delays.sort_unstable();
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    format!(
+        "{} receipts, delay p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        delays.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+/// What the report needs to tell a late delivery from a drop: each lost message with when
+/// it was sent, where its lost receivers were and what became of their memberships, and the
+/// receipt delays around each disturbance.
+fn diagnose(book: &Book, mc: &MessageCheck, start: Instant) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut delays: Vec<Duration> = Vec::with_capacity(book.receipts.len());
+    let delay_of = |i: usize| {
+        let id = (book.receipts[i] >> 32) as usize;
+        book.receipt_times[i].saturating_duration_since(book.msgs[id].sent)
+    };
+    for i in 0..book.receipts.len().min(book.receipt_times.len()) {
+        delays.push(delay_of(i));
+    }
+    out.push(format!("all messages: {}", percentiles(&mut delays)));
+    for d in &book.disturbances {
+        let from = d.from.checked_sub(Duration::from_secs(5)).unwrap_or(d.from);
+        let to = d.to.unwrap_or_else(Instant::now) + Duration::from_secs(20);
+        let mut around: Vec<Duration> = (0..book.receipts.len().min(book.receipt_times.len()))
+            .filter(|&i| {
+                let sent = book.msgs[(book.receipts[i] >> 32) as usize].sent;
+                sent >= from && sent <= to
+            })
+            .map(delay_of)
+            .collect();
+        out.push(format!(
+            "sent from 5 s before {} (+{:.1} s) to 20 s after its window closed (+{:.1} s): {}",
+            d.what,
+            since(start, d.from),
+            since(start, to - Duration::from_secs(20)),
+            percentiles(&mut around)
+        ));
+    }
+    let mut by_msg: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(id, mi) in &mc.lost_pairs {
+        by_msg.entry(id).or_default().push(mi);
+    }
+    if !by_msg.is_empty() {
+        out.push(format!(
+            "{} lost deliveries of {} messages:",
+            mc.lost_pairs.len(),
+            by_msg.len()
+        ));
+    }
+    for (&id, lost) in by_msg.iter().take(30) {
+        let msg = &book.msgs[id];
+        let due = book
+            .memberships
+            .iter()
+            .filter(|m| m.room == msg.room && m.joined < msg.sent)
+            .count();
+        let mut by_slot = [0usize; SLOTS.len()];
+        let mut causes: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut late = 0;
+        let mut late_delay = Duration::ZERO;
+        for &mi in lost {
+            let m = &book.memberships[mi];
+            by_slot[m.slot] += 1;
+            *causes.entry(m.cause).or_default() += 1;
+            if let Some(&(_, _, at)) = book
+                .late
+                .iter()
+                .find(|&&(lid, client, _)| lid as usize == id && client == m.client)
+            {
+                late += 1;
+                late_delay = late_delay.max(at.saturating_duration_since(msg.sent));
+            }
+        }
+        let slots: Vec<String> = SLOTS
+            .iter()
+            .zip(by_slot)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        out.push(format!(
+            "  m{id} to room:{} via {} sent +{:.2} s, acked after {}: {} of about {due} members lost it (receivers on {}); their memberships: {:?}; {late} received it later outside a membership{}",
+            msg.room,
+            SLOTS[msg.slot],
+            since(start, msg.sent),
+            msg.acked.map_or("never".to_owned(), |a| format!("{} ms", a.saturating_duration_since(msg.sent).as_millis())),
+            lost.len(),
+            slots.join(", "),
+            causes,
+            if late > 0 { format!(" (up to {} ms after sending)", late_delay.as_millis()) } else { String::new() },
+        ));
+    }
+    out
 }
 
 async fn soak(args: Args) -> Result<(i32, String, Value), String> {
@@ -1801,6 +1960,7 @@ async fn drive(
     let shared = Arc::new(Shared {
         args: args.clone(),
         up: Mutex::new(vec![None; SLOTS.len()]),
+        routed: Mutex::new(vec![0; SLOTS.len()]),
         book: Mutex::new(Book::default()),
         connect: Semaphore::new(64),
         mean_op_interval: Duration::from_secs_f64(f64::from(args.clients) / args.ops_per_sec),
@@ -1984,6 +2144,7 @@ async fn drive(
         ),
     ];
     detail.extend(mc.examples.iter().cloned());
+    detail.extend(diagnose(&book, &mc, run_start));
     out.check(
         "messages",
         mc.lost == 0 && mc.duplicates == 0 && mc.misrouted == 0 && book.unknown_msgs == 0,
@@ -2314,32 +2475,33 @@ mod tests {
             sent: t + s(10),
             acked: Some(t + s(11)),
         });
-        book.memberships.push(Membership {
-            room: 0,
-            slot: 1,
-            joined: t,
-            ended: None,
-        });
-        book.memberships.push(Membership {
-            room: 0,
-            slot: 1,
-            joined: t,
-            ended: Some(t + s(12)),
-        });
-        book.memberships.push(Membership {
-            room: 0,
-            slot: 2,
-            joined: t + s(10),
-            ended: None,
-        });
-        book.memberships.push(Membership {
-            room: 1,
-            slot: 2,
-            joined: t,
-            ended: None,
-        });
+        let membership = |room, slot, joined, ended| Membership {
+            room,
+            slot,
+            client: 0,
+            joined,
+            ended,
+            cause: "open",
+        };
+        book.memberships.push(membership(0, 1, t, None));
+        book.memberships.push(membership(0, 1, t, Some(t + s(12))));
+        book.memberships.push(membership(0, 2, t + s(10), None));
+        book.memberships.push(membership(1, 2, t, None));
         let c = check_messages(&mut book);
         assert_eq!((c.eligible, c.lost), (1, 1), "only membership 0 is due");
+        assert_eq!(c.lost_pairs, vec![(0, 0)]);
+        book.late.push((0, 0, t + s(30)));
+        let report = diagnose(&book, &c, t).join("\n");
+        assert!(
+            report.contains("m0 to room:0 via a sent +10.00 s, acked after 1000 ms: 1 of about 2 members lost it (receivers on a 0, b 1, c 0)"),
+            "{report}"
+        );
+        assert!(
+            report.contains(
+                "1 received it later outside a membership (up to 20000 ms after sending)"
+            ),
+            "{report}"
+        );
         book.receipts = vec![0, 0];
         let c = check_messages(&mut book);
         assert_eq!((c.lost, c.duplicates), (0, 1));
