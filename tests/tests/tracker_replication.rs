@@ -860,11 +860,19 @@ async fn a_burst_of_tracks_reaches_peers_in_heartbeats_of_bounded_size() {
     let owners: Vec<Owner> = (0..25_000).map(|_| Owner::new()).collect();
     for (i, owner) in owners.iter().enumerate() {
         a.tracker
-            .track(owner, &format!("room:{}", i % 7), &format!("user{i}"), json!({"i": i}))
+            .track(
+                owner,
+                &format!("room:{}", i % 7),
+                &format!("user{i}"),
+                json!({"i": i}),
+            )
             .unwrap();
     }
     eventually(LONG, "b to list every presence", || {
-        (0..7).map(|t| b.tracker.list(&format!("room:{t}")).len()).sum::<usize>() == 25_000
+        (0..7)
+            .map(|t| b.tracker.list(&format!("room:{t}")).len())
+            .sum::<usize>()
+            == 25_000
     })
     .await;
     let mut largest = 0;

@@ -13,7 +13,7 @@ use super::diff::Diff;
 use super::generations::DeltaGenerations;
 use super::message::TrackerMsg;
 use super::replica::{ReplicaStatus, Replicas, Transition};
-use super::state::{Entry, State, Transfer};
+use super::state::{Delta, Entry, State, Transfer};
 use super::{ReplicaEvent, TrackError, UpdateError};
 use crate::{Meta, OwnerId, PhxRef};
 
@@ -255,8 +255,11 @@ impl ShardCore {
         // Generations serve peers that already know this replica; with none known, a
         // newcomer gets the whole state anyway, so keeping history would be wasted work.
         // Cleared rather than left behind, so that the next push starts a contiguous window.
+        // A first push seeds them empty at this part's end (not with the pending rest, which
+        // later parts bring).
         if self.replicas.iter().next().is_some() {
-            self.generations.push(|| self.state.delta(), &delta);
+            let end = delta.end().clone();
+            self.generations.push(|| Delta::empty_at(end), &delta);
         } else {
             self.generations.clear();
         }

@@ -2059,7 +2059,11 @@ mod tests {
         assert_eq!(ends, vec![Some(11), Some(21), Some(25)]);
         for (i, part) in parts.iter().enumerate() {
             let dots = &part.dots()[&rr("a")];
-            assert!(dots.values.len() <= 10, "part {i}: {} rows", dots.values.len());
+            assert!(
+                dots.values.len() <= 10,
+                "part {i}: {} rows",
+                dots.values.len()
+            );
             if i > 0 {
                 assert_eq!(part.start(), parts[i - 1].end(), "contiguous");
             }
