@@ -5,6 +5,35 @@
 //!
 //! With `CHAT_NODE_EXIT_WITH_STDIN=1` it also exits (code 3, no graceful shutdown) when its
 //! stdin closes, so a test runner that dies without killing it leaves no node behind.
+//!
+//! With `CHAT_NODE_HEAP_FILE=<path>` it writes the bytes of heap in use to that file every
+//! second (the churn soak reads it beside RSS, to tell what the node holds from what the
+//! allocator keeps). Built with the `mimalloc` feature it allocates with mimalloc, which
+//! returns freed memory to the system, instead of the system allocator.
+
+/// The allocator, counting the bytes in use.
+#[cfg(not(feature = "mimalloc"))]
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// The allocator, counting the bytes in use.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
+
+/// Writes the heap in use to `path` every second, for the life of the process.
+fn report_heap(path: std::path::PathBuf) {
+    let tmp = path.with_extension("tmp");
+    std::thread::spawn(move || {
+        loop {
+            let bytes = ALLOCATOR.allocated().to_string();
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
+}
 
 #[tokio::main]
 async fn main() {
@@ -21,6 +50,9 @@ async fn main() {
             );
             std::process::exit(3);
         });
+    }
+    if let Some(path) = std::env::var_os("CHAT_NODE_HEAP_FILE") {
+        report_heap(path.into());
     }
     presence_examples::chat::init_tracing();
     let config = match presence_examples::chat::ChatConfig::from_env() {

@@ -65,8 +65,10 @@
 //!    same status).
 //! 4. **messages**: every `new_msg` carries a unique body `m<id>`. A message is *acked* when
 //!    its sender got the `ok` reply, at `acked`, having sent it at `sent`. A client's
-//!    *membership* of a room runs from the join's `ok` reply (`joined`) until the client
-//!    left, lost its socket or got a channel error (`ended`; open at the end). Membership `M`
+//!    *membership* of a room runs from the join's `ok` reply (`joined`) until the reply to
+//!    its leave (the node sends every message it routed to the channel before it handled the
+//!    leave, and the reply after them), the loss of its socket or a channel error (`ended`;
+//!    open at the end). Membership `M`
 //!    of room `r` on node slot `n` *should receive* acked message `m` to `r` from node slot
 //!    `s` when `M.joined < m.sent`, `M.ended > m.acked + GRACE` (or still open), and no
 //!    *disturbance* overlaps `[m.sent, m.acked + GRACE]` on slot `n`, slot `s` or Redis.
@@ -560,6 +562,8 @@ impl RoomState {
 #[derive(Debug, Default)]
 struct ClientCore {
     rooms: BTreeMap<u16, RoomState>,
+    /// Memberships whose leave awaits its reply, by join ref.
+    leaving: HashMap<String, usize>,
     slot: Option<usize>,
     /// Replies awaited (heartbeats aside).
     pending: usize,
@@ -677,7 +681,8 @@ enum End {
 #[derive(Debug)]
 enum Pending {
     Join(u16),
-    Leave,
+    /// A leave, with the membership it ends when its reply arrives.
+    Leave(Option<usize>),
     Status,
     Msg(usize),
 }
@@ -809,13 +814,19 @@ impl Conn<'_> {
         }
         let room = pick(rng, &joined);
         if roll < j + l {
-            let state = lock(self.core).rooms.remove(&room).expect("joined");
-            if let Some(m) = state.membership {
-                self.shared.book().end(m, "leave");
-            }
+            let state = {
+                let mut core = lock(self.core);
+                let state = core.rooms.remove(&room).expect("joined");
+                // Messages keep arriving on the channel until the leave's reply.
+                if let (Some(m), Some(join_ref)) = (state.membership, &state.join_ref) {
+                    core.leaving.insert(join_ref.clone(), m);
+                }
+                state
+            };
             self.shared.book().ops.leaves += 1;
             let r = self.next_ref();
-            self.pending.insert(r.clone(), Pending::Leave);
+            self.pending
+                .insert(r.clone(), Pending::Leave(state.membership));
             lock(self.core).pending = self.pending.len();
             return self
                 .send(json!([state.join_ref, r, topic(room), "phx_leave", {}]))
@@ -915,7 +926,15 @@ impl Conn<'_> {
                             format!("status: {}", reason()),
                         );
                     }
-                    Pending::Status | Pending::Leave => {}
+                    Pending::Leave(membership) => {
+                        if let Some(join_ref) = join_ref {
+                            lock(self.core).leaving.remove(join_ref);
+                        }
+                        if let Some(m) = membership {
+                            self.shared.book().end(m, "leave");
+                        }
+                    }
+                    Pending::Status => {}
                 }
             }
             "phx_error" | "phx_close" => {
@@ -961,11 +980,14 @@ impl Conn<'_> {
                     .as_str()
                     .and_then(|b| b.strip_prefix('m'))
                     .and_then(|n| n.parse::<u64>().ok());
-                let membership = lock(self.core)
-                    .rooms
-                    .get(&room)
-                    .filter(|s| join_ref.is_none() || s.join_ref.as_deref() == join_ref)
-                    .and_then(|s| s.membership);
+                let membership = {
+                    let core = lock(self.core);
+                    core.rooms
+                        .get(&room)
+                        .filter(|s| join_ref.is_none() || s.join_ref.as_deref() == join_ref)
+                        .and_then(|s| s.membership)
+                        .or_else(|| join_ref.and_then(|r| core.leaving.get(r).copied()))
+                };
                 let mut book = self.shared.book();
                 match (id, membership) {
                     (Some(id), _) if id >= book.msgs.len() as u64 => book.unknown_msgs += 1,
@@ -1071,6 +1093,9 @@ fn disconnected(shared: &Shared, core: &Mutex<ClientCore>) {
     core.slot = None;
     core.pending = 0;
     let mut book = shared.book();
+    for (_, m) in core.leaving.drain() {
+        book.end(m, "socket lost");
+    }
     for state in core.rooms.values_mut() {
         if let Some(m) = state.membership.take() {
             book.end(m, "socket lost");
@@ -1309,6 +1334,10 @@ struct Incarnation {
     ended: Option<(Instant, String)>,
     /// (when, VmRSS KiB, open file descriptors).
     rss: Vec<(Instant, u64, usize)>,
+    /// Where the node writes its heap in use (bytes).
+    heap_file: PathBuf,
+    /// (when, heap in use in KiB), read with each RSS sample.
+    heap: Vec<(Instant, u64)>,
     final_rss: Option<u64>,
 }
 
@@ -1341,7 +1370,12 @@ impl Cluster {
             .open(&log)
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
         let (broadcast, down, permdown, silent) = PERIODS;
+        let heap_file = self
+            .args
+            .log_dir
+            .join(format!("{name}-{}.heap", self.incarnations.len()));
         let mut child = Command::new(&self.args.server)
+            .env("CHAT_NODE_HEAP_FILE", &heap_file)
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("PRESENCE_NODE", &name)
@@ -1386,6 +1420,8 @@ impl Cluster {
             started: Instant::now(),
             ended: None,
             rss: Vec::new(),
+            heap_file,
+            heap: Vec::new(),
             final_rss: None,
         });
         self.procs[slot] = Some(Proc {
@@ -1427,9 +1463,12 @@ impl Cluster {
             if let Some(kib) = status_kib(proc.pid, "VmRSS:") {
                 let fds =
                     std::fs::read_dir(format!("/proc/{}/fd", proc.pid)).map_or(0, Iterator::count);
-                self.incarnations[proc.incarnation]
-                    .rss
-                    .push((now, kib, fds));
+                let inc = &mut self.incarnations[proc.incarnation];
+                inc.rss.push((now, kib, fds));
+                let heap = std::fs::read_to_string(&inc.heap_file).ok();
+                if let Some(bytes) = heap.and_then(|h| h.trim().parse::<u64>().ok()) {
+                    inc.heap.push((now, bytes / 1024));
+                }
             }
         }
     }
@@ -2195,8 +2234,24 @@ async fn drive(
             ),
         };
         rss_ok &= passed;
+        let heap_at = |t: Instant| inc.heap.iter().find(|(h, _)| *h == t).map(|(_, k)| *k);
+        let heap_baseline = inc
+            .rss
+            .iter()
+            .find(|(t, _, _)| *t >= from && *t <= churn_end)
+            .and_then(|(t, _, _)| heap_at(*t));
+        let heap_final = inc.heap.last().map(|(_, k)| *k);
+        let heap_text = match (inc.ended.is_none(), heap_baseline, heap_final) {
+            (true, Some(b), Some(f)) => format!(
+                "; heap in use {} -> {} MiB ({:+.1} %)",
+                mib(Some(b)),
+                mib(Some(f)),
+                (f as f64 - b as f64) / b.max(1) as f64 * 100.0
+            ),
+            _ => String::new(),
+        };
         rss_detail.push(format!(
-            "{} (slot {}, pid {}): {text}{}",
+            "{} (slot {}, pid {}): {text}{heap_text}{}",
             inc.name,
             SLOTS[inc.slot],
             inc.pid,
@@ -2207,25 +2262,27 @@ async fn drive(
             }
         ));
         // One sample a minute (the first at or after each minute of the churn), and the last.
-        let mut timeline: Vec<(f64, u64, usize)> = Vec::new();
+        let mut timeline: Vec<(f64, u64, usize, Option<u64>)> = Vec::new();
         let mut minute = 0;
         for (i, (t, k, f)) in inc.rss.iter().enumerate() {
             let at = t.saturating_duration_since(churn_start).as_secs();
             if at >= minute * 60 || i + 1 == inc.rss.len() {
-                timeline.push((secs(t.saturating_duration_since(churn_start)), *k, *f));
+                let since_churn = secs(t.saturating_duration_since(churn_start));
+                timeline.push((since_churn, *k, *f, heap_at(*t)));
                 minute = at / 60 + 1;
             }
         }
         rss_detail.push(format!(
-            "  MiB / open fds: {}",
+            "  MiB RSS / MiB heap in use / open fds: {}",
             timeline
                 .iter()
-                .map(|(t, k, f)| format!("+{t:.0} s {} / {f}", mib(Some(*k))))
+                .map(|(t, k, f, h)| format!("+{t:.0} s {} / {} / {f}", mib(Some(*k)), mib(*h)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
         rss_json.push(json!({
-            "timeline_s_kib_fds": timeline,
+            "timeline_s_kib_fds_heapkib": timeline,
+            "heap_baseline_kib": heap_baseline, "heap_final_kib": heap_final,
             "node": inc.name, "slot": SLOTS[inc.slot], "pid": inc.pid,
             "started_s": secs(inc.started.saturating_duration_since(churn_start)),
             "ended": inc.ended.as_ref().map(|(_, h)| h.clone()),
