@@ -41,6 +41,8 @@
 //!   in front of the cluster), and rejoining its rooms;
 //!   a channel that gets `phx_error` or an unexpected `phx_close` is rejoined after 1 s. A
 //!   join error is retried the same way.
+//!   Each client starts in one to three rooms, as many as the churn keeps it in on average
+//!   (see `initial_rooms`), so that the load is the same from the first minute on.
 //! - **Churn**: every client does an operation at exponentially distributed intervals (the
 //!   clients together `--ops-per-sec`): join a room it is not in (20 %, up to 3 rooms),
 //!   leave one (12 %), set its status in one (20 %), send a `new_msg` to one (38 %), or drop
@@ -640,6 +642,37 @@ impl Drop for Route<'_> {
     }
 }
 
+/// Distinct rooms for a client to start in: their number drawn from the churn's stationary
+/// distribution. Joins (weight `j`) add a room below [`MAX_ROOMS_PER_CLIENT`] and leaves
+/// (weight `l`) remove one above none (and an operation that does not apply becomes a join),
+/// so a client is in `k` rooms with a probability proportional to `(j / l)^(k - 1)`.
+fn initial_rooms(rng: &mut Rng, mix: [u64; 5], rooms: u16) -> Vec<u16> {
+    let [j, l, ..] = mix;
+    let ratio = if l == 0 { 1e9 } else { j as f64 / l as f64 };
+    let weights: Vec<f64> = (0..MAX_ROOMS_PER_CLIENT as i32)
+        .map(|k| ratio.powi(k))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut x = (1.0 - rng.unit()) * total;
+    let mut count = MAX_ROOMS_PER_CLIENT;
+    for (k, w) in weights.iter().enumerate() {
+        if x < *w {
+            count = k + 1;
+            break;
+        }
+        x -= w;
+    }
+    let count = count.min(usize::from(rooms));
+    let mut picked: Vec<u16> = Vec::with_capacity(count);
+    while picked.len() < count {
+        let room = rng.below(u64::from(rooms)) as u16;
+        if !picked.contains(&room) {
+            picked.push(room);
+        }
+    }
+    picked
+}
+
 /// phoenix.js's `reconnectAfterMs`.
 fn reconnect_after(tries: u32) -> Duration {
     const STEPS: [u64; 9] = [10, 50, 100, 150, 200, 250, 500, 1000, 2000];
@@ -1113,10 +1146,16 @@ async fn client(
     mut phase: watch::Receiver<Phase>,
 ) {
     let mut rng = Rng::new(shared.args.seed ^ (u64::from(id) << 20).wrapping_mul(0x2545_f491));
-    let first_room = rng.below(u64::from(shared.args.rooms)) as u16;
-    lock(&core)
-        .rooms
-        .insert(first_room, RoomState::new("s0".to_owned()));
+    // The client starts in as many rooms as the churn keeps it in on average, so that the
+    // load (channels, presences, fan-out) is the same from the first minute to the last, and
+    // that minute's RSS is a fair baseline.
+    let start_rooms = initial_rooms(&mut rng, shared.args.mix, shared.args.rooms);
+    {
+        let mut core = lock(&core);
+        for room in start_rooms {
+            core.rooms.insert(room, RoomState::new("s0".to_owned()));
+        }
+    }
     // Spread the first connects over the first seconds.
     let mut wait = Duration::from_millis(rng.below(u64::from(shared.args.clients) * 5));
     let mut tries = 0u32;
@@ -2575,6 +2614,25 @@ mod tests {
             (0, 1),
             "the receiver's node was disturbed"
         );
+    }
+
+    #[test]
+    fn clients_start_in_the_churns_average_number_of_rooms() {
+        let mut rng = Rng::new(7);
+        let counts: Vec<usize> = (0..10_000)
+            .map(|_| initial_rooms(&mut rng, [20, 12, 20, 38, 10], 20).len())
+            .collect();
+        let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+        // 1 : 5/3 : 25/9 for one, two and three rooms: 2.33 on average.
+        assert!((2.28..2.38).contains(&mean), "{mean}");
+        assert!(counts.iter().all(|&k| (1..=3).contains(&k)));
+        // Never more rooms than there are, and always distinct ones.
+        for _ in 0..100 {
+            let mut two = initial_rooms(&mut rng, [20, 12, 20, 38, 10], 2);
+            two.sort_unstable();
+            two.dedup();
+            assert!((1..=2).contains(&two.len()));
+        }
     }
 
     #[test]
