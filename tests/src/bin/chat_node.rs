@@ -8,18 +8,19 @@
 //!
 //! With `CHAT_NODE_HEAP_FILE=<path>` it writes the bytes of heap in use to that file every
 //! second (the churn soak reads it beside RSS, to tell what the node holds from what the
-//! allocator keeps). Built with the `mimalloc` feature it allocates with mimalloc, which
-//! returns freed memory to the system, instead of the system allocator.
+//! allocator keeps). Built with the `jemalloc` feature it allocates with jemalloc instead of
+//! the system allocator.
 
 /// The allocator, counting the bytes in use.
-#[cfg(not(feature = "mimalloc"))]
+#[cfg(not(feature = "jemalloc"))]
 #[global_allocator]
 static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
 /// The allocator, counting the bytes in use.
-#[cfg(feature = "mimalloc")]
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
+static ALLOCATOR: cap::Cap<tikv_jemallocator::Jemalloc> =
+    cap::Cap::new(tikv_jemallocator::Jemalloc, usize::MAX);
 
 /// Writes the heap in use to `path` every second, for the life of the process.
 fn report_heap(path: std::path::PathBuf) {

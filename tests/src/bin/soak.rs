@@ -564,8 +564,9 @@ impl RoomState {
 #[derive(Debug, Default)]
 struct ClientCore {
     rooms: BTreeMap<u16, RoomState>,
-    /// Memberships whose leave awaits its reply, by join ref.
-    leaving: HashMap<String, usize>,
+    /// Memberships whose leave awaits its reply, by room (at most one per room: a rejoin's
+    /// reply comes after the leave's).
+    leaving: HashMap<u16, usize>,
     slot: Option<usize>,
     /// Replies awaited (heartbeats aside).
     pending: usize,
@@ -851,8 +852,8 @@ impl Conn<'_> {
                 let mut core = lock(self.core);
                 let state = core.rooms.remove(&room).expect("joined");
                 // Messages keep arriving on the channel until the leave's reply.
-                if let (Some(m), Some(join_ref)) = (state.membership, &state.join_ref) {
-                    core.leaving.insert(join_ref.clone(), m);
+                if let Some(m) = state.membership {
+                    core.leaving.insert(room, m);
                 }
                 state
             };
@@ -960,9 +961,7 @@ impl Conn<'_> {
                         );
                     }
                     Pending::Leave(membership) => {
-                        if let Some(join_ref) = join_ref {
-                            lock(self.core).leaving.remove(join_ref);
-                        }
+                        lock(self.core).leaving.remove(&room);
                         if let Some(m) = membership {
                             self.shared.book().end(m, "leave");
                         }
@@ -1013,13 +1012,16 @@ impl Conn<'_> {
                     .as_str()
                     .and_then(|b| b.strip_prefix('m'))
                     .and_then(|n| n.parse::<u64>().ok());
+                // Broadcasts carry no join ref (phoenix's fastlane): before the leave's reply a
+                // message is the leaving membership's, as the node sends them in order.
                 let membership = {
                     let core = lock(self.core);
-                    core.rooms
-                        .get(&room)
-                        .filter(|s| join_ref.is_none() || s.join_ref.as_deref() == join_ref)
-                        .and_then(|s| s.membership)
-                        .or_else(|| join_ref.and_then(|r| core.leaving.get(r).copied()))
+                    core.leaving.get(&room).copied().or_else(|| {
+                        core.rooms
+                            .get(&room)
+                            .filter(|s| join_ref.is_none() || s.join_ref.as_deref() == join_ref)
+                            .and_then(|s| s.membership)
+                    })
                 };
                 let mut book = self.shared.book();
                 match (id, membership) {
