@@ -482,3 +482,75 @@ async fn long_poll_is_off_unless_turned_on() {
     let (_, body) = call(&wrapped, Method::GET, "/socket/longpoll?vsn=2.0.0", &[], "").await;
     assert_eq!(body["status"], 410);
 }
+
+/// Two nodes of an in-process cluster, each with its socket (same long-poll key unless
+/// `key_b` differs), served in process.
+fn two_nodes(window: Duration, key_b: &[u8]) -> (Arc<Route>, Arc<Route>, PubSub) {
+    let cluster = presence_core::pubsub::LocalCluster::new();
+    let a = PubSub::builder("a").adapter(cluster.adapter()).build();
+    let b = PubSub::builder("b").adapter(cluster.adapter()).build();
+    let node_a = app(lp_builder(&a, window).build());
+    let socket_b = builder(&b)
+        .longpoll(LongPollConfig::new().window(window).secret(key_b).unwrap())
+        .build();
+    (node_a, app(socket_b), a)
+}
+
+#[tokio::test]
+async fn polls_and_sends_reach_the_session_from_any_node_once_and_in_order() {
+    let (a, b, _) = two_nodes(Duration::from_millis(500), KEY);
+    let session = Session::open_v2(&a).await;
+    // Joined through B, the reply polled through A: the session lives on A.
+    assert_eq!(session.post(&b, &[join("room:1", "1")]).await, 200);
+    let joined = session.poll_n(&a, 1).await;
+    assert_eq!(reply(&joined[0]), ("1", "ok", &json!({})));
+    // Batches of echoes sent through A and B in turn, polled through B and A in turn.
+    let mut got = Vec::new();
+    for round in 0..10u64 {
+        let via = if round % 2 == 0 { &a } else { &b };
+        let batch: Vec<Value> = (0..3)
+            .map(|i| echo("room:1", "1", "2", round * 3 + i))
+            .collect();
+        assert_eq!(session.post(via, &batch).await, 200, "round {round}");
+        let poll_via = if round % 2 == 0 { &b } else { &a };
+        let (status, messages) = session.poll(poll_via).await;
+        assert!(status == 200 || status == 204, "round {round}: {status}");
+        got.extend(messages);
+    }
+    while got.len() < 30 {
+        let (status, messages) = session.poll(&b).await;
+        assert!(status == 200 || status == 204, "{status}");
+        got.extend(messages);
+    }
+    let ns: Vec<u64> = got
+        .iter()
+        .map(|r| reply(r).2["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..30).collect::<Vec<_>>(), "each once, in order");
+    // An empty poll through the other node waits its window and answers 204.
+    assert_eq!(session.poll(&b).await.0, 204);
+    // A token of a session no node holds: 410 from either node (B after asking the cluster).
+    let gone = TokenSigner::new(KEY, SALT)
+        .unwrap()
+        .sign(&json!({"s": "no-such-session", "v": 2}));
+    assert_eq!(
+        post_with_token(&a, &gone, &echo("room:1", "1", "3", 3).to_string()).await,
+        410
+    );
+    assert_eq!(
+        post_with_token(&b, &gone, &echo("room:1", "1", "3", 3).to_string()).await,
+        410
+    );
+}
+
+#[tokio::test]
+async fn a_node_with_another_key_refuses_the_session_token() {
+    let (a, b, _) = two_nodes(
+        Duration::from_millis(500),
+        b"a key of another cluster, 32 bytes+",
+    );
+    let session = Session::open_v2(&a).await;
+    assert_eq!(session.post(&b, &[join("room:1", "1")]).await, 410);
+    // Nothing reached the session.
+    assert_eq!(session.poll(&a).await, (204, Vec::new()));
+}
