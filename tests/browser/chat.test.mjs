@@ -20,8 +20,12 @@ const browser = await chromium.launch({
 });
 after(() => browser.close());
 
-async function openAs(name, room) {
+async function openAs(name, room, { noWebSocket = false } = {}) {
   const context = await browser.newContext();
+  if (noWebSocket) {
+    // As a browser where websockets are unavailable: the page must fall back to long poll.
+    await context.addInitScript(() => { delete window.WebSocket; });
+  }
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e));
   await page.goto(url, { waitUntil: "load" });
@@ -113,4 +117,50 @@ test("a bad join shows the server's reason", { timeout: 30000 }, async () => {
   await page.click("#join");
   await page.waitForSelector("#messages li.system:has-text('could not join')", { timeout: TIMEOUT });
   await context.close();
+});
+
+test("without WebSocket the page falls back to long poll, joins, lists and chats", { timeout: 90000 }, async () => {
+  const room = `longpoll-${Date.now()}`;
+  const dora = await openAs("dora", room, { noWebSocket: true });
+  assert.equal(await dora.page.evaluate(() => typeof WebSocket), "undefined");
+  const eve = await openAs("eve", room);
+  // Each page says which transport it uses.
+  await dora.page.waitForSelector('#conn[data-state="connected"]', { timeout: TIMEOUT });
+  assert.equal(await dora.page.textContent("#conn"), "connected (long poll)");
+  assert.equal(await eve.page.textContent("#conn"), "connected (websocket)");
+
+  // Both list both, whatever their transport.
+  await dora.page.waitForSelector('#presences li[data-user="eve"]', { timeout: TIMEOUT });
+  await eve.page.waitForSelector('#presences li[data-user="dora"]', { timeout: TIMEOUT });
+  assert.deepEqual(await users(dora.page), ["dora", "eve"]);
+
+  // A status change and messages, both ways.
+  await dora.page.selectOption("#status", "busy");
+  await eve.page.waitForSelector('#presences li[data-user="dora"][data-status="busy"]', { timeout: TIMEOUT });
+  await dora.page.fill("#body", "hello from long poll");
+  await dora.page.press("#body", "Enter");
+  await eve.page.waitForSelector("#messages li:has-text('hello from long poll')", { timeout: TIMEOUT });
+  await eve.page.fill("#body", "hello from a websocket");
+  await eve.page.press("#body", "Enter");
+  await dora.page.waitForSelector("#messages li:has-text('hello from a websocket')", { timeout: TIMEOUT });
+  await dora.page.screenshot({ path: path.join(shots, "chat-long-poll.png"), fullPage: true });
+
+  // Eve leaves dora's list at once; dora leaves eve's once her session expires (the server's
+  // long-poll window is short in this test).
+  await eve.page.selectOption("#status", "away");
+  await dora.page.waitForSelector('#presences li[data-user="eve"][data-status="away"]', { timeout: TIMEOUT });
+  const watcher = await openAs("fred", room);
+  await eve.context.close();
+  await dora.page.waitForFunction(
+    () => !document.querySelector('#presences li[data-user="eve"]'),
+    null,
+    { timeout: TIMEOUT },
+  );
+  await dora.context.close();
+  await watcher.page.waitForFunction(
+    () => !document.querySelector('#presences li[data-user="dora"]'),
+    null,
+    { timeout: TIMEOUT },
+  );
+  await watcher.context.close();
 });

@@ -23,6 +23,8 @@ async fn chat_page_in_headless_chromium() {
     let server = ChatServer::start(ChatConfig {
         port: 0,
         node_name: "browser-test".to_owned(),
+        // A long-poll page that closes leaves 3 s after its last poll, not 15 s.
+        longpoll_window: Some(Duration::from_secs(2)),
         ..ChatConfig::default()
     })
     .await
@@ -41,9 +43,11 @@ async fn chat_page_in_headless_chromium() {
         Duration::from_secs(180),
     )
     .await;
-    assert!(
-        shots.join("chat-two-users.png").exists(),
-        "a screenshot was saved under target/"
-    );
+    for shot in ["chat-two-users.png", "chat-long-poll.png"] {
+        assert!(
+            shots.join(shot).exists(),
+            "{shot}: a screenshot was saved under target/"
+        );
+    }
     server.shutdown().await;
 }
