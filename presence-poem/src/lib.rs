@@ -320,6 +320,8 @@
 //!   is delivered once and in order whichever node the polls reach. As in Phoenix, a poll
 //!   whose answer never reaches the client (the connection dropped while it was written)
 //!   loses that answer's messages.
+//! - **Memory.** An idle session joined to one channel costs about 12.4 KB of server memory
+//!   (1,000 sessions; BENCHMARKS.md, "Long-poll sessions: memory").
 //! - **Limits.** Binary frames pushed by the server are not sent over long poll (phoenix.js
 //!   takes text only there; a warning is logged). Each message of a `POST` is decoded once to
 //!   check the batch, and again by the session.

@@ -51,8 +51,8 @@ const PUBSUB_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BATCH: usize = 100;
 /// Routed requests one session serves at once; more are answered 500.
 const REMOTE_IN_FLIGHT: usize = 8;
-/// The topic prefix of sessions and of routed requests' replies.
-const TOPIC_PREFIX: &str = "phx:lp:";
+/// The topic prefix of sessions and of routed requests' replies (no channel may join these).
+pub(crate) const TOPIC_PREFIX: &str = "phx:lp:";
 
 /// Settings of the long-poll transport, turned on with
 /// [`PhoenixSocketBuilder::longpoll`](crate::PhoenixSocketBuilder::longpoll).
@@ -682,6 +682,8 @@ async fn serve_routed(
             }
         }
     }
+    // The session closed: the requests in flight see it and answer `gone` at once.
+    while in_flight.next().await.is_some() {}
 }
 
 #[cfg(test)]

@@ -369,7 +369,13 @@ impl Drop for OpenGuard {
 }
 
 impl Inner {
+    /// The route of `topic`. Topics under the long-poll transport's own prefix (`phx:lp:`)
+    /// have none, whatever the patterns: a catch-all route must not let a client join the
+    /// pub/sub topics that carry other sessions' requests and answers.
     pub(crate) fn route(&self, topic: &str) -> Option<&Route> {
+        if topic.starts_with(longpoll::TOPIC_PREFIX) {
+            return None;
+        }
         self.routes.iter().find(|r| r.matches(topic))
     }
 }
@@ -495,6 +501,9 @@ impl PhoenixSocket {
     /// (and of its clones) has ended. Calling it again only waits. Stopping poem's listener
     /// is the server's job: call this after (or while) it stops accepting connections.
     ///
+    /// Long-poll sessions drain in the same batches: a closed session's next poll gets status
+    /// 410 (phoenix.js reconnects), and new sessions get status 500 (it retries later).
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -537,8 +546,8 @@ impl PhoenixSocket {
         *self.inner.drain.draining.borrow()
     }
 
-    /// The number of websocket connections of this endpoint that are open (upgraded and not
-    /// yet ended).
+    /// The number of connections of this endpoint that are open: websockets upgraded and not
+    /// yet ended, and long-poll sessions not yet expired or closed.
     pub fn open_sockets(&self) -> usize {
         *self.inner.drain.open.borrow()
     }
@@ -745,8 +754,9 @@ impl PhoenixSocketBuilder {
         self
     }
 
-    /// Limits the open connections of this endpoint (default 100,000): an upgrade beyond it
-    /// gets HTTP 503 (phoenix.js retries with backoff).
+    /// Limits the open connections of this endpoint (default 100,000), long-poll sessions
+    /// included: an upgrade beyond it gets HTTP 503, a new long-poll session status 500
+    /// (phoenix.js retries either with backoff).
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.max_connections = max;
         self
@@ -1316,6 +1326,11 @@ mod tests {
         assert!(socket.inner.route("lobby").is_some());
         assert!(socket.inner.route("lobby:1").is_none());
         assert!(socket.inner.route("rooms").is_none());
+        let catch_all = PhoenixSocket::builder(PubSub::new("a"))
+            .channel("*", || Nop)
+            .build();
+        assert!(catch_all.inner.route("anything").is_some());
+        assert!(catch_all.inner.route("phx:lp:reply:a:1").is_none());
     }
 
     struct Nop;
