@@ -255,6 +255,24 @@ impl Session {
     }
 }
 
+/// Removes a session from its endpoint's table when its task ends.
+struct Listed {
+    socket: PhoenixSocket,
+    id: Arc<str>,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(lp) = self.socket.inner().longpoll.as_ref() {
+            lp.sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.id);
+        }
+        tracing::debug!(session = %self.id, "long-poll session ended");
+    }
+}
+
 /// The session is gone (closed, expired, or unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Gone;
@@ -440,20 +458,17 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         .unwrap_or_else(PoisonError::into_inner)
         .insert(id.clone(), session.clone());
     let window = lp.window;
-    let owner = socket.clone();
-    let session_id = id.clone();
     // Owned by the session: it ends when the session closes (its client stopped polling, it
-    // was disconnected, or the endpoint drains), and removes the session then.
+    // was disconnected, or the endpoint drains), and the guard removes the session then, even
+    // if the task is cancelled or panics.
+    let listed = Listed {
+        socket: socket.clone(),
+        id: id.clone(),
+    };
     tokio::spawn(async move {
+        let _listed = listed;
         let serve_routed = serve_routed(pubsub, routed, session, window);
         futures_util::future::join(run, serve_routed).await;
-        if let Some(lp) = owner.inner().longpoll.as_ref() {
-            lp.sessions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&session_id);
-        }
-        tracing::debug!(session = %session_id, "long-poll session ended");
     });
     let v = match vsn {
         Vsn::V1 => 1,

@@ -554,3 +554,21 @@ async fn a_node_with_another_key_refuses_the_session_token() {
     // Nothing reached the session.
     assert_eq!(session.poll(&a).await, (204, Vec::new()));
 }
+
+#[tokio::test]
+async fn v1_sessions_speak_json_objects() {
+    let pubsub = PubSub::new("test");
+    let app = app(lp_builder(&pubsub, Duration::from_millis(300)).build());
+    let session = Session::open(&app, "vsn=1.0.0").await;
+    let v1_join = json!({"topic": "room:1", "event": "phx_join", "payload": {}, "ref": "1"});
+    // phoenix.js's V1 serializer also writes one JSON object per line.
+    assert_eq!(session.post(&app, &[v1_join]).await, 200);
+    let uri = format!("/socket/longpoll?vsn=1.0.0&token={}", session.token);
+    let (_, body) = call(&app, Method::GET, &uri, &[], "").await;
+    assert_eq!(body["status"], 200, "{body}");
+    let frame: Value = serde_json::from_str(body["messages"][0].as_str().unwrap()).unwrap();
+    assert_eq!(frame["event"], "phx_reply");
+    assert_eq!(frame["payload"]["status"], "ok");
+    // A V2 array is not a V1 message: refused whole.
+    assert_eq!(session.post(&app, &[join("room:2", "2")]).await, 400);
+}
