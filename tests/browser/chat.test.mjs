@@ -7,6 +7,8 @@ import { chromium } from "playwright-core";
 import path from "node:path";
 
 const url = process.env.CHAT_URL;
+// The same server behind a proxy that refuses websocket upgrades.
+const blockedUrl = process.env.BLOCKED_CHAT_URL;
 const shots = process.env.SCREENSHOT_DIR || ".";
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const TIMEOUT = 15000;
@@ -20,7 +22,7 @@ const browser = await chromium.launch({
 });
 after(() => browser.close());
 
-async function openAs(name, room, { noWebSocket = false } = {}) {
+async function openAs(name, room, { noWebSocket = false, at = url } = {}) {
   const context = await browser.newContext();
   if (noWebSocket) {
     // As a browser where websockets are unavailable: the page must fall back to long poll.
@@ -28,7 +30,7 @@ async function openAs(name, room, { noWebSocket = false } = {}) {
   }
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e));
-  await page.goto(url, { waitUntil: "load" });
+  await page.goto(at, { waitUntil: "load" });
   await page.fill("#name", name);
   await page.fill("#room", room);
   await page.click("#join");
@@ -163,4 +165,20 @@ test("without WebSocket the page falls back to long poll, joins, lists and chats
     { timeout: TIMEOUT },
   );
   await watcher.context.close();
+});
+
+test("behind a proxy that refuses websockets the page falls back to long poll", { timeout: 60000 }, async () => {
+  assert.ok(blockedUrl, "BLOCKED_CHAT_URL is set");
+  const room = `blocked-${Date.now()}`;
+  const gus = await openAs("gus", room, { at: blockedUrl });
+  assert.equal(await gus.page.evaluate(() => typeof WebSocket), "function");
+  assert.equal(await gus.page.textContent("#conn"), "connected (long poll)");
+  const hal = await openAs("hal", room);
+  await gus.page.waitForSelector('#presences li[data-user="hal"]', { timeout: TIMEOUT });
+  await hal.page.waitForSelector('#presences li[data-user="gus"]', { timeout: TIMEOUT });
+  await hal.page.fill("#body", "can you hear me");
+  await hal.page.press("#body", "Enter");
+  await gus.page.waitForSelector("#messages li:has-text('can you hear me')", { timeout: TIMEOUT });
+  await gus.context.close();
+  await hal.context.close();
 });
