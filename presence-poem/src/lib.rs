@@ -1,5 +1,5 @@
-//! Phoenix channels over [poem] websockets: the wire protocol the official `phoenix` npm
-//! client speaks, with presence from [`presence_core`].
+//! Phoenix channels over [poem] websockets and long poll: the wire protocol the official
+//! `phoenix` npm client speaks, with presence from [`presence_core`].
 //!
 //! Build a [`PhoenixSocket`] with channel routes and nest it at `/socket`
 //! (`Route::new().nest("/socket", socket)`); point phoenix.js at `new Socket("/socket")`,

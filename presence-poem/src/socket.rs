@@ -1,5 +1,5 @@
 //! [`PhoenixSocket`]: the poem endpoint that serves `<mount>/websocket` (nested at `/socket`:
-//! `/socket/websocket`).
+//! `/socket/websocket`), and `<mount>/longpoll` when long poll is on.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,7 +42,8 @@ pub struct ConnectInfo {
     /// The query parameters (phoenix.js `params`, plus `vsn`). Nested params arrive flat, with
     /// their bracketed names (`user[id]`).
     pub params: HashMap<String, String>,
-    /// The upgrade request's headers.
+    /// The connecting request's headers (the websocket upgrade, or the long poll's first
+    /// `GET`).
     pub headers: HeaderMap,
     /// The address the connection came from (a proxy's, behind one).
     pub remote_addr: RemoteAddr,
@@ -57,17 +58,19 @@ pub struct ConnectInfo {
     pub user_agent: Option<String>,
     /// Every `x-*` header, in order (Phoenix's `:x_headers`).
     pub x_headers: Vec<(String, String)>,
-    /// The token phoenix.js sends with `authToken`, decoded from
-    /// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<base64>`.
+    /// The token phoenix.js sends with `authToken`: decoded from
+    /// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<base64>` on a websocket, the
+    /// `X-Phoenix-AuthToken` header on long poll.
     pub auth_token: Option<String>,
 }
 
 /// Headers whose values grant access, redacted from `Debug` output.
-const SECRET_HEADERS: [&str; 4] = [
+const SECRET_HEADERS: [&str; 5] = [
     "cookie",
     "authorization",
     "sec-websocket-protocol",
     "x-phoenix-authtoken",
+    "x-phoenix-longpoll-token",
 ];
 
 impl fmt::Debug for ConnectInfo {
@@ -383,8 +386,9 @@ impl Inner {
 /// A Phoenix socket endpoint: nest it where phoenix.js's `new Socket(path)` points,
 /// `Route::new().nest("/socket", socket)`.
 ///
-/// It serves the websocket transport at `<mount>/websocket` and answers other paths below
-/// its mount 404; mounted directly, `Route::new().at("/socket/websocket", socket)`, it serves
+/// It serves the websocket transport at `<mount>/websocket`, long poll at `<mount>/longpoll`
+/// when [turned on](PhoenixSocketBuilder::longpoll), and answers other paths below its
+/// mount 404; mounted directly, `Route::new().at("/socket/websocket", socket)`, it serves
 /// any path whose last segment is `websocket` (see the crate docs, "Mounting"). It negotiates the serializer from the `vsn` query parameter (`1.0.x` or absent: V1 JSON
 /// objects; `2.0.x`: V2 JSON arrays and binary frames; anything else: HTTP 403), runs the
 /// connect hook (refusal: HTTP 403), then upgrades and serves the Phoenix channel protocol.
