@@ -572,3 +572,38 @@ async fn v1_sessions_speak_json_objects() {
     // A V2 array is not a V1 message: refused whole.
     assert_eq!(session.post(&app, &[join("room:2", "2")]).await, 400);
 }
+
+// Paused: the bucket refills by the clock, and no token may come back during the test.
+#[tokio::test(start_paused = true)]
+async fn a_sessions_messages_count_against_the_socket_rates() {
+    let pubsub = PubSub::new("test");
+    let socket = lp_builder(&pubsub, Duration::from_millis(300))
+        .message_rate(presence_poem::RateLimit::new(1, 3))
+        .build();
+    let app = app(socket);
+    let session = Session::open_v2(&app).await;
+    assert_eq!(session.post(&app, &[join("room:1", "1")]).await, 200);
+    assert_eq!(session.poll_n(&app, 1).await.len(), 1);
+    // The join took one of three; of four echoes in one POST, two are handled.
+    let echoes: Vec<Value> = (0..4)
+        .map(|n| echo("room:1", "1", &format!("{}", 10 + n), n))
+        .collect();
+    assert_eq!(session.post(&app, &echoes).await, 200);
+    let replies = session.poll_n(&app, 4).await;
+    // Refusals are answered by the socket at once, replies by the channel's task: sorted by
+    // ref, as phoenix.js matches them.
+    let mut statuses: Vec<(&str, &str)> = replies
+        .iter()
+        .map(|r| {
+            let (r, status, _) = reply(r);
+            (r, status)
+        })
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [("10", "ok"), ("11", "ok"), ("12", "error"), ("13", "error")]
+    );
+    let refused = replies.iter().find(|r| reply(r).0 == "13").unwrap();
+    assert_eq!(reply(refused).2["reason"], "rate limited");
+}
