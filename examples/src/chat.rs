@@ -19,7 +19,9 @@
 //! `PRESENCE_NODE`, `PRESENCE_REDIS_URL`, `PRESENCE_PUBSUB_NAME` and the tracker settings
 //! `PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`, `PRESENCE_PERMDOWN_PERIOD_MS`,
 //! `PRESENCE_MAX_SILENT_PERIODS` and `PRESENCE_DIFF_WINDOW_MS` (how long presence diffs of a
-//! busy room may be held and merged; 0 turns merging off).
+//! busy room may be held and merged; 0 turns merging off), and the long-poll settings
+//! `PRESENCE_LONGPOLL_SECRET` (the session key every node of a cluster must share) and
+//! `PRESENCE_LONGPOLL_WINDOW_MS`.
 //! Once it listens, [`run`] prints one machine-readable line on stdout,
 //! `LISTENING <ip>:<port>` (useful with `PORT=0`); logs go to stderr.
 //!
@@ -60,8 +62,8 @@ use presence_core::supervisor::{BoxError, PubSubSpec, Running, Supervisor, TaskS
 use presence_core::tracker::TrackerConfig;
 use presence_core::{Presence, pubsub_server};
 use presence_poem::{
-    Channel, ChannelContext, Connected, HandleIn, HandshakeTimeout, Join, Payload, PhoenixSocket,
-    PresenceMiddleware, StopReason,
+    Channel, ChannelContext, Connected, HandleIn, HandshakeTimeout, Join, LongPollConfig, Payload,
+    PhoenixSocket, PresenceMiddleware, StopReason,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -108,6 +110,13 @@ pub struct ChatConfig {
     /// The cluster's pub/sub name (`PRESENCE_PUBSUB_NAME`, default `chat`): nodes on one Redis
     /// server form a cluster per name (Redis channel `presence:<name>`).
     pub pubsub_name: String,
+    /// The key long-poll session tokens are signed with (`PRESENCE_LONGPOLL_SECRET`, at least
+    /// 32 bytes); `None`: one is generated at start. Every node of a cluster needs the same
+    /// key, since a client's polls may reach any node.
+    pub longpoll_secret: Option<String>,
+    /// How long a long poll waits for messages (`PRESENCE_LONGPOLL_WINDOW_MS`, default 10 s);
+    /// a session ends 1.5 windows after its client's last poll.
+    pub longpoll_window: Option<Duration>,
 }
 
 impl Default for ChatConfig {
@@ -119,6 +128,8 @@ impl Default for ChatConfig {
             presence: PresenceOptions::new(),
             redis_url: None,
             pubsub_name: "chat".to_owned(),
+            longpoll_secret: None,
+            longpoll_window: None,
         }
     }
 }
@@ -191,6 +202,16 @@ impl ChatConfig {
             }
             config.pubsub_name = name;
         }
+        if let Ok(secret) = std::env::var("PRESENCE_LONGPOLL_SECRET") {
+            if secret.len() < presence_poem::MIN_SECRET_LEN {
+                return Err(format!(
+                    "PRESENCE_LONGPOLL_SECRET must be at least {} bytes long",
+                    presence_poem::MIN_SECRET_LEN
+                ));
+            }
+            config.longpoll_secret = Some(secret);
+        }
+        config.longpoll_window = ms("PRESENCE_LONGPOLL_WINDOW_MS")?;
         Ok(config)
     }
 }
@@ -239,12 +260,13 @@ fn index() -> Html<&'static str> {
 ///
 /// When the pub/sub is not running in `registry`.
 pub fn app(registry: &Registry) -> Result<impl poem::Endpoint + use<>, BoxError> {
-    Ok(app_and_socket(registry)?.0)
+    Ok(app_and_socket(registry, LongPollConfig::new())?.0)
 }
 
 /// The routes, and their socket endpoint (to drain it at shutdown).
 fn app_and_socket(
     registry: &Registry,
+    longpoll: LongPollConfig,
 ) -> Result<(impl poem::Endpoint + use<>, PhoenixSocket), BoxError> {
     let socket = PhoenixSocket::builder_for(registry, &ChatPubSub)?
         .on_connect(|info| async move {
@@ -252,10 +274,13 @@ fn app_and_socket(
             Ok(Connected::new())
         })
         .channel("room:*", RoomChannel::default)
+        // The page falls back to `/socket/longpoll` when websockets fail.
+        .longpoll(longpoll)
         .build();
     let app = Route::new()
         .at("/", get(index))
-        // phoenix.js's `new Socket("/socket")` connects to `/socket/websocket`.
+        // phoenix.js's `new Socket("/socket")` connects to `/socket/websocket`, and its
+        // `LongPoll` to `/socket/longpoll`.
         .nest("/socket", socket.clone())
         .with(PresenceMiddleware::new(registry.clone()));
     Ok((app, socket))
@@ -519,6 +544,13 @@ impl ChatServer {
             Some(url) => Some(ClusterLink::new(connect_redis(url, &config).await?)),
             None => None,
         };
+        let mut longpoll = match &config.longpoll_secret {
+            Some(secret) => LongPollConfig::new().secret(secret.as_bytes())?,
+            None => LongPollConfig::new(),
+        };
+        if let Some(window) = config.longpoll_window {
+            longpoll = longpoll.window(window);
+        }
         let acceptor = TcpListener::bind(format!("{}:{}", config.host, config.port))
             .into_acceptor()
             .await?;
@@ -535,6 +567,7 @@ impl ChatServer {
             let acceptor = first.take();
             let mut stopped = stopped.clone();
             let built = built.clone();
+            let longpoll = longpoll.clone();
             async move {
                 if *stopped.borrow() {
                     // Restarted while shutting down: serve nothing.
@@ -544,7 +577,7 @@ impl ChatServer {
                     Some(a) => a,
                     None => TcpListener::bind(addr).into_acceptor().await?,
                 };
-                let (app, socket) = app_and_socket(&registry)?;
+                let (app, socket) = app_and_socket(&registry, longpoll)?;
                 built
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::SplitSink;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use poem::http::Extensions;
 use presence_core::Registry;
@@ -94,7 +94,82 @@ pub(crate) fn run(
         draining,
     };
     let writer = write_loop(sink, frames, close, outbox, deadline);
-    futures_util::future::join(writer, control.run(stream, open)).map(|((), ())| ())
+    let idle_timeout = control.inner.config.idle_timeout;
+    let control = control.run(stream, open, idle_timeout, Transport::WebSocket);
+    futures_util::future::join(writer, control).map(|((), ())| ())
+}
+
+/// Which transport feeds a connection's control loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    WebSocket,
+    LongPoll,
+}
+
+/// What a long-poll session is made of: its queue's receiving ends, the sender of its inbound
+/// messages, and the future that serves it (its control loop) until it closes.
+pub(crate) struct SessionParts<F> {
+    pub(crate) rx: OutboxRx,
+    /// Text and binary messages as a websocket would deliver them; a `Ping` only resets the
+    /// idle timer (a poll: the client is still there).
+    pub(crate) input: mpsc::Sender<WsMessage>,
+    pub(crate) run: F,
+}
+
+/// The inbound queue of a long-poll session, in messages: a POST's batch (at most 100 from
+/// phoenix.js) waits for room when the control loop is behind.
+const SESSION_INPUT: usize = 128;
+
+/// A long-poll session: the same control loop as a websocket's (channels, limits, drain,
+/// `disconnect` broadcasts), fed by the POSTs' messages instead of a websocket, its queue
+/// read by the polls instead of a writer. It closes when nothing arrives (no poll, no
+/// message) for `idle_timeout`.
+pub(crate) fn session(
+    inner: Arc<Inner>,
+    vsn: Vsn,
+    assigns: Extensions,
+    id: Option<Arc<str>>,
+    registry: Option<Registry>,
+    idle_timeout: std::time::Duration,
+) -> SessionParts<impl Future<Output = ()> + Send + 'static> {
+    let (open, draining) = Drain::enter(&inner);
+    let (outbox, rx) = Outbox::new(inner.config.outbound, vsn);
+    let socket = Arc::new(SocketShared {
+        assigns,
+        id,
+        vsn,
+        outbox,
+        hubs: inner.hubs.clone(),
+        registry: SocketRegistry::new(registry, &inner.no_registry_warned),
+    });
+    let limits = Box::new(RateState {
+        messages: Bucket::new(inner.config.message_rate),
+        joins: Bucket::new(inner.config.join_rate),
+        abuse: Abuse {
+            since: Instant::now(),
+            refused: 0,
+        },
+    });
+    let control = Control {
+        limits,
+        inner,
+        socket,
+        channels: HashMap::new(),
+        dying: Vec::new(),
+        close: rx.close.clone(),
+        draining,
+    };
+    let (input, mut messages) = mpsc::channel(SESSION_INPUT);
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        messages
+            .poll_recv(cx)
+            .map(|m: Option<WsMessage>| m.map(Ok::<_, WsError>))
+    });
+    SessionParts {
+        rx,
+        input,
+        run: control.run(stream, open, idle_timeout, Transport::LongPoll),
+    }
 }
 
 /// Writes one message: one frame, or fragments of at most [`FRAGMENT`] bytes. The bytes are
@@ -124,7 +199,7 @@ async fn feed(sink: &mut SplitSink<WsStream, WsMessage>, out: Out) -> Result<(),
 
 async fn write_loop(
     mut sink: SplitSink<WsStream, WsMessage>,
-    mut frames: Frames,
+    frames: Frames,
     mut close: watch::Receiver<Option<Close>>,
     outbox: Outbox,
     deadline: std::time::Duration,
@@ -317,7 +392,10 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads until the client's close frame (or the end of the stream, an error, or
 /// [`CLOSE_WAIT`]), discarding everything else.
-async fn finish_closing(mut stream: SplitStream<WsStream>) {
+async fn finish_closing<S>(mut stream: S)
+where
+    S: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
     let _ = timeout(CLOSE_WAIT, async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, WsMessage::Close(_)) {
@@ -346,8 +424,15 @@ impl Control {
         &self.socket.outbox
     }
 
-    async fn run(mut self, mut stream: SplitStream<WsStream>, open: OpenGuard) {
-        let idle_timeout = self.inner.config.idle_timeout;
+    async fn run<S>(
+        mut self,
+        mut stream: S,
+        open: OpenGuard,
+        idle_timeout: std::time::Duration,
+        transport: Transport,
+    ) where
+        S: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
+    {
         let mut disconnect = self
             .socket
             .id
@@ -406,7 +491,8 @@ impl Control {
         // A close this side started: read (and drop) what the client still sends until its
         // close frame, so the closing handshake completes and the client sees our code.
         // Dropping the connection with unread data would reset it: the client would see 1006.
-        if self.close.borrow().is_some_and(|c| c.send_frame) {
+        let websocket = transport == Transport::WebSocket;
+        if websocket && self.close.borrow().is_some_and(|c| c.send_frame) {
             Box::pin(finish_closing(stream)).await;
         }
     }

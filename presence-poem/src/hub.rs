@@ -582,7 +582,7 @@ mod tests {
     async fn hub_task_ends_with_the_last_registration() {
         let pubsub = PubSub::new("n");
         let hubs = Hubs::new(pubsub.clone());
-        let (outbox, mut rx) = Outbox::new(LIMITS, Vsn::V2);
+        let (outbox, rx) = Outbox::new(LIMITS, Vsn::V2);
         let reg = hubs.register("t", 1, Vsn::V2, outbox, no_channel(), false);
         assert_eq!(pubsub.subscriber_count("t"), 1);
         pubsub

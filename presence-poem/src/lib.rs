@@ -1,5 +1,5 @@
-//! Phoenix channels over [poem] websockets: the wire protocol the official `phoenix` npm
-//! client speaks, with presence from [`presence_core`].
+//! Phoenix channels over [poem] websockets and long poll: the wire protocol the official
+//! `phoenix` npm client speaks, with presence from [`presence_core`].
 //!
 //! Build a [`PhoenixSocket`] with channel routes and nest it at `/socket`
 //! (`Route::new().nest("/socket", socket)`); point phoenix.js at `new Socket("/socket")`,
@@ -261,9 +261,70 @@
 //! A [`PhoenixSocket`] serves its transports under the path it is mounted at, as a Phoenix
 //! endpoint's `socket "/socket", ...` does: nested with `Route::new().nest("/socket", socket)`,
 //! it answers `/socket/websocket` (what phoenix.js's `new Socket("/socket")` connects to) and
-//! 404 for any other path below `/socket`. It serves the websocket transport at any path
-//! whose last segment is `websocket`, so `Route::new().at("/socket/websocket", socket)` works
-//! too.
+//! 404 for any other path below `/socket` (and `/socket/longpoll` when
+//! [long poll](PhoenixSocketBuilder::longpoll) is on). It serves the websocket transport at
+//! any path whose last segment is `websocket` (and long poll at `longpoll`), so
+//! `Route::new().at("/socket/websocket", socket)` works too.
+//!
+//! # Long poll
+//!
+//! [`PhoenixSocketBuilder::longpoll`] turns on `<mount>/longpoll` beside the websocket, what
+//! phoenix.js's `LongPoll` speaks (`new Socket("/socket", {transport: LongPoll})`, or
+//! `{longPollFallbackMs: 2500}` to fall back when websockets fail behind a proxy). Off by
+//! default, as in Phoenix. It serves the same channels, with the same connect hook (the
+//! `authToken` arrives in [`ConnectInfo::auth_token`] from the `X-Phoenix-AuthToken` header),
+//! origin check, connection limit (a session counts as a connection), message and join
+//! rates, outbound queue bounds and drain as the websocket; the wire format is the
+//! serializer's (V1 or V2 JSON).
+//!
+//! - **Sessions.** A `GET` without a session token runs the connect hook and starts a
+//!   session: a server-side connection whose channels live on between requests. The answer
+//!   carries the session token. A `GET` with the token waits up to the
+//!   [window](LongPollConfig::window) (10 s) for messages and returns them all, in order;
+//!   a newer poll of the same session ends the waiting one. A `POST` (ndjson, one message a
+//!   line, at most 100, as phoenix.js batches them; a binary V2 message in base64) hands the
+//!   messages to the session in order. A `GET` whose token does not verify starts a new
+//!   session, as in Phoenix (phoenix.js sends the socket's own params, which may hold a
+//!   `token`, on its first poll).
+//! - **Statuses.** Every answer is HTTP 200 with JSON `{"status": N, ...}`, the status
+//!   phoenix.js acts on: `200` messages, `204` none within the window, `410` a new session
+//!   (with its token) or a session that is gone (phoenix.js reconnects and rejoins), `403` a
+//!   refused connect (origin, `vsn`, connect hook: phoenix.js stops), `500` try again later
+//!   (draining, at the connection limit, connect hook timeout). A `POST` answers `200`,
+//!   `410` (no such session), `400` (an undecodable message: **none** of the batch is
+//!   handled, and the session goes on), or `413` (over
+//!   [`max_message_size`](PhoenixSocketBuilder::max_message_size), or over 100 messages).
+//!   Other methods get HTTP 400; `OPTIONS` is a CORS preflight.
+//! - **Expiry.** A session closes 1.5 windows after its last poll began (15 s by default)
+//!   when no poll or message came since: its channels stop and their presences leave, as
+//!   when a websocket closes. phoenix.js does not tell the server when it disconnects; the
+//!   expiry does.
+//! - **Slow clients.** A session's queued messages have the websocket's bounds
+//!   ([`outbound_capacity`](PhoenixSocketBuilder::outbound_capacity),
+//!   [`outbound_budget`](PhoenixSocketBuilder::outbound_budget)) and policy: a slow reader's
+//!   presence diffs merge, and a session whose queue overflows is closed (its next poll gets
+//!   `410`: phoenix.js reconnects). Anything that closes a websocket (a `disconnect`
+//!   broadcast, rate abuse, a drain) closes a session the same way.
+//! - **Tokens.** Session tokens are signed ([`TokenSigner`], HMAC-SHA256) with the long-poll
+//!   [key](LongPollConfig::secret), under a salt of their own, and hold the session id (128
+//!   random bits) and serializer. A forged, altered, expired (two weeks) or other-purpose
+//!   token is refused; a token names one session only. Without a configured key one is
+//!   generated when the socket is built: tokens then die with the process, which is fine for
+//!   one node.
+//! - **Clusters.** Behind a load balancer without sticky sessions, a poll or a send may
+//!   reach a node that does not hold its session. That node verifies the token (so **every
+//!   node must be given the same key**, e.g. from the same configuration secret) and routes
+//!   the request to the owning node over the socket's pub/sub (in-process cluster or Redis):
+//!   the owner acknowledges within 2 s (no answer: `410`), serves the request, and sends the
+//!   answer back. Messages leave the session's queue only in the answer of a poll, so each
+//!   is delivered once and in order whichever node the polls reach. As in Phoenix, a poll
+//!   whose answer never reaches the client (the connection dropped while it was written)
+//!   loses that answer's messages.
+//! - **Memory.** An idle session joined to one channel costs about 12.4 KB of server memory
+//!   (1,000 sessions; BENCHMARKS.md, "Long-poll sessions: memory").
+//! - **Limits.** Binary frames pushed by the server are not sent over long poll (phoenix.js
+//!   takes text only there; a warning is logged). Each message of a `POST` is decoded once to
+//!   check the batch, and again by the session.
 //!
 //! # Join params
 //!
@@ -397,6 +458,7 @@ mod connection;
 mod context;
 mod hub;
 mod listener;
+mod longpoll;
 mod origin;
 mod outbox;
 mod presence;
@@ -414,6 +476,7 @@ pub use channel::{
 };
 pub use context::{ChannelContext, SocketRef};
 pub use listener::{DEFAULT_HANDSHAKE_TIMEOUT, HandshakeTimeout, TimedIo};
+pub use longpoll::{DEFAULT_LONGPOLL_WINDOW, LongPollConfig};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use presence::{PresenceData, PresenceEndpoint, PresenceMiddleware};
 pub use socket::{

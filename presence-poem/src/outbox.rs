@@ -347,7 +347,7 @@ impl Frames {
     /// # Cancel safety
     ///
     /// Cancel safe.
-    pub(crate) async fn recv(&mut self) -> Out {
+    pub(crate) async fn recv(&self) -> Out {
         loop {
             if let Some(out) = self.try_recv() {
                 return out;
@@ -356,8 +356,25 @@ impl Frames {
         }
     }
 
+    /// Wakes whoever waits in [`recv`](Self::recv) or on [`ready`](Self::ready) (a long poll
+    /// that gives up its turn passes on a wake-up it may have taken).
+    pub(crate) fn wake(&self) {
+        self.shared.ready.notify_one();
+    }
+
+    /// Resolves when a frame may have been queued since the last wait (or a wake-up is
+    /// pending). Then [`try_recv`](Self::try_recv) tells.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; a wake-up taken by a cancelled wait is lost, so a reader that gives up
+    /// calls [`wake`](Self::wake).
+    pub(crate) async fn ready(&self) {
+        self.shared.ready.notified().await;
+    }
+
     /// The next frame, if one is queued.
-    pub(crate) fn try_recv(&mut self) -> Option<Out> {
+    pub(crate) fn try_recv(&self) -> Option<Out> {
         loop {
             let item = {
                 let mut queue = self
@@ -416,7 +433,7 @@ mod tests {
             frames: 4,
             bytes: 1 << 20,
         };
-        let (outbox, mut rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
         for i in 0..10 {
             let m = diff(&format!("u{i}"), &format!("r{i}"));
             outbox.send_broadcast(encode(&m), &m);
@@ -445,7 +462,7 @@ mod tests {
             frames: 100,
             bytes: 100,
         };
-        let (outbox, mut rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
         outbox.send(Out::Text(Arc::from("y".repeat(500))));
         assert!(
             rx.close.borrow().is_none(),

@@ -1,5 +1,5 @@
 //! [`PhoenixSocket`]: the poem endpoint that serves `<mount>/websocket` (nested at `/socket`:
-//! `/socket/websocket`).
+//! `/socket/websocket`), and `<mount>/longpoll` when long poll is on.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,6 +26,7 @@ use crate::Channel;
 use crate::connection;
 use crate::context::{self, Start};
 use crate::hub::Hubs;
+use crate::longpoll::{self, LongPoll, LongPollConfig};
 use crate::origin::CheckOrigin;
 use crate::outbox::Limits;
 use crate::protocol::Vsn;
@@ -41,7 +42,8 @@ pub struct ConnectInfo {
     /// The query parameters (phoenix.js `params`, plus `vsn`). Nested params arrive flat, with
     /// their bracketed names (`user[id]`).
     pub params: HashMap<String, String>,
-    /// The upgrade request's headers.
+    /// The connecting request's headers (the websocket upgrade, or the long poll's first
+    /// `GET`).
     pub headers: HeaderMap,
     /// The address the connection came from (a proxy's, behind one).
     pub remote_addr: RemoteAddr,
@@ -56,17 +58,19 @@ pub struct ConnectInfo {
     pub user_agent: Option<String>,
     /// Every `x-*` header, in order (Phoenix's `:x_headers`).
     pub x_headers: Vec<(String, String)>,
-    /// The token phoenix.js sends with `authToken`, decoded from
-    /// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<base64>`.
+    /// The token phoenix.js sends with `authToken`: decoded from
+    /// `Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.<base64>` on a websocket, the
+    /// `X-Phoenix-AuthToken` header on long poll.
     pub auth_token: Option<String>,
 }
 
 /// Headers whose values grant access, redacted from `Debug` output.
-const SECRET_HEADERS: [&str; 4] = [
+const SECRET_HEADERS: [&str; 5] = [
     "cookie",
     "authorization",
     "sec-websocket-protocol",
     "x-phoenix-authtoken",
+    "x-phoenix-longpoll-token",
 ];
 
 impl fmt::Debug for ConnectInfo {
@@ -182,8 +186,8 @@ fn parse_net(s: &str) -> Option<(IpAddr, u8)> {
 #[derive(Debug, Default)]
 #[must_use = "a Connected does nothing until returned from the connect hook"]
 pub struct Connected {
-    assigns: Extensions,
-    id: Option<String>,
+    pub(crate) assigns: Extensions,
+    pub(crate) id: Option<String>,
 }
 
 impl Connected {
@@ -295,6 +299,8 @@ pub(crate) struct Inner {
     pub(crate) routes: Vec<Route>,
     pub(crate) hubs: Hubs,
     pub(crate) drain: Drain,
+    /// Set when the long-poll transport is on.
+    pub(crate) longpoll: Option<LongPoll>,
     connect: Option<Box<ConnectFn>>,
     /// Set once a channel of a socket that no registry reached has used presence, so the
     /// warning naming `PresenceMiddleware` is logged once per endpoint.
@@ -366,7 +372,13 @@ impl Drop for OpenGuard {
 }
 
 impl Inner {
+    /// The route of `topic`. Topics under the long-poll transport's own prefix (`phx:lp:`)
+    /// have none, whatever the patterns: a catch-all route must not let a client join the
+    /// pub/sub topics that carry other sessions' requests and answers.
     pub(crate) fn route(&self, topic: &str) -> Option<&Route> {
+        if topic.starts_with(longpoll::TOPIC_PREFIX) {
+            return None;
+        }
         self.routes.iter().find(|r| r.matches(topic))
     }
 }
@@ -374,8 +386,9 @@ impl Inner {
 /// A Phoenix socket endpoint: nest it where phoenix.js's `new Socket(path)` points,
 /// `Route::new().nest("/socket", socket)`.
 ///
-/// It serves the websocket transport at `<mount>/websocket` and answers other paths below
-/// its mount 404; mounted directly, `Route::new().at("/socket/websocket", socket)`, it serves
+/// It serves the websocket transport at `<mount>/websocket`, long poll at `<mount>/longpoll`
+/// when [turned on](PhoenixSocketBuilder::longpoll), and answers other paths below its
+/// mount 404; mounted directly, `Route::new().at("/socket/websocket", socket)`, it serves
 /// any path whose last segment is `websocket` (see the crate docs, "Mounting"). It negotiates the serializer from the `vsn` query parameter (`1.0.x` or absent: V1 JSON
 /// objects; `2.0.x`: V2 JSON arrays and binary frames; anything else: HTTP 403), runs the
 /// connect hook (refusal: HTTP 403), then upgrades and serves the Phoenix channel protocol.
@@ -430,6 +443,7 @@ impl fmt::Debug for PhoenixSocket {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PhoenixSocketBuilder {
     pubsub: PubSub,
+    longpoll: Option<LongPollConfig>,
     routes: Vec<Route>,
     connect: Option<Box<ConnectFn>>,
     config: Config,
@@ -491,6 +505,9 @@ impl PhoenixSocket {
     /// (and of its clones) has ended. Calling it again only waits. Stopping poem's listener
     /// is the server's job: call this after (or while) it stops accepting connections.
     ///
+    /// Long-poll sessions drain in the same batches: a closed session's next poll gets status
+    /// 410 (phoenix.js reconnects), and new sessions get status 500 (it retries later).
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -533,8 +550,8 @@ impl PhoenixSocket {
         *self.inner.drain.draining.borrow()
     }
 
-    /// The number of websocket connections of this endpoint that are open (upgraded and not
-    /// yet ended).
+    /// The number of connections of this endpoint that are open: websockets upgraded and not
+    /// yet ended, and long-poll sessions not yet expired or closed.
     pub fn open_sockets(&self) -> usize {
         *self.inner.drain.open.borrow()
     }
@@ -594,6 +611,7 @@ impl PhoenixSocket {
     pub fn builder(pubsub: PubSub) -> PhoenixSocketBuilder {
         PhoenixSocketBuilder {
             pubsub,
+            longpoll: None,
             routes: Vec::new(),
             connect: None,
             config: Config {
@@ -740,8 +758,9 @@ impl PhoenixSocketBuilder {
         self
     }
 
-    /// Limits the open connections of this endpoint (default 100,000): an upgrade beyond it
-    /// gets HTTP 503 (phoenix.js retries with backoff).
+    /// Limits the open connections of this endpoint (default 100,000), long-poll sessions
+    /// included: an upgrade beyond it gets HTTP 503, a new long-poll session status 500
+    /// (phoenix.js retries either with backoff).
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.max_connections = max;
         self
@@ -857,7 +876,34 @@ impl PhoenixSocketBuilder {
         self
     }
 
+    /// Turns on the long-poll transport at `<mount>/longpoll`, beside the websocket, with the
+    /// same channels, connect hook, origin check and limits: phoenix.js's `LongPoll`
+    /// (`transport: LongPoll`, or the fallback of `longPollFallbackMs`) then works. Off by
+    /// default, as in Phoenix. See the crate docs, "Long poll", and [`LongPollConfig`] for
+    /// the session key a cluster must share.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::{LongPollConfig, PhoenixSocket};
+    ///
+    /// // One node: a key is generated at start.
+    /// let socket = PhoenixSocket::builder(PubSub::new("a"))
+    ///     .longpoll(LongPollConfig::new())
+    ///     .build();
+    /// ```
+    pub fn longpoll(mut self, config: LongPollConfig) -> Self {
+        self.longpoll = Some(config);
+        self
+    }
+
     /// Builds the endpoint.
+    ///
+    /// # Panics
+    ///
+    /// With the long-poll transport on and no session key given, when the operating system
+    /// gives no random bytes for one.
     pub fn build(self) -> PhoenixSocket {
         PhoenixSocket {
             inner: Arc::new(Inner {
@@ -865,6 +911,7 @@ impl PhoenixSocketBuilder {
                 routes: self.routes,
                 hubs: Hubs::new(self.pubsub),
                 drain: Drain::new(),
+                longpoll: self.longpoll.map(LongPollConfig::build),
                 connect: self.connect,
                 no_registry_warned: Arc::new(AtomicBool::new(false)),
             }),
@@ -900,7 +947,7 @@ fn auth_token(headers: &HeaderMap) -> Result<Option<String>, ()> {
 
 /// Parses a query string strictly: `None` for a `%` not followed by two hex digits, or an
 /// escape that does not decode to UTF-8. A repeated key keeps its last value.
-fn parse_query(query: &str) -> Option<HashMap<String, String>> {
+pub(crate) fn parse_query(query: &str) -> Option<HashMap<String, String>> {
     fn decode(part: &str) -> Option<String> {
         let mut bytes = Vec::with_capacity(part.len());
         let mut input = part.bytes();
@@ -937,6 +984,8 @@ fn forbidden() -> Response {
 enum Transport {
     /// `<mount>/websocket`.
     WebSocket,
+    /// `<mount>/longpoll`.
+    LongPoll,
 }
 
 impl Transport {
@@ -945,6 +994,7 @@ impl Transport {
     fn of_path(path: &str) -> Option<Transport> {
         match path.rsplit('/').next() {
             Some("websocket") => Some(Transport::WebSocket),
+            Some("longpoll") => Some(Transport::LongPoll),
             _ => None,
         }
     }
@@ -956,6 +1006,13 @@ impl Endpoint for PhoenixSocket {
     async fn call(&self, req: Request) -> poem::Result<Response> {
         match Transport::of_path(req.uri().path()) {
             Some(Transport::WebSocket) => self.websocket(req).await,
+            Some(Transport::LongPoll) => match &self.inner.longpoll {
+                Some(lp) => Ok(longpoll::serve(self, lp, req).await),
+                None => {
+                    tracing::debug!("long poll is off (see PhoenixSocketBuilder::longpoll)");
+                    Err(poem::error::NotFoundError.into())
+                }
+            },
             None => {
                 tracing::debug!(path = req.uri().path(), "not a socket transport path");
                 Err(poem::error::NotFoundError.into())
@@ -964,61 +1021,106 @@ impl Endpoint for PhoenixSocket {
     }
 }
 
+/// Why a connect was refused before a connection exists: each transport answers it in its
+/// own way (an HTTP status for a websocket upgrade, a JSON status for a long poll).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The origin, the serializer version, the auth token or the connect hook refused it.
+    Forbidden,
+    /// The query string does not parse.
+    BadRequest,
+    /// Draining, at the connection limit, or the connect hook timed out: try again later.
+    Unavailable,
+}
+
+/// What the checks and the connect hook let through.
+pub(crate) struct Admitted {
+    pub(crate) vsn: Vsn,
+    pub(crate) connected: Connected,
+    pub(crate) registry: Option<Registry>,
+}
+
 impl PhoenixSocket {
-    /// Serves the websocket transport: checks, the connect hook, then the upgrade.
-    async fn websocket(&self, req: Request) -> poem::Result<Response> {
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Whether the request's `Origin`, if any, is allowed (see
+    /// [`PhoenixSocketBuilder::check_origin`]); logs a refusal.
+    pub(crate) fn origin_allowed(&self, req: &Request, transport: &str) -> bool {
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return true;
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| self.inner.config.check_origin.allows(o, host));
+        if !allowed {
+            tracing::warn!(
+                ?origin,
+                host,
+                transport,
+                "refusing connection: origin not allowed (see PhoenixSocketBuilder::check_origin)"
+            );
+        }
+        allowed
+    }
+
+    /// The checks every new connection passes before its connect hook: drain, connection
+    /// limit, origin, query string, serializer version.
+    pub(crate) fn check(
+        &self,
+        req: &Request,
+        transport: &str,
+    ) -> Result<(HashMap<String, String>, Vsn), Refusal> {
         if self.is_draining() {
-            tracing::debug!("refusing websocket: the endpoint is draining");
-            return Ok(Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .finish());
+            tracing::debug!(transport, "refusing connection: the endpoint is draining");
+            return Err(Refusal::Unavailable);
         }
         if self.open_sockets() >= self.inner.config.max_connections {
             tracing::warn!(
                 max = self.inner.config.max_connections,
-                "refusing websocket: too many open connections"
+                transport,
+                "refusing connection: too many open connections"
             );
-            return Ok(Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .finish());
+            return Err(Refusal::Unavailable);
         }
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default();
-            let allowed = origin
-                .to_str()
-                .is_ok_and(|o| self.inner.config.check_origin.allows(o, host));
-            if !allowed {
-                tracing::warn!(
-                    ?origin,
-                    host,
-                    "refusing websocket: origin not allowed (see PhoenixSocketBuilder::check_origin)"
-                );
-                return Ok(forbidden());
-            }
+        if !self.origin_allowed(req, transport) {
+            return Err(Refusal::Forbidden);
         }
         let Some(params) = parse_query(req.uri().query().unwrap_or_default()) else {
             // Not silently read as "no params" (which would also mean vsn 1.0.0).
             tracing::warn!(
                 query = req.uri().query(),
-                "refusing websocket: unparsable query string"
+                transport,
+                "refusing connection: unparsable query string"
             );
-            return Ok(Response::builder().status(StatusCode::BAD_REQUEST).finish());
+            return Err(Refusal::BadRequest);
         };
         let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
-            tracing::warn!(vsn = ?params.get("vsn"), "refusing websocket: unsupported serializer version");
-            return Ok(forbidden());
+            tracing::warn!(vsn = ?params.get("vsn"), transport, "refusing connection: unsupported serializer version");
+            return Err(Refusal::Forbidden);
         };
-        let upgrade = match Upgrade::check(&req) {
-            Ok(upgrade) => upgrade,
-            Err(refusal) => return Ok(refusal.response()),
-        };
-        let Ok(auth_token) = auth_token(req.headers()) else {
-            tracing::warn!("refusing websocket: malformed auth token");
-            return Ok(forbidden());
+        Ok((params, vsn))
+    }
+
+    /// Runs the connect hook (within its timeout) for a request that passed
+    /// [`check`](Self::check). `auth_token` is the transport's (`Err` when malformed).
+    pub(crate) async fn connect(
+        &self,
+        req: &Request,
+        params: HashMap<String, String>,
+        vsn: Vsn,
+        transport: &str,
+        auth_token: Result<Option<String>, ()>,
+    ) -> Result<Admitted, Refusal> {
+        let Ok(auth_token) = auth_token else {
+            tracing::warn!(transport, "refusing connection: malformed auth token");
+            return Err(Refusal::Forbidden);
         };
         let connected = match &self.inner.connect {
             None => Connected::new(),
@@ -1047,23 +1149,54 @@ impl PhoenixSocket {
                 match tokio::time::timeout(self.inner.config.connect_timeout, hook(info)).await {
                     Ok(Ok(connected)) => connected,
                     Ok(Err(error)) => {
-                        tracing::info!(%error, "websocket connect refused");
-                        return Ok(forbidden());
+                        tracing::info!(%error, transport, "connect refused");
+                        return Err(Refusal::Forbidden);
                     }
                     Err(_) => {
                         tracing::warn!(
                             timeout = ?self.inner.config.connect_timeout,
-                            "refusing websocket: the connect hook timed out"
+                            transport,
+                            "refusing connection: the connect hook timed out"
                         );
-                        return Ok(Response::builder()
-                            .status(StatusCode::SERVICE_UNAVAILABLE)
-                            .finish());
+                        return Err(Refusal::Unavailable);
                     }
                 }
             }
         };
-        // Put there by `PresenceMiddleware` (or any `.data(registry)`).
-        let registry = req.data::<Registry>().cloned();
+        Ok(Admitted {
+            vsn,
+            connected,
+            // Put there by `PresenceMiddleware` (or any `.data(registry)`).
+            registry: req.data::<Registry>().cloned(),
+        })
+    }
+
+    /// Serves the websocket transport: checks, the connect hook, then the upgrade.
+    async fn websocket(&self, req: Request) -> poem::Result<Response> {
+        let refused = |refusal| match refusal {
+            Refusal::Forbidden => forbidden(),
+            Refusal::BadRequest => Response::builder().status(StatusCode::BAD_REQUEST).finish(),
+            Refusal::Unavailable => Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .finish(),
+        };
+        let (params, vsn) = match self.check(&req, "websocket") {
+            Ok(checked) => checked,
+            Err(refusal) => return Ok(refused(refusal)),
+        };
+        let upgrade = match Upgrade::check(&req) {
+            Ok(upgrade) => upgrade,
+            Err(refusal) => return Ok(refusal.response()),
+        };
+        let token = auth_token(req.headers());
+        let Admitted {
+            vsn,
+            connected,
+            registry,
+        } = match self.connect(&req, params, vsn, "websocket", token).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return Ok(refused(refusal)),
+        };
         let inner = self.inner.clone();
         Ok(upgrade.accept(self.inner.config.websocket, move |stream| {
             connection::run(
@@ -1180,7 +1313,7 @@ mod tests {
             "/socket",
             "/websocket/",
             "/websockets",
-            "/longpoll",
+            "/longpolls",
         ] {
             assert_eq!(Transport::of_path(path), None, "{path}");
         }
@@ -1197,6 +1330,11 @@ mod tests {
         assert!(socket.inner.route("lobby").is_some());
         assert!(socket.inner.route("lobby:1").is_none());
         assert!(socket.inner.route("rooms").is_none());
+        let catch_all = PhoenixSocket::builder(PubSub::new("a"))
+            .channel("*", || Nop)
+            .build();
+        assert!(catch_all.inner.route("anything").is_some());
+        assert!(catch_all.inner.route("phx:lp:reply:a:1").is_none());
     }
 
     struct Nop;

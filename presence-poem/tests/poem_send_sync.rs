@@ -1,8 +1,8 @@
 //! Compile-time Send/Sync checks for the public types.
 
 use presence_poem::{
-    ChannelContext, ConnectError, ConnectInfo, Connected, HandleIn, Join, Mailbox, MailboxError,
-    PhoenixSocket, PhoenixSocketBuilder, Reply, SocketRef, StopReason,
+    ChannelContext, ConnectError, ConnectInfo, Connected, HandleIn, Join, LongPollConfig, Mailbox,
+    MailboxError, PhoenixSocket, PhoenixSocketBuilder, Reply, SocketRef, StopReason,
 };
 
 fn send_sync<T: Send + Sync>() {}
@@ -22,6 +22,7 @@ fn public_types_are_send_and_sync() {
     send_sync::<SocketRef>();
     send_sync::<Mailbox>();
     send_sync::<MailboxError>();
+    send_sync::<LongPollConfig>();
     send::<ChannelContext>();
     send::<presence_poem::Info>();
 }

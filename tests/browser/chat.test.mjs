@@ -7,6 +7,8 @@ import { chromium } from "playwright-core";
 import path from "node:path";
 
 const url = process.env.CHAT_URL;
+// The same server behind a proxy that refuses websocket upgrades.
+const blockedUrl = process.env.BLOCKED_CHAT_URL;
 const shots = process.env.SCREENSHOT_DIR || ".";
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const TIMEOUT = 15000;
@@ -20,11 +22,15 @@ const browser = await chromium.launch({
 });
 after(() => browser.close());
 
-async function openAs(name, room) {
+async function openAs(name, room, { noWebSocket = false, at = url } = {}) {
   const context = await browser.newContext();
+  if (noWebSocket) {
+    // As a browser where websockets are unavailable: the page must fall back to long poll.
+    await context.addInitScript(() => { delete window.WebSocket; });
+  }
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error:`, e));
-  await page.goto(url, { waitUntil: "load" });
+  await page.goto(at, { waitUntil: "load" });
   await page.fill("#name", name);
   await page.fill("#room", room);
   await page.click("#join");
@@ -113,4 +119,66 @@ test("a bad join shows the server's reason", { timeout: 30000 }, async () => {
   await page.click("#join");
   await page.waitForSelector("#messages li.system:has-text('could not join')", { timeout: TIMEOUT });
   await context.close();
+});
+
+test("without WebSocket the page falls back to long poll, joins, lists and chats", { timeout: 90000 }, async () => {
+  const room = `longpoll-${Date.now()}`;
+  const dora = await openAs("dora", room, { noWebSocket: true });
+  assert.equal(await dora.page.evaluate(() => typeof WebSocket), "undefined");
+  const eve = await openAs("eve", room);
+  // Each page says which transport it uses.
+  await dora.page.waitForSelector('#conn[data-state="connected"]', { timeout: TIMEOUT });
+  assert.equal(await dora.page.textContent("#conn"), "connected (long poll)");
+  assert.equal(await eve.page.textContent("#conn"), "connected (websocket)");
+
+  // Both list both, whatever their transport.
+  await dora.page.waitForSelector('#presences li[data-user="eve"]', { timeout: TIMEOUT });
+  await eve.page.waitForSelector('#presences li[data-user="dora"]', { timeout: TIMEOUT });
+  assert.deepEqual(await users(dora.page), ["dora", "eve"]);
+
+  // A status change and messages, both ways.
+  await dora.page.selectOption("#status", "busy");
+  await eve.page.waitForSelector('#presences li[data-user="dora"][data-status="busy"]', { timeout: TIMEOUT });
+  await dora.page.fill("#body", "hello from long poll");
+  await dora.page.press("#body", "Enter");
+  await eve.page.waitForSelector("#messages li:has-text('hello from long poll')", { timeout: TIMEOUT });
+  await eve.page.fill("#body", "hello from a websocket");
+  await eve.page.press("#body", "Enter");
+  await dora.page.waitForSelector("#messages li:has-text('hello from a websocket')", { timeout: TIMEOUT });
+  await dora.page.screenshot({ path: path.join(shots, "chat-long-poll.png"), fullPage: true });
+
+  // Eve leaves dora's list at once; dora leaves eve's once her session expires (the server's
+  // long-poll window is short in this test).
+  await eve.page.selectOption("#status", "away");
+  await dora.page.waitForSelector('#presences li[data-user="eve"][data-status="away"]', { timeout: TIMEOUT });
+  const watcher = await openAs("fred", room);
+  await eve.context.close();
+  await dora.page.waitForFunction(
+    () => !document.querySelector('#presences li[data-user="eve"]'),
+    null,
+    { timeout: TIMEOUT },
+  );
+  await dora.context.close();
+  await watcher.page.waitForFunction(
+    () => !document.querySelector('#presences li[data-user="dora"]'),
+    null,
+    { timeout: TIMEOUT },
+  );
+  await watcher.context.close();
+});
+
+test("behind a proxy that refuses websockets the page falls back to long poll", { timeout: 60000 }, async () => {
+  assert.ok(blockedUrl, "BLOCKED_CHAT_URL is set");
+  const room = `blocked-${Date.now()}`;
+  const gus = await openAs("gus", room, { at: blockedUrl });
+  assert.equal(await gus.page.evaluate(() => typeof WebSocket), "function");
+  assert.equal(await gus.page.textContent("#conn"), "connected (long poll)");
+  const hal = await openAs("hal", room);
+  await gus.page.waitForSelector('#presences li[data-user="hal"]', { timeout: TIMEOUT });
+  await hal.page.waitForSelector('#presences li[data-user="gus"]', { timeout: TIMEOUT });
+  await hal.page.fill("#body", "can you hear me");
+  await hal.page.press("#body", "Enter");
+  await gus.page.waitForSelector("#messages li:has-text('can you hear me')", { timeout: TIMEOUT });
+  await gus.context.close();
+  await hal.context.close();
 });

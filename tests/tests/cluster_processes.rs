@@ -34,6 +34,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOPIC: &str = "room:lobby";
+/// The long-poll session key every node of a test cluster shares.
+const LONGPOLL_KEY: &str = "the test cluster's long-poll key, 32+ bytes";
 
 /// Checks `cond` for `period`: it must hold throughout (an observation, not a wait).
 async fn stays(what: &str, period: Duration, mut cond: impl FnMut() -> bool) {
@@ -117,6 +119,9 @@ impl Node {
             .env("PRESENCE_DOWN_PERIOD_MS", ms(cluster.periods.down))
             .env("PRESENCE_PERMDOWN_PERIOD_MS", ms(cluster.periods.permdown))
             .env("PRESENCE_MAX_SILENT_PERIODS", "1")
+            // Long poll across nodes: one session key for the whole cluster.
+            .env("PRESENCE_LONGPOLL_SECRET", LONGPOLL_KEY)
+            .env("PRESENCE_LONGPOLL_WINDOW_MS", "1000")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -394,6 +399,91 @@ impl Client {
     }
 }
 
+/// One HTTP/1.1 request over loopback (`Connection: close`): the status and the body.
+async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let status = response.split(' ').nth(1).expect("a status line");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head");
+    (status.parse().expect("a status code"), body.to_owned())
+}
+
+/// A phoenix.js `LongPoll`-like client: a session token, and what its polls brought.
+struct LongPollClient {
+    token: String,
+    view: View,
+    /// The refs of every reply received, duplicates included.
+    reply_refs: Vec<String>,
+    next_ref: u64,
+}
+
+impl LongPollClient {
+    /// Opens a session on `node`.
+    async fn open(node: &Node) -> LongPollClient {
+        let (http_status, body) = http(&node.addr, "GET", "/socket/longpoll?vsn=2.0.0", "").await;
+        assert_eq!(http_status, 200);
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["status"], 410, "a new session: {body}");
+        LongPollClient {
+            token: body["token"].as_str().expect("a token").to_owned(),
+            view: View::default(),
+            reply_refs: Vec::new(),
+            next_ref: 1,
+        }
+    }
+
+    /// POSTs `events` (one batch) to `node`; returns the refs used.
+    async fn send(&mut self, node: &Node, events: &[(&str, Value)]) -> Vec<String> {
+        let mut refs = Vec::new();
+        let lines: Vec<String> = events
+            .iter()
+            .map(|(event, payload)| {
+                let r = self.next_ref.to_string();
+                self.next_ref += 1;
+                let join_ref = if *event == "phx_join" {
+                    r.clone()
+                } else {
+                    "1".to_owned()
+                };
+                refs.push(r.clone());
+                json!([join_ref, r, TOPIC, event, payload]).to_string()
+            })
+            .collect();
+        let path = format!("/socket/longpoll?vsn=2.0.0&token={}", self.token);
+        let (_, body) = http(&node.addr, "POST", &path, &lines.join("\n")).await;
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["status"], 200, "POST to {}: {body}", node.name);
+        refs
+    }
+
+    /// One poll on `node`; its messages go into the view.
+    async fn poll(&mut self, node: &Node) -> u64 {
+        let path = format!("/socket/longpoll?vsn=2.0.0&token={}", self.token);
+        let (_, body) = http(&node.addr, "GET", &path, "").await;
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        for message in body["messages"].as_array().into_iter().flatten() {
+            let frame: Value = serde_json::from_str(message.as_str().expect("text")).expect("JSON");
+            if frame[3] == "phx_reply" {
+                self.reply_refs
+                    .push(frame[1].as_str().unwrap_or_default().to_owned());
+            }
+            self.view.handle(&frame);
+        }
+        body["status"].as_u64().expect("a status")
+    }
+}
+
 async fn converge(clients: &[&Client], expected: &BTreeSet<String>) {
     let what = format!("every client lists {expected:?}");
     eventually(&what, DEADLINE, || {
@@ -610,4 +700,100 @@ async fn nodes_converge_after_a_redis_restart() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_client_alternating_between_nodes_gets_everything_once_in_order() {
+    let Some(url) = redis_url() else { return };
+    let cluster = Cluster::new(&url, "longpoll", FAST);
+    let (a, b) = tokio::join!(cluster.node("a"), cluster.node("b"));
+    let nodes = [&a, &b];
+    // ann's session is on A; she joins through B and polls through each node in turn.
+    let mut ann = LongPollClient::open(&a).await;
+    let join = ann.send(&b, &[("phx_join", json!({"user": "ann"}))]).await;
+    let bob = Client::join(&b, "bob").await;
+    let mut turn = 0;
+    while !(ann.view.synced && ann.view.presences.contains_key("bob")) {
+        assert!(turn < 20, "ann's presence_state and bob's join in 20 polls");
+        let status = ann.poll(nodes[turn % 2]).await;
+        assert!(status == 200 || status == 204, "poll {turn}: {status}");
+        turn += 1;
+    }
+    assert_eq!(ann.view.replies[&join[0]]["status"], "ok");
+    eventually("bob to list ann", DEADLINE, || {
+        bob.keys() == set(&["ann", "bob"])
+    })
+    .await;
+
+    // Forty messages in batches of four, sent through B and A in turn, polled through A and B
+    // in turn; bob (websocket, on B) says one thing halfway.
+    let mut sent = Vec::new();
+    for batch in 0..10 {
+        let events: Vec<(&str, Value)> = (0..4)
+            .map(|i| ("new_msg", json!({"body": format!("m{}", batch * 4 + i)})))
+            .collect();
+        sent.extend(ann.send(nodes[(batch + 1) % 2], &events).await);
+        if batch == 5 {
+            let mut bob = bob;
+            let reply = bob
+                .request("new_msg", json!({"body": "from bob"}), false)
+                .await;
+            assert_eq!(reply["status"], "ok");
+            drop(bob);
+            break;
+        }
+        let status = ann.poll(nodes[batch % 2]).await;
+        assert!(status == 200 || status == 204, "{status}");
+    }
+    for batch in 6..10 {
+        let events: Vec<(&str, Value)> = (0..4)
+            .map(|i| ("new_msg", json!({"body": format!("m{}", batch * 4 + i)})))
+            .collect();
+        sent.extend(ann.send(nodes[(batch + 1) % 2], &events).await);
+        let status = ann.poll(nodes[batch % 2]).await;
+        assert!(status == 200 || status == 204, "{status}");
+    }
+    let want = 41;
+    let mut polls = 0;
+    while ann.view.messages.len() < want || sent.iter().any(|r| !ann.view.replies.contains_key(r)) {
+        assert!(
+            polls < 40,
+            "everything within 40 more polls: {:?}",
+            ann.view.messages
+        );
+        let status = ann.poll(nodes[polls % 2]).await;
+        assert!(status == 200 || status == 204, "{status}");
+        polls += 1;
+    }
+    // Once each, and ann's own in the order she sent them.
+    let bodies: Vec<&str> = ann
+        .view
+        .messages
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies.len(), want, "{bodies:?}");
+    let mine: Vec<&str> = bodies
+        .iter()
+        .copied()
+        .filter(|b| b.starts_with('m'))
+        .collect();
+    let expected: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        mine,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(bodies.iter().filter(|b| **b == "from bob").count(), 1);
+    assert!(sent.iter().all(|r| ann.view.replies[r]["status"] == "ok"));
+    // Nothing was delivered twice: one reply per request, and a last poll (bob's leave, at
+    // most) brings no message again.
+    let mut refs = ann.reply_refs.clone();
+    refs.sort();
+    refs.dedup();
+    assert_eq!(refs.len(), ann.reply_refs.len(), "a reply came twice");
+    assert_eq!(ann.reply_refs.len(), sent.len() + 1);
+    let status = ann.poll(&b).await;
+    assert!(status == 200 || status == 204, "{status}");
+    assert_eq!(ann.view.messages.len(), want);
+    assert_eq!(ann.reply_refs.len(), sent.len() + 1);
 }

@@ -102,7 +102,6 @@ impl Out {
     }
 
     /// The frame's text, if it is a text frame.
-    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn into_text(self) -> Result<String, Bytes> {
         match self {
             Out::Text(text) => Ok(text.to_string()),

@@ -23,7 +23,7 @@ export function serverBinary() {
 }
 
 /** Starts the Rust test server; resolves with {url, stop}. Fails if it does not print its port. */
-export async function startServer({ timeoutMs = 10_000 } = {}) {
+export async function startServer({ timeoutMs = 10_000, env = {} } = {}) {
   const bin = serverBinary();
   if (!existsSync(bin)) {
     throw new Error(
@@ -32,7 +32,10 @@ export async function startServer({ timeoutMs = 10_000 } = {}) {
     );
   }
   // stdin stays open: the server exits when it closes (also if this process dies).
-  const child = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"] });
+  const child = spawn(bin, [], {
+    stdio: ["pipe", "pipe", "inherit"],
+    env: { ...process.env, ...env },
+  });
   const lines = createInterface({ input: child.stdout });
   const port = await withTimeout(
     new Promise((resolve, reject) => {
@@ -65,14 +68,14 @@ export async function startServer({ timeoutMs = 10_000 } = {}) {
  * Starts the chat example's server (the `chat_node` binary named by `CHAT_NODE`) on a free
  * port; resolves with {url, stop}. It exits when its stdin closes (also if this process dies).
  */
-export async function startChatNode({ timeoutMs = 15_000 } = {}) {
+export async function startChatNode({ timeoutMs = 15_000, env = {} } = {}) {
   const bin = process.env.CHAT_NODE;
   if (!bin || !existsSync(bin)) {
     throw new Error(`CHAT_NODE must name the chat_node binary (got ${bin})`);
   }
   const node = spawn(bin, [], {
     stdio: ["pipe", "pipe", "inherit"],
-    env: { ...process.env, PORT: "0", CHAT_NODE_EXIT_WITH_STDIN: "1", RUST_LOG: "warn" },
+    env: { ...process.env, PORT: "0", CHAT_NODE_EXIT_WITH_STDIN: "1", RUST_LOG: "warn", ...env },
   });
   const lines = createInterface({ input: node.stdout });
   const addr = await withTimeout(

@@ -1,9 +1,11 @@
 //! The server the phoenix.js tests in `tests/js` run against (not an example to copy from:
 //! see the crate docs for that).
 //!
-//! It binds `127.0.0.1:0`, prints `PORT <port>` on stdout, serves `/socket/websocket` with a
-//! `room:*` channel backed by a presence, and exits when its stdin closes (so a test runner
-//! that dies leaves no server behind).
+//! It binds `127.0.0.1:0`, prints `PORT <port>` on stdout, serves `/socket/websocket` and
+//! `/socket/longpoll` with a `room:*` channel backed by a presence, and exits when its stdin
+//! closes (so a test runner that dies leaves no server behind). With
+//! `JS_TEST_REFUSE_WEBSOCKET=1`, `/socket/websocket` answers every request 403, as a proxy
+//! that blocks websockets would (for phoenix.js's fallback to long poll).
 //!
 //! The channel tracks `params.user` with meta `{"device": params.device}` in `join` and pushes
 //! `presence_state`. Events:
@@ -27,8 +29,8 @@ use presence_core::pubsub::{Message, Payload};
 use presence_core::registry::Registry;
 use presence_core::{PhxRef, PubSub};
 use presence_poem::{
-    Channel, ChannelContext, ConnectError, Connected, HandleIn, Join, PhoenixSocket,
-    PresenceMiddleware, Reply,
+    Channel, ChannelContext, ConnectError, Connected, HandleIn, Join, LongPollConfig,
+    PhoenixSocket, PresenceMiddleware, Reply,
 };
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -107,6 +109,12 @@ impl Channel for Room {
     }
 }
 
+/// What a proxy that blocks websockets answers.
+#[poem::handler]
+fn refuse_websocket() -> poem::http::StatusCode {
+    poem::http::StatusCode::FORBIDDEN
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -135,10 +143,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .channel("room:*", || Room)
+        .longpoll(LongPollConfig::new())
         .build();
-    let app = Route::new()
-        .at("/socket/websocket", socket)
-        .with(PresenceMiddleware::new(registry));
+    let mut routes = Route::new().nest("/socket", socket);
+    if std::env::var_os("JS_TEST_REFUSE_WEBSOCKET").is_some() {
+        routes = routes.at("/socket/websocket", refuse_websocket);
+    }
+    let app = routes.with(PresenceMiddleware::new(registry));
 
     let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
     let port = acceptor.local_addr()[0]

@@ -1,0 +1,726 @@
+//! The long-poll transport: `<mount>/longpoll`, as phoenix.js's `LongPoll` speaks it.
+//!
+//! A session is a websocket connection's control loop (channels, limits, drain,
+//! `disconnect` broadcasts) fed by POSTs instead of frames, its outbound queue read by GET
+//! polls instead of a writer. The session lives on the node that created it; a request that
+//! reaches another node goes to it over the pub/sub (see the crate docs, "Long poll").
+//!
+//! Every answer is HTTP 200 with a JSON body `{"status": N, ...}`, the status phoenix.js acts
+//! on: 200 (messages), 204 (no messages), 410 (a new session and its token; or the session
+//! is gone), 403 (refused), 500 (try again later). POSTs answer 200, 400 (a malformed
+//! message: none of the batch is handled), 413 (too large), or 410.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use poem::http::{Method, StatusCode, header};
+use poem::{Request, Response};
+use presence_core::PubSub;
+use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::connection::{self, SessionParts};
+use crate::outbox::{Close, Frames};
+use crate::protocol::{Raw, Vsn};
+use crate::socket::{Admitted, Inner, PhoenixSocket, Refusal};
+use crate::token::{TokenError, TokenSigner};
+
+/// The default time a poll waits for messages (Phoenix's `window_ms`).
+pub const DEFAULT_LONGPOLL_WINDOW: Duration = Duration::from_secs(10);
+
+/// The salt of session tokens: a token signed for any other purpose (a user token signed with
+/// the same secret) is refused.
+const SALT: &str = "presence-poem long-poll session";
+/// How old a session token may be (Phoenix's default `max_age`, two weeks). A session ends long
+/// before, when its client stops polling.
+const TOKEN_MAX_AGE: Duration = Duration::from_secs(14 * 86_400);
+/// How long a node waits for the owner of a session to acknowledge a routed request.
+const PUBSUB_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most messages one POST may carry (phoenix.js sends at most 100).
+const MAX_BATCH: usize = 100;
+/// Routed requests one session serves at once; more are answered 500.
+const REMOTE_IN_FLIGHT: usize = 8;
+/// The topic prefix of sessions and of routed requests' replies (no channel may join these).
+pub(crate) const TOPIC_PREFIX: &str = "phx:lp:";
+
+/// Settings of the long-poll transport, turned on with
+/// [`PhoenixSocketBuilder::longpoll`](crate::PhoenixSocketBuilder::longpoll).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use presence_core::PubSub;
+/// use presence_poem::{LongPollConfig, PhoenixSocket};
+///
+/// // Every node of a cluster signs session tokens with the same key.
+/// let key = b"the same 32+ byte key on every node, from the configuration";
+/// let socket = PhoenixSocket::builder(PubSub::new("node-a"))
+///     .longpoll(LongPollConfig::new().window(Duration::from_secs(10)).secret(key)?)
+///     .build();
+/// # Ok::<(), presence_poem::TokenError>(())
+/// ```
+#[derive(Clone, Default)]
+#[must_use = "a LongPollConfig does nothing until given to `PhoenixSocketBuilder::longpoll`"]
+pub struct LongPollConfig {
+    window: Option<Duration>,
+    signer: Option<TokenSigner>,
+}
+
+impl fmt::Debug for LongPollConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LongPollConfig")
+            .field("window", &self.window_or_default())
+            .field("secret", &self.signer.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl LongPollConfig {
+    /// The defaults: a 10 s window, and a session key generated when the socket is built.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how long a poll waits for messages before it is answered empty (default 10 s,
+    /// Phoenix's `window_ms`). A session whose client neither polls nor sends for 1.5 times
+    /// the window is closed: its channels stop and their presences leave, as when a websocket
+    /// closes.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = Some(window.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// Sets the key session tokens are signed with. Without it a random key is generated when
+    /// the socket is built, which is right for one node; **in a cluster every node must have
+    /// the same key**, since a poll may reach any node (see the crate docs, "Long poll").
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::WeakSecret`] when `secret` has fewer than
+    /// [`MIN_SECRET_LEN`](crate::MIN_SECRET_LEN) bytes.
+    pub fn secret(mut self, secret: &[u8]) -> Result<Self, TokenError> {
+        self.signer = Some(TokenSigner::new(secret, SALT)?);
+        Ok(self)
+    }
+
+    fn window_or_default(&self) -> Duration {
+        self.window.unwrap_or(DEFAULT_LONGPOLL_WINDOW)
+    }
+
+    /// The endpoint's long-poll state.
+    ///
+    /// # Panics
+    ///
+    /// When no secret was given and the operating system gives no random bytes for one.
+    pub(crate) fn build(self) -> LongPoll {
+        let window = self.window_or_default();
+        let signer = self.signer.unwrap_or_else(|| {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).expect("the operating system's random source failed");
+            // 32 bytes is the minimum length.
+            TokenSigner::new(&key, SALT).unwrap_or_else(|_| unreachable!())
+        });
+        LongPoll {
+            window,
+            signer,
+            sessions: Mutex::new(HashMap::new()),
+            next_reply: AtomicU64::new(0),
+        }
+    }
+}
+
+/// An endpoint's long-poll sessions.
+pub(crate) struct LongPoll {
+    window: Duration,
+    signer: TokenSigner,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    next_reply: AtomicU64,
+}
+
+impl fmt::Debug for LongPoll {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LongPoll")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a session token says: the session id and its serializer.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    s: String,
+    v: u8,
+}
+
+/// One long-poll session, on the node that created it.
+struct Session {
+    vsn: Vsn,
+    frames: Frames,
+    close: watch::Receiver<Option<Close>>,
+    input: mpsc::Sender<WsMessage>,
+    /// The number of polls begun: a poll that is no longer the last gives up (answered 204).
+    polls: AtomicU64,
+    superseded: Notify,
+}
+
+/// How a poll ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Polled {
+    Messages(Vec<String>),
+    Empty,
+    Gone,
+}
+
+impl Session {
+    /// Tells the control loop the client is still there (resets its idle timer).
+    fn touch(&self) {
+        let _ = self.input.try_send(WsMessage::Ping(Bytes::new()));
+    }
+
+    fn is_closed(&self) -> bool {
+        self.close.borrow().is_some()
+    }
+
+    /// Everything queued, as frame texts.
+    fn take(&self) -> Vec<String> {
+        let mut batch = Vec::new();
+        while let Some(out) = self.frames.try_recv() {
+            match out.into_text() {
+                Ok(text) => batch.push(text),
+                Err(_) => tracing::warn!(
+                    "binary frame not sent: phoenix.js's long poll takes text messages only"
+                ),
+            }
+        }
+        batch
+    }
+
+    /// Waits up to `window` for messages. A newer poll of the session ends this one (empty).
+    /// The session's idle timer (1.5 windows) restarts when a poll begins, so it closes 1.5
+    /// windows after the last poll began: a client that went away is noticed as soon as
+    /// possible, and one that polls again within half a window of an answer stays.
+    async fn poll(&self, window: Duration) -> Polled {
+        let turn = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.superseded.notify_waiters();
+        self.touch();
+        let deadline = tokio::time::sleep(window);
+        tokio::pin!(deadline);
+        let mut close = self.close.clone();
+        loop {
+            if close.borrow_and_update().is_some() {
+                break Polled::Gone;
+            }
+            let superseded = self.superseded.notified();
+            tokio::pin!(superseded);
+            superseded.as_mut().enable();
+            if self.polls.load(Ordering::SeqCst) != turn {
+                // It may have taken the wake-up meant for the poll that replaces it.
+                self.frames.wake();
+                break Polled::Empty;
+            }
+            let batch = self.take();
+            if !batch.is_empty() {
+                break Polled::Messages(batch);
+            }
+            tokio::select! {
+                () = self.frames.ready() => {}
+                () = &mut superseded => {}
+                changed = close.changed() => if changed.is_err() { break Polled::Gone },
+                () = &mut deadline => break Polled::Empty,
+            }
+        }
+    }
+
+    /// Hands `messages` to the control loop, in order.
+    async fn send(&self, messages: Vec<WsMessage>) -> Result<(), Gone> {
+        for message in messages {
+            if self.is_closed() {
+                return Err(Gone);
+            }
+            self.input.send(message).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes a session from its endpoint's table when its task ends.
+struct Listed {
+    socket: PhoenixSocket,
+    id: Arc<str>,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(lp) = self.socket.inner().longpoll.as_ref() {
+            lp.sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.id);
+        }
+        tracing::debug!(session = %self.id, "long-poll session ended");
+    }
+}
+
+/// The session is gone (closed, expired, or unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gone;
+
+/// A JSON status answer, HTTP 200 as Phoenix sends them.
+fn status_json(status: u16, extra: Value) -> Response {
+    let mut body = match extra {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    body.insert("status".to_owned(), json!(status));
+    Response::builder()
+        .status(StatusCode::OK)
+        .content_type("application/json; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .body(Value::Object(body).to_string())
+}
+
+fn status(status: u16) -> Response {
+    status_json(status, json!({}))
+}
+
+/// The session token a request carries: phoenix.js 1.9's header, or the last `token` query
+/// parameter (phoenix.js 1.8 appends it after the socket's own params).
+fn request_token(req: &Request) -> Option<String> {
+    if let Some(token) = req
+        .headers()
+        .get("x-phoenix-longpoll-token")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(token.to_owned());
+    }
+    crate::socket::parse_query(req.uri().query().unwrap_or_default())
+        .and_then(|mut params| params.remove("token"))
+}
+
+/// One line of a POST: a JSON frame (`[` for V2, `{` for V1) or base64 of a binary frame.
+fn parse_line(vsn: Vsn, line: &str) -> Option<WsMessage> {
+    let message = if line.starts_with('[') || line.starts_with('{') {
+        vsn.decode(Raw::Text(line)).ok()?;
+        WsMessage::Text(line.into())
+    } else {
+        let bytes = STANDARD.decode(line).ok()?;
+        vsn.decode(Raw::Binary(&bytes)).ok()?;
+        WsMessage::Binary(Bytes::from(bytes))
+    };
+    Some(message)
+}
+
+/// A POST body's lines: ndjson (as phoenix.js sends), or the whole body as one message.
+fn body_lines(ndjson: bool, body: &str) -> Vec<&str> {
+    if ndjson {
+        body.split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .filter(|l| !l.is_empty())
+            .collect()
+    } else {
+        vec![body]
+    }
+}
+
+impl LongPoll {
+    fn session(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn verify(&self, token: &str) -> Option<(Claims, Vsn)> {
+        let claims: Claims = self.signer.verify(token, TOKEN_MAX_AGE).ok()?;
+        let vsn = match claims.v {
+            1 => Vsn::V1,
+            2 => Vsn::V2,
+            _ => return None,
+        };
+        Some((claims, vsn))
+    }
+}
+
+/// Serves one request to `<mount>/longpoll`.
+pub(crate) async fn serve(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Response {
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        // A CORS preflight: the origin is checked on the request itself.
+        let asked = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+            .header(header::ACCESS_CONTROL_ALLOW_HEADERS, asked)
+            .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS")
+            .header(header::ACCESS_CONTROL_MAX_AGE, "3600")
+            .finish();
+    }
+    if method != Method::GET && method != Method::POST {
+        return Response::builder().status(StatusCode::BAD_REQUEST).finish();
+    }
+    if !socket.origin_allowed(&req, "longpoll") {
+        return status(403);
+    }
+    let token = request_token(&req);
+    let claims = token.as_deref().and_then(|t| lp.verify(t).map(|c| (t, c)));
+    if method == Method::GET {
+        match claims {
+            Some((token, (claims, _))) => poll(socket, lp, token, &claims.s).await,
+            // No token, or one that is not ours (a socket param named `token`, a forged or
+            // expired one): a new session, as Phoenix does.
+            None => new_session(socket, lp, req).await,
+        }
+    } else {
+        match claims {
+            Some((_, (claims, vsn))) => publish(socket, lp, req, &claims.s, vsn).await,
+            None => {
+                tracing::debug!("long-poll POST without a valid session token");
+                status(410)
+            }
+        }
+    }
+}
+
+async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Response {
+    let refused = |refusal| match refusal {
+        // phoenix.js closes for good on 403 and retries on 500; it has no other failure.
+        Refusal::Forbidden | Refusal::BadRequest => status(403),
+        Refusal::Unavailable => status(500),
+    };
+    let (params, vsn) = match socket.check(&req, "longpoll") {
+        Ok(checked) => checked,
+        Err(refusal) => return refused(refusal),
+    };
+    // phoenix.js sends `authToken` in this header on long poll, as it is, not in base64.
+    let auth_token = Ok(req
+        .headers()
+        .get("x-phoenix-authtoken")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned));
+    let admitted = socket
+        .connect(&req, params, vsn, "longpoll", auth_token)
+        .await;
+    let Admitted {
+        vsn,
+        connected,
+        registry,
+    } = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal),
+    };
+    let mut id = [0u8; 16];
+    if let Err(error) = getrandom::fill(&mut id) {
+        tracing::error!(%error, "no random bytes for a long-poll session id");
+        return status(500);
+    }
+    let id: Arc<str> = Arc::from(URL_SAFE_NO_PAD.encode(id));
+    let inner: &Arc<Inner> = socket.inner();
+    let SessionParts { rx, input, run } = connection::session(
+        inner.clone(),
+        vsn,
+        connected.assigns,
+        connected.id.map(Arc::from),
+        registry,
+        lp.window * 3 / 2,
+    );
+    let session = Arc::new(Session {
+        vsn,
+        frames: rx.frames,
+        close: rx.close,
+        input,
+        polls: AtomicU64::new(0),
+        superseded: Notify::new(),
+    });
+    let pubsub = inner.hubs.pubsub().clone();
+    // Requests for this session that reach other nodes come on this topic.
+    let routed = pubsub.subscribe(&format!("{TOPIC_PREFIX}{id}"));
+    lp.sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id.clone(), session.clone());
+    let window = lp.window;
+    // Owned by the session: it ends when the session closes (its client stopped polling, it
+    // was disconnected, or the endpoint drains), and the guard removes the session then, even
+    // if the task is cancelled or panics.
+    let listed = Listed {
+        socket: socket.clone(),
+        id: id.clone(),
+    };
+    tokio::spawn(async move {
+        let _listed = listed;
+        let serve_routed = serve_routed(pubsub, routed, session, window);
+        futures_util::future::join(run, serve_routed).await;
+    });
+    let v = match vsn {
+        Vsn::V1 => 1,
+        Vsn::V2 => 2,
+    };
+    let token = lp.signer.sign(&Claims {
+        s: id.to_string(),
+        v,
+    });
+    status_json(410, json!({ "token": token }))
+}
+
+async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, id: &str) -> Response {
+    let polled = match lp.session(id) {
+        Some(session) => session.poll(lp.window).await,
+        None => {
+            let pubsub = socket.inner().hubs.pubsub();
+            match route(lp, pubsub, id, "poll", json!({})).await {
+                Some(reply) => match reply["status"].as_u64() {
+                    Some(200) => Polled::Messages(
+                        serde_json::from_value(reply["messages"].clone()).unwrap_or_default(),
+                    ),
+                    Some(204) => Polled::Empty,
+                    _ => Polled::Gone,
+                },
+                None => Polled::Gone,
+            }
+        }
+    };
+    match polled {
+        Polled::Messages(messages) => {
+            status_json(200, json!({ "token": token, "messages": messages }))
+        }
+        Polled::Empty => status_json(204, json!({ "token": token, "messages": [] })),
+        Polled::Gone => status(410),
+    }
+}
+
+async fn publish(
+    socket: &PhoenixSocket,
+    lp: &LongPoll,
+    mut req: Request,
+    id: &str,
+    vsn: Vsn,
+) -> Response {
+    let limit = socket
+        .inner()
+        .config
+        .websocket
+        .max_message_size
+        .unwrap_or(crate::DEFAULT_MAX_MESSAGE_SIZE);
+    let ndjson = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let body = match req.take_body().into_bytes_limit(limit).await {
+        Ok(body) => body,
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => {
+            tracing::warn!(limit, "long-poll POST over the message size limit");
+            return status(413);
+        }
+        Err(error) => {
+            tracing::debug!(%error, "long-poll POST body not read");
+            return status(400);
+        }
+    };
+    let Ok(body) = std::str::from_utf8(&body) else {
+        tracing::warn!("long-poll POST body not UTF-8");
+        return status(400);
+    };
+    let lines = body_lines(ndjson, body);
+    if lines.len() > MAX_BATCH {
+        tracing::warn!(
+            lines = lines.len(),
+            "long-poll POST with more messages than a batch"
+        );
+        return status(413);
+    }
+    let Some(messages) = lines
+        .iter()
+        .map(|line| parse_line(vsn, line))
+        .collect::<Option<Vec<_>>>()
+    else {
+        tracing::warn!("long-poll POST with an undecodable message: none handled");
+        return status(400);
+    };
+    if let Some(session) = lp.session(id) {
+        return match session.send(messages).await {
+            Ok(()) => status(200),
+            Err(Gone) => status(410),
+        };
+    }
+    let pubsub = socket.inner().hubs.pubsub();
+    let lines: Vec<&str> = lines.into_iter().collect();
+    match route(lp, pubsub, id, "send", json!({ "lines": lines })).await {
+        Some(reply) => status(reply["status"].as_u64().map_or(500, |s| s as u16)),
+        None => status(410),
+    }
+}
+
+/// Sends a request for session `id` to the node that holds it, over the pub/sub, and waits
+/// for its answer: `None` when no node acknowledges it (the session is gone).
+async fn route(
+    lp: &LongPoll,
+    pubsub: &PubSub,
+    id: &str,
+    kind: &'static str,
+    mut request: Value,
+) -> Option<Value> {
+    if !pubsub.has_peers() {
+        return None;
+    }
+    let n = lp.next_reply.fetch_add(1, Ordering::Relaxed);
+    let reply_topic = format!("{TOPIC_PREFIX}reply:{}:{n}", pubsub.node_name());
+    let mut replies = pubsub.subscribe(&reply_topic);
+    request["reply"] = json!(reply_topic);
+    let message = Message::json(format!("{TOPIC_PREFIX}{id}"), kind, request);
+    if let Err(error) = pubsub.broadcast(message) {
+        tracing::warn!(%error, "long-poll request not routed");
+        return None;
+    }
+    let ack = tokio::time::timeout(PUBSUB_TIMEOUT, next(&mut replies)).await;
+    match ack {
+        Ok(Some(m)) if m.event() == "ack" => {}
+        _ => {
+            tracing::debug!(session = id, "no node holds the long-poll session");
+            return None;
+        }
+    }
+    let answer = tokio::time::timeout(lp.window + PUBSUB_TIMEOUT, next(&mut replies)).await;
+    match answer {
+        Ok(Some(m)) => match m.payload() {
+            Payload::Json(value) => Some(value.clone()),
+            _ => None,
+        },
+        _ => {
+            tracing::warn!(
+                session = id,
+                kind,
+                "the node holding the long-poll session did not answer"
+            );
+            // Acknowledged: the session exists. A lost poll answer is an empty poll, a lost
+            // send answer an error phoenix.js retries.
+            Some(json!({ "status": if kind == "poll" { 204 } else { 500 } }))
+        }
+    }
+}
+
+/// The next message of `replies`, skipping a lag.
+async fn next(replies: &mut Subscription) -> Option<Arc<Message>> {
+    loop {
+        match replies.recv().await {
+            Ok(m) => return Some(m),
+            Err(RecvError::Lagged(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Serves the requests for `session` that reached other nodes, until the session closes.
+async fn serve_routed(
+    pubsub: PubSub,
+    mut routed: Subscription,
+    session: Arc<Session>,
+    window: Duration,
+) {
+    let mut close = session.close.clone();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        if close.borrow_and_update().is_some() {
+            break;
+        }
+        tokio::select! {
+            changed = close.changed() => if changed.is_err() { break },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            request = routed.recv() => {
+                let request = match request {
+                    Ok(request) => request,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "routed long-poll requests lost");
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                let Payload::Json(body) = request.payload() else { continue };
+                let Some(reply) = body["reply"].as_str().map(str::to_owned) else { continue };
+                let _ = pubsub.broadcast(Message::json(reply.as_str(), "ack", json!({})));
+                if in_flight.len() >= REMOTE_IN_FLIGHT {
+                    tracing::warn!("too many routed long-poll requests for one session");
+                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", json!({"status": 500})));
+                    continue;
+                }
+                let (pubsub, session) = (pubsub.clone(), session.clone());
+                let event = request.event().to_owned();
+                let lines = body["lines"].clone();
+                in_flight.push(async move {
+                    let answer = match event.as_str() {
+                        "poll" => match session.poll(window).await {
+                            Polled::Messages(messages) => json!({"status": 200, "messages": messages}),
+                            Polled::Empty => json!({"status": 204}),
+                            Polled::Gone => json!({"status": 410}),
+                        },
+                        "send" => {
+                            let messages = lines
+                                .as_array()
+                                .map(|lines| {
+                                    lines
+                                        .iter()
+                                        .map(|l| l.as_str().and_then(|l| parse_line(session.vsn, l)))
+                                        .collect::<Option<Vec<_>>>()
+                                })
+                                .unwrap_or_default();
+                            match messages {
+                                None => json!({"status": 400}),
+                                Some(messages) => match session.send(messages).await {
+                                    Ok(()) => json!({"status": 200}),
+                                    Err(Gone) => json!({"status": 410}),
+                                },
+                            }
+                        }
+                        _ => json!({"status": 400}),
+                    };
+                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", answer));
+                });
+            }
+        }
+    }
+    // The session closed: the requests in flight see it and answer `gone` at once.
+    while in_flight.next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_frames_or_base64_binaries() {
+        let text = parse_line(Vsn::V2, r#"["1","1","room:1","phx_join",{}]"#);
+        assert!(matches!(text, Some(WsMessage::Text(_))));
+        // A V2 binary push, in base64 as phoenix.js sends it.
+        let push = [&[0u8, 1, 1, 1, 1][..], b"1", b"2", b"t", b"e", b"data"].concat();
+        let binary = parse_line(Vsn::V2, &STANDARD.encode(&push));
+        assert!(matches!(binary, Some(WsMessage::Binary(_))));
+        assert!(parse_line(Vsn::V1, &STANDARD.encode(&push)).is_none());
+        for bad in ["[1,2", "{}", "not base64!", "[\"1\",\"1\",\"t\"]"] {
+            assert!(parse_line(Vsn::V2, bad).is_none(), "{bad}");
+        }
+        assert_eq!(
+            body_lines(true, "[1]\n[2]\r\n\n[3]"),
+            vec!["[1]", "[2]", "[3]"]
+        );
+        assert_eq!(body_lines(false, "[1]\n[2]"), vec!["[1]\n[2]"]);
+    }
+}
