@@ -316,7 +316,9 @@
 //!   node must be given the same key**, e.g. from the same configuration secret) and routes
 //!   the request to the owning node over the socket's pub/sub (in-process cluster or Redis):
 //!   the owner acknowledges within 2 s (no answer: `410`), serves the request, and sends the
-//!   answer back. Messages leave the session's queue only in the answer of a poll, so each
+//!   answer back. Each routed request has its own reply topic (128 random bits), and its
+//!   acknowledgement and answer name the request and the session: a node only takes the
+//!   answer to its own request. Messages leave the session's queue only in the answer of a poll, so each
 //!   is delivered once and in order whichever node the polls reach. As in Phoenix, a poll
 //!   whose answer never reaches the client (the connection dropped while it was written)
 //!   loses that answer's messages.

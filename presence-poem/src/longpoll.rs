@@ -53,6 +53,8 @@ const MAX_BATCH: usize = 100;
 const REMOTE_IN_FLIGHT: usize = 8;
 /// The topic prefix of sessions and of routed requests' replies (no channel may join these).
 pub(crate) const TOPIC_PREFIX: &str = "phx:lp:";
+/// The topic prefix of routed requests' replies: an owner publishes a reply to no other topic.
+const REPLY_PREFIX: &str = "phx:lp:reply:";
 
 /// Settings of the long-poll transport, turned on with
 /// [`PhoenixSocketBuilder::longpoll`](crate::PhoenixSocketBuilder::longpoll).
@@ -136,7 +138,6 @@ impl LongPollConfig {
             window,
             signer,
             sessions: Mutex::new(HashMap::new()),
-            next_reply: AtomicU64::new(0),
         }
     }
 }
@@ -146,7 +147,6 @@ pub(crate) struct LongPoll {
     window: Duration,
     signer: TokenSigner,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
-    next_reply: AtomicU64,
 }
 
 impl fmt::Debug for LongPoll {
@@ -458,6 +458,7 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         .unwrap_or_else(PoisonError::into_inner)
         .insert(id.clone(), session.clone());
     let window = lp.window;
+    let id_routed = id.clone();
     // Owned by the session: it ends when the session closes (its client stopped polling, it
     // was disconnected, or the endpoint drains), and the guard removes the session then, even
     // if the task is cancelled or panics.
@@ -467,7 +468,7 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
     };
     tokio::spawn(async move {
         let _listed = listed;
-        let serve_routed = serve_routed(pubsub, routed, session, window);
+        let serve_routed = serve_routed(id_routed, pubsub, routed, session, window);
         futures_util::future::join(run, serve_routed).await;
     });
     let v = match vsn {
@@ -486,15 +487,15 @@ async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, id: &str) -> R
         Some(session) => session.poll(lp.window).await,
         None => {
             let pubsub = socket.inner().hubs.pubsub();
-            match route(lp, pubsub, id, "poll", json!({})).await {
-                Some(reply) => match reply["status"].as_u64() {
+            match route(pubsub, lp.window, id, "poll", json!({})).await {
+                Routed::Answer(reply) => match reply["status"].as_u64() {
                     Some(200) => Polled::Messages(
                         serde_json::from_value(reply["messages"].clone()).unwrap_or_default(),
                     ),
                     Some(204) => Polled::Empty,
                     _ => Polled::Gone,
                 },
-                None => Polled::Gone,
+                Routed::Gone => Polled::Gone,
             }
         }
     };
@@ -564,46 +565,92 @@ async fn publish(
     }
     let pubsub = socket.inner().hubs.pubsub();
     let lines: Vec<&str> = lines.into_iter().collect();
-    match route(lp, pubsub, id, "send", json!({ "lines": lines })).await {
-        Some(reply) => status(reply["status"].as_u64().map_or(500, |s| s as u16)),
-        None => status(410),
+    match route(pubsub, lp.window, id, "send", json!({ "lines": lines })).await {
+        Routed::Answer(reply) => status(reply["status"].as_u64().map_or(500, |s| s as u16)),
+        Routed::Gone => status(410),
+    }
+}
+
+/// What a routed request came to.
+#[derive(Debug)]
+enum Routed {
+    /// The owner's answer.
+    Answer(Value),
+    /// No node acknowledged it: the session is gone.
+    Gone,
+}
+
+/// Whether `m` is the `event` of request `rid` for session `id`: anything else on the reply
+/// topic (which only a forged or misrouted message could be) is dropped.
+fn is_reply_to(m: &Message, event: &str, rid: &str, id: &str) -> bool {
+    m.event() == event && matches!(m.payload(), Payload::Json(v) if v["r"] == rid && v["s"] == id)
+}
+
+/// The next message of `replies` that is the `event` of request `rid` for session `id`.
+async fn next_reply(
+    replies: &mut Subscription,
+    event: &str,
+    rid: &str,
+    id: &str,
+) -> Option<Arc<Message>> {
+    loop {
+        let m = next(replies).await?;
+        if is_reply_to(&m, event, rid, id) {
+            return Some(m);
+        }
+        tracing::warn!(
+            event = m.event(),
+            "unexpected message on a long-poll reply topic dropped"
+        );
     }
 }
 
 /// Sends a request for session `id` to the node that holds it, over the pub/sub, and waits
-/// for its answer: `None` when no node acknowledges it (the session is gone).
+/// for its answer: [`Routed::Gone`] when no node acknowledges it.
+///
+/// Each request has its own reply topic, named by 128 random bits, and its acknowledgement
+/// and answer carry its id and the session's: a reply meant for another request (of another
+/// socket on the same pub/sub, or of an earlier node of the same name) is never taken.
 async fn route(
-    lp: &LongPoll,
     pubsub: &PubSub,
+    window: Duration,
     id: &str,
     kind: &'static str,
     mut request: Value,
-) -> Option<Value> {
+) -> Routed {
     if !pubsub.has_peers() {
-        return None;
+        return Routed::Gone;
     }
-    let n = lp.next_reply.fetch_add(1, Ordering::Relaxed);
-    let reply_topic = format!("{TOPIC_PREFIX}reply:{}:{n}", pubsub.node_name());
+    let mut rid = [0u8; 16];
+    if let Err(error) = getrandom::fill(&mut rid) {
+        tracing::error!(%error, "no random bytes for a routed long-poll request");
+        return Routed::Gone;
+    }
+    let rid = URL_SAFE_NO_PAD.encode(rid);
+    let reply_topic = format!("{REPLY_PREFIX}{rid}");
     let mut replies = pubsub.subscribe(&reply_topic);
     request["reply"] = json!(reply_topic);
+    request["r"] = json!(rid);
+    request["s"] = json!(id);
     let message = Message::json(format!("{TOPIC_PREFIX}{id}"), kind, request);
     if let Err(error) = pubsub.broadcast(message) {
         tracing::warn!(%error, "long-poll request not routed");
-        return None;
+        return Routed::Gone;
     }
-    let ack = tokio::time::timeout(PUBSUB_TIMEOUT, next(&mut replies)).await;
-    match ack {
-        Ok(Some(m)) if m.event() == "ack" => {}
-        _ => {
-            tracing::debug!(session = id, "no node holds the long-poll session");
-            return None;
-        }
+    let ack = tokio::time::timeout(PUBSUB_TIMEOUT, next_reply(&mut replies, "ack", &rid, id)).await;
+    if !matches!(ack, Ok(Some(_))) {
+        tracing::debug!(session = id, "no node holds the long-poll session");
+        return Routed::Gone;
     }
-    let answer = tokio::time::timeout(lp.window + PUBSUB_TIMEOUT, next(&mut replies)).await;
+    let answer = tokio::time::timeout(
+        window + PUBSUB_TIMEOUT,
+        next_reply(&mut replies, "reply", &rid, id),
+    )
+    .await;
     match answer {
         Ok(Some(m)) => match m.payload() {
-            Payload::Json(value) => Some(value.clone()),
-            _ => None,
+            Payload::Json(value) => Routed::Answer(value.clone()),
+            _ => Routed::Gone,
         },
         _ => {
             tracing::warn!(
@@ -613,7 +660,7 @@ async fn route(
             );
             // Acknowledged: the session exists. A lost poll answer is an empty poll, a lost
             // send answer an error phoenix.js retries.
-            Some(json!({ "status": if kind == "poll" { 204 } else { 500 } }))
+            Routed::Answer(json!({ "status": if kind == "poll" { 204 } else { 500 } }))
         }
     }
 }
@@ -631,6 +678,7 @@ async fn next(replies: &mut Subscription) -> Option<Arc<Message>> {
 
 /// Serves the requests for `session` that reached other nodes, until the session closes.
 async fn serve_routed(
+    id: Arc<str>,
     pubsub: PubSub,
     mut routed: Subscription,
     session: Arc<Session>,
@@ -656,17 +704,26 @@ async fn serve_routed(
                 };
                 let Payload::Json(body) = request.payload() else { continue };
                 let Some(reply) = body["reply"].as_str().map(str::to_owned) else { continue };
-                let _ = pubsub.broadcast(Message::json(reply.as_str(), "ack", json!({})));
+                // Replies go to reply topics only, never to a session's or a channel's.
+                if !reply.starts_with(REPLY_PREFIX) {
+                    tracing::warn!("routed long-poll request with a bad reply topic dropped");
+                    continue;
+                }
+                let Some(rid) = body["r"].as_str().map(str::to_owned) else { continue };
+                let tag = json!({"r": rid, "s": &*id});
+                let _ = pubsub.broadcast(Message::json(reply.as_str(), "ack", tag.clone()));
                 if in_flight.len() >= REMOTE_IN_FLIGHT {
                     tracing::warn!("too many routed long-poll requests for one session");
-                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", json!({"status": 500})));
+                    let mut answer = tag;
+                    answer["status"] = json!(500);
+                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", answer));
                     continue;
                 }
                 let (pubsub, session) = (pubsub.clone(), session.clone());
                 let event = request.event().to_owned();
                 let lines = body["lines"].clone();
                 in_flight.push(async move {
-                    let answer = match event.as_str() {
+                    let mut answer = match event.as_str() {
                         "poll" => match session.poll(window).await {
                             Polled::Messages(messages) => json!({"status": 200, "messages": messages}),
                             Polled::Empty => json!({"status": 204}),
@@ -692,6 +749,8 @@ async fn serve_routed(
                         }
                         _ => json!({"status": 400}),
                     };
+                    answer["r"] = tag["r"].clone();
+                    answer["s"] = tag["s"].clone();
                     let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", answer));
                 });
             }

@@ -556,6 +556,45 @@ async fn polls_and_sends_reach_the_session_from_any_node_once_and_in_order() {
     );
 }
 
+/// Two sockets on one pub/sub (as two endpoints of one node, or a node restarted under the
+/// same name) route requests at the same time: each poll gets its own session's messages.
+#[tokio::test]
+async fn routed_requests_of_two_sockets_on_one_pubsub_get_their_own_answers() {
+    let cluster = presence_core::pubsub::LocalCluster::new();
+    let a = PubSub::builder("a").adapter(cluster.adapter()).build();
+    let b = PubSub::builder("b").adapter(cluster.adapter()).build();
+    let window = Duration::from_secs(5);
+    let owner = app(lp_builder(&a, window).build());
+    let b1 = app(lp_builder(&b, window).build());
+    let b2 = app(lp_builder(&b, window).build());
+    let x = Session::open_v2(&owner).await;
+    let y = Session::open_v2(&owner).await;
+    for s in [&x, &y] {
+        assert_eq!(s.post(&owner, &[join("room:1", "1")]).await, 200);
+        assert_eq!(reply(&s.poll_n(&owner, 1).await[0]).1, "ok");
+    }
+    for round in 0..5u64 {
+        assert_eq!(
+            x.post(&owner, &[echo("room:1", "1", "2", round)]).await,
+            200
+        );
+        assert_eq!(
+            y.post(&owner, &[echo("room:1", "1", "2", 100 + round)])
+                .await,
+            200
+        );
+        let ((sx, mx), (sy, my)) = tokio::join!(x.poll(&b1), y.poll(&b2));
+        assert_eq!((sx, sy), (200, 200), "round {round}");
+        let ns = |m: &[Value]| -> Vec<u64> {
+            m.iter()
+                .map(|r| reply(r).2["n"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(ns(&mx), vec![round], "round {round}: X's own");
+        assert_eq!(ns(&my), vec![100 + round], "round {round}: Y's own");
+    }
+}
+
 #[tokio::test]
 async fn a_node_with_another_key_refuses_the_session_token() {
     let (a, b, _) = two_nodes(
