@@ -308,7 +308,8 @@
 //! - **Tokens.** Session tokens are signed ([`TokenSigner`], HMAC-SHA256) with the long-poll
 //!   [key](LongPollConfig::secret), under a salt of their own, and hold the session id (128
 //!   random bits) and serializer. A forged, altered, expired (two weeks) or other-purpose
-//!   token is refused; a token names one session only. Without a configured key one is
+//!   token is refused (a token signed up to [`MAX_CLOCK_SKEW`], 60 s, in the future is
+//!   accepted: the signing node's clock may be ahead); a token names one session only. Without a configured key one is
 //!   generated when the socket is built: tokens then die with the process, which is fine for
 //!   one node.
 //! - **Clusters.** Behind a load balancer without sticky sessions, a poll or a send may
@@ -488,7 +489,7 @@ pub use socket::{
     DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
     RateLimit,
 };
-pub use token::{MIN_SECRET_LEN, TokenError, TokenSigner};
+pub use token::{MAX_CLOCK_SKEW, MIN_SECRET_LEN, TokenError, TokenSigner};
 
 // In `Channel::handle_in`'s signature: channels need no presence_core import for it.
 pub use presence_core::pubsub::Payload;
