@@ -316,8 +316,12 @@
 //!   reach a node that does not hold its session. That node verifies the token (so **every
 //!   node must be given the same key**, e.g. from the same configuration secret) and routes
 //!   the request to the owning node over the socket's pub/sub (in-process cluster or Redis):
-//!   the owner acknowledges within 2 s (no answer: `410`), serves the request, and sends the
-//!   answer back. Each routed request has its own reply topic (128 random bits), and its
+//!   the token names that node, the request goes to it only
+//!   ([`direct_broadcast`](presence_core::PubSub::direct_broadcast)), and it acknowledges
+//!   within 2 s (no answer: `410`), serves the request, and sends the answer back to the
+//!   asking node only. A token naming the asking node itself for a session it no longer holds
+//!   is `410` at once. A node routes at most 4,096 requests at once; more are answered `500`
+//!   (phoenix.js retries). Each routed request has its own reply topic (128 random bits), and its
 //!   acknowledgement and answer name the request and the session: a node only takes the
 //!   answer to its own request. Messages leave the session's queue only in the answer of a poll, so each
 //!   is delivered once and in order whichever node the polls reach. As in Phoenix, a poll

@@ -27,7 +27,7 @@ use presence_core::PubSub;
 use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::connection::{self, SessionParts};
@@ -51,6 +51,9 @@ const PUBSUB_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BATCH: usize = 100;
 /// Routed requests one session serves at once; more are answered 500.
 const REMOTE_IN_FLIGHT: usize = 8;
+/// Requests a node routes to other nodes at once (each waits up to a window and 2 s); more
+/// are answered 500, which phoenix.js retries.
+const MAX_ROUTED: usize = 4096;
 /// The topic prefix of sessions and of routed requests' replies (no channel may join these).
 pub(crate) const TOPIC_PREFIX: &str = "phx:lp:";
 /// The topic prefix of routed requests' replies: an owner publishes a reply to no other topic.
@@ -138,6 +141,7 @@ impl LongPollConfig {
             window,
             signer,
             sessions: Mutex::new(HashMap::new()),
+            routed: Semaphore::new(MAX_ROUTED),
         }
     }
 }
@@ -147,6 +151,8 @@ pub(crate) struct LongPoll {
     window: Duration,
     signer: TokenSigner,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// Permits for the requests this node routes to other nodes at once.
+    routed: Semaphore,
 }
 
 impl fmt::Debug for LongPoll {
@@ -157,11 +163,13 @@ impl fmt::Debug for LongPoll {
     }
 }
 
-/// What a session token says: the session id and its serializer.
+/// What a session token says: the session id, its serializer, and the node that holds it
+/// (requests that reach another node go to that one only).
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     s: String,
     v: u8,
+    n: String,
 }
 
 /// One long-poll session, on the node that created it.
@@ -384,14 +392,14 @@ pub(crate) async fn serve(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -
     let claims = token.as_deref().and_then(|t| lp.verify(t).map(|c| (t, c)));
     if method == Method::GET {
         match claims {
-            Some((token, (claims, _))) => poll(socket, lp, token, &claims.s).await,
+            Some((token, (claims, _))) => poll(socket, lp, token, &claims).await,
             // No token, or one that is not ours (a socket param named `token`, a forged or
             // expired one): a new session, as Phoenix does.
             None => new_session(socket, lp, req).await,
         }
     } else {
         match claims {
-            Some((_, (claims, vsn))) => publish(socket, lp, req, &claims.s, vsn).await,
+            Some((_, (claims, vsn))) => publish(socket, lp, req, &claims, vsn).await,
             None => {
                 tracing::debug!("long-poll POST without a valid session token");
                 status(410)
@@ -478,16 +486,17 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
     let token = lp.signer.sign(&Claims {
         s: id.to_string(),
         v,
+        n: inner.hubs.pubsub().node_name().to_owned(),
     });
     status_json(410, json!({ "token": token }))
 }
 
-async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, id: &str) -> Response {
-    let polled = match lp.session(id) {
+async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, claims: &Claims) -> Response {
+    let polled = match lp.session(&claims.s) {
         Some(session) => session.poll(lp.window).await,
         None => {
             let pubsub = socket.inner().hubs.pubsub();
-            match route(pubsub, lp.window, id, "poll", json!({})).await {
+            match route(lp, pubsub, claims, "poll", json!({})).await {
                 Routed::Answer(reply) => match reply["status"].as_u64() {
                     Some(200) => Polled::Messages(
                         serde_json::from_value(reply["messages"].clone()).unwrap_or_default(),
@@ -496,6 +505,7 @@ async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, id: &str) -> R
                     _ => Polled::Gone,
                 },
                 Routed::Gone => Polled::Gone,
+                Routed::Busy => return status(500),
             }
         }
     };
@@ -512,9 +522,10 @@ async fn publish(
     socket: &PhoenixSocket,
     lp: &LongPoll,
     mut req: Request,
-    id: &str,
+    claims: &Claims,
     vsn: Vsn,
 ) -> Response {
+    let id = claims.s.as_str();
     let limit = socket
         .inner()
         .config
@@ -565,9 +576,10 @@ async fn publish(
     }
     let pubsub = socket.inner().hubs.pubsub();
     let lines: Vec<&str> = lines.into_iter().collect();
-    match route(pubsub, lp.window, id, "send", json!({ "lines": lines })).await {
+    match route(lp, pubsub, claims, "send", json!({ "lines": lines })).await {
         Routed::Answer(reply) => status(reply["status"].as_u64().map_or(500, |s| s as u16)),
         Routed::Gone => status(410),
+        Routed::Busy => status(500),
     }
 }
 
@@ -578,6 +590,8 @@ enum Routed {
     Answer(Value),
     /// No node acknowledged it: the session is gone.
     Gone,
+    /// Too many requests are routed already: try later.
+    Busy,
 }
 
 /// Whether `m` is the `event` of request `rid` for session `id`: anything else on the reply
@@ -605,22 +619,35 @@ async fn next_reply(
     }
 }
 
-/// Sends a request for session `id` to the node that holds it, over the pub/sub, and waits
-/// for its answer: [`Routed::Gone`] when no node acknowledges it.
+/// Sends a request for the session of `claims` to the node that holds it (named in the
+/// token), over the pub/sub, and waits for its answer: [`Routed::Gone`] when it does not
+/// acknowledge it. The request goes to that node only, and its answer to this node only.
 ///
 /// Each request has its own reply topic, named by 128 random bits, and its acknowledgement
 /// and answer carry its id and the session's: a reply meant for another request (of another
 /// socket on the same pub/sub, or of an earlier node of the same name) is never taken.
 async fn route(
+    lp: &LongPoll,
     pubsub: &PubSub,
-    window: Duration,
-    id: &str,
+    claims: &Claims,
     kind: &'static str,
     mut request: Value,
 ) -> Routed {
-    if !pubsub.has_peers() {
+    let (id, owner) = (claims.s.as_str(), claims.n.as_str());
+    let topic = format!("{TOPIC_PREFIX}{id}");
+    let local = owner == pubsub.node_name();
+    // On this node: served by another socket on the same pub/sub, or gone (no need to wait
+    // for an acknowledgement that cannot come).
+    if (local && pubsub.subscriber_count(&topic) == 0) || (!local && !pubsub.has_peers()) {
         return Routed::Gone;
     }
+    let Ok(_permit) = lp.routed.try_acquire() else {
+        tracing::warn!(
+            max = MAX_ROUTED,
+            "too many routed long-poll requests: try later"
+        );
+        return Routed::Busy;
+    };
     let mut rid = [0u8; 16];
     if let Err(error) = getrandom::fill(&mut rid) {
         tracing::error!(%error, "no random bytes for a routed long-poll request");
@@ -632,8 +659,9 @@ async fn route(
     request["reply"] = json!(reply_topic);
     request["r"] = json!(rid);
     request["s"] = json!(id);
-    let message = Message::json(format!("{TOPIC_PREFIX}{id}"), kind, request);
-    if let Err(error) = pubsub.broadcast(message) {
+    request["node"] = json!(pubsub.node_name());
+    let message = Message::json(topic, kind, request);
+    if let Err(error) = pubsub.direct_broadcast(owner, message) {
         tracing::warn!(%error, "long-poll request not routed");
         return Routed::Gone;
     }
@@ -643,7 +671,7 @@ async fn route(
         return Routed::Gone;
     }
     let answer = tokio::time::timeout(
-        window + PUBSUB_TIMEOUT,
+        lp.window + PUBSUB_TIMEOUT,
         next_reply(&mut replies, "reply", &rid, id),
     )
     .await;
@@ -710,13 +738,14 @@ async fn serve_routed(
                     continue;
                 }
                 let Some(rid) = body["r"].as_str().map(str::to_owned) else { continue };
+                let Some(node) = body["node"].as_str().map(str::to_owned) else { continue };
                 let tag = json!({"r": rid, "s": &*id});
-                let _ = pubsub.broadcast(Message::json(reply.as_str(), "ack", tag.clone()));
+                let _ = pubsub.direct_broadcast(&node, Message::json(reply.as_str(), "ack", tag.clone()));
                 if in_flight.len() >= REMOTE_IN_FLIGHT {
                     tracing::warn!("too many routed long-poll requests for one session");
                     let mut answer = tag;
                     answer["status"] = json!(500);
-                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", answer));
+                    let _ = pubsub.direct_broadcast(&node, Message::json(reply.as_str(), "reply", answer));
                     continue;
                 }
                 let (pubsub, session) = (pubsub.clone(), session.clone());
@@ -751,7 +780,7 @@ async fn serve_routed(
                     };
                     answer["r"] = tag["r"].clone();
                     answer["s"] = tag["s"].clone();
-                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", answer));
+                    let _ = pubsub.direct_broadcast(&node, Message::json(reply.as_str(), "reply", answer));
                 });
             }
         }

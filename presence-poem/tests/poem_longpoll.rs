@@ -545,7 +545,7 @@ async fn polls_and_sends_reach_the_session_from_any_node_once_and_in_order() {
     // A token of a session no node holds: 410 from either node (B after asking the cluster).
     let gone = TokenSigner::new(KEY, SALT)
         .unwrap()
-        .sign(&json!({"s": "no-such-session", "v": 2}));
+        .sign(&json!({"s": "no-such-session", "v": 2, "n": "a"}));
     assert_eq!(
         post_with_token(&a, &gone, &echo("room:1", "1", "3", 3).to_string()).await,
         410
@@ -593,6 +593,57 @@ async fn routed_requests_of_two_sockets_on_one_pubsub_get_their_own_answers() {
         assert_eq!(ns(&mx), vec![round], "round {round}: X's own");
         assert_eq!(ns(&my), vec![100 + round], "round {round}: Y's own");
     }
+}
+
+/// Routed requests go to the node named in the session token only, and their answers to the
+/// asking node only: a third node sees none of them.
+#[tokio::test]
+async fn routed_requests_and_answers_reach_only_the_two_nodes_concerned() {
+    let cluster = presence_core::pubsub::LocalCluster::new();
+    let a = PubSub::builder("a").adapter(cluster.adapter()).build();
+    let b = PubSub::builder("b").adapter(cluster.adapter()).build();
+    let c = PubSub::builder("c").adapter(cluster.adapter()).build();
+    let window = Duration::from_secs(5);
+    let node_a = app(lp_builder(&a, window).build());
+    let node_b = app(lp_builder(&b, window).build());
+    let session = Session::open_v2(&node_a).await;
+    // A spy on C, on the session's topic and every other long-poll topic it can name.
+    let mut spy = c.subscribe(&format!("phx:lp:{}", session_id(&session.token)));
+    assert_eq!(session.post(&node_b, &[join("room:1", "1")]).await, 200);
+    assert_eq!(reply(&session.poll_n(&node_b, 1).await[0]).1, "ok");
+    // A request C would have had to see, had requests been broadcast: a later one, so the
+    // earlier ones were delivered (or not) by now, in order.
+    a.broadcast(Message::json(
+        format!("phx:lp:{}", session_id(&session.token)),
+        "marker",
+        json!({}),
+    ))
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), spy.recv())
+        .await
+        .expect("the marker")
+        .unwrap();
+    assert_eq!(first.event(), "marker", "C saw a routed request");
+}
+
+/// A token naming this node for a session it no longer holds (a node restarted under the same
+/// name) is answered 410 at once, without a round trip nor the 2 s wait.
+#[tokio::test(start_paused = true)]
+async fn a_token_of_a_session_this_node_no_longer_holds_is_gone_at_once() {
+    let (a, _, _) = two_nodes(Duration::from_secs(5), KEY);
+    let gone = TokenSigner::new(KEY, SALT)
+        .unwrap()
+        .sign(&json!({"s": "no-such-session", "v": 2, "n": "a"}));
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        post_with_token(&a, &gone, &echo("room:1", "1", "3", 3).to_string()).await,
+        410
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
