@@ -273,7 +273,8 @@
 //! `{longPollFallbackMs: 2500}` to fall back when websockets fail behind a proxy). Off by
 //! default, as in Phoenix. It serves the same channels, with the same connect hook (the
 //! `authToken` arrives in [`ConnectInfo::auth_token`] from the `X-Phoenix-AuthToken` header),
-//! origin check, connection limit (a session counts as a connection), message and join
+//! origin check, connection limit (a session counts as a connection; sessions also have a
+//! [cap of their own](LongPollConfig::max_sessions), 10,000 by default), message and join
 //! rates, outbound queue bounds and drain as the websocket; the wire format is the
 //! serializer's (V1 or V2 JSON).
 //!
@@ -290,14 +291,16 @@
 //!   phoenix.js acts on: `200` messages, `204` none within the window, `410` a new session
 //!   (with its token) or a session that is gone (phoenix.js reconnects and rejoins), `403` a
 //!   refused connect (origin, `vsn`, connect hook: phoenix.js stops), `500` try again later
-//!   (draining, at the connection limit, connect hook timeout). A `POST` answers `200`,
+//!   (draining, at the connection limit or the
+//!   [session limit](LongPollConfig::max_sessions), connect hook timeout). A `POST` answers `200`,
 //!   `410` (no such session), `400` (an undecodable message: **none** of the batch is
 //!   handled, and the session goes on), or `413` (over
 //!   [`max_message_size`](PhoenixSocketBuilder::max_message_size), or over 100 messages).
 //!   Other methods get HTTP 400; `OPTIONS` is a CORS preflight.
 //! - **Expiry.** A session closes 1.5 windows after its last poll began (15 s by default)
-//!   when no poll or message came since: its channels stop and their presences leave, as
-//!   when a websocket closes. phoenix.js does not tell the server when it disconnects; the
+//!   when no poll or message came since (one window after it started, when its client never
+//!   polled at all): its channels stop and their presences leave, as when a websocket
+//!   closes. phoenix.js does not tell the server when it disconnects; the
 //!   expiry does.
 //! - **Slow clients.** A session's queued messages have the websocket's bounds
 //!   ([`outbound_capacity`](PhoenixSocketBuilder::outbound_capacity),
@@ -483,7 +486,7 @@ pub use channel::{
 };
 pub use context::{ChannelContext, SocketRef};
 pub use listener::{DEFAULT_HANDSHAKE_TIMEOUT, HandshakeTimeout, TimedIo};
-pub use longpoll::{DEFAULT_LONGPOLL_WINDOW, LongPollConfig};
+pub use longpoll::{DEFAULT_LONGPOLL_MAX_SESSIONS, DEFAULT_LONGPOLL_WINDOW, LongPollConfig};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use presence::{PresenceData, PresenceEndpoint, PresenceMiddleware};
 pub use socket::{

@@ -39,6 +39,9 @@ use crate::token::{TokenError, TokenSigner};
 /// The default time a poll waits for messages (Phoenix's `window_ms`).
 pub const DEFAULT_LONGPOLL_WINDOW: Duration = Duration::from_secs(10);
 
+/// The default most long-poll sessions a socket holds at once.
+pub const DEFAULT_LONGPOLL_MAX_SESSIONS: usize = 10_000;
+
 /// The salt of session tokens: a token signed for any other purpose (a user token signed with
 /// the same secret) is refused.
 const SALT: &str = "presence-poem long-poll session";
@@ -80,6 +83,7 @@ const REPLY_PREFIX: &str = "phx:lp:reply:";
 #[must_use = "a LongPollConfig does nothing until given to `PhoenixSocketBuilder::longpoll`"]
 pub struct LongPollConfig {
     window: Option<Duration>,
+    max_sessions: Option<usize>,
     signer: Option<TokenSigner>,
 }
 
@@ -87,6 +91,10 @@ impl fmt::Debug for LongPollConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LongPollConfig")
             .field("window", &self.window_or_default())
+            .field(
+                "max_sessions",
+                &self.max_sessions.unwrap_or(DEFAULT_LONGPOLL_MAX_SESSIONS),
+            )
             .field("secret", &self.signer.as_ref().map(|_| "[redacted]"))
             .finish()
     }
@@ -104,6 +112,17 @@ impl LongPollConfig {
     /// closes.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = Some(window.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// Sets the most long-poll sessions the socket holds at once (default
+    /// [`DEFAULT_LONGPOLL_MAX_SESSIONS`], 10,000). A session also counts against the socket's
+    /// [`max_connections`](crate::PhoenixSocketBuilder::max_connections), which websockets
+    /// share: this cap keeps sessions (which any `GET` without a token starts, before a client
+    /// proves it polls) from taking every connection. A new session over either limit is
+    /// answered `500` (phoenix.js retries).
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = Some(max);
         self
     }
 
@@ -139,6 +158,7 @@ impl LongPollConfig {
         });
         LongPoll {
             window,
+            max_sessions: self.max_sessions.unwrap_or(DEFAULT_LONGPOLL_MAX_SESSIONS),
             signer,
             sessions: Mutex::new(HashMap::new()),
             routed: Semaphore::new(MAX_ROUTED),
@@ -149,6 +169,7 @@ impl LongPollConfig {
 /// An endpoint's long-poll sessions.
 pub(crate) struct LongPoll {
     window: Duration,
+    max_sessions: usize,
     signer: TokenSigner,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// Permits for the requests this node routes to other nodes at once.
@@ -159,6 +180,7 @@ impl fmt::Debug for LongPoll {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LongPoll")
             .field("window", &self.window)
+            .field("max_sessions", &self.max_sessions)
             .finish_non_exhaustive()
     }
 }
@@ -344,6 +366,11 @@ fn body_lines(ndjson: bool, body: &str) -> Vec<&str> {
 }
 
 impl LongPoll {
+    fn is_full(&self) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.len() >= self.max_sessions
+    }
+
     fn session(&self, id: &str) -> Option<Arc<Session>> {
         self.sessions
             .lock()
@@ -414,6 +441,13 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         Refusal::Forbidden | Refusal::BadRequest => status(403),
         Refusal::Unavailable => status(500),
     };
+    if lp.is_full() {
+        tracing::warn!(
+            max = lp.max_sessions,
+            "refusing long-poll session: too many sessions"
+        );
+        return status(500);
+    }
     let (params, vsn) = match socket.check(&req, "longpoll") {
         Ok(checked) => checked,
         Err(refusal) => return refused(refusal),
@@ -448,6 +482,9 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         connected.assigns,
         connected.id.map(Arc::from),
         registry,
+        // Until its client polls (phoenix.js polls at once), one window: a session started by
+        // a GET that never polls holds its connection slot no longer than that.
+        lp.window,
         lp.window * 3 / 2,
     );
     let session = Arc::new(Session {
@@ -461,10 +498,20 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
     let pubsub = inner.hubs.pubsub().clone();
     // Requests for this session that reach other nodes come on this topic.
     let routed = pubsub.subscribe(&format!("{TOPIC_PREFIX}{id}"));
-    lp.sessions
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(id.clone(), session.clone());
+    {
+        let mut sessions = lp.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked again: sessions started at the same time passed the first check together.
+        if sessions.len() >= lp.max_sessions {
+            drop(sessions);
+            tracing::warn!(
+                max = lp.max_sessions,
+                "refusing long-poll session: too many sessions"
+            );
+            // Dropping the session's parts, never run, gives its connection slot back.
+            return status(500);
+        }
+        sessions.insert(id.clone(), session.clone());
+    }
     let window = lp.window;
     let id_routed = id.clone();
     // Owned by the session: it ends when the session closes (its client stopped polling, it

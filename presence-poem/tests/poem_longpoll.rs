@@ -271,6 +271,49 @@ async fn a_session_expires_when_polls_stop_and_its_channels_terminate() {
     );
 }
 
+/// A session whose client never polls (any GET without a token starts one) holds its
+/// connection slot one window only, not the 1.5 windows of a session that polls.
+#[tokio::test(start_paused = true)]
+async fn a_session_never_polled_expires_after_one_window() {
+    let pubsub = PubSub::new("test");
+    let socket = lp_builder(&pubsub, Duration::from_secs(2)).build();
+    let app = app(socket.clone());
+    let _session = Session::open_v2(&app).await;
+    assert_eq!(socket.open_sockets(), 1);
+    tokio::time::sleep(Duration::from_millis(1_900)).await;
+    assert_eq!(socket.open_sockets(), 1, "still there within the window");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(socket.open_sockets(), 0, "gone after one window");
+}
+
+/// Long-poll sessions have a cap of their own, below the connection limit websockets share.
+#[tokio::test(start_paused = true)]
+async fn long_poll_sessions_have_their_own_cap() {
+    let pubsub = PubSub::new("test");
+    let config = LongPollConfig::new()
+        .window(Duration::from_secs(2))
+        .secret(KEY)
+        .unwrap()
+        .max_sessions(2);
+    let socket = builder(&pubsub)
+        .max_connections(10)
+        .longpoll(config)
+        .build();
+    let app = app(socket.clone());
+    let first = Session::open_v2(&app).await;
+    let _second = Session::open_v2(&app).await;
+    let (_, body) = call(&app, Method::GET, "/socket/longpoll?vsn=2.0.0", &[], "").await;
+    assert_eq!(body["status"], 500, "over the cap: {body}");
+    assert_eq!(socket.open_sockets(), 2);
+    // The sessions that exist go on.
+    assert_eq!(first.post(&app, &[join("room:1", "1")]).await, 200);
+    assert_eq!(first.poll_n(&app, 1).await.len(), 1);
+    // Once one ends, a new one starts.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(socket.open_sockets(), 1);
+    let _third = Session::open_v2(&app).await;
+}
+
 #[tokio::test]
 async fn bad_input_gets_its_status_and_touches_no_other_session() {
     let pubsub = PubSub::new("test");
