@@ -281,7 +281,7 @@
 //! - **Sessions.** A `GET` without a session token runs the connect hook and starts a
 //!   session: a server-side connection whose channels live on between requests. The answer
 //!   carries the session token. A `GET` with the token waits up to the
-//!   [window](LongPollConfig::window) (10 s) for messages and returns them all, in order;
+//!   [window](LongPollConfig::window) (10 s; at most 1 hour) for messages and returns them all, in order;
 //!   a newer poll of the same session ends the waiting one. A `POST` (ndjson, one message a
 //!   line, at most 100, as phoenix.js batches them; a binary V2 message in base64) hands the
 //!   messages to the session in order. A `GET` whose token does not verify starts a new
@@ -333,7 +333,7 @@
 //! - **Memory.** An idle session joined to one channel costs about 12.4 KB of server memory
 //!   (1,000 sessions; BENCHMARKS.md, "Long-poll sessions: memory").
 //! - **Limits.** Binary frames pushed by the server are not sent over long poll (phoenix.js
-//!   takes text only there; a warning is logged). Each message of a `POST` is decoded once to
+//!   takes text only there; a warning is logged, once a session). Each message of a `POST` is decoded once to
 //!   check the batch, and again by the session.
 //!
 //! # Join params

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ use crate::token::{TokenError, TokenSigner};
 
 /// The default time a poll waits for messages (Phoenix's `window_ms`).
 pub const DEFAULT_LONGPOLL_WINDOW: Duration = Duration::from_secs(10);
+/// The longest window accepted: a longer one is cut to this.
+const MAX_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The default most long-poll sessions a socket holds at once.
 pub const DEFAULT_LONGPOLL_MAX_SESSIONS: usize = 10_000;
@@ -109,9 +111,9 @@ impl LongPollConfig {
     /// Sets how long a poll waits for messages before it is answered empty (default 10 s,
     /// Phoenix's `window_ms`). A session whose client neither polls nor sends for 1.5 times
     /// the window is closed: its channels stop and their presences leave, as when a websocket
-    /// closes.
+    /// closes. The window is kept between 1 ms and 1 hour: a value outside is clamped.
     pub fn window(mut self, window: Duration) -> Self {
-        self.window = Some(window.max(Duration::from_millis(1)));
+        self.window = Some(window.clamp(Duration::from_millis(1), MAX_WINDOW));
         self
     }
 
@@ -203,6 +205,8 @@ struct Session {
     /// The number of polls begun: a poll that is no longer the last gives up (answered 204).
     polls: AtomicU64,
     superseded: Notify,
+    /// Whether a binary frame was dropped already (warned once a session).
+    binary_dropped: AtomicBool,
 }
 
 /// How a poll ended.
@@ -229,9 +233,14 @@ impl Session {
         while let Some(out) = self.frames.try_recv() {
             match out.into_text() {
                 Ok(text) => batch.push(text),
-                Err(_) => tracing::warn!(
-                    "binary frame not sent: phoenix.js's long poll takes text messages only"
-                ),
+                Err(_) => {
+                    if !self.binary_dropped.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "binary frame not sent: phoenix.js's long poll takes text messages \
+                             only (warned once a session)"
+                        );
+                    }
+                }
             }
         }
         batch
@@ -494,6 +503,7 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         input,
         polls: AtomicU64::new(0),
         superseded: Notify::new(),
+        binary_dropped: AtomicBool::new(false),
     });
     let pubsub = inner.hubs.pubsub().clone();
     // Requests for this session that reach other nodes come on this topic.

@@ -314,6 +314,25 @@ async fn long_poll_sessions_have_their_own_cap() {
     let _third = Session::open_v2(&app).await;
 }
 
+/// A window too long for arithmetic is clamped (to an hour): requests do not panic.
+#[tokio::test(start_paused = true)]
+async fn a_huge_window_is_clamped_and_serves() {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .longpoll(
+            LongPollConfig::new()
+                .window(Duration::MAX)
+                .secret(KEY)
+                .unwrap(),
+        )
+        .build();
+    let app = app(socket.clone());
+    let session = Session::open_v2(&app).await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(session.poll(&app).await.0, 204);
+    assert_eq!(start.elapsed(), Duration::from_secs(3600));
+}
+
 #[tokio::test]
 async fn bad_input_gets_its_status_and_touches_no_other_session() {
     let pubsub = PubSub::new("test");
