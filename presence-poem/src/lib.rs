@@ -306,7 +306,13 @@
 //!   ([`outbound_capacity`](PhoenixSocketBuilder::outbound_capacity),
 //!   [`outbound_budget`](PhoenixSocketBuilder::outbound_budget)) and policy: a slow reader's
 //!   presence diffs merge, and a session whose queue overflows is closed (its next poll gets
-//!   `410`: phoenix.js reconnects). Anything that closes a websocket (a `disconnect`
+//!   `410`: phoenix.js reconnects). Messages handed to a poll's answer count against the
+//!   budget until the server has taken the answer's last chunk for writing (or dropped it):
+//!   a poll gets no more than what is left of the budget, the rest stays queued, so a client
+//!   that polls but never reads its answers holds at most the budget (plus a write buffer) in
+//!   unread bodies and is then closed as a slow reader. The answer of a poll routed from
+//!   another node is bounded by the budget when it is taken, but its reading is not tracked.
+//!   Anything that closes a websocket (a `disconnect`
 //!   broadcast, rate abuse, a drain) closes a session the same way.
 //! - **Tokens.** Session tokens are signed ([`TokenSigner`], HMAC-SHA256) with the long-poll
 //!   [key](LongPollConfig::secret), under a salt of their own, and hold the session id (128

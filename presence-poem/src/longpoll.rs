@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -207,15 +207,55 @@ struct Session {
     superseded: Notify,
     /// Whether a binary frame was dropped already (warned once a session).
     binary_dropped: AtomicBool,
+    /// The outbound budget: what one answer, and all unread answers, may hold.
+    budget: usize,
+    unread: Arc<UnreadBytes>,
 }
 
 /// How a poll ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Polled {
-    Messages(Vec<String>),
+    /// Messages, and the bytes they hold of the session's budget until their answer is gone.
+    Messages(Vec<String>, Unread),
     Empty,
     Gone,
 }
+
+/// The bytes of a session's messages handed to answers that are not yet written out: with
+/// its queue they stay within the session's outbound budget, so a client that polls but
+/// never reads its answers is closed as a slow websocket reader is, rather than holding
+/// budget after budget in unread bodies.
+#[derive(Debug, Default)]
+struct UnreadBytes {
+    bytes: AtomicUsize,
+    /// Signalled when an answer's bytes are released.
+    released: Notify,
+}
+
+/// One answer's share of [`UnreadBytes`], released when dropped (its body written out, or
+/// its connection gone).
+#[derive(Debug)]
+struct Unread {
+    of: Option<Arc<UnreadBytes>>,
+    bytes: usize,
+}
+
+impl Unread {
+    const NONE: Unread = Unread { of: None, bytes: 0 };
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if let Some(of) = self.of.take() {
+            of.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+            of.released.notify_waiters();
+        }
+    }
+}
+
+/// The size of the chunks an answer's body is written in: its bytes are released when the
+/// last chunk was taken by the server, at most a write buffer before the client read them.
+const BODY_CHUNK: usize = 16 * 1024;
 
 impl Session {
     /// Tells the control loop the client is still there (resets its idle timer).
@@ -227,10 +267,25 @@ impl Session {
         self.close.borrow().is_some()
     }
 
-    /// Everything queued, as frame texts.
-    fn take(&self) -> Vec<String> {
+    /// What is queued, as frame texts, up to what is left of the budget after the answers
+    /// not yet read (the rest stays queued for the next poll). One frame larger than the
+    /// budget is taken alone when no answer is unread, as a websocket sends it.
+    fn take(&self) -> (Vec<String>, Unread) {
         let mut batch = Vec::new();
-        while let Some(out) = self.frames.try_recv() {
+        let unread = self.unread.bytes.load(Ordering::SeqCst);
+        let mut left = self.budget.saturating_sub(unread);
+        let mut taken = 0;
+        loop {
+            let limit = if unread == 0 && taken == 0 {
+                usize::MAX
+            } else {
+                left
+            };
+            let Some(out) = self.frames.try_recv_within(limit) else {
+                break;
+            };
+            left = left.saturating_sub(out.len());
+            taken += out.len();
             match out.into_text() {
                 Ok(text) => batch.push(text),
                 Err(_) => {
@@ -243,7 +298,13 @@ impl Session {
                 }
             }
         }
-        batch
+        // Only this session's polls add to it, one at a time (a newer poll ends the older).
+        self.unread.bytes.fetch_add(taken, Ordering::SeqCst);
+        let unread = Unread {
+            of: Some(self.unread.clone()),
+            bytes: taken,
+        };
+        (batch, unread)
     }
 
     /// Waits up to `window` for messages. A newer poll of the session ends this one (empty).
@@ -264,17 +325,21 @@ impl Session {
             let superseded = self.superseded.notified();
             tokio::pin!(superseded);
             superseded.as_mut().enable();
+            let released = self.unread.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             if self.polls.load(Ordering::SeqCst) != turn {
                 // It may have taken the wake-up meant for the poll that replaces it.
                 self.frames.wake();
                 break Polled::Empty;
             }
-            let batch = self.take();
+            let (batch, unread) = self.take();
             if !batch.is_empty() {
-                break Polled::Messages(batch);
+                break Polled::Messages(batch, unread);
             }
             tokio::select! {
                 () = self.frames.ready() => {}
+                () = &mut released => {}
                 () = &mut superseded => {}
                 changed = close.changed() => if changed.is_err() { break Polled::Gone },
                 () = &mut deadline => break Polled::Empty,
@@ -323,12 +388,16 @@ fn status_json(status: u16, extra: Value) -> Response {
         _ => serde_json::Map::new(),
     };
     body.insert("status".to_owned(), json!(status));
+    json_response().body(Value::Object(body).to_string())
+}
+
+/// The head of a JSON answer.
+fn json_response() -> poem::ResponseBuilder {
     Response::builder()
         .status(StatusCode::OK)
         .content_type("application/json; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-        .body(Value::Object(body).to_string())
 }
 
 fn status(status: u16) -> Response {
@@ -504,6 +573,8 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         polls: AtomicU64::new(0),
         superseded: Notify::new(),
         binary_dropped: AtomicBool::new(false),
+        budget: inner.config.outbound.bytes,
+        unread: Arc::default(),
     });
     let pubsub = inner.hubs.pubsub().clone();
     // Requests for this session that reach other nodes come on this topic.
@@ -557,6 +628,7 @@ async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, claims: &Claim
                 Routed::Answer(reply) => match reply["status"].as_u64() {
                     Some(200) => Polled::Messages(
                         serde_json::from_value(reply["messages"].clone()).unwrap_or_default(),
+                        Unread::NONE,
                     ),
                     Some(204) => Polled::Empty,
                     _ => Polled::Gone,
@@ -567,8 +639,23 @@ async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, claims: &Claim
         }
     };
     match polled {
-        Polled::Messages(messages) => {
-            status_json(200, json!({ "token": token, "messages": messages }))
+        Polled::Messages(messages, unread) => {
+            let body = json!({ "status": 200, "token": token, "messages": messages }).to_string();
+            let body = Bytes::from(body);
+            let len = body.len();
+            let chunks: Vec<Bytes> = (0..len)
+                .step_by(BODY_CHUNK)
+                .map(|at| body.slice(at..len.min(at + BODY_CHUNK)))
+                .collect();
+            // The stream owns the messages' share of the budget: released when the server
+            // has taken its last chunk, or drops it (the connection is gone).
+            let chunks = futures_util::stream::iter(chunks).map(move |chunk| {
+                let _ = &unread;
+                Ok::<_, std::io::Error>(chunk)
+            });
+            json_response()
+                .header(header::CONTENT_LENGTH, len)
+                .body(poem::Body::from_bytes_stream(chunks))
         }
         Polled::Empty => status_json(204, json!({ "token": token, "messages": [] })),
         Polled::Gone => status(410),
@@ -811,7 +898,9 @@ async fn serve_routed(
                 in_flight.push(async move {
                     let mut answer = match event.as_str() {
                         "poll" => match session.poll(window).await {
-                            Polled::Messages(messages) => json!({"status": 200, "messages": messages}),
+                            // Released at once: the asking node writes the answer, which the
+                            // budget bounds, but its reading is not tracked here.
+                            Polled::Messages(messages, _unread) => json!({"status": 200, "messages": messages}),
                             Polled::Empty => json!({"status": 204}),
                             Polled::Gone => json!({"status": 410}),
                         },

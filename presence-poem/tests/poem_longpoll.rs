@@ -416,6 +416,61 @@ async fn bad_input_gets_its_status_and_touches_no_other_session() {
     assert_eq!(http, StatusCode::OK);
 }
 
+/// The messages in answers not yet read count against the session's outbound budget: a
+/// client that polls but leaves its answers unread gets no more than the budget out of the
+/// queue, and the rest waits there (where the slow-reader bound applies).
+#[tokio::test(start_paused = true)]
+async fn unread_answers_count_against_the_outbound_budget() {
+    let pubsub = PubSub::new("test");
+    let socket = lp_builder(&pubsub, Duration::from_secs(2))
+        .outbound_budget(4_000)
+        .build();
+    let app = app(socket);
+    let session = Session::open_v2(&app).await;
+    assert_eq!(session.post(&app, &[join("room:1", "1")]).await, 200);
+    assert_eq!(session.poll_n(&app, 1).await.len(), 1);
+    // About 1 KB a reply.
+    let padded =
+        |n: u64| json!(["1", n.to_string(), "room:1", "echo", {"n": n, "pad": "x".repeat(1_000)}]);
+    assert_eq!(
+        session
+            .post(&app, &(0..3).map(padded).collect::<Vec<_>>())
+            .await,
+        200
+    );
+    // Polled, but the answer (about 3 KB) is not read.
+    let uri = format!("/socket/longpoll?vsn=2.0.0&token={}", session.token);
+    let held = app
+        .call(
+            Request::builder()
+                .method(Method::GET)
+                .uri(uri.parse().unwrap())
+                .finish(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        session
+            .post(&app, &(3..5).map(padded).collect::<Vec<_>>())
+            .await,
+        200
+    );
+    // What is left of the budget holds none of the next replies: they stay queued.
+    assert_eq!(session.poll(&app).await, (204, Vec::new()));
+    // Once the first answer is read, they come.
+    let first: Value =
+        serde_json::from_str(&held.into_body().into_string().await.unwrap()).unwrap();
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["messages"].as_array().unwrap().len(), 3);
+    let ns: Vec<u64> = session
+        .poll_n(&app, 2)
+        .await
+        .iter()
+        .map(|r| reply(r).2["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![3, 4]);
+}
+
 #[tokio::test]
 async fn a_session_that_stops_reading_is_closed_like_a_slow_websocket() {
     let pubsub = PubSub::new("test");
