@@ -333,6 +333,60 @@ async fn a_huge_window_is_clamped_and_serves() {
     assert_eq!(start.elapsed(), Duration::from_secs(3600));
 }
 
+/// A query string that does not parse is refused without being logged: on long poll it may
+/// hold a session token or the app's own token param.
+#[tokio::test]
+async fn an_unparsable_query_is_refused_and_not_logged() {
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    // A current-thread runtime: the subscriber sees everything this test runs.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let pubsub = PubSub::new("test");
+    let app = app(lp_builder(&pubsub, Duration::from_secs(2)).build());
+    let uri = "/socket/longpoll?vsn=2.0.0&token=SECRET-USER-TOKEN&bad=%zz";
+    let (_, body) = call(&app, Method::GET, uri, &[], "").await;
+    assert_eq!(body["status"], 403, "{body}");
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("unparsable query string"), "{logs}");
+    assert!(!logs.contains("SECRET-USER-TOKEN"), "{logs}");
+}
+
+/// An owner replies to reply topics only: a request naming another topic (a channel's) as its
+/// reply topic is dropped.
+#[tokio::test(start_paused = true)]
+async fn an_owner_replies_to_reply_topics_only() {
+    let pubsub = PubSub::new("a");
+    let app = app(lp_builder(&pubsub, Duration::from_secs(2)).build());
+    let session = Session::open_v2(&app).await;
+    let mut room = pubsub.subscribe("room:victim");
+    let request =
+        json!({"reply": "room:victim", "r": "x", "s": session_id(&session.token), "node": "a"});
+    pubsub
+        .broadcast(Message::json(
+            format!("phx:lp:{}", session_id(&session.token)),
+            "send",
+            request,
+        ))
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(1), room.recv()).await;
+    assert!(got.is_err(), "a reply reached a channel's topic: {got:?}");
+}
+
 #[tokio::test]
 async fn bad_input_gets_its_status_and_touches_no_other_session() {
     let pubsub = PubSub::new("test");
