@@ -939,6 +939,29 @@ async fn serve_routed(
 mod tests {
     use super::*;
 
+    /// At most `MAX_ROUTED` requests are routed at once: more are answered "try later".
+    #[tokio::test(start_paused = true)]
+    async fn routing_is_refused_beyond_the_routed_cap() {
+        let cluster = presence_core::pubsub::LocalCluster::new();
+        let a = PubSub::builder("a").adapter(cluster.adapter()).build();
+        let _b = PubSub::builder("b").adapter(cluster.adapter()).build();
+        let lp = LongPollConfig::new().build();
+        let claims = Claims {
+            s: "no-such-session".to_owned(),
+            v: 2,
+            n: "b".to_owned(),
+        };
+        let all = lp.routed.try_acquire_many(MAX_ROUTED as u32).unwrap();
+        let routed = route(&lp, &a, &claims, "poll", json!({})).await;
+        assert!(matches!(routed, Routed::Busy), "{routed:?}");
+        drop(all);
+        // With a permit free the request goes to B, which holds no such session: gone (after
+        // the acknowledgement's 2 s), and the permit is back.
+        let routed = route(&lp, &a, &claims, "poll", json!({})).await;
+        assert!(matches!(routed, Routed::Gone), "{routed:?}");
+        assert_eq!(lp.routed.available_permits(), MAX_ROUTED);
+    }
+
     #[test]
     fn lines_are_json_frames_or_base64_binaries() {
         let text = parse_line(Vsn::V2, r#"["1","1","room:1","phx_join",{}]"#);
