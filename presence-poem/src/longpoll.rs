@@ -110,7 +110,7 @@ impl LongPollConfig {
 
     /// Sets how long a poll waits for messages before it is answered empty (default 10 s,
     /// Phoenix's `window_ms`). A session whose client neither polls nor sends for 1.5 times
-    /// the window is closed: its channels stop and their presences leave, as when a websocket
+    /// the window (one window before its first poll) is closed: its channels stop and their presences leave, as when a websocket
     /// closes. The window is kept between 1 ms and 1 hour: a value outside is clamped.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = Some(window.clamp(Duration::from_millis(1), MAX_WINDOW));
@@ -298,7 +298,8 @@ impl Session {
                 }
             }
         }
-        // Only this session's polls add to it, one at a time (a newer poll ends the older).
+        // Polls of one session seldom overlap (a newer poll ends the older, and phoenix.js
+        // polls once at a time); when they do, each is still capped by the budget.
         self.unread.bytes.fetch_add(taken, Ordering::SeqCst);
         let unread = Unread {
             of: Some(self.unread.clone()),
