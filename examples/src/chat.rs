@@ -546,7 +546,19 @@ impl ChatServer {
         };
         let mut longpoll = match &config.longpoll_secret {
             Some(secret) => LongPollConfig::new().secret(secret.as_bytes())?,
-            None => LongPollConfig::new(),
+            None => {
+                if cluster.is_some() {
+                    // Each node would sign with a key of its own: a poll that reaches another
+                    // node than its session's is refused, and its client starts over.
+                    tracing::warn!(
+                        "PRESENCE_LONGPOLL_SECRET is not set in a Redis cluster: each node \
+                         signs long-poll session tokens with a random key of its own, so \
+                         long-poll clients break whenever a request reaches another node; \
+                         give every node the same secret"
+                    );
+                }
+                LongPollConfig::new()
+            }
         };
         if let Some(window) = config.longpoll_window {
             longpoll = longpoll.window(window);

@@ -95,7 +95,13 @@ pub(crate) fn run(
     };
     let writer = write_loop(sink, frames, close, outbox, deadline);
     let idle_timeout = control.inner.config.idle_timeout;
-    let control = control.run(stream, open, idle_timeout, Transport::WebSocket);
+    let control = control.run(
+        stream,
+        open,
+        idle_timeout,
+        idle_timeout,
+        Transport::WebSocket,
+    );
     futures_util::future::join(writer, control).map(|((), ())| ())
 }
 
@@ -123,13 +129,14 @@ const SESSION_INPUT: usize = 128;
 /// A long-poll session: the same control loop as a websocket's (channels, limits, drain,
 /// `disconnect` broadcasts), fed by the POSTs' messages instead of a websocket, its queue
 /// read by the polls instead of a writer. It closes when nothing arrives (no poll, no
-/// message) for `idle_timeout`.
+/// message) for `first_idle` after it starts, and for `idle_timeout` after that.
 pub(crate) fn session(
     inner: Arc<Inner>,
     vsn: Vsn,
     assigns: Extensions,
     id: Option<Arc<str>>,
     registry: Option<Registry>,
+    first_idle: std::time::Duration,
     idle_timeout: std::time::Duration,
 ) -> SessionParts<impl Future<Output = ()> + Send + 'static> {
     let (open, draining) = Drain::enter(&inner);
@@ -168,7 +175,7 @@ pub(crate) fn session(
     SessionParts {
         rx,
         input,
-        run: control.run(stream, open, idle_timeout, Transport::LongPoll),
+        run: control.run(stream, open, first_idle, idle_timeout, Transport::LongPoll),
     }
 }
 
@@ -428,6 +435,7 @@ impl Control {
         mut self,
         mut stream: S,
         open: OpenGuard,
+        first_idle: std::time::Duration,
         idle_timeout: std::time::Duration,
         transport: Transport,
     ) where
@@ -441,7 +449,7 @@ impl Control {
         let mut draining = self.draining.clone();
         // This connection's place in the drain's batches, once it began.
         let mut ticket = None;
-        let idle = sleep(idle_timeout);
+        let idle = sleep(first_idle);
         tokio::pin!(idle);
         let mut handled: u32 = 0;
         loop {

@@ -273,14 +273,15 @@
 //! `{longPollFallbackMs: 2500}` to fall back when websockets fail behind a proxy). Off by
 //! default, as in Phoenix. It serves the same channels, with the same connect hook (the
 //! `authToken` arrives in [`ConnectInfo::auth_token`] from the `X-Phoenix-AuthToken` header),
-//! origin check, connection limit (a session counts as a connection), message and join
+//! origin check, connection limit (a session counts as a connection; sessions also have a
+//! [cap of their own](LongPollConfig::max_sessions), 10,000 by default), message and join
 //! rates, outbound queue bounds and drain as the websocket; the wire format is the
 //! serializer's (V1 or V2 JSON).
 //!
 //! - **Sessions.** A `GET` without a session token runs the connect hook and starts a
 //!   session: a server-side connection whose channels live on between requests. The answer
 //!   carries the session token. A `GET` with the token waits up to the
-//!   [window](LongPollConfig::window) (10 s) for messages and returns them all, in order;
+//!   [window](LongPollConfig::window) (10 s; at most 1 hour) for messages and returns them all, in order;
 //!   a newer poll of the same session ends the waiting one. A `POST` (ndjson, one message a
 //!   line, at most 100, as phoenix.js batches them; a binary V2 message in base64) hands the
 //!   messages to the session in order. A `GET` whose token does not verify starts a new
@@ -290,40 +291,55 @@
 //!   phoenix.js acts on: `200` messages, `204` none within the window, `410` a new session
 //!   (with its token) or a session that is gone (phoenix.js reconnects and rejoins), `403` a
 //!   refused connect (origin, `vsn`, connect hook: phoenix.js stops), `500` try again later
-//!   (draining, at the connection limit, connect hook timeout). A `POST` answers `200`,
+//!   (draining, at the connection limit or the
+//!   [session limit](LongPollConfig::max_sessions), connect hook timeout). A `POST` answers `200`,
 //!   `410` (no such session), `400` (an undecodable message: **none** of the batch is
 //!   handled, and the session goes on), or `413` (over
 //!   [`max_message_size`](PhoenixSocketBuilder::max_message_size), or over 100 messages).
 //!   Other methods get HTTP 400; `OPTIONS` is a CORS preflight.
 //! - **Expiry.** A session closes 1.5 windows after its last poll began (15 s by default)
-//!   when no poll or message came since: its channels stop and their presences leave, as
-//!   when a websocket closes. phoenix.js does not tell the server when it disconnects; the
+//!   when no poll or message came since (one window after it started, when its client never
+//!   polled at all): its channels stop and their presences leave, as when a websocket
+//!   closes. phoenix.js does not tell the server when it disconnects; the
 //!   expiry does.
 //! - **Slow clients.** A session's queued messages have the websocket's bounds
 //!   ([`outbound_capacity`](PhoenixSocketBuilder::outbound_capacity),
 //!   [`outbound_budget`](PhoenixSocketBuilder::outbound_budget)) and policy: a slow reader's
 //!   presence diffs merge, and a session whose queue overflows is closed (its next poll gets
-//!   `410`: phoenix.js reconnects). Anything that closes a websocket (a `disconnect`
+//!   `410`: phoenix.js reconnects). Messages handed to a poll's answer count against the
+//!   budget until the server has taken the answer's last chunk for writing (or dropped it):
+//!   a poll gets no more than what is left of the budget, the rest stays queued, so a client
+//!   that polls but never reads its answers holds at most the budget (plus a write buffer) in
+//!   unread bodies and is then closed as a slow reader. The answer of a poll routed from
+//!   another node is bounded by the budget when it is taken, but its reading is not tracked.
+//!   Anything that closes a websocket (a `disconnect`
 //!   broadcast, rate abuse, a drain) closes a session the same way.
 //! - **Tokens.** Session tokens are signed ([`TokenSigner`], HMAC-SHA256) with the long-poll
 //!   [key](LongPollConfig::secret), under a salt of their own, and hold the session id (128
 //!   random bits) and serializer. A forged, altered, expired (two weeks) or other-purpose
-//!   token is refused; a token names one session only. Without a configured key one is
+//!   token is refused (a token signed up to [`MAX_CLOCK_SKEW`], 60 s, in the future is
+//!   accepted: the signing node's clock may be ahead); a token names one session only. Without a configured key one is
 //!   generated when the socket is built: tokens then die with the process, which is fine for
 //!   one node.
 //! - **Clusters.** Behind a load balancer without sticky sessions, a poll or a send may
 //!   reach a node that does not hold its session. That node verifies the token (so **every
 //!   node must be given the same key**, e.g. from the same configuration secret) and routes
 //!   the request to the owning node over the socket's pub/sub (in-process cluster or Redis):
-//!   the owner acknowledges within 2 s (no answer: `410`), serves the request, and sends the
-//!   answer back. Messages leave the session's queue only in the answer of a poll, so each
+//!   the token names that node, the request goes to it only
+//!   ([`direct_broadcast`](presence_core::PubSub::direct_broadcast)), and it acknowledges
+//!   within 2 s (no answer: `410`), serves the request, and sends the answer back to the
+//!   asking node only. A token naming the asking node itself for a session it no longer holds
+//!   is `410` at once. A node routes at most 4,096 requests at once; more are answered `500`
+//!   (phoenix.js retries). Each routed request has its own reply topic (128 random bits), and its
+//!   acknowledgement and answer name the request and the session: a node only takes the
+//!   answer to its own request. Messages leave the session's queue only in the answer of a poll, so each
 //!   is delivered once and in order whichever node the polls reach. As in Phoenix, a poll
 //!   whose answer never reaches the client (the connection dropped while it was written)
 //!   loses that answer's messages.
 //! - **Memory.** An idle session joined to one channel costs about 12.4 KB of server memory
 //!   (1,000 sessions; BENCHMARKS.md, "Long-poll sessions: memory").
 //! - **Limits.** Binary frames pushed by the server are not sent over long poll (phoenix.js
-//!   takes text only there; a warning is logged). Each message of a `POST` is decoded once to
+//!   takes text only there; a warning is logged, once a session). Each message of a `POST` is decoded once to
 //!   check the batch, and again by the session.
 //!
 //! # Join params
@@ -476,7 +492,7 @@ pub use channel::{
 };
 pub use context::{ChannelContext, SocketRef};
 pub use listener::{DEFAULT_HANDSHAKE_TIMEOUT, HandshakeTimeout, TimedIo};
-pub use longpoll::{DEFAULT_LONGPOLL_WINDOW, LongPollConfig};
+pub use longpoll::{DEFAULT_LONGPOLL_MAX_SESSIONS, DEFAULT_LONGPOLL_WINDOW, LongPollConfig};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use presence::{PresenceData, PresenceEndpoint, PresenceMiddleware};
 pub use socket::{
@@ -486,7 +502,7 @@ pub use socket::{
     DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
     RateLimit,
 };
-pub use token::{MIN_SECRET_LEN, TokenError, TokenSigner};
+pub use token::{MAX_CLOCK_SKEW, MIN_SECRET_LEN, TokenError, TokenSigner};
 
 // In `Channel::handle_in`'s signature: channels need no presence_core import for it.
 pub use presence_core::pubsub::Payload;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use presence_core::PubSub;
 use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::connection::{self, SessionParts};
@@ -38,6 +38,11 @@ use crate::token::{TokenError, TokenSigner};
 
 /// The default time a poll waits for messages (Phoenix's `window_ms`).
 pub const DEFAULT_LONGPOLL_WINDOW: Duration = Duration::from_secs(10);
+/// The longest window accepted: a longer one is cut to this.
+const MAX_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The default most long-poll sessions a socket holds at once.
+pub const DEFAULT_LONGPOLL_MAX_SESSIONS: usize = 10_000;
 
 /// The salt of session tokens: a token signed for any other purpose (a user token signed with
 /// the same secret) is refused.
@@ -51,8 +56,13 @@ const PUBSUB_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BATCH: usize = 100;
 /// Routed requests one session serves at once; more are answered 500.
 const REMOTE_IN_FLIGHT: usize = 8;
+/// Requests a node routes to other nodes at once (each waits up to a window and 2 s); more
+/// are answered 500, which phoenix.js retries.
+const MAX_ROUTED: usize = 4096;
 /// The topic prefix of sessions and of routed requests' replies (no channel may join these).
 pub(crate) const TOPIC_PREFIX: &str = "phx:lp:";
+/// The topic prefix of routed requests' replies: an owner publishes a reply to no other topic.
+const REPLY_PREFIX: &str = "phx:lp:reply:";
 
 /// Settings of the long-poll transport, turned on with
 /// [`PhoenixSocketBuilder::longpoll`](crate::PhoenixSocketBuilder::longpoll).
@@ -75,6 +85,7 @@ pub(crate) const TOPIC_PREFIX: &str = "phx:lp:";
 #[must_use = "a LongPollConfig does nothing until given to `PhoenixSocketBuilder::longpoll`"]
 pub struct LongPollConfig {
     window: Option<Duration>,
+    max_sessions: Option<usize>,
     signer: Option<TokenSigner>,
 }
 
@@ -82,6 +93,10 @@ impl fmt::Debug for LongPollConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LongPollConfig")
             .field("window", &self.window_or_default())
+            .field(
+                "max_sessions",
+                &self.max_sessions.unwrap_or(DEFAULT_LONGPOLL_MAX_SESSIONS),
+            )
             .field("secret", &self.signer.as_ref().map(|_| "[redacted]"))
             .finish()
     }
@@ -95,10 +110,21 @@ impl LongPollConfig {
 
     /// Sets how long a poll waits for messages before it is answered empty (default 10 s,
     /// Phoenix's `window_ms`). A session whose client neither polls nor sends for 1.5 times
-    /// the window is closed: its channels stop and their presences leave, as when a websocket
-    /// closes.
+    /// the window (one window before its first poll) is closed: its channels stop and their presences leave, as when a websocket
+    /// closes. The window is kept between 1 ms and 1 hour: a value outside is clamped.
     pub fn window(mut self, window: Duration) -> Self {
-        self.window = Some(window.max(Duration::from_millis(1)));
+        self.window = Some(window.clamp(Duration::from_millis(1), MAX_WINDOW));
+        self
+    }
+
+    /// Sets the most long-poll sessions the socket holds at once (default
+    /// [`DEFAULT_LONGPOLL_MAX_SESSIONS`], 10,000). A session also counts against the socket's
+    /// [`max_connections`](crate::PhoenixSocketBuilder::max_connections), which websockets
+    /// share: this cap keeps sessions (which any `GET` without a token starts, before a client
+    /// proves it polls) from taking every connection. A new session over either limit is
+    /// answered `500` (phoenix.js retries).
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = Some(max);
         self
     }
 
@@ -134,9 +160,10 @@ impl LongPollConfig {
         });
         LongPoll {
             window,
+            max_sessions: self.max_sessions.unwrap_or(DEFAULT_LONGPOLL_MAX_SESSIONS),
             signer,
             sessions: Mutex::new(HashMap::new()),
-            next_reply: AtomicU64::new(0),
+            routed: Semaphore::new(MAX_ROUTED),
         }
     }
 }
@@ -144,24 +171,29 @@ impl LongPollConfig {
 /// An endpoint's long-poll sessions.
 pub(crate) struct LongPoll {
     window: Duration,
+    max_sessions: usize,
     signer: TokenSigner,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
-    next_reply: AtomicU64,
+    /// Permits for the requests this node routes to other nodes at once.
+    routed: Semaphore,
 }
 
 impl fmt::Debug for LongPoll {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LongPoll")
             .field("window", &self.window)
+            .field("max_sessions", &self.max_sessions)
             .finish_non_exhaustive()
     }
 }
 
-/// What a session token says: the session id and its serializer.
+/// What a session token says: the session id, its serializer, and the node that holds it
+/// (requests that reach another node go to that one only).
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     s: String,
     v: u8,
+    n: String,
 }
 
 /// One long-poll session, on the node that created it.
@@ -173,15 +205,57 @@ struct Session {
     /// The number of polls begun: a poll that is no longer the last gives up (answered 204).
     polls: AtomicU64,
     superseded: Notify,
+    /// Whether a binary frame was dropped already (warned once a session).
+    binary_dropped: AtomicBool,
+    /// The outbound budget: what one answer, and all unread answers, may hold.
+    budget: usize,
+    unread: Arc<UnreadBytes>,
 }
 
 /// How a poll ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Polled {
-    Messages(Vec<String>),
+    /// Messages, and the bytes they hold of the session's budget until their answer is gone.
+    Messages(Vec<String>, Unread),
     Empty,
     Gone,
 }
+
+/// The bytes of a session's messages handed to answers that are not yet written out: with
+/// its queue they stay within the session's outbound budget, so a client that polls but
+/// never reads its answers is closed as a slow websocket reader is, rather than holding
+/// budget after budget in unread bodies.
+#[derive(Debug, Default)]
+struct UnreadBytes {
+    bytes: AtomicUsize,
+    /// Signalled when an answer's bytes are released.
+    released: Notify,
+}
+
+/// One answer's share of [`UnreadBytes`], released when dropped (its body written out, or
+/// its connection gone).
+#[derive(Debug)]
+struct Unread {
+    of: Option<Arc<UnreadBytes>>,
+    bytes: usize,
+}
+
+impl Unread {
+    const NONE: Unread = Unread { of: None, bytes: 0 };
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if let Some(of) = self.of.take() {
+            of.bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+            of.released.notify_waiters();
+        }
+    }
+}
+
+/// The size of the chunks an answer's body is written in: its bytes are released when the
+/// last chunk was taken by the server, at most a write buffer before the client read them.
+const BODY_CHUNK: usize = 16 * 1024;
 
 impl Session {
     /// Tells the control loop the client is still there (resets its idle timer).
@@ -193,18 +267,45 @@ impl Session {
         self.close.borrow().is_some()
     }
 
-    /// Everything queued, as frame texts.
-    fn take(&self) -> Vec<String> {
+    /// What is queued, as frame texts, up to what is left of the budget after the answers
+    /// not yet read (the rest stays queued for the next poll). One frame larger than the
+    /// budget is taken alone when no answer is unread, as a websocket sends it.
+    fn take(&self) -> (Vec<String>, Unread) {
         let mut batch = Vec::new();
-        while let Some(out) = self.frames.try_recv() {
+        let unread = self.unread.bytes.load(Ordering::SeqCst);
+        let mut left = self.budget.saturating_sub(unread);
+        let mut taken = 0;
+        loop {
+            let limit = if unread == 0 && taken == 0 {
+                usize::MAX
+            } else {
+                left
+            };
+            let Some(out) = self.frames.try_recv_within(limit) else {
+                break;
+            };
+            left = left.saturating_sub(out.len());
+            taken += out.len();
             match out.into_text() {
                 Ok(text) => batch.push(text),
-                Err(_) => tracing::warn!(
-                    "binary frame not sent: phoenix.js's long poll takes text messages only"
-                ),
+                Err(_) => {
+                    if !self.binary_dropped.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "binary frame not sent: phoenix.js's long poll takes text messages \
+                             only (warned once a session)"
+                        );
+                    }
+                }
             }
         }
-        batch
+        // Polls of one session seldom overlap (a newer poll ends the older, and phoenix.js
+        // polls once at a time); when they do, each is still capped by the budget.
+        self.unread.bytes.fetch_add(taken, Ordering::SeqCst);
+        let unread = Unread {
+            of: Some(self.unread.clone()),
+            bytes: taken,
+        };
+        (batch, unread)
     }
 
     /// Waits up to `window` for messages. A newer poll of the session ends this one (empty).
@@ -225,17 +326,21 @@ impl Session {
             let superseded = self.superseded.notified();
             tokio::pin!(superseded);
             superseded.as_mut().enable();
+            let released = self.unread.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             if self.polls.load(Ordering::SeqCst) != turn {
                 // It may have taken the wake-up meant for the poll that replaces it.
                 self.frames.wake();
                 break Polled::Empty;
             }
-            let batch = self.take();
+            let (batch, unread) = self.take();
             if !batch.is_empty() {
-                break Polled::Messages(batch);
+                break Polled::Messages(batch, unread);
             }
             tokio::select! {
                 () = self.frames.ready() => {}
+                () = &mut released => {}
                 () = &mut superseded => {}
                 changed = close.changed() => if changed.is_err() { break Polled::Gone },
                 () = &mut deadline => break Polled::Empty,
@@ -284,12 +389,16 @@ fn status_json(status: u16, extra: Value) -> Response {
         _ => serde_json::Map::new(),
     };
     body.insert("status".to_owned(), json!(status));
+    json_response().body(Value::Object(body).to_string())
+}
+
+/// The head of a JSON answer.
+fn json_response() -> poem::ResponseBuilder {
     Response::builder()
         .status(StatusCode::OK)
         .content_type("application/json; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-        .body(Value::Object(body).to_string())
 }
 
 fn status(status: u16) -> Response {
@@ -336,6 +445,11 @@ fn body_lines(ndjson: bool, body: &str) -> Vec<&str> {
 }
 
 impl LongPoll {
+    fn is_full(&self) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.len() >= self.max_sessions
+    }
+
     fn session(&self, id: &str) -> Option<Arc<Session>> {
         self.sessions
             .lock()
@@ -384,14 +498,14 @@ pub(crate) async fn serve(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -
     let claims = token.as_deref().and_then(|t| lp.verify(t).map(|c| (t, c)));
     if method == Method::GET {
         match claims {
-            Some((token, (claims, _))) => poll(socket, lp, token, &claims.s).await,
+            Some((token, (claims, _))) => poll(socket, lp, token, &claims).await,
             // No token, or one that is not ours (a socket param named `token`, a forged or
             // expired one): a new session, as Phoenix does.
             None => new_session(socket, lp, req).await,
         }
     } else {
         match claims {
-            Some((_, (claims, vsn))) => publish(socket, lp, req, &claims.s, vsn).await,
+            Some((_, (claims, vsn))) => publish(socket, lp, req, &claims, vsn).await,
             None => {
                 tracing::debug!("long-poll POST without a valid session token");
                 status(410)
@@ -406,6 +520,13 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         Refusal::Forbidden | Refusal::BadRequest => status(403),
         Refusal::Unavailable => status(500),
     };
+    if lp.is_full() {
+        tracing::warn!(
+            max = lp.max_sessions,
+            "refusing long-poll session: too many sessions"
+        );
+        return status(500);
+    }
     let (params, vsn) = match socket.check(&req, "longpoll") {
         Ok(checked) => checked,
         Err(refusal) => return refused(refusal),
@@ -440,6 +561,9 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         connected.assigns,
         connected.id.map(Arc::from),
         registry,
+        // Until its client polls (phoenix.js polls at once), one window: a session started by
+        // a GET that never polls holds its connection slot no longer than that.
+        lp.window,
         lp.window * 3 / 2,
     );
     let session = Arc::new(Session {
@@ -449,15 +573,29 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         input,
         polls: AtomicU64::new(0),
         superseded: Notify::new(),
+        binary_dropped: AtomicBool::new(false),
+        budget: inner.config.outbound.bytes,
+        unread: Arc::default(),
     });
     let pubsub = inner.hubs.pubsub().clone();
     // Requests for this session that reach other nodes come on this topic.
     let routed = pubsub.subscribe(&format!("{TOPIC_PREFIX}{id}"));
-    lp.sessions
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(id.clone(), session.clone());
+    {
+        let mut sessions = lp.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked again: sessions started at the same time passed the first check together.
+        if sessions.len() >= lp.max_sessions {
+            drop(sessions);
+            tracing::warn!(
+                max = lp.max_sessions,
+                "refusing long-poll session: too many sessions"
+            );
+            // Dropping the session's parts, never run, gives its connection slot back.
+            return status(500);
+        }
+        sessions.insert(id.clone(), session.clone());
+    }
     let window = lp.window;
+    let id_routed = id.clone();
     // Owned by the session: it ends when the session closes (its client stopped polling, it
     // was disconnected, or the endpoint drains), and the guard removes the session then, even
     // if the task is cancelled or panics.
@@ -467,7 +605,7 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
     };
     tokio::spawn(async move {
         let _listed = listed;
-        let serve_routed = serve_routed(pubsub, routed, session, window);
+        let serve_routed = serve_routed(id_routed, pubsub, routed, session, window);
         futures_util::future::join(run, serve_routed).await;
     });
     let v = match vsn {
@@ -477,30 +615,48 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
     let token = lp.signer.sign(&Claims {
         s: id.to_string(),
         v,
+        n: inner.hubs.pubsub().node_name().to_owned(),
     });
     status_json(410, json!({ "token": token }))
 }
 
-async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, id: &str) -> Response {
-    let polled = match lp.session(id) {
+async fn poll(socket: &PhoenixSocket, lp: &LongPoll, token: &str, claims: &Claims) -> Response {
+    let polled = match lp.session(&claims.s) {
         Some(session) => session.poll(lp.window).await,
         None => {
             let pubsub = socket.inner().hubs.pubsub();
-            match route(lp, pubsub, id, "poll", json!({})).await {
-                Some(reply) => match reply["status"].as_u64() {
+            match route(lp, pubsub, claims, "poll", json!({})).await {
+                Routed::Answer(reply) => match reply["status"].as_u64() {
                     Some(200) => Polled::Messages(
                         serde_json::from_value(reply["messages"].clone()).unwrap_or_default(),
+                        Unread::NONE,
                     ),
                     Some(204) => Polled::Empty,
                     _ => Polled::Gone,
                 },
-                None => Polled::Gone,
+                Routed::Gone => Polled::Gone,
+                Routed::Busy => return status(500),
             }
         }
     };
     match polled {
-        Polled::Messages(messages) => {
-            status_json(200, json!({ "token": token, "messages": messages }))
+        Polled::Messages(messages, unread) => {
+            let body = json!({ "status": 200, "token": token, "messages": messages }).to_string();
+            let body = Bytes::from(body);
+            let len = body.len();
+            let chunks: Vec<Bytes> = (0..len)
+                .step_by(BODY_CHUNK)
+                .map(|at| body.slice(at..len.min(at + BODY_CHUNK)))
+                .collect();
+            // The stream owns the messages' share of the budget: released when the server
+            // has taken its last chunk, or drops it (the connection is gone).
+            let chunks = futures_util::stream::iter(chunks).map(move |chunk| {
+                let _ = &unread;
+                Ok::<_, std::io::Error>(chunk)
+            });
+            json_response()
+                .header(header::CONTENT_LENGTH, len)
+                .body(poem::Body::from_bytes_stream(chunks))
         }
         Polled::Empty => status_json(204, json!({ "token": token, "messages": [] })),
         Polled::Gone => status(410),
@@ -511,9 +667,10 @@ async fn publish(
     socket: &PhoenixSocket,
     lp: &LongPoll,
     mut req: Request,
-    id: &str,
+    claims: &Claims,
     vsn: Vsn,
 ) -> Response {
+    let id = claims.s.as_str();
     let limit = socket
         .inner()
         .config
@@ -564,46 +721,109 @@ async fn publish(
     }
     let pubsub = socket.inner().hubs.pubsub();
     let lines: Vec<&str> = lines.into_iter().collect();
-    match route(lp, pubsub, id, "send", json!({ "lines": lines })).await {
-        Some(reply) => status(reply["status"].as_u64().map_or(500, |s| s as u16)),
-        None => status(410),
+    match route(lp, pubsub, claims, "send", json!({ "lines": lines })).await {
+        Routed::Answer(reply) => status(reply["status"].as_u64().map_or(500, |s| s as u16)),
+        Routed::Gone => status(410),
+        Routed::Busy => status(500),
     }
 }
 
-/// Sends a request for session `id` to the node that holds it, over the pub/sub, and waits
-/// for its answer: `None` when no node acknowledges it (the session is gone).
+/// What a routed request came to.
+#[derive(Debug)]
+enum Routed {
+    /// The owner's answer.
+    Answer(Value),
+    /// No node acknowledged it: the session is gone.
+    Gone,
+    /// Too many requests are routed already: try later.
+    Busy,
+}
+
+/// Whether `m` is the `event` of request `rid` for session `id`: anything else on the reply
+/// topic (which only a forged or misrouted message could be) is dropped.
+fn is_reply_to(m: &Message, event: &str, rid: &str, id: &str) -> bool {
+    m.event() == event && matches!(m.payload(), Payload::Json(v) if v["r"] == rid && v["s"] == id)
+}
+
+/// The next message of `replies` that is the `event` of request `rid` for session `id`.
+async fn next_reply(
+    replies: &mut Subscription,
+    event: &str,
+    rid: &str,
+    id: &str,
+) -> Option<Arc<Message>> {
+    loop {
+        let m = next(replies).await?;
+        if is_reply_to(&m, event, rid, id) {
+            return Some(m);
+        }
+        tracing::warn!(
+            event = m.event(),
+            "unexpected message on a long-poll reply topic dropped"
+        );
+    }
+}
+
+/// Sends a request for the session of `claims` to the node that holds it (named in the
+/// token), over the pub/sub, and waits for its answer: [`Routed::Gone`] when it does not
+/// acknowledge it. The request goes to that node only, and its answer to this node only.
+///
+/// Each request has its own reply topic, named by 128 random bits, and its acknowledgement
+/// and answer carry its id and the session's: a reply meant for another request (of another
+/// socket on the same pub/sub, or of an earlier node of the same name) is never taken.
 async fn route(
     lp: &LongPoll,
     pubsub: &PubSub,
-    id: &str,
+    claims: &Claims,
     kind: &'static str,
     mut request: Value,
-) -> Option<Value> {
-    if !pubsub.has_peers() {
-        return None;
+) -> Routed {
+    let (id, owner) = (claims.s.as_str(), claims.n.as_str());
+    let topic = format!("{TOPIC_PREFIX}{id}");
+    let local = owner == pubsub.node_name();
+    // On this node: served by another socket on the same pub/sub, or gone (no need to wait
+    // for an acknowledgement that cannot come).
+    if (local && pubsub.subscriber_count(&topic) == 0) || (!local && !pubsub.has_peers()) {
+        return Routed::Gone;
     }
-    let n = lp.next_reply.fetch_add(1, Ordering::Relaxed);
-    let reply_topic = format!("{TOPIC_PREFIX}reply:{}:{n}", pubsub.node_name());
+    let Ok(_permit) = lp.routed.try_acquire() else {
+        tracing::warn!(
+            max = MAX_ROUTED,
+            "too many routed long-poll requests: try later"
+        );
+        return Routed::Busy;
+    };
+    let mut rid = [0u8; 16];
+    if let Err(error) = getrandom::fill(&mut rid) {
+        tracing::error!(%error, "no random bytes for a routed long-poll request");
+        return Routed::Gone;
+    }
+    let rid = URL_SAFE_NO_PAD.encode(rid);
+    let reply_topic = format!("{REPLY_PREFIX}{rid}");
     let mut replies = pubsub.subscribe(&reply_topic);
     request["reply"] = json!(reply_topic);
-    let message = Message::json(format!("{TOPIC_PREFIX}{id}"), kind, request);
-    if let Err(error) = pubsub.broadcast(message) {
+    request["r"] = json!(rid);
+    request["s"] = json!(id);
+    request["node"] = json!(pubsub.node_name());
+    let message = Message::json(topic, kind, request);
+    if let Err(error) = pubsub.direct_broadcast(owner, message) {
         tracing::warn!(%error, "long-poll request not routed");
-        return None;
+        return Routed::Gone;
     }
-    let ack = tokio::time::timeout(PUBSUB_TIMEOUT, next(&mut replies)).await;
-    match ack {
-        Ok(Some(m)) if m.event() == "ack" => {}
-        _ => {
-            tracing::debug!(session = id, "no node holds the long-poll session");
-            return None;
-        }
+    let ack = tokio::time::timeout(PUBSUB_TIMEOUT, next_reply(&mut replies, "ack", &rid, id)).await;
+    if !matches!(ack, Ok(Some(_))) {
+        tracing::debug!(session = id, "no node holds the long-poll session");
+        return Routed::Gone;
     }
-    let answer = tokio::time::timeout(lp.window + PUBSUB_TIMEOUT, next(&mut replies)).await;
+    let answer = tokio::time::timeout(
+        lp.window + PUBSUB_TIMEOUT,
+        next_reply(&mut replies, "reply", &rid, id),
+    )
+    .await;
     match answer {
         Ok(Some(m)) => match m.payload() {
-            Payload::Json(value) => Some(value.clone()),
-            _ => None,
+            Payload::Json(value) => Routed::Answer(value.clone()),
+            _ => Routed::Gone,
         },
         _ => {
             tracing::warn!(
@@ -613,7 +833,7 @@ async fn route(
             );
             // Acknowledged: the session exists. A lost poll answer is an empty poll, a lost
             // send answer an error phoenix.js retries.
-            Some(json!({ "status": if kind == "poll" { 204 } else { 500 } }))
+            Routed::Answer(json!({ "status": if kind == "poll" { 204 } else { 500 } }))
         }
     }
 }
@@ -631,6 +851,7 @@ async fn next(replies: &mut Subscription) -> Option<Arc<Message>> {
 
 /// Serves the requests for `session` that reached other nodes, until the session closes.
 async fn serve_routed(
+    id: Arc<str>,
     pubsub: PubSub,
     mut routed: Subscription,
     session: Arc<Session>,
@@ -656,19 +877,31 @@ async fn serve_routed(
                 };
                 let Payload::Json(body) = request.payload() else { continue };
                 let Some(reply) = body["reply"].as_str().map(str::to_owned) else { continue };
-                let _ = pubsub.broadcast(Message::json(reply.as_str(), "ack", json!({})));
+                // Replies go to reply topics only, never to a session's or a channel's.
+                if !reply.starts_with(REPLY_PREFIX) {
+                    tracing::warn!("routed long-poll request with a bad reply topic dropped");
+                    continue;
+                }
+                let Some(rid) = body["r"].as_str().map(str::to_owned) else { continue };
+                let Some(node) = body["node"].as_str().map(str::to_owned) else { continue };
+                let tag = json!({"r": rid, "s": &*id});
+                let _ = pubsub.direct_broadcast(&node, Message::json(reply.as_str(), "ack", tag.clone()));
                 if in_flight.len() >= REMOTE_IN_FLIGHT {
                     tracing::warn!("too many routed long-poll requests for one session");
-                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", json!({"status": 500})));
+                    let mut answer = tag;
+                    answer["status"] = json!(500);
+                    let _ = pubsub.direct_broadcast(&node, Message::json(reply.as_str(), "reply", answer));
                     continue;
                 }
                 let (pubsub, session) = (pubsub.clone(), session.clone());
                 let event = request.event().to_owned();
                 let lines = body["lines"].clone();
                 in_flight.push(async move {
-                    let answer = match event.as_str() {
+                    let mut answer = match event.as_str() {
                         "poll" => match session.poll(window).await {
-                            Polled::Messages(messages) => json!({"status": 200, "messages": messages}),
+                            // Released at once: the asking node writes the answer, which the
+                            // budget bounds, but its reading is not tracked here.
+                            Polled::Messages(messages, _unread) => json!({"status": 200, "messages": messages}),
                             Polled::Empty => json!({"status": 204}),
                             Polled::Gone => json!({"status": 410}),
                         },
@@ -692,7 +925,9 @@ async fn serve_routed(
                         }
                         _ => json!({"status": 400}),
                     };
-                    let _ = pubsub.broadcast(Message::json(reply.as_str(), "reply", answer));
+                    answer["r"] = tag["r"].clone();
+                    answer["s"] = tag["s"].clone();
+                    let _ = pubsub.direct_broadcast(&node, Message::json(reply.as_str(), "reply", answer));
                 });
             }
         }
@@ -704,6 +939,29 @@ async fn serve_routed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At most `MAX_ROUTED` requests are routed at once: more are answered "try later".
+    #[tokio::test(start_paused = true)]
+    async fn routing_is_refused_beyond_the_routed_cap() {
+        let cluster = presence_core::pubsub::LocalCluster::new();
+        let a = PubSub::builder("a").adapter(cluster.adapter()).build();
+        let _b = PubSub::builder("b").adapter(cluster.adapter()).build();
+        let lp = LongPollConfig::new().build();
+        let claims = Claims {
+            s: "no-such-session".to_owned(),
+            v: 2,
+            n: "b".to_owned(),
+        };
+        let all = lp.routed.try_acquire_many(MAX_ROUTED as u32).unwrap();
+        let routed = route(&lp, &a, &claims, "poll", json!({})).await;
+        assert!(matches!(routed, Routed::Busy), "{routed:?}");
+        drop(all);
+        // With a permit free the request goes to B, which holds no such session: gone (after
+        // the acknowledgement's 2 s), and the permit is back.
+        let routed = route(&lp, &a, &claims, "poll", json!({})).await;
+        assert!(matches!(routed, Routed::Gone), "{routed:?}");
+        assert_eq!(lp.routed.available_permits(), MAX_ROUTED);
+    }
 
     #[test]
     fn lines_are_json_frames_or_base64_binaries() {

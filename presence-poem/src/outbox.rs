@@ -375,6 +375,12 @@ impl Frames {
 
     /// The next frame, if one is queued.
     pub(crate) fn try_recv(&self) -> Option<Out> {
+        self.try_recv_within(usize::MAX)
+    }
+
+    /// The next frame, if one is queued and counts at most `limit` bytes (a merged diff is
+    /// counted by the diffs it holds): a larger one stays queued.
+    pub(crate) fn try_recv_within(&self, limit: usize) -> Option<Out> {
         loop {
             let item = {
                 let mut queue = self
@@ -382,6 +388,9 @@ impl Frames {
                     .queue
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
+                if queue.items.front()?.bytes() > limit {
+                    return None;
+                }
                 let item = queue.items.pop_front()?;
                 queue.first += 1;
                 queue.bytes -= item.bytes().min(queue.bytes);

@@ -1094,8 +1094,9 @@ impl PhoenixSocket {
         }
         let Some(params) = parse_query(req.uri().query().unwrap_or_default()) else {
             // Not silently read as "no params" (which would also mean vsn 1.0.0).
+            // Its length only: the query may hold a session token or the app's token param.
             tracing::warn!(
-                query = req.uri().query(),
+                query_len = req.uri().query().map_or(0, str::len),
                 transport,
                 "refusing connection: unparsable query string"
             );

@@ -25,6 +25,11 @@ pub const MIN_SECRET_LEN: usize = 32;
 
 const VERSION: &str = "v1";
 
+/// How far in the future a token may have been signed and still verify: the clock of the node
+/// that signed it may be ahead of the verifying node's (`Phoenix.Token` does not refuse
+/// tokens from the future at all). A token from further ahead is [`TokenError::Expired`].
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 /// Why a token was refused, or a signer not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -39,7 +44,7 @@ pub enum TokenError {
     /// The signature does not match: the token was altered, or signed with another secret.
     #[error("invalid token signature")]
     Invalid,
-    /// Older than the maximum age (or signed in the future).
+    /// Older than the maximum age, or signed more than [`MAX_CLOCK_SKEW`] in the future.
     #[error("token expired")]
     Expired,
     /// The signed value does not decode into the type asked for.
@@ -126,7 +131,9 @@ impl TokenSigner {
         format!("{body}.{signature}")
     }
 
-    /// Verifies `token` and decodes its value; it must be at most `max_age` old.
+    /// Verifies `token` and decodes its value; it must be at most `max_age` old. A token
+    /// signed up to [`MAX_CLOCK_SKEW`] (60 s) in the future verifies, as the signing node's
+    /// clock may be ahead of this one's.
     ///
     /// # Errors
     ///
@@ -172,7 +179,11 @@ impl TokenSigner {
         let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let age = now.checked_sub(signed_at).ok_or(TokenError::Expired)?;
+        if u128::from(signed_at) > u128::from(now) + MAX_CLOCK_SKEW.as_millis() {
+            return Err(TokenError::Expired);
+        }
+        // Signed "in the future", within the skew: as young as can be.
+        let age = now.saturating_sub(signed_at);
         if u128::from(age) > max_age.as_millis() {
             return Err(TokenError::Expired);
         }
@@ -206,7 +217,17 @@ mod tests {
             signer.verify::<u32>(&old, Duration::from_secs(60)),
             Err(TokenError::Expired)
         );
-        // Signed in the future is not "young".
+        // Signed a little in the future (the signing node's clock ahead of this one's):
+        // accepted, up to a minute.
+        for ahead in [1, 500, 59_000] {
+            let skewed = signer.sign_at(&7, SystemTime::now() + Duration::from_millis(ahead));
+            assert_eq!(
+                signer.verify::<u32>(&skewed, Duration::from_secs(60)),
+                Ok(7),
+                "{ahead}"
+            );
+        }
+        // Further in the future is not "young".
         let future = signer.sign_at(&7, SystemTime::now() + Duration::from_secs(3600));
         assert_eq!(
             signer.verify::<u32>(&future, Duration::from_secs(60)),

@@ -271,6 +271,122 @@ async fn a_session_expires_when_polls_stop_and_its_channels_terminate() {
     );
 }
 
+/// A session whose client never polls (any GET without a token starts one) holds its
+/// connection slot one window only, not the 1.5 windows of a session that polls.
+#[tokio::test(start_paused = true)]
+async fn a_session_never_polled_expires_after_one_window() {
+    let pubsub = PubSub::new("test");
+    let socket = lp_builder(&pubsub, Duration::from_secs(2)).build();
+    let app = app(socket.clone());
+    let _session = Session::open_v2(&app).await;
+    assert_eq!(socket.open_sockets(), 1);
+    tokio::time::sleep(Duration::from_millis(1_900)).await;
+    assert_eq!(socket.open_sockets(), 1, "still there within the window");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(socket.open_sockets(), 0, "gone after one window");
+}
+
+/// Long-poll sessions have a cap of their own, below the connection limit websockets share.
+#[tokio::test(start_paused = true)]
+async fn long_poll_sessions_have_their_own_cap() {
+    let pubsub = PubSub::new("test");
+    let config = LongPollConfig::new()
+        .window(Duration::from_secs(2))
+        .secret(KEY)
+        .unwrap()
+        .max_sessions(2);
+    let socket = builder(&pubsub)
+        .max_connections(10)
+        .longpoll(config)
+        .build();
+    let app = app(socket.clone());
+    let first = Session::open_v2(&app).await;
+    let _second = Session::open_v2(&app).await;
+    let (_, body) = call(&app, Method::GET, "/socket/longpoll?vsn=2.0.0", &[], "").await;
+    assert_eq!(body["status"], 500, "over the cap: {body}");
+    assert_eq!(socket.open_sockets(), 2);
+    // The sessions that exist go on.
+    assert_eq!(first.post(&app, &[join("room:1", "1")]).await, 200);
+    assert_eq!(first.poll_n(&app, 1).await.len(), 1);
+    // Once one ends, a new one starts.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(socket.open_sockets(), 1);
+    let _third = Session::open_v2(&app).await;
+}
+
+/// A window too long for arithmetic is clamped (to an hour): requests do not panic.
+#[tokio::test(start_paused = true)]
+async fn a_huge_window_is_clamped_and_serves() {
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .longpoll(
+            LongPollConfig::new()
+                .window(Duration::MAX)
+                .secret(KEY)
+                .unwrap(),
+        )
+        .build();
+    let app = app(socket.clone());
+    let session = Session::open_v2(&app).await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(session.poll(&app).await.0, 204);
+    assert_eq!(start.elapsed(), Duration::from_secs(3600));
+}
+
+/// A query string that does not parse is refused without being logged: on long poll it may
+/// hold a session token or the app's own token param.
+#[tokio::test]
+async fn an_unparsable_query_is_refused_and_not_logged() {
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    // A current-thread runtime: the subscriber sees everything this test runs.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let pubsub = PubSub::new("test");
+    let app = app(lp_builder(&pubsub, Duration::from_secs(2)).build());
+    let uri = "/socket/longpoll?vsn=2.0.0&token=SECRET-USER-TOKEN&bad=%zz";
+    let (_, body) = call(&app, Method::GET, uri, &[], "").await;
+    assert_eq!(body["status"], 403, "{body}");
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("unparsable query string"), "{logs}");
+    assert!(!logs.contains("SECRET-USER-TOKEN"), "{logs}");
+}
+
+/// An owner replies to reply topics only: a request naming another topic (a channel's) as its
+/// reply topic is dropped.
+#[tokio::test(start_paused = true)]
+async fn an_owner_replies_to_reply_topics_only() {
+    let pubsub = PubSub::new("a");
+    let app = app(lp_builder(&pubsub, Duration::from_secs(2)).build());
+    let session = Session::open_v2(&app).await;
+    let mut room = pubsub.subscribe("room:victim");
+    let request =
+        json!({"reply": "room:victim", "r": "x", "s": session_id(&session.token), "node": "a"});
+    pubsub
+        .broadcast(Message::json(
+            format!("phx:lp:{}", session_id(&session.token)),
+            "send",
+            request,
+        ))
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(1), room.recv()).await;
+    assert!(got.is_err(), "a reply reached a channel's topic: {got:?}");
+}
+
 #[tokio::test]
 async fn bad_input_gets_its_status_and_touches_no_other_session() {
     let pubsub = PubSub::new("test");
@@ -352,6 +468,61 @@ async fn bad_input_gets_its_status_and_touches_no_other_session() {
     assert_eq!(http, StatusCode::BAD_REQUEST);
     let (http, _) = call(&app, Method::OPTIONS, "/socket/longpoll", &[], "").await;
     assert_eq!(http, StatusCode::OK);
+}
+
+/// The messages in answers not yet read count against the session's outbound budget: a
+/// client that polls but leaves its answers unread gets no more than the budget out of the
+/// queue, and the rest waits there (where the slow-reader bound applies).
+#[tokio::test(start_paused = true)]
+async fn unread_answers_count_against_the_outbound_budget() {
+    let pubsub = PubSub::new("test");
+    let socket = lp_builder(&pubsub, Duration::from_secs(2))
+        .outbound_budget(4_000)
+        .build();
+    let app = app(socket);
+    let session = Session::open_v2(&app).await;
+    assert_eq!(session.post(&app, &[join("room:1", "1")]).await, 200);
+    assert_eq!(session.poll_n(&app, 1).await.len(), 1);
+    // About 1 KB a reply.
+    let padded =
+        |n: u64| json!(["1", n.to_string(), "room:1", "echo", {"n": n, "pad": "x".repeat(1_000)}]);
+    assert_eq!(
+        session
+            .post(&app, &(0..3).map(padded).collect::<Vec<_>>())
+            .await,
+        200
+    );
+    // Polled, but the answer (about 3 KB) is not read.
+    let uri = format!("/socket/longpoll?vsn=2.0.0&token={}", session.token);
+    let held = app
+        .call(
+            Request::builder()
+                .method(Method::GET)
+                .uri(uri.parse().unwrap())
+                .finish(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        session
+            .post(&app, &(3..5).map(padded).collect::<Vec<_>>())
+            .await,
+        200
+    );
+    // What is left of the budget holds none of the next replies: they stay queued.
+    assert_eq!(session.poll(&app).await, (204, Vec::new()));
+    // Once the first answer is read, they come.
+    let first: Value =
+        serde_json::from_str(&held.into_body().into_string().await.unwrap()).unwrap();
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["messages"].as_array().unwrap().len(), 3);
+    let ns: Vec<u64> = session
+        .poll_n(&app, 2)
+        .await
+        .iter()
+        .map(|r| reply(r).2["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![3, 4]);
 }
 
 #[tokio::test]
@@ -545,7 +716,7 @@ async fn polls_and_sends_reach_the_session_from_any_node_once_and_in_order() {
     // A token of a session no node holds: 410 from either node (B after asking the cluster).
     let gone = TokenSigner::new(KEY, SALT)
         .unwrap()
-        .sign(&json!({"s": "no-such-session", "v": 2}));
+        .sign(&json!({"s": "no-such-session", "v": 2, "n": "a"}));
     assert_eq!(
         post_with_token(&a, &gone, &echo("room:1", "1", "3", 3).to_string()).await,
         410
@@ -553,6 +724,96 @@ async fn polls_and_sends_reach_the_session_from_any_node_once_and_in_order() {
     assert_eq!(
         post_with_token(&b, &gone, &echo("room:1", "1", "3", 3).to_string()).await,
         410
+    );
+}
+
+/// Two sockets on one pub/sub (as two endpoints of one node, or a node restarted under the
+/// same name) route requests at the same time: each poll gets its own session's messages.
+#[tokio::test]
+async fn routed_requests_of_two_sockets_on_one_pubsub_get_their_own_answers() {
+    let cluster = presence_core::pubsub::LocalCluster::new();
+    let a = PubSub::builder("a").adapter(cluster.adapter()).build();
+    let b = PubSub::builder("b").adapter(cluster.adapter()).build();
+    let window = Duration::from_secs(5);
+    let owner = app(lp_builder(&a, window).build());
+    let b1 = app(lp_builder(&b, window).build());
+    let b2 = app(lp_builder(&b, window).build());
+    let x = Session::open_v2(&owner).await;
+    let y = Session::open_v2(&owner).await;
+    for s in [&x, &y] {
+        assert_eq!(s.post(&owner, &[join("room:1", "1")]).await, 200);
+        assert_eq!(reply(&s.poll_n(&owner, 1).await[0]).1, "ok");
+    }
+    for round in 0..5u64 {
+        assert_eq!(
+            x.post(&owner, &[echo("room:1", "1", "2", round)]).await,
+            200
+        );
+        assert_eq!(
+            y.post(&owner, &[echo("room:1", "1", "2", 100 + round)])
+                .await,
+            200
+        );
+        let ((sx, mx), (sy, my)) = tokio::join!(x.poll(&b1), y.poll(&b2));
+        assert_eq!((sx, sy), (200, 200), "round {round}");
+        let ns = |m: &[Value]| -> Vec<u64> {
+            m.iter()
+                .map(|r| reply(r).2["n"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(ns(&mx), vec![round], "round {round}: X's own");
+        assert_eq!(ns(&my), vec![100 + round], "round {round}: Y's own");
+    }
+}
+
+/// Routed requests go to the node named in the session token only, and their answers to the
+/// asking node only: a third node sees none of them.
+#[tokio::test]
+async fn routed_requests_and_answers_reach_only_the_two_nodes_concerned() {
+    let cluster = presence_core::pubsub::LocalCluster::new();
+    let a = PubSub::builder("a").adapter(cluster.adapter()).build();
+    let b = PubSub::builder("b").adapter(cluster.adapter()).build();
+    let c = PubSub::builder("c").adapter(cluster.adapter()).build();
+    let window = Duration::from_secs(5);
+    let node_a = app(lp_builder(&a, window).build());
+    let node_b = app(lp_builder(&b, window).build());
+    let session = Session::open_v2(&node_a).await;
+    // A spy on C, on the session's topic and every other long-poll topic it can name.
+    let mut spy = c.subscribe(&format!("phx:lp:{}", session_id(&session.token)));
+    assert_eq!(session.post(&node_b, &[join("room:1", "1")]).await, 200);
+    assert_eq!(reply(&session.poll_n(&node_b, 1).await[0]).1, "ok");
+    // A request C would have had to see, had requests been broadcast: a later one, so the
+    // earlier ones were delivered (or not) by now, in order.
+    a.broadcast(Message::json(
+        format!("phx:lp:{}", session_id(&session.token)),
+        "marker",
+        json!({}),
+    ))
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), spy.recv())
+        .await
+        .expect("the marker")
+        .unwrap();
+    assert_eq!(first.event(), "marker", "C saw a routed request");
+}
+
+/// A token naming this node for a session it no longer holds (a node restarted under the same
+/// name) is answered 410 at once, without a round trip nor the 2 s wait.
+#[tokio::test(start_paused = true)]
+async fn a_token_of_a_session_this_node_no_longer_holds_is_gone_at_once() {
+    let (a, _, _) = two_nodes(Duration::from_secs(5), KEY);
+    let gone = TokenSigner::new(KEY, SALT)
+        .unwrap()
+        .sign(&json!({"s": "no-such-session", "v": 2, "n": "a"}));
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        post_with_token(&a, &gone, &echo("room:1", "1", "3", 3).to_string()).await,
+        410
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
     );
 }
 
