@@ -76,23 +76,7 @@ pub(crate) fn run(
     });
     let (sink, stream) = stream.split();
     let deadline = inner.config.shutdown_timeout;
-    let limits = Box::new(RateState {
-        messages: Bucket::new(inner.config.message_rate),
-        joins: Bucket::new(inner.config.join_rate),
-        abuse: Abuse {
-            since: Instant::now(),
-            refused: 0,
-        },
-    });
-    let control = Control {
-        limits,
-        inner,
-        socket,
-        channels: HashMap::new(),
-        dying: Vec::new(),
-        close: close.clone(),
-        draining,
-    };
+    let control = Control::new(inner, socket, close.clone(), draining);
     let writer = write_loop(sink, frames, close, outbox, deadline);
     let idle_timeout = control.inner.config.idle_timeout;
     let control = control.run(
@@ -149,23 +133,7 @@ pub(crate) fn session(
         hubs: inner.hubs.clone(),
         registry: SocketRegistry::new(registry, &inner.no_registry_warned),
     });
-    let limits = Box::new(RateState {
-        messages: Bucket::new(inner.config.message_rate),
-        joins: Bucket::new(inner.config.join_rate),
-        abuse: Abuse {
-            since: Instant::now(),
-            refused: 0,
-        },
-    });
-    let control = Control {
-        limits,
-        inner,
-        socket,
-        channels: HashMap::new(),
-        dying: Vec::new(),
-        close: rx.close.clone(),
-        draining,
-    };
+    let control = Control::new(inner, socket, rx.close.clone(), draining);
     let (input, mut messages) = mpsc::channel(SESSION_INPUT);
     let stream = futures_util::stream::poll_fn(move |cx| {
         messages
@@ -427,6 +395,32 @@ async fn next_disconnect(sub: &mut Option<Subscription>) -> Arc<Message> {
 }
 
 impl Control {
+    /// The control loop's state for a new socket of either transport, with full rate buckets.
+    fn new(
+        inner: Arc<Inner>,
+        socket: Arc<SocketShared>,
+        close: watch::Receiver<Option<Close>>,
+        draining: DrainWatch,
+    ) -> Self {
+        let limits = Box::new(RateState {
+            messages: Bucket::new(inner.config.message_rate),
+            joins: Bucket::new(inner.config.join_rate),
+            abuse: Abuse {
+                since: Instant::now(),
+                refused: 0,
+            },
+        });
+        Control {
+            inner,
+            socket,
+            channels: HashMap::new(),
+            dying: Vec::new(),
+            close,
+            draining,
+            limits,
+        }
+    }
+
     fn outbox(&self) -> &Outbox {
         &self.socket.outbox
     }

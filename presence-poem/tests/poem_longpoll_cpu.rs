@@ -8,39 +8,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use poem::Route;
 use poem::http::Method;
-use poem::{Endpoint, Request, Route};
 use presence_core::PubSub;
 use presence_poem::LongPollConfig;
-use serde_json::{Value, json};
-
-async fn call(app: &Route, method: Method, uri: &str, body: String) -> Value {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri.parse().unwrap())
-        .header("content-type", "application/x-ndjson")
-        .body(body);
-    let response = app.call(req).await.unwrap();
-    serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap()
-}
-
-/// Opens a session, joins `room:mem` and polls the join's reply.
-async fn joined_session(app: &Route) -> String {
-    let opened = call(
-        app,
-        Method::GET,
-        "/socket/longpoll?vsn=2.0.0",
-        String::new(),
-    )
-    .await;
-    let token = opened["token"].as_str().unwrap().to_owned();
-    let uri = format!("/socket/longpoll?vsn=2.0.0&token={token}");
-    let join = json!(["1", "1", "room:mem", "phx_join", {}]).to_string();
-    assert_eq!(call(app, Method::POST, &uri, join).await["status"], 200);
-    let polled = call(app, Method::GET, &uri, String::new()).await;
-    assert_eq!(polled["status"], 200, "{polled}");
-    token
-}
+use serde_json::json;
 
 /// CPU time of this process so far (user and system), from `/proc/self/stat`, or None
 /// elsewhere. Clock ticks are 10 ms: measure many operations.
@@ -67,7 +39,7 @@ async fn cpu_per_message_delivered_by_poll() {
     let app = Route::new().nest("/socket", socket.clone());
     let mut uris = Vec::with_capacity(N);
     for _ in 0..N {
-        let token = joined_session(&app).await;
+        let token = joined_longpoll_session(&app).await;
         uris.push(format!("/socket/longpoll?vsn=2.0.0&token={token}"));
     }
     let Some(start) = cpu_time() else {
@@ -83,7 +55,7 @@ async fn cpu_per_message_delivered_by_poll() {
             ))
             .unwrap();
         for uri in &uris {
-            let polled = call(&app, Method::GET, uri, String::new()).await;
+            let polled = longpoll_call(&app, Method::GET, uri, String::new()).await;
             assert_eq!(polled["status"], 200, "{polled}");
             let messages = polled["messages"].as_array().unwrap();
             assert_eq!(messages.len(), 1, "{polled}");

@@ -7,11 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use poem::http::Method;
-use poem::{Endpoint, Request, Route};
+use poem::Route;
 use presence_core::PubSub;
 use presence_poem::LongPollConfig;
-use serde_json::{Value, json};
 
 /// Resident set size in bytes (Linux), or None elsewhere.
 fn rss() -> Option<isize> {
@@ -19,34 +17,6 @@ fn rss() -> Option<isize> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: isize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-async fn call(app: &Route, method: Method, uri: &str, body: String) -> Value {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri.parse().unwrap())
-        .header("content-type", "application/x-ndjson")
-        .body(body);
-    let response = app.call(req).await.unwrap();
-    serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap()
-}
-
-/// Opens a session, joins `room:mem` and polls the join's reply.
-async fn joined_session(app: &Route) -> String {
-    let opened = call(
-        app,
-        Method::GET,
-        "/socket/longpoll?vsn=2.0.0",
-        String::new(),
-    )
-    .await;
-    let token = opened["token"].as_str().unwrap().to_owned();
-    let uri = format!("/socket/longpoll?vsn=2.0.0&token={token}");
-    let join = json!(["1", "1", "room:mem", "phx_join", {}]).to_string();
-    assert_eq!(call(app, Method::POST, &uri, join).await["status"], 200);
-    let polled = call(app, Method::GET, &uri, String::new()).await;
-    assert_eq!(polled["status"], 200, "{polled}");
-    token
 }
 
 #[tokio::test]
@@ -59,13 +29,13 @@ async fn idle_long_poll_sessions_are_small() {
         .build();
     let app = Route::new().nest("/socket", socket.clone());
     // Warm up (lazy statics, the hub for the topic).
-    let _warm = joined_session(&app).await;
+    let _warm = joined_longpoll_session(&app).await;
     let Some(before) = rss() else {
         return; // not Linux
     };
     let mut tokens = Vec::with_capacity(N);
     for _ in 0..N {
-        tokens.push(joined_session(&app).await);
+        tokens.push(joined_longpoll_session(&app).await);
     }
     let per_session = (rss().unwrap_or(0) - before) / N as isize;
     println!("~{per_session} bytes per idle joined long-poll session");

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use poem::http::Method;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{Endpoint, Route, Server};
+use poem::{Endpoint, Request, Route, Server};
 use presence_core::PubSub;
 use presence_core::pubsub::{Message, Payload, Subscription};
 use presence_poem::{
@@ -492,4 +493,37 @@ pub fn binary_push(
         frame.extend_from_slice(part);
     }
     WsMessage::binary(frame)
+}
+
+/// Sends one long-poll request to `app` and returns its JSON answer.
+pub async fn longpoll_call(app: &Route, method: Method, uri: &str, body: String) -> Value {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri.parse().unwrap())
+        .header("content-type", "application/x-ndjson")
+        .body(body);
+    let response = app.call(req).await.unwrap();
+    serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap()
+}
+
+/// Opens a long-poll session on `app` (the socket nested at `/socket`), joins `room:mem` and
+/// polls the join's reply; returns the session token.
+pub async fn joined_longpoll_session(app: &Route) -> String {
+    let opened = longpoll_call(
+        app,
+        Method::GET,
+        "/socket/longpoll?vsn=2.0.0",
+        String::new(),
+    )
+    .await;
+    let token = opened["token"].as_str().unwrap().to_owned();
+    let uri = format!("/socket/longpoll?vsn=2.0.0&token={token}");
+    let join = json!(["1", "1", "room:mem", "phx_join", {}]).to_string();
+    assert_eq!(
+        longpoll_call(app, Method::POST, &uri, join).await["status"],
+        200
+    );
+    let polled = longpoll_call(app, Method::GET, &uri, String::new()).await;
+    assert_eq!(polled["status"], 200, "{polled}");
+    token
 }
