@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf
 
 use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared, Start};
+use crate::metrics::{self, JoinOutcome as JoinMetric, SocketCounters};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit};
@@ -49,6 +50,22 @@ const WRITE_BATCH: usize = 64;
 /// each frame into a write buffer whose capacity never shrinks, so this bounds what a socket
 /// keeps after the largest message it was sent (a big room's `presence_state`), for its life.
 const FRAGMENT: usize = 2048;
+
+/// The span of one socket, with stable field names: `remote_addr` (the TCP peer), `socket_id`
+/// (the connect hook's id, if any) and `vsn`. Nothing from the query string or headers: they
+/// may carry tokens.
+pub(crate) fn span(req: &poem::Request, vsn: Vsn, id: Option<&str>) -> tracing::Span {
+    let vsn = match vsn {
+        Vsn::V1 => "1.0.0",
+        Vsn::V2 => "2.0.0",
+    };
+    tracing::info_span!(
+        "socket",
+        remote_addr = %req.remote_addr(),
+        socket_id = id,
+        vsn,
+    )
+}
 
 /// Serves one upgraded websocket until it closes.
 ///
@@ -73,7 +90,9 @@ pub(crate) fn run(
         outbox: outbox.clone(),
         hubs: inner.hubs.clone(),
         registry: SocketRegistry::new(registry, &inner.no_registry_warned),
+        status: inner.status.clone(),
     });
+    let counters = SocketCounters::register();
     let (sink, stream) = stream.split();
     let deadline = inner.config.shutdown_timeout;
     let limits = Box::new(RateState {
@@ -92,16 +111,25 @@ pub(crate) fn run(
         dying: Vec::new(),
         close: close.clone(),
         draining,
+        frames_in: counters.frames_in,
+        bytes_in: counters.bytes_in,
     };
-    let writer = write_loop(sink, frames, close, outbox, deadline);
+    let sent = (counters.frames_out, counters.bytes_out);
+    let writer = write_loop(sink, frames, close, outbox, deadline, sent);
     futures_util::future::join(writer, control.run(stream, open)).map(|((), ())| ())
 }
 
 /// Writes one message: one frame, or fragments of at most [`FRAGMENT`] bytes. The bytes are
 /// shared, not copied (a broadcast's encoding, a `presence_state`'s body): tungstenite's copy
 /// into its write buffer is the only one per socket.
-async fn feed(sink: &mut SplitSink<WsStream, WsMessage>, out: Out) -> Result<(), WsError> {
+async fn feed(
+    sink: &mut SplitSink<WsStream, WsMessage>,
+    out: Out,
+    sent: &(::metrics::Counter, ::metrics::Counter),
+) -> Result<(), WsError> {
     let total = out.len();
+    sent.0.increment(1);
+    sent.1.increment(total as u64);
     let (text, parts) = out.into_parts();
     let mut opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
     if total == 0 {
@@ -128,6 +156,7 @@ async fn write_loop(
     mut close: watch::Receiver<Option<Close>>,
     outbox: Outbox,
     deadline: std::time::Duration,
+    sent: (::metrics::Counter, ::metrics::Counter),
 ) {
     let requested = loop {
         tokio::select! {
@@ -136,10 +165,10 @@ async fn write_loop(
             out = frames.recv() => {
                 // Boxed: only the idle state of this loop stays in every socket's task.
                 let write = Box::pin(async {
-                    feed(&mut sink, out).await?;
+                    feed(&mut sink, out, &sent).await?;
                     for _ in 1..WRITE_BATCH {
                         match frames.try_recv() {
-                            Some(out) => feed(&mut sink, out).await?,
+                            Some(out) => feed(&mut sink, out, &sent).await?,
                             None => break,
                         }
                     }
@@ -203,6 +232,9 @@ struct Pending {
     /// Messages for the topic that came while the join ran: handled once it has joined (as
     /// Phoenix handles a socket's messages in order), answered `unmatched topic` if not.
     queued: Vec<Inbound>,
+    /// When the join came, and its route's pattern, for the join metrics.
+    started: Instant,
+    route: Arc<str>,
 }
 
 impl Pending {
@@ -262,6 +294,8 @@ struct Control {
     draining: DrainWatch,
     /// Boxed: rarely touched compared with their size, and kept per socket.
     limits: Box<RateState>,
+    frames_in: ::metrics::Counter,
+    bytes_in: ::metrics::Counter,
 }
 
 #[derive(Debug)]
@@ -398,6 +432,11 @@ impl Control {
             }
         }
         drop(disconnect);
+        if let Some(close) = *self.close.borrow() {
+            metrics::closed(close.code, self.outbox().peak_bytes());
+            let id = self.socket.id.as_ref();
+            self.socket.status.closed(close.code, close.reason, id);
+        }
         // Boxed: its state is far larger than the idle loop's and would otherwise stay in
         // every socket's task for its whole life.
         Box::pin(self.shutdown()).await;
@@ -430,6 +469,8 @@ impl Control {
     }
 
     fn handle_frame(&mut self, message: &WsMessage) {
+        self.frames_in.increment(1);
+        self.bytes_in.increment(message.len() as u64);
         let decoded = match message {
             WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text.as_str())),
             WsMessage::Binary(bytes) => self.socket.vsn.decode(Raw::Binary(bytes)),
@@ -499,10 +540,12 @@ impl Control {
         let now = Instant::now();
         let limits = &mut self.limits;
         let joining = msg.event == event::JOIN;
-        let allowed = limits.messages.take(now) && (!joining || limits.joins.take(now));
+        let within_messages = limits.messages.take(now);
+        let allowed = within_messages && (!joining || limits.joins.take(now));
         if allowed {
             return true;
         }
+        metrics::rate_limited(within_messages);
         if now.duration_since(limits.abuse.since) > ABUSE_WINDOW {
             limits.abuse = Abuse {
                 since: now,
@@ -719,6 +762,14 @@ impl Control {
 
     /// A pending join has ended.
     fn join_ended(&mut self, topic: &str, outcome: JoinOutcome) {
+        if let Some(pending) = self.channels.get(topic).and_then(|j| j.pending.as_ref()) {
+            let answer = match outcome {
+                JoinOutcome::Joined => JoinMetric::Ok,
+                JoinOutcome::Failed => JoinMetric::Error,
+                JoinOutcome::TimedOut => JoinMetric::Timeout,
+            };
+            metrics::join_answered(&pending.route, answer, Some(pending.started.elapsed()));
+        }
         match outcome {
             JoinOutcome::Joined => {
                 let queued = self
@@ -799,6 +850,7 @@ impl Control {
         };
         if let Some(reason) = refused {
             tracing::warn!(topic_len = topic.len(), reason, "join refused");
+            metrics::join_refused(inner.route(&topic).map(|r| &r.label));
             self.refuse_join(
                 reply_join_ref.as_deref(),
                 reference.as_deref(),
@@ -809,6 +861,7 @@ impl Control {
         }
         let Some(route) = inner.route(&topic) else {
             tracing::debug!(%topic, "ignoring unmatched topic");
+            metrics::join_refused(None);
             let reason = json!({"reason": "unmatched topic"});
             self.reply(None, reference.as_deref(), &topic, "error", reason);
             return;
@@ -821,6 +874,7 @@ impl Control {
         // Channels still shutting down count: they hold their resources until they end.
         if self.channels.len() + self.dying.len() >= self.inner.config.max_channels {
             tracing::warn!(%topic, max = self.inner.config.max_channels, "too many channels joined");
+            metrics::join_refused(Some(&route.label));
             let reason = "too many channels joined";
             self.refuse_join(
                 reply_join_ref.as_deref(),
@@ -850,6 +904,7 @@ impl Control {
             cmds,
             this: tx.downgrade(),
             replaces,
+            route: route.label.clone(),
         });
         let pending = Pending {
             reference,
@@ -857,6 +912,8 @@ impl Control {
             joined: joined_rx,
             timeout: Box::pin(sleep(self.inner.config.join_timeout)),
             queued: Vec::new(),
+            started: Instant::now(),
+            route: route.label.clone(),
         };
         self.channels.insert(
             topic,

@@ -397,11 +397,13 @@ mod connection;
 mod context;
 mod hub;
 mod listener;
+mod metrics;
 mod origin;
 mod outbox;
 mod presence;
 mod protocol;
 mod socket;
+mod status;
 mod token;
 mod upgrade;
 
@@ -423,6 +425,7 @@ pub use socket::{
     DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
     RateLimit,
 };
+pub use status::RecentClose;
 pub use token::{MIN_SECRET_LEN, TokenError, TokenSigner};
 
 // In `Channel::handle_in`'s signature: channels need no presence_core import for it.

@@ -21,14 +21,17 @@ use presence_core::{PubSub, Registry};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::Channel;
 use crate::connection;
 use crate::context::{self, Start};
 use crate::hub::Hubs;
+use crate::metrics::{self, Refusal};
 use crate::origin::CheckOrigin;
 use crate::outbox::Limits;
 use crate::protocol::Vsn;
+use crate::status::{RecentClose, Status};
 use crate::upgrade::Upgrade;
 
 /// The connect hook's input: what Phoenix's `connect/3` sees, with its `connect_info`.
@@ -238,6 +241,8 @@ type SpawnFn = dyn Fn(Start) -> JoinHandle<()> + Send + Sync;
 pub(crate) struct Route {
     pattern: String,
     prefix: bool,
+    /// The pattern as given (`"room:*"`): the `route` label of the channel metrics.
+    pub(crate) label: Arc<str>,
     pub(crate) spawn: Box<SpawnFn>,
 }
 
@@ -299,6 +304,8 @@ pub(crate) struct Inner {
     /// Set once a channel of a socket that no registry reached has used presence, so the
     /// warning naming `PresenceMiddleware` is logged once per endpoint.
     pub(crate) no_registry_warned: Arc<AtomicBool>,
+    /// Channels open and recent closes, for a status page.
+    pub(crate) status: Arc<Status>,
 }
 
 /// The endpoint's drain state: whether it is draining, and how many connections are open.
@@ -352,12 +359,15 @@ impl Drain {
             released: inner.drain.released.subscribe(),
             inner: inner.clone(),
         };
-        (OpenGuard(inner.clone()), watch)
+        (
+            OpenGuard(inner.clone(), metrics::OpenSocket::enter()),
+            watch,
+        )
     }
 }
 
 /// One open connection, counted by [`PhoenixSocket::open_sockets`].
-pub(crate) struct OpenGuard(Arc<Inner>);
+pub(crate) struct OpenGuard(Arc<Inner>, #[allow(dead_code)] metrics::OpenSocket);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -539,6 +549,42 @@ impl PhoenixSocket {
         *self.inner.drain.open.borrow()
     }
 
+    /// The number of channels joined on this endpoint's sockets (joins still running are not
+    /// counted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::PhoenixSocket;
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("a")).build();
+    /// assert_eq!(socket.open_channels(), 0);
+    /// ```
+    pub fn open_channels(&self) -> usize {
+        self.inner.status.channels()
+    }
+
+    /// The last sockets (at most 32, newest first) this endpoint closed because their client
+    /// stopped reading (1013) or flooded past its rate limit (1008), for a status page. The
+    /// metrics count every close; this keeps a few to show.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::PhoenixSocket;
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("a")).build();
+    /// for close in socket.recent_closes() {
+    ///     println!("{:?}: {} {}", close.at, close.code, close.reason);
+    /// }
+    /// assert!(socket.recent_closes().is_empty());
+    /// ```
+    pub fn recent_closes(&self) -> Vec<RecentClose> {
+        self.inner.status.recent_closes()
+    }
+
     /// A builder for a socket endpoint on the pub/sub that `registry` runs as `server`: the one
     /// the presences declared with `pubsub = AppPubSub` broadcast on, so their
     /// `presence_diff`s reach the sockets.
@@ -646,6 +692,7 @@ impl PhoenixSocketBuilder {
         P: DeserializeOwned + Send + 'static,
     {
         let factory = Arc::new(factory);
+        let label = Arc::from(pattern);
         let (pattern, prefix) = match pattern.strip_suffix('*') {
             Some(prefix) => (prefix.to_owned(), true),
             None => (pattern.to_owned(), false),
@@ -653,9 +700,11 @@ impl PhoenixSocketBuilder {
         self.routes.push(Route {
             pattern,
             prefix,
+            label,
             spawn: Box::new(move |start| {
                 let factory = factory.clone();
-                tokio::spawn(context::run::<C, P>(move || factory(), start))
+                let span = context::channel_span(&start);
+                tokio::spawn(context::run::<C, P>(move || factory(), start).instrument(span))
             }),
         });
         self
@@ -867,6 +916,7 @@ impl PhoenixSocketBuilder {
                 drain: Drain::new(),
                 connect: self.connect,
                 no_registry_warned: Arc::new(AtomicBool::new(false)),
+                status: Arc::default(),
             }),
         }
     }
@@ -969,6 +1019,7 @@ impl PhoenixSocket {
     async fn websocket(&self, req: Request) -> poem::Result<Response> {
         if self.is_draining() {
             tracing::debug!("refusing websocket: the endpoint is draining");
+            metrics::refused(Refusal::Draining);
             return Ok(Response::builder()
                 .status(StatusCode::SERVICE_UNAVAILABLE)
                 .finish());
@@ -978,6 +1029,7 @@ impl PhoenixSocket {
                 max = self.inner.config.max_connections,
                 "refusing websocket: too many open connections"
             );
+            metrics::refused(Refusal::Limit);
             return Ok(Response::builder()
                 .status(StatusCode::SERVICE_UNAVAILABLE)
                 .finish());
@@ -997,6 +1049,7 @@ impl PhoenixSocket {
                     host,
                     "refusing websocket: origin not allowed (see PhoenixSocketBuilder::check_origin)"
                 );
+                metrics::refused(Refusal::Origin);
                 return Ok(forbidden());
             }
         }
@@ -1006,18 +1059,24 @@ impl PhoenixSocket {
                 query = req.uri().query(),
                 "refusing websocket: unparsable query string"
             );
+            metrics::refused(Refusal::BadRequest);
             return Ok(Response::builder().status(StatusCode::BAD_REQUEST).finish());
         };
         let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
             tracing::warn!(vsn = ?params.get("vsn"), "refusing websocket: unsupported serializer version");
+            metrics::refused(Refusal::Vsn);
             return Ok(forbidden());
         };
         let upgrade = match Upgrade::check(&req) {
             Ok(upgrade) => upgrade,
-            Err(refusal) => return Ok(refusal.response()),
+            Err(refusal) => {
+                metrics::refused(Refusal::Upgrade);
+                return Ok(refusal.response());
+            }
         };
         let Ok(auth_token) = auth_token(req.headers()) else {
             tracing::warn!("refusing websocket: malformed auth token");
+            metrics::refused(Refusal::AuthToken);
             return Ok(forbidden());
         };
         let connected = match &self.inner.connect {
@@ -1048,6 +1107,7 @@ impl PhoenixSocket {
                     Ok(Ok(connected)) => connected,
                     Ok(Err(error)) => {
                         tracing::info!(%error, "websocket connect refused");
+                        metrics::refused(Refusal::ConnectHook);
                         return Ok(forbidden());
                     }
                     Err(_) => {
@@ -1055,6 +1115,7 @@ impl PhoenixSocket {
                             timeout = ?self.inner.config.connect_timeout,
                             "refusing websocket: the connect hook timed out"
                         );
+                        metrics::refused(Refusal::ConnectTimeout);
                         return Ok(Response::builder()
                             .status(StatusCode::SERVICE_UNAVAILABLE)
                             .finish());
@@ -1065,6 +1126,8 @@ impl PhoenixSocket {
         // Put there by `PresenceMiddleware` (or any `.data(registry)`).
         let registry = req.data::<Registry>().cloned();
         let inner = self.inner.clone();
+        metrics::connected();
+        let span = connection::span(&req, vsn, connected.id.as_deref());
         Ok(upgrade.accept(self.inner.config.websocket, move |stream| {
             connection::run(
                 stream,
@@ -1074,6 +1137,7 @@ impl PhoenixSocket {
                 connected.id.map(Arc::from),
                 registry,
             )
+            .instrument(span)
         }))
     }
 }
