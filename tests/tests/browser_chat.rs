@@ -45,5 +45,9 @@ async fn chat_page_in_headless_chromium() {
         shots.join("chat-two-users.png").exists(),
         "a screenshot was saved under target/"
     );
+    assert!(
+        shots.join("presence-status.png").exists(),
+        "the status page's screenshot was saved under target/"
+    );
     server.shutdown().await;
 }
