@@ -2,6 +2,10 @@
 //!
 //! A plain harness (no framework), so that it can also measure memory (RSS growth) and
 //! multi-node convergence. Figures go into BENCHMARKS.md.
+//!
+//! `TRACKER_BENCH_RECORDER=compare` runs the chosen sections four times, each in a process of
+//! its own, alternating without a metrics recorder and with the Prometheus recorder installed
+//! (rendered every 5 s, as a scrape would), to measure what the metrics cost.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -255,6 +259,33 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("memory-child") {
         memory_child(args[2].parse().unwrap(), args[3].parse().unwrap());
         return;
+    }
+    match std::env::var("TRACKER_BENCH_RECORDER").as_deref() {
+        Ok("compare") => {
+            let exe = std::env::current_exe().expect("current exe");
+            for pass in ["off", "on", "off", "on"] {
+                println!("\n## Pass with the metrics recorder {pass}\n");
+                let status = std::process::Command::new(&exe)
+                    .args(&args[1..])
+                    .env("TRACKER_BENCH_RECORDER", pass)
+                    .status()
+                    .expect("run a pass");
+                assert!(status.success(), "the pass failed: {status}");
+            }
+            return;
+        }
+        Ok("on") => {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("install the recorder");
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    black_box(handle.render());
+                }
+            });
+        }
+        _ => {}
     }
     // `cargo bench` passes `--bench`; a filter argument picks sections.
     let filter: Vec<String> = std::env::args()

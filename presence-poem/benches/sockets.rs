@@ -11,6 +11,10 @@
 //! Printed: server RSS per idle joined socket (channel without presence, channel tracking one
 //! presence per socket), connect+join rates, and the fan-out time of one broadcast and of one
 //! `presence_diff` to every socket joined to one topic.
+//!
+//! `SOCKETS_BENCH_RECORDER=compare` runs the whole bench four times, alternating a server
+//! without a metrics recorder and one with the Prometheus recorder installed (rendered every
+//! 5 s, as a scrape would), to measure what the metrics cost.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,6 +53,10 @@ fn rss_kib() -> u64 {
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("server") {
         server::main();
+        return;
+    }
+    if std::env::var("SOCKETS_BENCH_RECORDER").as_deref() == Ok("compare") {
+        compare_recorders();
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +152,18 @@ mod server {
     }
 
     pub(super) fn main() {
+        // `SOCKETS_BENCH_RECORDER=on`: what a node exporting Prometheus metrics pays.
+        if std::env::var("SOCKETS_BENCH_RECORDER").as_deref() == Ok("on") {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("install the recorder");
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    std::hint::black_box(handle.render());
+                }
+            });
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -582,6 +602,20 @@ async fn fan_out_scenario(source: Ipv4Addr, steps: &[usize]) {
     }
     clients.close().await;
     server.stop();
+}
+
+/// Runs this bench four times, without a recorder and with one, alternately.
+fn compare_recorders() {
+    let exe = std::env::current_exe().expect("current exe");
+    for pass in ["off", "on", "off", "on"] {
+        println!("\n## Pass with the metrics recorder {pass}");
+        let status = Command::new(&exe)
+            .args(std::env::args().skip(1))
+            .env("SOCKETS_BENCH_RECORDER", pass)
+            .status()
+            .expect("run a pass");
+        assert!(status.success(), "the pass failed: {status}");
+    }
 }
 
 /// Whether `SOCKETS_BENCH_ONLY` (a comma-separated list of `bare`, `presence`, `fanout`)
