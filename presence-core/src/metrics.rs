@@ -28,20 +28,28 @@ pub(crate) const PUBSUB_RECEIVED_BYTES: &str = "presence_pubsub_bytes_received_t
 /// Counter: messages a subscriber missed because its queue was full (it lagged).
 pub(crate) const PUBSUB_DROPS: &str = "presence_pubsub_queue_drops_total";
 /// Gauge, label `channel`: 1 while both Redis connections are up, else 0.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_CONNECTED: &str = "presence_redis_connected";
 /// Counter, label `channel`: times the Redis link came back after an outage.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_RECONNECTS: &str = "presence_redis_reconnects_total";
 /// Counter, label `channel`: times the Redis link was lost.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_OUTAGES: &str = "presence_redis_outages_total";
 /// Counter, label `channel`: envelopes published to Redis.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_PUBLISHED: &str = "presence_redis_messages_published_total";
 /// Counter, label `channel`: bytes published to Redis.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_PUBLISHED_BYTES: &str = "presence_redis_bytes_published_total";
 /// Counter, label `channel`: frames received from Redis and delivered.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_RECEIVED: &str = "presence_redis_messages_received_total";
 /// Counter, label `channel`: bytes received from Redis.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_RECEIVED_BYTES: &str = "presence_redis_bytes_received_total";
 /// Counter, label `channel`: envelopes dropped while Redis was unreachable.
+#[cfg(feature = "redis")]
 pub(crate) const REDIS_DROPS: &str = "presence_redis_drops_total";
 /// Gauge, label `presence`: presences tracked by this node's presence module.
 pub(crate) const PRESENCES: &str = "presence_presences";
