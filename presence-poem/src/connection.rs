@@ -92,7 +92,6 @@ pub(crate) fn run(
         registry: SocketRegistry::new(registry, &inner.no_registry_warned),
         status: inner.status.clone(),
     });
-    let counters = SocketCounters::register();
     let (sink, stream) = stream.split();
     let deadline = inner.config.shutdown_timeout;
     let limits = Box::new(RateState {
@@ -111,10 +110,8 @@ pub(crate) fn run(
         dying: Vec::new(),
         close: close.clone(),
         draining,
-        frames_in: counters.frames_in,
-        bytes_in: counters.bytes_in,
     };
-    let sent = (counters.frames_out, counters.bytes_out);
+    let sent = control.inner.metrics.clone();
     let writer = write_loop(sink, frames, close, outbox, deadline, sent);
     futures_util::future::join(writer, control.run(stream, open)).map(|((), ())| ())
 }
@@ -125,11 +122,11 @@ pub(crate) fn run(
 async fn feed(
     sink: &mut SplitSink<WsStream, WsMessage>,
     out: Out,
-    sent: &(::metrics::Counter, ::metrics::Counter),
+    sent: &SocketCounters,
 ) -> Result<(), WsError> {
     let total = out.len();
-    sent.0.increment(1);
-    sent.1.increment(total as u64);
+    sent.frames_out.increment(1);
+    sent.bytes_out.increment(total as u64);
     let (text, parts) = out.into_parts();
     let mut opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
     if total == 0 {
@@ -156,7 +153,7 @@ async fn write_loop(
     mut close: watch::Receiver<Option<Close>>,
     outbox: Outbox,
     deadline: std::time::Duration,
-    sent: (::metrics::Counter, ::metrics::Counter),
+    sent: Arc<SocketCounters>,
 ) {
     let requested = loop {
         tokio::select! {
@@ -294,8 +291,6 @@ struct Control {
     draining: DrainWatch,
     /// Boxed: rarely touched compared with their size, and kept per socket.
     limits: Box<RateState>,
-    frames_in: ::metrics::Counter,
-    bytes_in: ::metrics::Counter,
 }
 
 #[derive(Debug)]
@@ -469,8 +464,9 @@ impl Control {
     }
 
     fn handle_frame(&mut self, message: &WsMessage) {
-        self.frames_in.increment(1);
-        self.bytes_in.increment(message.len() as u64);
+        let counters = &self.inner.metrics;
+        counters.frames_in.increment(1);
+        counters.bytes_in.increment(message.len() as u64);
         let decoded = match message {
             WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text.as_str())),
             WsMessage::Binary(bytes) => self.socket.vsn.decode(Raw::Binary(bytes)),

@@ -378,8 +378,8 @@
 //! # Metrics and spans
 //!
 //! The endpoint records metrics through the [`metrics`](https://docs.rs/metrics) facade: a
-//! no-op until the application installs a recorder (do it before building the socket: sockets
-//! and hubs register their counters when they start). Sockets open, connects and refusals by
+//! no-op until the application installs a recorder (do it before building the socket: the
+//! endpoint registers its counters when it is built, hubs when they start). Sockets open, connects and refusals by
 //! reason, closes by code, slow-client closes, rate-limit hits, frames and bytes each way,
 //! channels joined and joins by route pattern and outcome, join durations, diffs sent and
 //! merged; OBSERVABILITY.md in the repository lists them all. Labels never name a topic.

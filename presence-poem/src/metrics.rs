@@ -2,9 +2,10 @@
 //! installs a recorder. Every name is a constant here and a row of the table in
 //! `OBSERVABILITY.md` (a test checks they agree).
 //!
-//! Per-message counters are registered once per socket or hub ([`SocketCounters`],
-//! [`HubCounters`]) and only incremented afterwards; rare events (connects, refusals, closes,
-//! joins) go through the macros, whose names and labels are static strings.
+//! Per-message counters are registered once per endpoint or hub ([`SocketCounters`],
+//! [`HubCounters`]) and only incremented afterwards, so a socket holds no handle of its own;
+//! rare events (connects, refusals, closes, joins) go through the macros, whose names and
+//! labels are static strings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,24 +94,6 @@ pub(crate) fn connected() {
     counter!(SOCKET_CONNECTS).increment(1);
 }
 
-/// The open-sockets gauge, decremented when dropped.
-#[derive(Debug)]
-pub(crate) struct OpenSocket(Gauge);
-
-impl OpenSocket {
-    pub(crate) fn enter() -> Self {
-        let gauge = gauge!(SOCKETS_OPEN);
-        gauge.increment(1.0);
-        OpenSocket(gauge)
-    }
-}
-
-impl Drop for OpenSocket {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
 /// A close code as a label (no allocation for the codes the server uses).
 fn code_label(code: u16) -> &'static str {
     match code {
@@ -146,9 +129,11 @@ pub(crate) fn diff_coalesced_in_socket() {
     counter!(DIFFS_COALESCED, "where" => "socket").increment(1);
 }
 
-/// A socket's per-message counters, registered once when it opens.
-#[derive(Debug, Clone)]
+/// The sockets' gauge and per-message counters, registered once per endpoint (when it is
+/// built) and shared by its sockets.
+#[derive(Debug)]
 pub(crate) struct SocketCounters {
+    pub(crate) open: Gauge,
     pub(crate) frames_in: Counter,
     pub(crate) bytes_in: Counter,
     pub(crate) frames_out: Counter,
@@ -158,6 +143,7 @@ pub(crate) struct SocketCounters {
 impl SocketCounters {
     pub(crate) fn register() -> Self {
         SocketCounters {
+            open: gauge!(SOCKETS_OPEN),
             frames_in: counter!(FRAMES_RECEIVED),
             bytes_in: counter!(BYTES_RECEIVED),
             frames_out: counter!(FRAMES_SENT),

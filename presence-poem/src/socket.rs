@@ -306,6 +306,8 @@ pub(crate) struct Inner {
     pub(crate) no_registry_warned: Arc<AtomicBool>,
     /// Channels open and recent closes, for a status page.
     pub(crate) status: Arc<Status>,
+    /// The sockets' metric handles, registered when the endpoint is built.
+    pub(crate) metrics: Arc<metrics::SocketCounters>,
 }
 
 /// The endpoint's drain state: whether it is draining, and how many connections are open.
@@ -360,18 +362,22 @@ impl Drain {
             inner: inner.clone(),
         };
         (
-            OpenGuard(inner.clone(), metrics::OpenSocket::enter()),
+            {
+                inner.metrics.open.increment(1.0);
+                OpenGuard(inner.clone())
+            },
             watch,
         )
     }
 }
 
 /// One open connection, counted by [`PhoenixSocket::open_sockets`].
-pub(crate) struct OpenGuard(Arc<Inner>, #[allow(dead_code)] metrics::OpenSocket);
+pub(crate) struct OpenGuard(Arc<Inner>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.drain.open.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.metrics.open.decrement(1.0);
     }
 }
 
@@ -917,6 +923,7 @@ impl PhoenixSocketBuilder {
                 connect: self.connect,
                 no_registry_warned: Arc::new(AtomicBool::new(false)),
                 status: Arc::default(),
+                metrics: Arc::new(metrics::SocketCounters::register()),
             }),
         }
     }
