@@ -254,6 +254,24 @@ fn memory(n: usize, topics: usize) {
     println!("| {n} | {topics} | {rss} B | {live} B |");
 }
 
+/// CPU time (user + system) this process has used, in milliseconds (from /proc/self/stat,
+/// in clock ticks of 10 ms). Less sensitive than wall time to the other load of a shared
+/// machine, for comparing two builds or configurations.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its `)`.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) * 10
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("memory-child") {
@@ -324,4 +342,5 @@ fn main() {
         println!("\n| burst | completed | wall time | rate |\n|---|---|---|---|");
         rt.block_on(burst(100_000));
     }
+    println!("\nProcess CPU time: {} ms.", cpu_ms());
 }

@@ -50,6 +50,24 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) this process has used, in milliseconds (from /proc/self/stat,
+/// in clock ticks of 10 ms). Less sensitive than wall time to the other load of a shared
+/// machine, for comparing two builds or configurations.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its `)`.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) * 10
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("server") {
         server::main();
@@ -216,6 +234,8 @@ mod server {
             while let Some(line) = rx.recv().await {
                 if line.trim() == "rss" {
                     println!("rss {}", super::rss_kib());
+                } else if line.trim() == "cpu" {
+                    println!("cpu {}", super::cpu_ms());
                 }
             }
         });
@@ -267,6 +287,12 @@ impl ServerProcess {
         writeln!(self.stdin, "rss").expect("ask the server");
         self.stdin.flush().expect("ask the server");
         read_value(&mut self.stdout, "rss")
+    }
+
+    fn cpu_ms(&mut self) -> u64 {
+        writeln!(self.stdin, "cpu").expect("ask the server");
+        self.stdin.flush().expect("ask the server");
+        read_value(&mut self.stdout, "cpu")
     }
 
     fn stop(self) {
@@ -528,6 +554,7 @@ async fn memory_scenario(
         previous = (n, rss);
     }
     print_mem_table(title, baseline, &rows);
+    println!("\nServer CPU time: {} ms.", server.cpu_ms());
     clients.close().await;
     server.stop();
 }
@@ -600,6 +627,7 @@ async fn fan_out_scenario(source: Ipv4Addr, steps: &[usize]) {
             b.0, b.1, b.2, d.0, d.1, d.2
         );
     }
+    println!("\nServer CPU time: {} ms.", server.cpu_ms());
     clients.close().await;
     server.stop();
 }
