@@ -268,20 +268,33 @@ fn app_and_socket(
     registry: &Registry,
     longpoll: LongPollConfig,
 ) -> Result<(impl poem::Endpoint + use<>, PhoenixSocket), BoxError> {
+    let rooms = Arc::new(crate::status::Rooms::default());
+    let seen = rooms.clone();
     let socket = PhoenixSocket::builder_for(registry, &ChatPubSub)?
         .on_connect(|info| async move {
             tracing::info!(remote = %info.remote_addr, "connect");
             Ok(Connected::new())
         })
-        .channel("room:*", RoomChannel::default)
+        .channel("room:*", move || RoomChannel {
+            rooms: Some(seen.clone()),
+            ..RoomChannel::default()
+        })
         // The page falls back to `/socket/longpoll` when websockets fail.
         .longpoll(longpoll)
         .build();
+    let status = crate::status::Status {
+        registry: registry.clone(),
+        socket: socket.clone(),
+        rooms,
+    };
     let app = Route::new()
         .at("/", get(index))
         // phoenix.js's `new Socket("/socket")` connects to `/socket/websocket`, and its
         // `LongPoll` to `/socket/longpoll`.
         .nest("/socket", socket.clone())
+        // Prometheus text, and the node's status page (OBSERVABILITY.md).
+        .at("/metrics", get(crate::status::metrics_text))
+        .at("/presence", get(crate::status::presence_page.data(status)))
         .with(PresenceMiddleware::new(registry.clone()));
     Ok((app, socket))
 }
@@ -291,6 +304,8 @@ fn app_and_socket(
 pub struct RoomChannel {
     user: String,
     online_at: u64,
+    /// The rooms the status page lists.
+    rooms: Option<Arc<crate::status::Rooms>>,
 }
 
 fn now_secs() -> u64 {
@@ -379,6 +394,9 @@ impl Channel for RoomChannel {
             tracing::warn!(topic, user, error = %e, "could not push presence_state");
         }
         tracing::info!(topic, user, status, "join");
+        if let Some(rooms) = &self.rooms {
+            rooms.joined(topic);
+        }
         self.user = user;
         Join::ok()
     }
@@ -613,10 +631,13 @@ impl ChatServer {
             let link = link.clone();
             pubsub = pubsub.with_adapter(move || link.clone());
         }
+        // Installed before the pub/sub, the presence and the socket register their metrics.
+        crate::status::prometheus();
         let app = Supervisor::new()
             .child(pubsub)
             .child(RoomPresence.child_spec(config.presence.clone()))
             .child(TaskSpec::new("online-log", log_online_users))
+            .child(TaskSpec::new("metrics-upkeep", crate::status::upkeep))
             .child(endpoint)
             .start()
             .await?;

@@ -2,6 +2,7 @@
 //! and the multi-process cluster tests all run the same server.
 
 pub mod chat;
+mod status;
 
 /// The README, so that its Rust example is compiled as a doctest.
 #[doc = include_str!("../../README.md")]

@@ -2,6 +2,10 @@
 //!
 //! A plain harness (no framework), so that it can also measure memory (RSS growth) and
 //! multi-node convergence. Figures go into BENCHMARKS.md.
+//!
+//! `TRACKER_BENCH_RECORDER=compare` runs the chosen sections four times, each in a process of
+//! its own, alternating without a metrics recorder and with the Prometheus recorder installed
+//! (rendered every 5 s, as a scrape would), to measure what the metrics cost.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -250,11 +254,56 @@ fn memory(n: usize, topics: usize) {
     println!("| {n} | {topics} | {rss} B | {live} B |");
 }
 
+/// CPU time (user + system) this process has used, in milliseconds (from /proc/self/stat,
+/// in clock ticks of 10 ms). Less sensitive than wall time to the other load of a shared
+/// machine, for comparing two builds or configurations.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its `)`.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) * 10
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("memory-child") {
         memory_child(args[2].parse().unwrap(), args[3].parse().unwrap());
         return;
+    }
+    match std::env::var("TRACKER_BENCH_RECORDER").as_deref() {
+        Ok("compare") => {
+            let exe = std::env::current_exe().expect("current exe");
+            for pass in ["off", "on", "off", "on"] {
+                println!("\n## Pass with the metrics recorder {pass}\n");
+                let status = std::process::Command::new(&exe)
+                    .args(&args[1..])
+                    .env("TRACKER_BENCH_RECORDER", pass)
+                    .status()
+                    .expect("run a pass");
+                assert!(status.success(), "the pass failed: {status}");
+            }
+            return;
+        }
+        Ok("on") => {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("install the recorder");
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    black_box(handle.render());
+                }
+            });
+        }
+        _ => {}
     }
     // `cargo bench` passes `--bench`; a filter argument picks sections.
     let filter: Vec<String> = std::env::args()
@@ -293,4 +342,5 @@ fn main() {
         println!("\n| burst | completed | wall time | rate |\n|---|---|---|---|");
         rt.block_on(burst(100_000));
     }
+    println!("\nProcess CPU time: {} ms.", cpu_ms());
 }

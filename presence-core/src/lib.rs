@@ -52,6 +52,7 @@
 extern crate self as presence_core;
 
 mod meta;
+mod metrics;
 mod owner;
 pub mod presence;
 pub mod pubsub;

@@ -11,6 +11,10 @@
 //! Printed: server RSS per idle joined socket (channel without presence, channel tracking one
 //! presence per socket), connect+join rates, and the fan-out time of one broadcast and of one
 //! `presence_diff` to every socket joined to one topic.
+//!
+//! `SOCKETS_BENCH_RECORDER=compare` runs the whole bench four times, alternating a server
+//! without a metrics recorder and one with the Prometheus recorder installed (rendered every
+//! 5 s, as a scrape would), to measure what the metrics cost.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -46,9 +50,31 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) this process has used, in milliseconds (from /proc/self/stat,
+/// in clock ticks of 10 ms). Less sensitive than wall time to the other load of a shared
+/// machine, for comparing two builds or configurations.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its `)`.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) * 10
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("server") {
         server::main();
+        return;
+    }
+    if std::env::var("SOCKETS_BENCH_RECORDER").as_deref() == Ok("compare") {
+        compare_recorders();
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +170,18 @@ mod server {
     }
 
     pub(super) fn main() {
+        // `SOCKETS_BENCH_RECORDER=on`: what a node exporting Prometheus metrics pays.
+        if std::env::var("SOCKETS_BENCH_RECORDER").as_deref() == Ok("on") {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("install the recorder");
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    std::hint::black_box(handle.render());
+                }
+            });
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -196,6 +234,8 @@ mod server {
             while let Some(line) = rx.recv().await {
                 if line.trim() == "rss" {
                     println!("rss {}", super::rss_kib());
+                } else if line.trim() == "cpu" {
+                    println!("cpu {}", super::cpu_ms());
                 }
             }
         });
@@ -247,6 +287,12 @@ impl ServerProcess {
         writeln!(self.stdin, "rss").expect("ask the server");
         self.stdin.flush().expect("ask the server");
         read_value(&mut self.stdout, "rss")
+    }
+
+    fn cpu_ms(&mut self) -> u64 {
+        writeln!(self.stdin, "cpu").expect("ask the server");
+        self.stdin.flush().expect("ask the server");
+        read_value(&mut self.stdout, "cpu")
     }
 
     fn stop(self) {
@@ -508,6 +554,7 @@ async fn memory_scenario(
         previous = (n, rss);
     }
     print_mem_table(title, baseline, &rows);
+    println!("\nServer CPU time: {} ms.", server.cpu_ms());
     clients.close().await;
     server.stop();
 }
@@ -580,8 +627,23 @@ async fn fan_out_scenario(source: Ipv4Addr, steps: &[usize]) {
             b.0, b.1, b.2, d.0, d.1, d.2
         );
     }
+    println!("\nServer CPU time: {} ms.", server.cpu_ms());
     clients.close().await;
     server.stop();
+}
+
+/// Runs this bench four times, without a recorder and with one, alternately.
+fn compare_recorders() {
+    let exe = std::env::current_exe().expect("current exe");
+    for pass in ["off", "on", "off", "on"] {
+        println!("\n## Pass with the metrics recorder {pass}");
+        let status = Command::new(&exe)
+            .args(std::env::args().skip(1))
+            .env("SOCKETS_BENCH_RECORDER", pass)
+            .status()
+            .expect("run a pass");
+        assert!(status.success(), "the pass failed: {status}");
+    }
 }
 
 /// Whether `SOCKETS_BENCH_ONLY` (a comma-separated list of `bare`, `presence`, `fanout`)

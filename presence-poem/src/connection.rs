@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf
 
 use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared, Start};
+use crate::metrics::{self, JoinOutcome as JoinMetric, SocketCounters};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit};
@@ -49,6 +50,22 @@ const WRITE_BATCH: usize = 64;
 /// each frame into a write buffer whose capacity never shrinks, so this bounds what a socket
 /// keeps after the largest message it was sent (a big room's `presence_state`), for its life.
 const FRAGMENT: usize = 2048;
+
+/// The span of one socket, with stable field names: `remote_addr` (the TCP peer), `socket_id`
+/// (the connect hook's id, if any) and `vsn`. Nothing from the query string or headers: they
+/// may carry tokens.
+pub(crate) fn span(req: &poem::Request, vsn: Vsn, id: Option<&str>) -> tracing::Span {
+    let vsn = match vsn {
+        Vsn::V1 => "1.0.0",
+        Vsn::V2 => "2.0.0",
+    };
+    tracing::info_span!(
+        "socket",
+        remote_addr = %req.remote_addr(),
+        socket_id = id,
+        vsn,
+    )
+}
 
 /// Serves one upgraded websocket until it closes.
 ///
@@ -73,11 +90,13 @@ pub(crate) fn run(
         outbox: outbox.clone(),
         hubs: inner.hubs.clone(),
         registry: SocketRegistry::new(registry, &inner.no_registry_warned),
+        status: inner.status.clone(),
     });
     let (sink, stream) = stream.split();
     let deadline = inner.config.shutdown_timeout;
     let control = Control::new(inner, socket, close.clone(), draining);
-    let writer = write_loop(sink, frames, close, outbox, deadline);
+    let sent = control.inner.metrics.clone();
+    let writer = write_loop(sink, frames, close, outbox, deadline, sent);
     let idle_timeout = control.inner.config.idle_timeout;
     let control = control.run(
         stream,
@@ -132,6 +151,7 @@ pub(crate) fn session(
         outbox,
         hubs: inner.hubs.clone(),
         registry: SocketRegistry::new(registry, &inner.no_registry_warned),
+        status: inner.status.clone(),
     });
     let control = Control::new(inner, socket, rx.close.clone(), draining);
     let (input, mut messages) = mpsc::channel(SESSION_INPUT);
@@ -150,8 +170,14 @@ pub(crate) fn session(
 /// Writes one message: one frame, or fragments of at most [`FRAGMENT`] bytes. The bytes are
 /// shared, not copied (a broadcast's encoding, a `presence_state`'s body): tungstenite's copy
 /// into its write buffer is the only one per socket.
-async fn feed(sink: &mut SplitSink<WsStream, WsMessage>, out: Out) -> Result<(), WsError> {
+async fn feed(
+    sink: &mut SplitSink<WsStream, WsMessage>,
+    out: Out,
+    sent: &SocketCounters,
+) -> Result<(), WsError> {
     let total = out.len();
+    sent.frames_out.increment(1);
+    sent.bytes_out.increment(total as u64);
     let (text, parts) = out.into_parts();
     let mut opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
     if total == 0 {
@@ -178,6 +204,7 @@ async fn write_loop(
     mut close: watch::Receiver<Option<Close>>,
     outbox: Outbox,
     deadline: std::time::Duration,
+    sent: Arc<SocketCounters>,
 ) {
     let requested = loop {
         tokio::select! {
@@ -186,10 +213,10 @@ async fn write_loop(
             out = frames.recv() => {
                 // Boxed: only the idle state of this loop stays in every socket's task.
                 let write = Box::pin(async {
-                    feed(&mut sink, out).await?;
+                    feed(&mut sink, out, &sent).await?;
                     for _ in 1..WRITE_BATCH {
                         match frames.try_recv() {
-                            Some(out) => feed(&mut sink, out).await?,
+                            Some(out) => feed(&mut sink, out, &sent).await?,
                             None => break,
                         }
                     }
@@ -253,6 +280,9 @@ struct Pending {
     /// Messages for the topic that came while the join ran: handled once it has joined (as
     /// Phoenix handles a socket's messages in order), answered `unmatched topic` if not.
     queued: Vec<Inbound>,
+    /// When the join came, and its route's pattern, for the join metrics.
+    started: Instant,
+    route: Arc<str>,
 }
 
 impl Pending {
@@ -485,6 +515,11 @@ impl Control {
             }
         }
         drop(disconnect);
+        if let Some(close) = *self.close.borrow() {
+            metrics::closed(close.code, self.outbox().peak_bytes());
+            let id = self.socket.id.as_ref();
+            self.socket.status.closed(close.code, close.reason, id);
+        }
         // Boxed: its state is far larger than the idle loop's and would otherwise stay in
         // every socket's task for its whole life.
         Box::pin(self.shutdown()).await;
@@ -518,6 +553,9 @@ impl Control {
     }
 
     fn handle_frame(&mut self, message: &WsMessage) {
+        let counters = &self.inner.metrics;
+        counters.frames_in.increment(1);
+        counters.bytes_in.increment(message.len() as u64);
         let decoded = match message {
             WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text.as_str())),
             WsMessage::Binary(bytes) => self.socket.vsn.decode(Raw::Binary(bytes)),
@@ -587,10 +625,12 @@ impl Control {
         let now = Instant::now();
         let limits = &mut self.limits;
         let joining = msg.event == event::JOIN;
-        let allowed = limits.messages.take(now) && (!joining || limits.joins.take(now));
+        let within_messages = limits.messages.take(now);
+        let allowed = within_messages && (!joining || limits.joins.take(now));
         if allowed {
             return true;
         }
+        metrics::rate_limited(within_messages);
         if now.duration_since(limits.abuse.since) > ABUSE_WINDOW {
             limits.abuse = Abuse {
                 since: now,
@@ -807,6 +847,14 @@ impl Control {
 
     /// A pending join has ended.
     fn join_ended(&mut self, topic: &str, outcome: JoinOutcome) {
+        if let Some(pending) = self.channels.get(topic).and_then(|j| j.pending.as_ref()) {
+            let answer = match outcome {
+                JoinOutcome::Joined => JoinMetric::Ok,
+                JoinOutcome::Failed => JoinMetric::Error,
+                JoinOutcome::TimedOut => JoinMetric::Timeout,
+            };
+            metrics::join_answered(&pending.route, answer, Some(pending.started.elapsed()));
+        }
         match outcome {
             JoinOutcome::Joined => {
                 let queued = self
@@ -887,6 +935,7 @@ impl Control {
         };
         if let Some(reason) = refused {
             tracing::warn!(topic_len = topic.len(), reason, "join refused");
+            metrics::join_refused(inner.route(&topic).map(|r| &r.label));
             self.refuse_join(
                 reply_join_ref.as_deref(),
                 reference.as_deref(),
@@ -897,6 +946,7 @@ impl Control {
         }
         let Some(route) = inner.route(&topic) else {
             tracing::debug!(%topic, "ignoring unmatched topic");
+            metrics::join_refused(None);
             let reason = json!({"reason": "unmatched topic"});
             self.reply(None, reference.as_deref(), &topic, "error", reason);
             return;
@@ -909,6 +959,7 @@ impl Control {
         // Channels still shutting down count: they hold their resources until they end.
         if self.channels.len() + self.dying.len() >= self.inner.config.max_channels {
             tracing::warn!(%topic, max = self.inner.config.max_channels, "too many channels joined");
+            metrics::join_refused(Some(&route.label));
             let reason = "too many channels joined";
             self.refuse_join(
                 reply_join_ref.as_deref(),
@@ -938,6 +989,7 @@ impl Control {
             cmds,
             this: tx.downgrade(),
             replaces,
+            route: route.label.clone(),
         });
         let pending = Pending {
             reference,
@@ -945,6 +997,8 @@ impl Control {
             joined: joined_rx,
             timeout: Box::pin(sleep(self.inner.config.join_timeout)),
             queued: Vec::new(),
+            started: Instant::now(),
+            route: route.label.clone(),
         };
         self.channels.insert(
             topic,

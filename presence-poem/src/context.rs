@@ -35,6 +35,8 @@ pub(crate) struct SocketShared {
     /// The application's registry, taken from the upgrade request (see
     /// [`PresenceMiddleware`](crate::PresenceMiddleware)).
     pub(crate) registry: SocketRegistry,
+    /// The endpoint's channel count and recent closes.
+    pub(crate) status: Arc<crate::status::Status>,
 }
 
 /// The registry a socket's channels see: the one the upgrade request carried, or an empty
@@ -438,6 +440,8 @@ pub(crate) struct Start {
     pub(crate) this: mpsc::WeakSender<Box<Cmd>>,
     /// The channel this join replaces (duplicate join), to wait for before joining.
     pub(crate) replaces: Option<Replaced>,
+    /// The route's pattern, the `route` label of the channel metrics.
+    pub(crate) route: Arc<str>,
 }
 
 /// A channel replaced by a duplicate join, already asked to stop. The new channel's task owns
@@ -546,6 +550,15 @@ impl Drop for CrashGuard {
     }
 }
 
+/// The span of one channel, inside its socket's: `topic` and `join_ref`.
+pub(crate) fn channel_span(start: &Start) -> tracing::Span {
+    tracing::info_span!(
+        "channel",
+        topic = &*start.ctx.topic,
+        join_ref = &*start.ctx.join_ref,
+    )
+}
+
 /// Runs one joined channel to its end. Spawned by the connection, which owns the task.
 pub(crate) async fn run<C, P>(make: impl FnOnce() -> C, start: Start)
 where
@@ -561,6 +574,7 @@ where
         mut cmds,
         this,
         replaces,
+        route,
     } = start;
     if let Some(old) = replaces {
         old.stopped(&ctx.socket, &ctx.topic).await;
@@ -611,6 +625,8 @@ where
         this,
         true,
     ));
+    // Counted as joined (metrics, status) from its `ok` until the task ends, however it ends.
+    let _joined;
     match channel.join(&topic, params, &mut ctx).await {
         Join::Ok(response) => {
             if !guard.settle(true) {
@@ -618,6 +634,10 @@ where
                 guard.done = true;
                 return;
             }
+            _joined = (
+                crate::metrics::JoinedChannel::enter(&route),
+                ctx.socket.status.joined(),
+            );
             // The reply (and what `join` pushed) is queued before the broadcasts held during
             // the join are released, so no broadcast reaches the client before its join
             // reply; then the deferred work (e.g. the presence state) runs, registered, so no

@@ -73,6 +73,7 @@ struct HubShared {
     counter: RwLock<Option<Counter>>,
     /// A `broadcast_from` was dropped: its queue was full.
     lagged: AtomicBool,
+    counters: crate::metrics::HubCounters,
     #[cfg(test)]
     encodes: AtomicU64,
 }
@@ -214,6 +215,7 @@ impl Hub {
             targets: RwLock::default(),
             counter: RwLock::default(),
             lagged: AtomicBool::default(),
+            counters: crate::metrics::HubCounters::register(),
             #[cfg(test)]
             encodes: AtomicU64::default(),
         });
@@ -354,6 +356,7 @@ impl Held {
         let now = Instant::now();
         if let Some(held) = &mut self.diff {
             if held.run.absorb(&message) {
+                shared.counters.coalesced.increment(1);
                 return;
             }
             self.flush(shared);
@@ -445,6 +448,7 @@ async fn run(
 impl HubShared {
     /// Stops every registered channel with [`StopReason::Lagged`] (`phx_error`).
     fn resync(&self) {
+        crate::metrics::hub_lagged();
         let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
         for target in targets.values() {
             if let Some(tx) = target.channel.upgrade() {
@@ -460,6 +464,9 @@ impl HubShared {
         let mut v1: Option<Option<Out>> = None;
         let mut v2: Option<Option<Out>> = None;
         let is_diff = message.event() == PRESENCE_DIFF;
+        if is_diff {
+            self.counters.diffs.increment(1);
+        }
         let mut counted = false;
         let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
         for (key, target) in targets.iter() {

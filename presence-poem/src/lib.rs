@@ -452,6 +452,20 @@
 //! most 5 s), so a client that pipelined more frames still sees the server's code rather than
 //! a reset (1006).
 //!
+//! # Metrics and spans
+//!
+//! The endpoint records metrics through the [`metrics`](https://docs.rs/metrics) facade: a
+//! no-op until the application installs a recorder (do it before building the socket: the
+//! endpoint registers its counters when it is built, hubs when they start). Sockets open, connects and refusals by
+//! reason, closes by code, slow-client closes, rate-limit hits, frames and bytes each way,
+//! channels joined and joins by route pattern and outcome, join durations, diffs sent and
+//! merged; OBSERVABILITY.md in the repository lists them all. Labels never name a topic.
+//! [`PhoenixSocket::open_channels`] and [`PhoenixSocket::recent_closes`] feed a status page.
+//!
+//! Each socket runs in a `socket` span (`remote_addr`, `socket_id`, `vsn`) and each channel
+//! in a `channel` span inside it (`topic`, `join_ref`); no span field holds a token, a cookie,
+//! a query string or a header.
+//!
 //! # Memory
 //!
 //! The websocket uses a 512-byte read buffer and no write batching buffer (tungstenite's
@@ -475,11 +489,13 @@ mod context;
 mod hub;
 mod listener;
 mod longpoll;
+mod metrics;
 mod origin;
 mod outbox;
 mod presence;
 mod protocol;
 mod socket;
+mod status;
 mod token;
 mod upgrade;
 
@@ -502,6 +518,7 @@ pub use socket::{
     DEFAULT_OUTBOUND_BUDGET, DEFAULT_OUTBOUND_CAPACITY, PhoenixSocket, PhoenixSocketBuilder,
     RateLimit,
 };
+pub use status::RecentClose;
 pub use token::{MAX_CLOCK_SKEW, MIN_SECRET_LEN, TokenError, TokenSigner};
 
 // In `Channel::handle_in`'s signature: channels need no presence_core import for it.

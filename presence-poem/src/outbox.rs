@@ -89,6 +89,8 @@ struct Queue {
     open: Vec<(Arc<str>, u64)>,
     /// Set once the socket is closing: pushes are dropped.
     closed: bool,
+    /// The most bytes queued at once (for the metrics).
+    peak: usize,
 }
 
 #[derive(Debug)]
@@ -233,7 +235,9 @@ impl Outbox {
             let merged =
                 behind && open.is_some_and(|i| merge_into(&mut queue.items[i], message, &out));
             if merged {
+                crate::metrics::diff_coalesced_in_socket();
                 queue.bytes += out.len();
+                queue.peak = queue.peak.max(queue.bytes);
                 let over = queue.bytes > self.shared.limits.bytes;
                 over.then_some("outbound queue over its byte budget")
             } else {
@@ -270,6 +274,7 @@ impl Outbox {
             }
         }
         queue.bytes += bytes;
+        queue.peak = queue.peak.max(queue.bytes);
         queue.items.push_back(item);
         None
     }
@@ -279,6 +284,7 @@ impl Outbox {
             None => self.shared.ready.notify_one(),
             Some(reason) => {
                 if self.close(code::TRY_AGAIN_LATER, reason) {
+                    crate::metrics::slow_close();
                     let limits = self.shared.limits;
                     tracing::warn!(
                         frames = limits.frames,
@@ -319,6 +325,11 @@ impl Outbox {
             queue.bytes = 0;
         }
         won
+    }
+
+    /// The most bytes the queue held at once.
+    pub(crate) fn peak_bytes(&self) -> usize {
+        self.queue().peak
     }
 
     /// Frames and bytes queued (for tests).

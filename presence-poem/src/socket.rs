@@ -21,15 +21,18 @@ use presence_core::{PubSub, Registry};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::Channel;
 use crate::connection;
 use crate::context::{self, Start};
 use crate::hub::Hubs;
 use crate::longpoll::{self, LongPoll, LongPollConfig};
+use crate::metrics;
 use crate::origin::CheckOrigin;
 use crate::outbox::Limits;
 use crate::protocol::Vsn;
+use crate::status::{RecentClose, Status};
 use crate::upgrade::Upgrade;
 
 /// The connect hook's input: what Phoenix's `connect/3` sees, with its `connect_info`.
@@ -242,6 +245,8 @@ type SpawnFn = dyn Fn(Start) -> JoinHandle<()> + Send + Sync;
 pub(crate) struct Route {
     pattern: String,
     prefix: bool,
+    /// The pattern as given (`"room:*"`): the `route` label of the channel metrics.
+    pub(crate) label: Arc<str>,
     pub(crate) spawn: Box<SpawnFn>,
 }
 
@@ -305,6 +310,10 @@ pub(crate) struct Inner {
     /// Set once a channel of a socket that no registry reached has used presence, so the
     /// warning naming `PresenceMiddleware` is logged once per endpoint.
     pub(crate) no_registry_warned: Arc<AtomicBool>,
+    /// Channels open and recent closes, for a status page.
+    pub(crate) status: Arc<Status>,
+    /// The sockets' metric handles, registered when the endpoint is built.
+    pub(crate) metrics: Arc<metrics::SocketCounters>,
 }
 
 /// The endpoint's drain state: whether it is draining, and how many connections are open.
@@ -358,7 +367,13 @@ impl Drain {
             released: inner.drain.released.subscribe(),
             inner: inner.clone(),
         };
-        (OpenGuard(inner.clone()), watch)
+        (
+            {
+                inner.metrics.open.increment(1.0);
+                OpenGuard(inner.clone())
+            },
+            watch,
+        )
     }
 }
 
@@ -368,6 +383,7 @@ pub(crate) struct OpenGuard(Arc<Inner>);
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.drain.open.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.metrics.open.decrement(1.0);
     }
 }
 
@@ -556,6 +572,42 @@ impl PhoenixSocket {
         *self.inner.drain.open.borrow()
     }
 
+    /// The number of channels joined on this endpoint's sockets (joins still running are not
+    /// counted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::PhoenixSocket;
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("a")).build();
+    /// assert_eq!(socket.open_channels(), 0);
+    /// ```
+    pub fn open_channels(&self) -> usize {
+        self.inner.status.channels()
+    }
+
+    /// The last sockets (at most 32, newest first) this endpoint closed because their client
+    /// stopped reading (1013) or flooded past its rate limit (1008), for a status page. The
+    /// metrics count every close; this keeps a few to show.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::PhoenixSocket;
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("a")).build();
+    /// for close in socket.recent_closes() {
+    ///     println!("{:?}: {} {}", close.at, close.code, close.reason);
+    /// }
+    /// assert!(socket.recent_closes().is_empty());
+    /// ```
+    pub fn recent_closes(&self) -> Vec<RecentClose> {
+        self.inner.status.recent_closes()
+    }
+
     /// A builder for a socket endpoint on the pub/sub that `registry` runs as `server`: the one
     /// the presences declared with `pubsub = AppPubSub` broadcast on, so their
     /// `presence_diff`s reach the sockets.
@@ -664,6 +716,7 @@ impl PhoenixSocketBuilder {
         P: DeserializeOwned + Send + 'static,
     {
         let factory = Arc::new(factory);
+        let label = Arc::from(pattern);
         let (pattern, prefix) = match pattern.strip_suffix('*') {
             Some(prefix) => (prefix.to_owned(), true),
             None => (pattern.to_owned(), false),
@@ -671,9 +724,11 @@ impl PhoenixSocketBuilder {
         self.routes.push(Route {
             pattern,
             prefix,
+            label,
             spawn: Box::new(move |start| {
                 let factory = factory.clone();
-                tokio::spawn(context::run::<C, P>(move || factory(), start))
+                let span = context::channel_span(&start);
+                tokio::spawn(context::run::<C, P>(move || factory(), start).instrument(span))
             }),
         });
         self
@@ -914,6 +969,8 @@ impl PhoenixSocketBuilder {
                 longpoll: self.longpoll.map(LongPollConfig::build),
                 connect: self.connect,
                 no_registry_warned: Arc::new(AtomicBool::new(false)),
+                status: Arc::default(),
+                metrics: Arc::new(metrics::SocketCounters::register()),
             }),
         }
     }
@@ -1079,6 +1136,7 @@ impl PhoenixSocket {
     ) -> Result<(HashMap<String, String>, Vsn), Refusal> {
         if self.is_draining() {
             tracing::debug!(transport, "refusing connection: the endpoint is draining");
+            metrics::refused(metrics::Refusal::Draining);
             return Err(Refusal::Unavailable);
         }
         if self.open_sockets() >= self.inner.config.max_connections {
@@ -1087,9 +1145,11 @@ impl PhoenixSocket {
                 transport,
                 "refusing connection: too many open connections"
             );
+            metrics::refused(metrics::Refusal::Limit);
             return Err(Refusal::Unavailable);
         }
         if !self.origin_allowed(req, transport) {
+            metrics::refused(metrics::Refusal::Origin);
             return Err(Refusal::Forbidden);
         }
         let Some(params) = parse_query(req.uri().query().unwrap_or_default()) else {
@@ -1100,10 +1160,12 @@ impl PhoenixSocket {
                 transport,
                 "refusing connection: unparsable query string"
             );
+            metrics::refused(metrics::Refusal::BadRequest);
             return Err(Refusal::BadRequest);
         };
         let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
             tracing::warn!(vsn = ?params.get("vsn"), transport, "refusing connection: unsupported serializer version");
+            metrics::refused(metrics::Refusal::Vsn);
             return Err(Refusal::Forbidden);
         };
         Ok((params, vsn))
@@ -1121,6 +1183,7 @@ impl PhoenixSocket {
     ) -> Result<Admitted, Refusal> {
         let Ok(auth_token) = auth_token else {
             tracing::warn!(transport, "refusing connection: malformed auth token");
+            metrics::refused(metrics::Refusal::AuthToken);
             return Err(Refusal::Forbidden);
         };
         let connected = match &self.inner.connect {
@@ -1151,6 +1214,7 @@ impl PhoenixSocket {
                     Ok(Ok(connected)) => connected,
                     Ok(Err(error)) => {
                         tracing::info!(%error, transport, "connect refused");
+                        metrics::refused(metrics::Refusal::ConnectHook);
                         return Err(Refusal::Forbidden);
                     }
                     Err(_) => {
@@ -1159,6 +1223,7 @@ impl PhoenixSocket {
                             transport,
                             "refusing connection: the connect hook timed out"
                         );
+                        metrics::refused(metrics::Refusal::ConnectTimeout);
                         return Err(Refusal::Unavailable);
                     }
                 }
@@ -1187,7 +1252,10 @@ impl PhoenixSocket {
         };
         let upgrade = match Upgrade::check(&req) {
             Ok(upgrade) => upgrade,
-            Err(refusal) => return Ok(refusal.response()),
+            Err(refusal) => {
+                metrics::refused(metrics::Refusal::Upgrade);
+                return Ok(refusal.response());
+            }
         };
         let token = auth_token(req.headers());
         let Admitted {
@@ -1199,6 +1267,8 @@ impl PhoenixSocket {
             Err(refusal) => return Ok(refused(refusal)),
         };
         let inner = self.inner.clone();
+        metrics::connected();
+        let span = connection::span(&req, vsn, connected.id.as_deref());
         Ok(upgrade.accept(self.inner.config.websocket, move |stream| {
             connection::run(
                 stream,
@@ -1208,6 +1278,7 @@ impl PhoenixSocket {
                 connected.id.map(Arc::from),
                 registry,
             )
+            .instrument(span)
         }))
     }
 }

@@ -23,6 +23,7 @@ fn public_types_are_send_and_sync() {
     send_sync::<Mailbox>();
     send_sync::<MailboxError>();
     send_sync::<LongPollConfig>();
+    send_sync::<presence_poem::RecentClose>();
     send::<ChannelContext>();
     send::<presence_poem::Info>();
 }

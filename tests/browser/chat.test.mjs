@@ -181,4 +181,43 @@ test("behind a proxy that refuses websockets the page falls back to long poll", 
   await gus.page.waitForSelector("#messages li:has-text('can you hear me')", { timeout: TIMEOUT });
   await gus.context.close();
   await hal.context.close();
+
+test("the status page counts the joined clients and refreshes itself", { timeout: 60000 }, async () => {
+  const room = `status-${Date.now()}`;
+  const dave = await openAs("dave", room);
+  const erin = await openAs("erin", room);
+  await dave.page.waitForSelector('#presences li[data-user="erin"]', { timeout: TIMEOUT });
+
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const status = new URL("/presence", url).toString();
+  const response = await page.goto(status, { waitUntil: "load" });
+  assert.equal(response.status(), 200);
+  assert.equal(await page.textContent("#node"), "browser-test");
+  // Other tests' pages may still be closing: at least this test's two sockets and channels.
+  assert.ok(Number(await page.textContent("#sockets-open")) >= 2);
+  assert.ok(Number(await page.textContent("#channels-open")) >= 2);
+  const row = `#rooms tr[data-room="room:${room}"]`;
+  assert.equal(await page.textContent(`${row} .keys`), "2");
+  assert.equal(await page.textContent(`${row} .metas`), "2");
+  // No script and no CDN: the page is the server's HTML, refreshed by a meta tag.
+  assert.equal(await page.$$eval("script", (s) => s.length), 0);
+  assert.equal(await page.getAttribute('meta[http-equiv="refresh"]', "content"), "2");
+  await page.screenshot({ path: path.join(shots, "presence-status.png"), fullPage: true });
+
+  // The same counts in the Prometheus text.
+  const metrics = await (await fetch(new URL("/metrics", url))).text();
+  assert.match(metrics, /^presence_sockets_open \d+/m);
+  assert.match(metrics, /^presence_channels_joined\{route="room:\*"\} [1-9]/m);
+  assert.match(metrics, /^presence_channel_joins_total\{route="room:\*",outcome="ok"\} [1-9]/m);
+
+  // Erin leaves: the next refresh shows one user in the room.
+  await erin.context.close();
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === "1",
+    `${row} .keys`,
+    { timeout: TIMEOUT },
+  );
+  await dave.context.close();
+  await context.close();
 });

@@ -104,7 +104,11 @@ async fn chat_page_in_headless_chromium() {
         Duration::from_secs(180),
     )
     .await;
-    for shot in ["chat-two-users.png", "chat-long-poll.png"] {
+    for shot in [
+        "chat-two-users.png",
+        "chat-long-poll.png",
+        "presence-status.png",
+    ] {
         assert!(
             shots.join(shot).exists(),
             "{shot}: a screenshot was saved under target/"

@@ -94,6 +94,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 
 /// `#[derive(Presence)]`: the trait and its derive share the name, as serde's do.
 #[cfg(feature = "macros")]
@@ -566,6 +567,7 @@ struct Shared<P: Presence> {
     diff_window: Duration,
     states: batch::StateBatches,
     keys: keys::KeySubscribers,
+    metrics: crate::metrics::PresenceMetrics,
 }
 
 impl<P: Presence> Drop for Shared<P> {
@@ -610,6 +612,11 @@ impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
         };
         for (topic, changes) in diff.into_topics() {
             shared.keys.publish(&topic, &changes.keys);
+            let (joins, leaves) = (changes.joins.len(), changes.leaves.len());
+            shared
+                .metrics
+                .presences
+                .increment(joins as f64 - leaves as f64);
             let plain = PresenceDiff {
                 joins: entry::group(changes.joins),
                 leaves: entry::group(changes.leaves),
@@ -618,11 +625,16 @@ impl<P: Presence> crate::tracker::DiffHandler for Feeder<P> {
                 let presence = shared.presence.clone();
                 let ctx = shared.ctx.clone();
                 let (topic, diff) = (topic.clone(), plain.clone());
-                AbortOnDrop(
-                    shared
-                        .runtime
-                        .spawn(async move { fetch_diff(&*presence, &ctx, &topic, diff).await }),
-                )
+                let took = shared.metrics.fetch_duration.clone();
+                AbortOnDrop(shared.runtime.spawn(async move {
+                    let span = fetch_span(P::NAME, &topic);
+                    let started = std::time::Instant::now();
+                    let fetched = fetch_diff(&*presence, &ctx, &topic, diff)
+                        .instrument(span)
+                        .await;
+                    took.record(started.elapsed().as_secs_f64());
+                    fetched
+                }))
             });
             let waiting = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
             if waiting == QUEUE_WARNING {
@@ -721,6 +733,7 @@ impl<P: Presence> PresenceHandle<P> {
             diff_window,
             states: batch::StateBatches::new(diff_window),
             keys: keys::KeySubscribers::default(),
+            metrics: crate::metrics::PresenceMetrics::register(P::NAME),
         });
         let tracker = Tracker::builder(P::NAME, pubsub)
             .config(config)
@@ -970,18 +983,27 @@ impl<P: Presence> PresenceHandle<P> {
         let presence = self.shared.presence.clone();
         let ctx = self.shared.ctx.clone();
         let (t, plain) = (topic.to_owned(), presences.clone());
+        let span = fetch_span(P::NAME, topic);
+        let started = std::time::Instant::now();
         let mut task = AbortOnDrop(
             self.shared
                 .runtime
-                .spawn(async move { presence.run_fetch(&ctx, &t, plain).await }),
+                .spawn(async move { presence.run_fetch(&ctx, &t, plain).await }.instrument(span)),
         );
-        match (&mut task.0).await {
+        let fetched = (&mut task.0).await;
+        let metrics = &self.shared.metrics;
+        metrics
+            .fetch_duration
+            .record(started.elapsed().as_secs_f64());
+        match fetched {
             Ok(Ok(fetched)) => fetched,
             Ok(Err(e)) => {
+                metrics.fetch_errors.increment(1);
                 tracing::error!(presence = P::NAME, topic, error = %e, "fetch failed; listing presences unenriched");
                 presences
             }
             Err(e) => {
+                metrics.fetch_panics.increment(1);
                 tracing::error!(presence = P::NAME, topic, error = %e, "fetch panicked; listing presences unenriched");
                 presences
             }
@@ -1030,6 +1052,11 @@ async fn fetch_diff<P: Presence>(
         entry.extra = fetched.get(key).and_then(|f| f.extra.clone());
     }
     Ok(diff)
+}
+
+/// The span of one fetch: `presence` (the module's name) and `topic`.
+fn fetch_span(presence: &'static str, topic: &str) -> tracing::Span {
+    tracing::info_span!("fetch", presence, topic)
 }
 
 /// Runs `fut`, turning a panic inside it into `Err(())`.
@@ -1104,26 +1131,38 @@ async fn broadcast_loop<P: Presence>(
             plain,
             fetch,
         } = pending;
+        // Not upgraded across the fetch: a dropped presence must not wait for it.
+        let mut failed = None;
         let diff = match fetch {
             None => plain,
             Some(mut task) => match (&mut task.0).await {
                 Ok(Ok(diff)) => diff,
                 Ok(Err(e)) => {
+                    failed = Some(false);
                     tracing::error!(presence = P::NAME, topic = %topic, error = %e, "fetch failed; the diff goes out unenriched");
                     plain
                 }
                 Err(e) => {
+                    failed = Some(true);
                     tracing::error!(presence = P::NAME, topic = %topic, error = %e, "fetch panicked; the diff goes out unenriched");
                     plain
                 }
             },
         };
         let Some(s) = shared.upgrade() else { return };
+        match failed {
+            Some(true) => s.metrics.fetch_panics.increment(1),
+            Some(false) => s.metrics.fetch_errors.increment(1),
+            None => {}
+        }
         match serde_json::to_value(&diff) {
-            Ok(payload) => s.ctx.pubsub.local_broadcast(
-                Message::json(topic.clone(), PRESENCE_DIFF, payload)
-                    .with_merge_window(s.diff_window),
-            ),
+            Ok(payload) => {
+                s.metrics.diffs.increment(1);
+                s.ctx.pubsub.local_broadcast(
+                    Message::json(topic.clone(), PRESENCE_DIFF, payload)
+                        .with_merge_window(s.diff_window),
+                );
+            }
             Err(e) => {
                 tracing::error!(presence = P::NAME, topic = %topic, error = %e, "presence diff does not serialize; not broadcast")
             }
@@ -1131,15 +1170,22 @@ async fn broadcast_loop<P: Presence>(
         if let Some(current) = state.take() {
             let topic_metas = metas.entry(topic.clone()).or_default();
             entry::apply_diff(topic_metas, &diff);
+            let span = tracing::info_span!("handle_metas", presence = P::NAME, topic = &*topic);
+            let started = std::time::Instant::now();
             let next =
                 catch_unwind(presence.run_handle_metas(&ctx, &topic, &diff, topic_metas, current))
+                    .instrument(span)
                     .await;
+            s.metrics
+                .handle_metas_duration
+                .record(started.elapsed().as_secs_f64());
             if topic_metas.is_empty() {
                 metas.remove(&topic);
             }
             state = match next {
                 Ok(next) => Some(next),
                 Err(()) => {
+                    s.metrics.handle_metas_panics.increment(1);
                     tracing::error!(presence = P::NAME, topic = %topic, "handle_metas panicked; its state starts over from init");
                     reinit()
                 }

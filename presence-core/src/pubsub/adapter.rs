@@ -64,10 +64,14 @@ impl Inbound {
     ///
     /// [`DecodeError`] when the frame is malformed; nothing is delivered.
     pub fn deliver(&self, frame: Bytes) -> Result<(), DecodeError> {
+        let len = frame.len();
         let message = std::sync::Arc::new(frame::decode(frame)?);
-        if let Some(inner) = self.pubsub.upgrade()
-            && !inner.dispatch(&message, None)
-        {
+        let Some(inner) = self.pubsub.upgrade() else {
+            return Ok(());
+        };
+        inner.metrics.received.increment(1);
+        inner.metrics.received_bytes.increment(len as u64);
+        if !inner.dispatch(&message, None) {
             inner
                 .unknown_trackers
                 .undelivered(message.topic(), &inner.node_name);

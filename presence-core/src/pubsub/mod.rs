@@ -95,6 +95,7 @@ struct Inner {
     capacity: usize,
     next_id: AtomicU64,
     unknown_trackers: adapter::UnknownTrackers,
+    metrics: crate::metrics::PubSubMetrics,
 }
 
 /// One slice of the registry: topic to subscribers.
@@ -159,6 +160,7 @@ impl PubSubBuilder {
             capacity: self.capacity,
             next_id: AtomicU64::new(1),
             unknown_trackers: adapter::UnknownTrackers::default(),
+            metrics: crate::metrics::PubSubMetrics::register(),
         });
         let inbound = Inbound::new(Arc::downgrade(&inner));
         inner.adapter.start(&inner.node_name, inbound);
@@ -336,6 +338,7 @@ impl Inner {
 
     /// Delivers `message` to the topic's subscribers but `skip`; whether the topic had any.
     fn dispatch(&self, message: &Arc<Message>, skip: Option<SubscriberId>) -> bool {
+        self.metrics.broadcasts.increment(1);
         let partition = self.partition(message.topic());
         let mut closed = false;
         {
@@ -351,6 +354,7 @@ impl Inner {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         entry.lagged.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.drops.increment(1);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
                 }

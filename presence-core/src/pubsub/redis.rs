@@ -296,6 +296,7 @@ struct Shared {
     /// Times the subscription connection was lost: the publisher's connection, which only
     /// notices a dead server when it next publishes, is replaced too.
     subscriber_losses: AtomicU64,
+    metrics: crate::metrics::RedisMetrics,
 }
 
 #[derive(Debug)]
@@ -367,6 +368,7 @@ impl RedisAdapter {
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             subscriber_losses: AtomicU64::new(0),
+            metrics: crate::metrics::RedisMetrics::register(&options.channel()),
             options,
         });
 
@@ -564,6 +566,8 @@ impl Shared {
         let is_up = link.publisher_up && link.subscriber_up;
         if was_up && !is_up {
             link.outages += 1;
+            self.metrics.outages.increment(1);
+            self.metrics.connected.set(0.0);
             tracing::warn!(
                 url = %self.url,
                 channel = %self.channel,
@@ -573,6 +577,8 @@ impl Shared {
                  trackers resynchronise through transfers"
             );
         } else if !was_up && is_up {
+            self.metrics.reconnects.increment(1);
+            self.metrics.connected.set(1.0);
             tracing::info!(
                 url = %self.url,
                 channel = %self.channel,
@@ -658,6 +664,8 @@ impl Shared {
         match inbound.deliver(Bytes::copy_from_slice(frame)) {
             Ok(()) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.received.increment(1);
+                self.metrics.received_bytes.increment(frame.len() as u64);
             }
             Err(e) => {
                 tracing::warn!(channel = %self.channel, error = %e, "malformed frame from redis dropped");
@@ -714,6 +722,7 @@ async fn run_publisher(
                     shared
                         .dropped
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    shared.metrics.drops.increment(batch.len() as u64);
                     batch.clear();
                     conn = None;
                     shared.set_link(true, false, &e);
@@ -733,11 +742,15 @@ async fn run_publisher(
                 shared
                     .published
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                shared.metrics.published.increment(batch.len() as u64);
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                shared.metrics.published_bytes.increment(bytes as u64);
             }
             Err(e) => {
                 shared
                     .dropped
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                shared.metrics.drops.increment(batch.len() as u64);
                 conn = None;
                 shared.set_link(true, false, &e);
             }
@@ -759,6 +772,7 @@ async fn drop_until<F: Future>(
             msg = rx.recv() => match msg {
                 Some(_) => {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.drops.increment(1);
                 }
                 None => return None,
             },

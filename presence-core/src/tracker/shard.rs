@@ -11,8 +11,10 @@ use tokio::time::Instant;
 
 use super::clock::ReplicaRef;
 use super::message::{EVENT, TrackerMsg};
+use super::replica::ReplicaStatus;
 use super::shard_core::{Effects, Outgoing, ShardCore, Timing};
 use super::{Diff, DiffHandler, ReplicaEvent, TrackError, TrackerConfig, UpdateError};
+use crate::metrics::TrackerKind;
 use crate::pubsub::{Message, Payload, RecvError, SubscriberId};
 use crate::{Meta, OwnerId, PhxRef, PubSub};
 
@@ -29,6 +31,7 @@ pub(super) struct Shard {
     reporter: Option<Arc<Reporter>>,
     /// Set by the task once subscribed, for `broadcast_from`.
     subscriber: Mutex<Option<SubscriberId>>,
+    metrics: crate::metrics::TrackerMetrics,
 }
 
 /// Hands one tracker's reports to its handler: in order per shard, one at a time.
@@ -136,6 +139,7 @@ impl Shard {
             stopped: std::sync::atomic::AtomicBool::new(false),
             reporter,
             subscriber: Mutex::new(None),
+            metrics: crate::metrics::TrackerMetrics::register(tracker),
         }
     }
 
@@ -232,16 +236,20 @@ impl Shard {
         for o in out {
             let result = match o {
                 Outgoing::Broadcast(msg) => {
-                    let m = Message::binary(self.topic.clone(), EVENT, msg.encode());
+                    let bytes = msg.encode();
+                    self.count_sent(&msg, bytes.len());
+                    let m = Message::binary(self.topic.clone(), EVENT, bytes);
                     match from {
                         Some(id) => pubsub.broadcast_from(id, m),
                         None => pubsub.broadcast(m),
                     }
                 }
-                Outgoing::Direct(node, msg) => pubsub.direct_broadcast(
-                    &node,
-                    Message::binary(self.topic.clone(), EVENT, msg.encode()),
-                ),
+                Outgoing::Direct(node, msg) => {
+                    let bytes = msg.encode();
+                    self.count_sent(&msg, bytes.len());
+                    pubsub
+                        .direct_broadcast(&node, Message::binary(self.topic.clone(), EVENT, bytes))
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(shard = %self.topic, error = %e, "could not send a replication message");
@@ -300,6 +308,7 @@ pub(super) fn spawn(
                         Ok(((), out)) => shard.send(&pubsub, out),
                         Err(_) => tracing::error!(shard = %shard.topic, "a heartbeat tick panicked; the next tick tries again"),
                     }
+                    shard.count_replicas();
                     // The rest of a large pending delta, one part at a time: each is built
                     // and sent before the next, and operations may run in between. What is
                     // still left after MAX_PARTS_PER_TICK goes at the next tick.
@@ -335,7 +344,37 @@ const MAX_PARTS_PER_TICK: usize = 100;
 /// At most this many queued messages are handled before a tick (the rest after it).
 const MAX_DRAIN_BEFORE_TICK: usize = 4096;
 
+/// The metrics' `kind` of a replication message.
+fn kind(msg: &TrackerMsg) -> TrackerKind {
+    match msg {
+        TrackerMsg::Heartbeat { .. } => TrackerKind::Heartbeat,
+        TrackerMsg::TransferReq { .. } => TrackerKind::TransferReq,
+        TrackerMsg::TransferAck { .. } => TrackerKind::Transfer,
+        TrackerMsg::GracefulPermdown { .. } => TrackerKind::Permdown,
+    }
+}
+
 impl Shard {
+    fn count_sent(&self, msg: &TrackerMsg, bytes: usize) {
+        let delta = matches!(msg, TrackerMsg::Heartbeat { delta: Some(_), .. });
+        self.metrics.sent(kind(msg), bytes, delta);
+    }
+
+    /// Sets the replica gauges from the first shard (every shard knows the same peers).
+    fn count_replicas(&self) {
+        if self.index != 0 {
+            return;
+        }
+        let (up, down) = self.read(|core| {
+            core.replicas()
+                .fold((0, 0), |(up, down), (_, _, status)| match status {
+                    ReplicaStatus::Up => (up + 1, down),
+                    ReplicaStatus::Down => (up, down + 1),
+                })
+        });
+        self.metrics.replicas(up, down);
+    }
+
     /// Handles one message from the shard's topic at `now` (ms).
     fn receive(&self, pubsub: &PubSub, msg: &Message, now: u64) {
         if msg.event() != EVENT {
@@ -346,6 +385,7 @@ impl Shard {
         };
         match TrackerMsg::decode(bytes) {
             Ok(msg) => {
+                self.metrics.received(kind(&msg), bytes.len());
                 // A message that trips an internal check must not end the shard's task (and
                 // with it all replication): it is dropped.
                 let step = std::panic::catch_unwind(AssertUnwindSafe(|| {

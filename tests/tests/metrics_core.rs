@@ -1,0 +1,121 @@
+//! The core's metrics move as a real cluster changes (OBSERVABILITY.md lists them): a peer
+//! going down and up over the in-process cluster, with the replication traffic counted, and a
+//! Redis adapter losing its server and reconnecting. Each test records into a recorder of its
+//! own, installed on its current-thread runtime, so parallel tests never see each other's
+//! counts.
+
+#[path = "../../presence-poem/tests/common/recorder.rs"]
+mod recorder;
+mod redis_support;
+
+use std::time::Duration;
+
+use presence_core::pubsub::{LocalCluster, RedisAdapter, RedisOptions};
+use presence_core::{Owner, PubSub, Tracker, TrackerConfig};
+use recorder::TestRecorder;
+use redis_support::{DEADLINE, OwnRedis, eventually, unique};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(10);
+
+fn state(s: &'static str) -> [(&'static str, &'static str); 2] {
+    [("tracker", "Presence"), ("state", s)]
+}
+
+fn kind(k: &'static str) -> [(&'static str, &'static str); 2] {
+    [("tracker", "Presence"), ("kind", k)]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_going_down_and_up_moves_the_replica_gauges() {
+    let rec = TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&rec);
+    let cluster = LocalCluster::new();
+    let config = TrackerConfig {
+        broadcast_period: Duration::from_millis(100),
+        max_silent_periods: 2,
+        permdown_period: Duration::from_secs(60),
+        ..TrackerConfig::default()
+    };
+    let node = |name: &str| {
+        let pubsub = PubSub::builder(name).adapter(cluster.adapter()).build();
+        Tracker::start("Presence", pubsub, config.clone()).unwrap()
+    };
+    // b tracks before a starts, so a asks b for a transfer.
+    let b = node("b");
+    let owner = Owner::new();
+    b.track(&owner, "room:1", "bob", json!({})).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _a = node("a");
+
+    // Both trackers set the gauges: each sees the other up.
+    rec.eventually(LONG, "b up", |m| {
+        m.gauge("presence_tracker_replicas", &state("up")) == 1.0
+    })
+    .await;
+    assert_eq!(rec.gauge("presence_tracker_replicas", &state("down")), 0.0);
+    rec.eventually(LONG, "bob's presence transferred", |m| {
+        m.counter("presence_tracker_messages_sent_total", &kind("transfer")) >= 1
+    })
+    .await;
+    assert!(rec.counter("presence_tracker_messages_sent_total", &kind("heartbeat")) > 0);
+    assert!(rec.counter("presence_tracker_bytes_sent_total", &kind("heartbeat")) > 0);
+    assert!(
+        rec.counter(
+            "presence_tracker_messages_received_total",
+            &kind("heartbeat")
+        ) > 0
+    );
+    assert!(rec.counter("presence_tracker_bytes_received_total", &kind("transfer")) > 0);
+    assert!(rec.counter("presence_pubsub_messages_received_total", &[]) > 0);
+
+    // A netsplit: each side marks the other down.
+    cluster.partition(&["a"], &["b"]);
+    rec.eventually(LONG, "b down", |m| {
+        m.gauge("presence_tracker_replicas", &state("down")) == 1.0
+    })
+    .await;
+    assert_eq!(rec.gauge("presence_tracker_replicas", &state("up")), 0.0);
+
+    // Healed: up again.
+    cluster.heal();
+    rec.eventually(LONG, "b up again", |m| {
+        m.gauge("presence_tracker_replicas", &state("up")) == 1.0
+    })
+    .await;
+    assert_eq!(rec.gauge("presence_tracker_replicas", &state("down")), 0.0);
+}
+
+#[tokio::test]
+async fn a_redis_outage_and_reconnect_are_counted() {
+    let Some(mut server) = OwnRedis::start().await else {
+        return;
+    };
+    let rec = TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&rec);
+    let url = server.url();
+    let channel = unique("metrics");
+    let options = RedisOptions::new("a")
+        .pubsub_name(&channel)
+        .backoff(Duration::from_millis(50), Duration::from_millis(500));
+    let adapter = RedisAdapter::connect(&url, options).await.unwrap();
+    let label = [("channel", adapter.channel().to_owned())];
+    let label: Vec<(&str, &str)> = label.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _pubsub = PubSub::builder("a").adapter(adapter.clone()).build();
+    assert_eq!(rec.gauge("presence_redis_connected", &label), 1.0);
+
+    server.kill();
+    eventually("the outage is noticed", DEADLINE, || {
+        rec.gauge("presence_redis_connected", &label) == 0.0
+    })
+    .await;
+    assert_eq!(rec.counter("presence_redis_outages_total", &label), 1);
+    assert_eq!(rec.counter("presence_redis_reconnects_total", &label), 0);
+    server.restart().await;
+    eventually("reconnected", DEADLINE, || {
+        rec.gauge("presence_redis_connected", &label) == 1.0
+    })
+    .await;
+    assert_eq!(rec.counter("presence_redis_reconnects_total", &label), 1);
+    assert!(adapter.stats().connected);
+}
