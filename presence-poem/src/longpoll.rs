@@ -548,6 +548,7 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         Ok(admitted) => admitted,
         Err(refusal) => return refused(refusal),
     };
+    crate::metrics::connected();
     let mut id = [0u8; 16];
     if let Err(error) = getrandom::fill(&mut id) {
         tracing::error!(%error, "no random bytes for a long-poll session id");

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, counter, gauge, histogram};
 
-/// Gauge: open websockets (upgraded, until their channels have stopped).
+/// Gauge: open sockets (upgraded websockets and long-poll sessions, until their channels have
+/// stopped).
 pub(crate) const SOCKETS_OPEN: &str = "presence_sockets_open";
-/// Counter: upgrades accepted.
+/// Counter: connections accepted (websocket upgrades and new long-poll sessions).
 pub(crate) const SOCKET_CONNECTS: &str = "presence_socket_connects_total";
 /// Counter, label `reason`: upgrades refused.
 pub(crate) const SOCKET_REFUSALS: &str = "presence_socket_refusals_total";

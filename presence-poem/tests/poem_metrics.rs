@@ -211,3 +211,21 @@ async fn diffs_merged_by_a_hub_are_counted() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_long_poll_session_counts_as_a_connect_and_an_open_socket() {
+    let rec = TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&rec);
+    let pubsub = PubSub::new("test");
+    let socket = builder(&pubsub)
+        .longpoll(presence_poem::LongPollConfig::new())
+        .build();
+    let app = poem::Route::new().nest("/socket", socket.clone());
+    let _token = joined_longpoll_session(&app).await;
+    assert_eq!(rec.counter("presence_socket_connects_total", &[]), 1);
+    assert_eq!(rec.gauge("presence_sockets_open", &[]), 1.0);
+    rec.eventually(DEADLINE, "joined", |m| {
+        m.gauge("presence_channels_joined", ROOM) == 1.0
+    })
+    .await;
+}
