@@ -181,6 +181,7 @@ test("behind a proxy that refuses websockets the page falls back to long poll", 
   await gus.page.waitForSelector("#messages li:has-text('can you hear me')", { timeout: TIMEOUT });
   await gus.context.close();
   await hal.context.close();
+});
 
 test("the status page counts the joined clients and refreshes itself", { timeout: 60000 }, async () => {
   const room = `status-${Date.now()}`;
