@@ -505,7 +505,18 @@ impl Control {
                         tokio::task::yield_now().await;
                     }
                     match frame {
-                        Some(Ok(message)) => self.handle_frame(&message),
+                        Some(Ok(message)) => {
+                            // A long-poll session's pings are its polls resetting the idle
+                            // timer, not client messages.
+                            let keepalive = transport == Transport::LongPoll
+                                && matches!(message, WsMessage::Ping(_));
+                            if !keepalive {
+                                let counters = &self.inner.metrics;
+                                counters.frames_in.increment(1);
+                                counters.bytes_in.increment(message.len() as u64);
+                            }
+                            self.handle_frame(&message);
+                        }
                         Some(Err(error)) => self.read_error(&error),
                         None => {
                             self.outbox().request_close(Close { code: code::NORMAL, reason: "", send_frame: false });
@@ -553,9 +564,6 @@ impl Control {
     }
 
     fn handle_frame(&mut self, message: &WsMessage) {
-        let counters = &self.inner.metrics;
-        counters.frames_in.increment(1);
-        counters.bytes_in.increment(message.len() as u64);
         let decoded = match message {
             WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text.as_str())),
             WsMessage::Binary(bytes) => self.socket.vsn.decode(Raw::Binary(bytes)),

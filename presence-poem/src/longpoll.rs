@@ -31,6 +31,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::connection::{self, SessionParts};
+use crate::metrics::SocketCounters;
 use crate::outbox::{Close, Frames};
 use crate::protocol::{Raw, Vsn};
 use crate::socket::{Admitted, Inner, PhoenixSocket, Refusal};
@@ -210,6 +211,8 @@ struct Session {
     /// The outbound budget: what one answer, and all unread answers, may hold.
     budget: usize,
     unread: Arc<UnreadBytes>,
+    /// The endpoint's counters: a message handed to a poll's answer counts as a frame sent.
+    sent: Arc<SocketCounters>,
 }
 
 /// How a poll ended.
@@ -287,7 +290,11 @@ impl Session {
             left = left.saturating_sub(out.len());
             taken += out.len();
             match out.into_text() {
-                Ok(text) => batch.push(text),
+                Ok(text) => {
+                    self.sent.frames_out.increment(1);
+                    self.sent.bytes_out.increment(text.len() as u64);
+                    batch.push(text);
+                }
                 Err(_) => {
                     if !self.binary_dropped.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
@@ -577,6 +584,7 @@ async fn new_session(socket: &PhoenixSocket, lp: &LongPoll, req: Request) -> Res
         binary_dropped: AtomicBool::new(false),
         budget: inner.config.outbound.bytes,
         unread: Arc::default(),
+        sent: inner.metrics.clone(),
     });
     let pubsub = inner.hubs.pubsub().clone();
     // Requests for this session that reach other nodes come on this topic.

@@ -221,11 +221,41 @@ async fn a_long_poll_session_counts_as_a_connect_and_an_open_socket() {
         .longpoll(presence_poem::LongPollConfig::new())
         .build();
     let app = poem::Route::new().nest("/socket", socket.clone());
-    let _token = joined_longpoll_session(&app).await;
+    let token = joined_longpoll_session(&app).await;
     assert_eq!(rec.counter("presence_socket_connects_total", &[]), 1);
     assert_eq!(rec.gauge("presence_sockets_open", &[]), 1.0);
     rec.eventually(DEADLINE, "joined", |m| {
         m.gauge("presence_channels_joined", ROOM) == 1.0
     })
     .await;
+    // The join came in a POST, its reply went out in a poll's answer: one message each way.
+    // The polls themselves (two so far) are no messages.
+    assert_eq!(rec.counter("presence_socket_frames_received_total", &[]), 1);
+    assert_eq!(rec.counter("presence_socket_frames_sent_total", &[]), 1);
+    let reply_bytes = rec.counter("presence_socket_bytes_sent_total", &[]);
+    assert!(reply_bytes > 20, "{reply_bytes}");
+
+    // Two messages in one POST, two replies in one answer.
+    let uri = format!("/socket/longpoll?vsn=2.0.0&token={token}");
+    let heartbeats = [
+        json!([null, "2", "phoenix", "heartbeat", {}]).to_string(),
+        json!([null, "3", "phoenix", "heartbeat", {}]).to_string(),
+    ]
+    .join("\n");
+    let posted = longpoll_call(&app, poem::http::Method::POST, &uri, heartbeats).await;
+    assert_eq!(posted["status"], 200);
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        let polled = longpoll_call(&app, poem::http::Method::GET, &uri, String::new()).await;
+        assert_eq!(polled["status"], 200, "{polled}");
+        for m in polled["messages"].as_array().unwrap() {
+            replies.push(m.as_str().unwrap().len() as u64);
+        }
+    }
+    assert_eq!(rec.counter("presence_socket_frames_received_total", &[]), 3);
+    assert_eq!(rec.counter("presence_socket_frames_sent_total", &[]), 3);
+    assert_eq!(
+        rec.counter("presence_socket_bytes_sent_total", &[]),
+        reply_bytes + replies.iter().sum::<u64>()
+    );
 }
