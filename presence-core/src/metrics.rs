@@ -19,6 +19,9 @@ pub(crate) const TRACKER_RECEIVED: &str = "presence_tracker_messages_received_to
 pub(crate) const TRACKER_RECEIVED_BYTES: &str = "presence_tracker_bytes_received_total";
 /// Histogram, label `tracker`: bytes of each heartbeat that carries a delta.
 pub(crate) const TRACKER_DELTA_BYTES: &str = "presence_tracker_delta_bytes";
+/// Histogram, label `tracker`: seconds from a change on a peer to its merge here, by the
+/// peer's and this node's wall clocks.
+pub(crate) const TRACKER_CHANGE_TO_MERGE: &str = "presence_tracker_change_to_merge_seconds";
 /// Counter: messages broadcast on a pub/sub (local and to peers).
 pub(crate) const PUBSUB_BROADCASTS: &str = "presence_pubsub_messages_published_total";
 /// Counter: frames received from peers through the adapter.
@@ -105,6 +108,7 @@ pub(crate) struct TrackerMetrics {
     sent: Flow,
     received: Flow,
     delta_bytes: Histogram,
+    change_to_merge: Histogram,
     up: Gauge,
     down: Gauge,
 }
@@ -118,6 +122,7 @@ impl TrackerMetrics {
             sent: Flow::register(&tracker, TRACKER_SENT, TRACKER_SENT_BYTES),
             received: Flow::register(&tracker, TRACKER_RECEIVED, TRACKER_RECEIVED_BYTES),
             delta_bytes: histogram!(TRACKER_DELTA_BYTES, "tracker" => tracker.clone()),
+            change_to_merge: histogram!(TRACKER_CHANGE_TO_MERGE, "tracker" => tracker.clone()),
             up: state("up"),
             down: state("down"),
         }
@@ -132,6 +137,14 @@ impl TrackerMetrics {
 
     pub(crate) fn received(&self, kind: TrackerKind, bytes: usize) {
         self.received.count(kind, bytes);
+    }
+
+    /// A peer's delta was merged `elapsed_ms` after its oldest change; `None` when the
+    /// peer's clock is ahead of ours (no sample: it would only measure the skew).
+    pub(crate) fn change_merged(&self, elapsed_ms: Option<u64>) {
+        if let Some(ms) = elapsed_ms {
+            self.change_to_merge.record(ms as f64 / 1000.0);
+        }
     }
 
     pub(crate) fn replicas(&self, up: usize, down: usize) {

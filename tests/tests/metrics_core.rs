@@ -86,6 +86,53 @@ async fn a_peer_going_down_and_up_moves_the_replica_gauges() {
     assert_eq!(rec.gauge("presence_tracker_replicas", &state("down")), 0.0);
 }
 
+/// On the real clock: the time is read off the nodes' wall clocks, which a paused tokio clock
+/// does not stop.
+#[tokio::test]
+async fn a_change_is_timed_from_its_node_to_its_merge_on_a_peer() {
+    let rec = TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&rec);
+    let cluster = LocalCluster::new();
+    let period = Duration::from_millis(200);
+    let config = TrackerConfig {
+        broadcast_period: period,
+        ..TrackerConfig::default()
+    };
+    let node = |name: &str| {
+        let pubsub = PubSub::builder(name).adapter(cluster.adapter()).build();
+        Tracker::start("Presence", pubsub, config.clone()).unwrap()
+    };
+    let a = node("a");
+    let b = node("b");
+    let label = [("tracker", "Presence")];
+    rec.eventually(LONG, "a and b up", |m| {
+        m.gauge("presence_tracker_replicas", &state("up")) == 1.0
+    })
+    .await;
+    // Nothing changed yet: heartbeats without a delta are not timed.
+    assert!(
+        rec.histogram("presence_tracker_change_to_merge_seconds", &label)
+            .is_empty()
+    );
+
+    let owner = Owner::new();
+    let tracked = std::time::Instant::now();
+    a.track(&owner, "room:1", "alice", json!({})).unwrap();
+    eventually("alice on b", DEADLINE, || {
+        !b.get_by_key("room:1", "alice").is_empty()
+    })
+    .await;
+    let merged = tracked.elapsed().as_secs_f64();
+    let samples = rec.histogram("presence_tracker_change_to_merge_seconds", &label);
+    assert_eq!(samples.len(), 1, "one delta, merged once: {samples:?}");
+    // Measured between the track and b's list showing it (with 50 ms of slack for the
+    // millisecond rounding of the wall clocks).
+    assert!(
+        (0.0..=merged + 0.05).contains(&samples[0]),
+        "{samples:?} against {merged} s seen"
+    );
+}
+
 #[tokio::test]
 async fn a_redis_outage_and_reconnect_are_counted() {
     let Some(mut server) = OwnRedis::start().await else {

@@ -20,6 +20,12 @@ pub(crate) enum TrackerMsg {
         from: ReplicaRef,
         delta: Option<Delta>,
         clocks: Context,
+        /// When the oldest change the delta carries was made, in ms since the Unix epoch by
+        /// the sender's clock: receivers time the change-to-merge latency with it. Absent
+        /// without a delta, and from nodes that predate it (unknown fields are ignored, so
+        /// older nodes read these heartbeats too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
     },
     /// A request for what the sender lacks, given its context.
     TransferReq { from: ReplicaRef, context: Context },

@@ -3,8 +3,9 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tokio::time::Instant;
@@ -32,6 +33,11 @@ pub(super) struct Shard {
     /// Set by the task once subscribed, for `broadcast_from`.
     subscriber: Mutex<Option<SubscriberId>>,
     metrics: crate::metrics::TrackerMetrics,
+    /// When the oldest local change not yet in a delta part was made, in ms since the Unix
+    /// epoch (0: none). Read and written under the core's write lock only.
+    changed_since: AtomicU64,
+    /// The same for the delta whose parts are being sent (0: none).
+    sending_since: AtomicU64,
 }
 
 /// Hands one tracker's reports to its handler: in order per shard, one at a time.
@@ -140,6 +146,8 @@ impl Shard {
             reporter,
             subscriber: Mutex::new(None),
             metrics: crate::metrics::TrackerMetrics::register(tracker),
+            changed_since: AtomicU64::new(0),
+            sending_since: AtomicU64::new(0),
         }
     }
 
@@ -180,18 +188,29 @@ impl Shard {
             return Err(TrackError::Stopped);
         }
         self.step(|core| match core.track(owner, topic, key, meta) {
-            Ok((r, fx)) => (Ok(r), fx),
+            Ok((r, fx)) => {
+                self.note_change(core);
+                (Ok(r), fx)
+            }
             Err(e) => (Err(e), Effects::default()),
         })
         .0
     }
 
     pub(super) fn untrack(&self, owner: OwnerId, topic: &str, key: &str) {
-        self.step(|core| ((), core.untrack(owner, topic, key)));
+        self.step(|core| {
+            let fx = core.untrack(owner, topic, key);
+            self.note_change(core);
+            ((), fx)
+        });
     }
 
     pub(super) fn untrack_all(&self, owner: OwnerId) {
-        self.step(|core| ((), core.untrack_all(owner)));
+        self.step(|core| {
+            let fx = core.untrack_all(owner);
+            self.note_change(core);
+            ((), fx)
+        });
     }
 
     pub(super) fn update(
@@ -205,7 +224,10 @@ impl Shard {
             return Err(UpdateError::Stopped);
         }
         self.step(|core| match core.update(owner, topic, key, f) {
-            Ok((r, fx)) => (Ok(r), fx),
+            Ok((r, fx)) => {
+                self.note_change(core);
+                (Ok(r), fx)
+            }
             Err(e) => (Err(e), Effects::default()),
         })
         .0
@@ -213,12 +235,13 @@ impl Shard {
 
     pub(super) fn graceful_permdown(&self, pubsub: &PubSub) {
         let msg = self.read(|core| core.graceful_permdown());
-        self.send(pubsub, vec![msg]);
+        self.send(pubsub, vec![msg], None);
         self.stopped
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    fn send(&self, pubsub: &PubSub, out: Vec<Outgoing>) {
+    /// Sends `out`; a heartbeat with a delta carries `since` (see [`Shard::part_since`]).
+    fn send(&self, pubsub: &PubSub, out: Vec<Outgoing>, since: Option<u64>) {
         if out.is_empty() || !pubsub.has_peers() {
             // A single node: nobody to tell, so nothing is encoded.
             return;
@@ -235,7 +258,15 @@ impl Shard {
             .unwrap_or_else(PoisonError::into_inner);
         for o in out {
             let result = match o {
-                Outgoing::Broadcast(msg) => {
+                Outgoing::Broadcast(mut msg) => {
+                    if let TrackerMsg::Heartbeat {
+                        delta: Some(_),
+                        since: stamp,
+                        ..
+                    } = &mut msg
+                    {
+                        *stamp = since;
+                    }
                     let bytes = msg.encode();
                     self.count_sent(&msg, bytes.len());
                     let m = Message::binary(self.topic.clone(), EVENT, bytes);
@@ -302,10 +333,10 @@ pub(super) fn spawn(
                     }
                     let now = now_ms();
                     let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        shard.step(|core| ((), core.tick(now)))
+                        shard.step(|core| shard.take_part(core, |core| core.tick(now)))
                     }));
                     match step {
-                        Ok(((), out)) => shard.send(&pubsub, out),
+                        Ok((since, out)) => shard.send(&pubsub, out, since),
                         Err(_) => tracing::error!(shard = %shard.topic, "a heartbeat tick panicked; the next tick tries again"),
                     }
                     shard.count_replicas();
@@ -317,10 +348,10 @@ pub(super) fn spawn(
                             break;
                         }
                         let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            shard.step(|core| ((), core.send_more()))
+                            shard.step(|core| shard.take_part(core, ShardCore::send_more))
                         }));
                         match step {
-                            Ok(((), out)) => shard.send(&pubsub, out),
+                            Ok((since, out)) => shard.send(&pubsub, out, since),
                             Err(_) => {
                                 tracing::error!(shard = %shard.topic, "sending a delta part panicked; the next tick tries again");
                                 break;
@@ -354,7 +385,48 @@ fn kind(msg: &TrackerMsg) -> TrackerKind {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Shard {
+    /// Notes the time of a local change, unless an older one is still pending. Under the
+    /// core's write lock, after the change.
+    fn note_change(&self, core: &ShardCore) {
+        if self.changed_since.load(Ordering::Relaxed) == 0 && core.has_more() {
+            self.changed_since.store(unix_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `take` (a tick, or the next part), which may take a part of the pending delta,
+    /// and returns with its effects when the oldest change that part can carry was made: the
+    /// batch's oldest change, for every part of it. Under the core's write lock.
+    fn take_part(
+        &self,
+        core: &mut ShardCore,
+        take: impl FnOnce(&mut ShardCore) -> Effects,
+    ) -> (Option<u64>, Effects) {
+        let since = if core.has_more() {
+            let changed = self.changed_since.swap(0, Ordering::Relaxed);
+            let since = match self.sending_since.load(Ordering::Relaxed) {
+                0 => changed,
+                older => older,
+            };
+            self.sending_since.store(since, Ordering::Relaxed);
+            (since != 0).then_some(since)
+        } else {
+            None
+        };
+        let fx = take(core);
+        if !core.has_more() {
+            self.sending_since.store(0, Ordering::Relaxed);
+        }
+        (since, fx)
+    }
+
     fn count_sent(&self, msg: &TrackerMsg, bytes: usize) {
         let delta = matches!(msg, TrackerMsg::Heartbeat { delta: Some(_), .. });
         self.metrics.sent(kind(msg), bytes, delta);
@@ -386,13 +458,26 @@ impl Shard {
         match TrackerMsg::decode(bytes) {
             Ok(msg) => {
                 self.metrics.received(kind(&msg), bytes.len());
+                let since = match &msg {
+                    TrackerMsg::Heartbeat {
+                        delta: Some(_),
+                        since,
+                        ..
+                    } => *since,
+                    _ => None,
+                };
                 // A message that trips an internal check must not end the shard's task (and
                 // with it all replication): it is dropped.
                 let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     self.step(|core| ((), core.handle(now, msg)))
                 }));
                 match step {
-                    Ok(((), out)) => self.send(pubsub, out),
+                    Ok(((), out)) => {
+                        if let Some(since) = since {
+                            self.metrics.change_merged(unix_ms().checked_sub(since));
+                        }
+                        self.send(pubsub, out, None);
+                    }
                     Err(_) => {
                         tracing::error!(shard = %self.topic, "a replication message could not be applied and was dropped")
                     }

@@ -187,6 +187,7 @@ impl ShardCore {
                 from: own.clone(),
                 delta: None,
                 clocks: self.state.clocks(),
+                since: None,
             }));
             self.silent_periods = 0;
         } else {
@@ -270,10 +271,12 @@ impl ShardCore {
         if let Some(end) = delta.end().get(&own) {
             clocks.insert(own.clone(), end);
         }
+        // `since` is the driver's to set: this core keeps no wall clock.
         fx.out.push(Outgoing::Broadcast(TrackerMsg::Heartbeat {
             from: own,
             delta: Some(delta),
             clocks,
+            since: None,
         }));
         self.silent_periods = 0;
     }
@@ -296,6 +299,7 @@ impl ShardCore {
                 from,
                 delta,
                 clocks,
+                since: _,
             } => {
                 let transitions = self.replicas.put_heartbeat(&from, now);
                 self.apply(transitions, &mut fx);
