@@ -128,6 +128,14 @@ async fn post_with_token(app: &Route, token: &str, body: &str) -> u64 {
     reply["status"].as_u64().unwrap()
 }
 
+/// A GET of `/socket/longpoll?{query}` with `headers`: the status its body gives, and the
+/// body.
+async fn get_status(app: &Route, query: &str, headers: &[(&str, &str)]) -> (u64, Value) {
+    let uri = format!("/socket/longpoll?{query}");
+    let (_, body) = call(app, Method::GET, &uri, headers, "").await;
+    (body["status"].as_u64().unwrap(), body)
+}
+
 fn join(topic: &str, r: &str) -> Value {
     json!([r, r, topic, "phx_join", {}])
 }
@@ -572,62 +580,21 @@ async fn connects_are_checked_as_websockets_are() {
         .build();
     let app = app(socket.clone());
     // A refused connect, a refused origin, an unknown vsn: 403 (phoenix.js stops).
-    let status = |body: &Value| body["status"].as_u64().unwrap();
-    let (_, body) = call(
-        &app,
-        Method::GET,
-        "/socket/longpoll?vsn=2.0.0&user=bob",
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status(&body), 403);
     let evil = [("origin", "https://evil.example")];
-    let (_, body) = call(
-        &app,
-        Method::GET,
-        "/socket/longpoll?vsn=2.0.0&user=ann",
-        &evil,
-        "",
-    )
-    .await;
-    assert_eq!(status(&body), 403);
-    let (_, body) = call(
-        &app,
-        Method::GET,
-        "/socket/longpoll?vsn=9.0.0&user=ann",
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status(&body), 403);
     let ok = [("origin", "https://example.com")];
-    let (_, body) = call(
-        &app,
-        Method::GET,
-        "/socket/longpoll?vsn=2.0.0&user=ann",
-        &ok,
-        "",
-    )
-    .await;
-    assert_eq!(status(&body), 410);
+    assert_eq!(get_status(&app, "vsn=2.0.0&user=bob", &[]).await.0, 403);
+    assert_eq!(get_status(&app, "vsn=2.0.0&user=ann", &evil).await.0, 403);
+    assert_eq!(get_status(&app, "vsn=9.0.0&user=ann", &[]).await.0, 403);
+    let (status, body) = get_status(&app, "vsn=2.0.0&user=ann", &ok).await;
+    assert_eq!(status, 410);
     let ann = Session {
         token: body["token"].as_str().unwrap().to_owned(),
     };
     // Each request is checked, not only the first.
-    let uri = format!("/socket/longpoll?vsn=2.0.0&token={}", ann.token);
-    let (_, body) = call(&app, Method::GET, &uri, &evil, "").await;
-    assert_eq!(status(&body), 403);
+    let query = format!("vsn=2.0.0&token={}", ann.token);
+    assert_eq!(get_status(&app, &query, &evil).await.0, 403);
     // Sessions count as connections: at the limit, 500 (phoenix.js retries later).
-    let (_, body) = call(
-        &app,
-        Method::GET,
-        "/socket/longpoll?vsn=2.0.0&user=ann",
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status(&body), 500);
+    assert_eq!(get_status(&app, "vsn=2.0.0&user=ann", &[]).await.0, 500);
     // The socket id's `disconnect` broadcast ends the session: its poll gets 410.
     let poll = {
         let (app, token) = (app.clone(), ann.token.clone());

@@ -14,16 +14,6 @@ use presence_core::PubSub;
 use presence_poem::LongPollConfig;
 use serde_json::json;
 
-/// CPU time of this process so far (user and system), from `/proc/self/stat`, or None
-/// elsewhere. Clock ticks are 10 ms: measure many operations.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
 /// The CPU a session costs for each message it receives: 1,000 joined sessions, 20
 /// broadcasts, each followed by a poll of every session that returns it. Prints the process's
 /// CPU time per delivered message (the broadcast's fan-out, the session's queue, the poll's

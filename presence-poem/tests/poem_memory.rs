@@ -6,14 +6,6 @@ mod common;
 use common::*;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// Resident set size in bytes (Linux), or None elsewhere.
-fn rss() -> Option<isize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: isize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 #[tokio::test]
 async fn idle_joined_sockets_are_small() {
     const N: usize = 500;

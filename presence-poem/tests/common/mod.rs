@@ -527,3 +527,21 @@ pub async fn joined_longpoll_session(app: &Route) -> String {
     assert_eq!(polled["status"], 200, "{polled}");
     token
 }
+
+/// Resident set size in bytes (Linux), or None elsewhere.
+pub fn rss() -> Option<isize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: isize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU time of this process so far (user and system), from `/proc/self/stat`, or None
+/// elsewhere. Clock ticks are 10 ms: measure many operations.
+pub fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}

@@ -163,6 +163,26 @@ export async function joinRoom(socket, topic, params) {
   return { channel, presence, events };
 }
 
+/**
+ * Joins the chat example's `room:<room>` with `params` and a `Presence`, recording the
+ * `new_msg`s. Resolves once the join reply is ok.
+ */
+export async function joinChat(socket, room, params) {
+  const channel = socket.channel(`room:${room}`, params);
+  const presence = new Presence(channel);
+  const messages = [];
+  channel.on("new_msg", (m) => messages.push(m));
+  await push(channel.join(), `join room:${room}`);
+  return { channel, presence, messages };
+}
+
+/** `{user: "status,status"}` of a chat room's Presence, one status per meta. */
+export function statuses(presence) {
+  return Object.fromEntries(
+    presence.list((user, { metas }) => [user, metas.map((m) => m.status).join(",")]).sort(),
+  );
+}
+
 /** Resolves with the `ok` response of a Push; rejects on error or timeout. */
 export function push(p, what) {
   return new Promise((resolve, reject) => {

@@ -4,8 +4,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { Presence } from "phoenix";
-import { connect, disconnect, push, startChatNode, until } from "../lib/helpers.mjs";
+import { connect, disconnect, joinChat, push, startChatNode, statuses, until } from "../lib/helpers.mjs";
 
 let node;
 let url;
@@ -26,29 +25,13 @@ const V1 = {
   decode: (raw, callback) => callback(JSON.parse(raw)),
 };
 
-/** Joins `room:<room>` as `user`, with a Presence; resolves once joined. */
-async function join(socket, room, params) {
-  const channel = socket.channel(`room:${room}`, params);
-  const presence = new Presence(channel);
-  const messages = [];
-  channel.on("new_msg", (m) => messages.push(m));
-  await push(channel.join(), `join room:${room}`);
-  return { channel, presence, messages };
-}
-
-function statuses(presence) {
-  return Object.fromEntries(
-    presence.list((user, { metas }) => [user, metas.map((m) => m.status).join(",")]).sort(),
-  );
-}
-
 test("the chat contract through phoenix.js, both serializers", { timeout: 30_000 }, async () => {
   const room = `js-${Date.now()}`;
   const ann = await connect(url); // vsn 2.0.0 by default
   const bob = await connect(url, V1);
   try {
-    const a = await join(ann.socket, room, { user: "ann" });
-    const b = await join(bob.socket, room, { user: "bob", status: "busy" });
+    const a = await joinChat(ann.socket, room, { user: "ann" });
+    const b = await joinChat(bob.socket, room, { user: "bob", status: "busy" });
     await until(() => statuses(a.presence).bob === "busy", "ann to see bob");
     await until(() => Object.keys(statuses(b.presence)).length === 2, "bob's state (V1) to list both");
     assert.deepEqual(statuses(b.presence), { ann: "online", bob: "busy" });

@@ -5,7 +5,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
 import { LongPoll, Presence } from "phoenix";
-import { connect, disconnect, push, startChatNode, startServer, until } from "../lib/helpers.mjs";
+import { connect, disconnect, joinChat, push, startChatNode, startServer, statuses, until } from "../lib/helpers.mjs";
 
 let node;
 
@@ -19,22 +19,6 @@ after(async () => {
   await node?.stop();
 });
 
-/** Joins `room:<room>` with a Presence, recording `new_msg`s; resolves once joined. */
-async function join(socket, room, params) {
-  const channel = socket.channel(`room:${room}`, params);
-  const presence = new Presence(channel);
-  const messages = [];
-  channel.on("new_msg", (m) => messages.push(m));
-  await push(channel.join(), `join room:${room}`);
-  return { channel, presence, messages };
-}
-
-function statuses(presence) {
-  return Object.fromEntries(
-    presence.list((user, { metas }) => [user, metas.map((m) => m.status).join(",")]).sort(),
-  );
-}
-
 test("the chat contract over LongPoll, with a websocket client in the room", { timeout: 60_000 }, async () => {
   const room = `lp-${Date.now()}`;
   const lp = await connect(node.url, { transport: LongPoll });
@@ -42,10 +26,10 @@ test("the chat contract over LongPoll, with a websocket client in the room", { t
   try {
     assert.equal(lp.socket.transportName(lp.socket.transport), "LongPoll");
     assert.ok(lp.socket.conn instanceof LongPoll, "the connection is a LongPoll");
-    const a = await join(lp.socket, room, { user: "ann", status: "away" });
+    const a = await joinChat(lp.socket, room, { user: "ann", status: "away" });
     // presence_state over long poll lists ann herself.
     await until(() => statuses(a.presence).ann === "away", "ann's presence_state");
-    const b = await join(ws.socket, room, { user: "bob" });
+    const b = await joinChat(ws.socket, room, { user: "bob" });
     // A presence_diff reaches the long-poll client, a presence_state the websocket one.
     await until(() => statuses(a.presence).bob === "online", "ann (long poll) to see bob join");
     await until(() => statuses(b.presence).ann === "away", "bob (websocket) to list ann");
