@@ -1271,15 +1271,12 @@ impl State {
             if !topic.touched {
                 continue;
             }
-            let rows = topic.rows.iter();
-            for row in rows.filter(|r| r.rid == ME && fresh.contains(&r.n)) {
-                let element = Element {
-                    topic: Arc::clone(&topic.name),
-                    owner: row.owner,
-                    key: Arc::clone(&row.key),
-                    meta: row.meta.clone(),
-                };
-                dots.values.insert(row.n, element);
+            for (index, row) in topic.rows.iter().enumerate() {
+                if row.rid == ME && fresh.contains(&row.n) {
+                    let index = index as Idx;
+                    dots.values
+                        .insert(row.n, self.element_at(Pos { topic: t, index }));
+                }
             }
         }
         d.end.insert(me.clone(), cut);
