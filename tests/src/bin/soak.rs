@@ -60,7 +60,8 @@
 //! 2. **presence on every node**: a fresh observer socket joins every room on every node and
 //!    reads its `presence_state`; every node must list exactly the expected users (no ghost,
 //!    no loss), each with exactly one meta carrying the expected status (the observer's own
-//!    key is ignored). Retried every second until it holds, for at most
+//!    key is ignored). For a ghost or a missing user, the report gives that client's
+//!    memberships of the room (node slot, joined, ended and why). Retried every second until it holds, for at most
 //!    max(60 s, 4 x permdown period) after the clients were quiet.
 //! 3. **client views**: with the same deadline, the presence list each client keeps from its
 //!    diffs equals the expected presence of each room it is in (same keys, one meta each,
@@ -86,7 +87,9 @@
 //!    least 60 s after both the churn's start and its own start, taken before the churn ended;
 //!    its *final* figure is sampled once the presence checks are done, the clients still
 //!    connected. The open file descriptors of each sample (about one per client socket) are
-//!    reported with it, as RSS follows the number of sockets a node holds. The check fails
+//!    reported with it, as RSS follows the number of sockets a node holds, and so are the
+//!    file-backed part of RSS (`RssFile`: the binary's pages read so far) and the heap in
+//!    use the node reports. The check fails
 //!    when the final figure exceeds the baseline by more than 10 % (growth; a drop is reported
 //!    but is no failure). Incarnations without a baseline (they started less than a minute before
 //!    the churn ended, or the run is shorter than a minute) are reported, not checked.
@@ -505,6 +508,59 @@ fn listed(metas: &Metas) -> Listed {
         .filter(|(k, _)| !k.starts_with(OBSERVER))
         .map(|(k, m)| (k.clone(), m.values().cloned().collect()))
         .collect()
+}
+
+/// For each ghost or missing user a node listed (`room:<r>: ghost u<id> ...`), once: that
+/// client's memberships of the room, to tell which node and which ending left it behind.
+fn ghost_histories<'a>(
+    book: &Book,
+    problems: impl Iterator<Item = &'a String>,
+    churn_start: Instant,
+) -> Vec<String> {
+    let at = |t: Instant| t.saturating_duration_since(churn_start).as_secs_f64();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for problem in problems {
+        let mut words = problem.split_whitespace();
+        let (Some(room), Some(kind), Some(user)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        if kind != "ghost" && kind != "missing" {
+            continue;
+        }
+        let room_id = room
+            .trim_start_matches("room:")
+            .trim_end_matches(':')
+            .parse::<u16>();
+        let client = user.trim_start_matches('u').parse::<u32>();
+        let (Ok(room_id), Ok(client)) = (room_id, client) else {
+            continue;
+        };
+        if !seen.insert((room_id, client)) {
+            continue;
+        }
+        let history: Vec<String> = book
+            .memberships
+            .iter()
+            .filter(|m| m.room == room_id && m.client == client)
+            .map(|m| {
+                let ended = m.ended.map_or("open".to_owned(), |t| {
+                    format!("+{:.2} s ({})", at(t), m.cause)
+                });
+                format!("slot {} +{:.2} s to {ended}", SLOTS[m.slot], at(m.joined))
+            })
+            .collect();
+        out.push(format!(
+            "  {kind} u{client} in room:{room_id}: its memberships: {}",
+            if history.is_empty() {
+                "none".to_owned()
+            } else {
+                history.join("; ")
+            }
+        ));
+    }
+    out
 }
 
 /// What differs between a list and the expected `user => status`: ghosts, losses, and users
@@ -1379,6 +1435,9 @@ struct Incarnation {
     heap_file: PathBuf,
     /// (when, heap in use in KiB), read with each RSS sample.
     heap: Vec<(Instant, u64)>,
+    /// (when, file-backed RSS in KiB: the binary's and libraries' pages read so far), read
+    /// with each RSS sample.
+    file: Vec<(Instant, u64)>,
     final_rss: Option<u64>,
 }
 
@@ -1463,6 +1522,7 @@ impl Cluster {
             rss: Vec::new(),
             heap_file,
             heap: Vec::new(),
+            file: Vec::new(),
             final_rss: None,
         });
         self.procs[slot] = Some(Proc {
@@ -1506,6 +1566,9 @@ impl Cluster {
                     std::fs::read_dir(format!("/proc/{}/fd", proc.pid)).map_or(0, Iterator::count);
                 let inc = &mut self.incarnations[proc.incarnation];
                 inc.rss.push((now, kib, fds));
+                if let Some(file) = status_kib(proc.pid, "RssFile:") {
+                    inc.file.push((now, file));
+                }
                 let heap = std::fs::read_to_string(&inc.heap_file).ok();
                 if let Some(bytes) = heap.and_then(|h| h.trim().parse::<u64>().ok()) {
                     inc.heap.push((now, bytes / 1024));
@@ -2185,6 +2248,11 @@ async fn drive(
             }
         ));
     }
+    detail.extend(ghost_histories(
+        &shared.book(),
+        node_view.values().flatten(),
+        churn_start,
+    ));
     out.check(
         "presence on every node",
         node_view.values().all(Vec::is_empty),
@@ -2276,6 +2344,7 @@ async fn drive(
         };
         rss_ok &= passed;
         let heap_at = |t: Instant| inc.heap.iter().find(|(h, _)| *h == t).map(|(_, k)| *k);
+        let file_at = |t: Instant| inc.file.iter().find(|(h, _)| *h == t).map(|(_, k)| *k);
         let heap_baseline = inc
             .rss
             .iter()
@@ -2303,26 +2372,35 @@ async fn drive(
             }
         ));
         // One sample a minute (the first at or after each minute of the churn), and the last.
-        let mut timeline: Vec<(f64, u64, usize, Option<u64>)> = Vec::new();
+        // (s since the churn began, RSS KiB, open fds, heap KiB, file-backed KiB)
+        type Sample = (f64, u64, usize, Option<u64>, Option<u64>);
+        let mut timeline: Vec<Sample> = Vec::new();
         let mut minute = 0;
         for (i, (t, k, f)) in inc.rss.iter().enumerate() {
             let at = t.saturating_duration_since(churn_start).as_secs();
             if at >= minute * 60 || i + 1 == inc.rss.len() {
                 let since_churn = secs(t.saturating_duration_since(churn_start));
-                timeline.push((since_churn, *k, *f, heap_at(*t)));
+                timeline.push((since_churn, *k, *f, heap_at(*t), file_at(*t)));
                 minute = at / 60 + 1;
             }
         }
         rss_detail.push(format!(
-            "  MiB RSS / MiB heap in use / open fds: {}",
+            "  MiB RSS / of it file-backed / MiB heap in use / open fds: {}",
             timeline
                 .iter()
-                .map(|(t, k, f, h)| format!("+{t:.0} s {} / {} / {f}", mib(Some(*k)), mib(*h)))
+                .map(|(t, k, f, h, file)| {
+                    format!(
+                        "+{t:.0} s {} / {} / {} / {f}",
+                        mib(Some(*k)),
+                        mib(*file),
+                        mib(*h)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
         rss_json.push(json!({
-            "timeline_s_kib_fds_heapkib": timeline,
+            "timeline_s_kib_fds_heapkib_filekib": timeline,
             "heap_baseline_kib": heap_baseline, "heap_final_kib": heap_final,
             "node": inc.name, "slot": SLOTS[inc.slot], "pid": inc.pid,
             "started_s": secs(inc.started.saturating_duration_since(churn_start)),
@@ -2615,6 +2693,39 @@ mod tests {
             (c.eligible, c.excluded),
             (0, 1),
             "the receiver's node was disturbed"
+        );
+    }
+
+    #[test]
+    fn a_ghost_is_reported_once_with_its_clients_memberships_of_the_room() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut book = Book::default();
+        let membership = |room, slot, client, ended, cause| Membership {
+            room,
+            slot,
+            client,
+            joined: t + s(10),
+            ended,
+            cause,
+        };
+        book.memberships
+            .push(membership(1, 1, 225, Some(t + s(40)), "socket lost"));
+        book.memberships.push(membership(2, 0, 225, None, "open"));
+        book.memberships.push(membership(1, 2, 7, None, "open"));
+        let problems = [
+            "room:1: ghost u225 [\"s720\"]".to_owned(),
+            "room:1: ghost u225 [\"s720\"]".to_owned(),
+            "room:3: missing u7".to_owned(),
+            "room:1: u8: metas [], expected [\"s1\"]".to_owned(),
+        ];
+        let out = ghost_histories(&book, problems.iter(), t);
+        assert_eq!(
+            out,
+            [
+                "  ghost u225 in room:1: its memberships: slot b +10.00 s to +40.00 s (socket lost)",
+                "  missing u7 in room:3: its memberships: none",
+            ]
         );
     }
 
