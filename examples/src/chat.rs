@@ -103,7 +103,8 @@ pub struct ChatConfig {
     /// Presence options (`PRESENCE_BROADCAST_PERIOD_MS`, `PRESENCE_DOWN_PERIOD_MS`,
     /// `PRESENCE_PERMDOWN_PERIOD_MS`, `PRESENCE_DIFF_WINDOW_MS` (0 turns diff merging off),
     /// and `PRESENCE_MAX_SILENT_PERIODS`, which by default is lowered to fit two silent
-    /// heartbeats in a short down period).
+    /// heartbeats in a short down period). By default the ten largest rooms are exported as
+    /// `presence_topic_presences` at `/metrics`.
     pub presence: PresenceOptions,
     /// The Redis server to cluster over (`PRESENCE_REDIS_URL`); `None`: a single node.
     pub redis_url: Option<String>,
@@ -125,7 +126,7 @@ impl Default for ChatConfig {
             host: "127.0.0.1".to_owned(),
             port: 4000,
             node_name: unique_node_name(),
-            presence: PresenceOptions::new(),
+            presence: PresenceOptions::new().topic_metrics(10),
             redis_url: None,
             pubsub_name: "chat".to_owned(),
             longpoll_secret: None,
@@ -268,24 +269,18 @@ fn app_and_socket(
     registry: &Registry,
     longpoll: LongPollConfig,
 ) -> Result<(impl poem::Endpoint + use<>, PhoenixSocket), BoxError> {
-    let rooms = Arc::new(crate::status::Rooms::default());
-    let seen = rooms.clone();
     let socket = PhoenixSocket::builder_for(registry, &ChatPubSub)?
         .on_connect(|info| async move {
             tracing::info!(remote = %info.remote_addr, "connect");
             Ok(Connected::new())
         })
-        .channel("room:*", move || RoomChannel {
-            rooms: Some(seen.clone()),
-            ..RoomChannel::default()
-        })
+        .channel("room:*", RoomChannel::default)
         // The page falls back to `/socket/longpoll` when websockets fail.
         .longpoll(longpoll)
         .build();
     let status = crate::status::Status {
         registry: registry.clone(),
         socket: socket.clone(),
-        rooms,
     };
     let app = Route::new()
         .at("/", get(index))
@@ -304,8 +299,6 @@ fn app_and_socket(
 pub struct RoomChannel {
     user: String,
     online_at: u64,
-    /// The rooms the status page lists.
-    rooms: Option<Arc<crate::status::Rooms>>,
 }
 
 fn now_secs() -> u64 {
@@ -394,9 +387,6 @@ impl Channel for RoomChannel {
             tracing::warn!(topic, user, error = %e, "could not push presence_state");
         }
         tracing::info!(topic, user, status, "join");
-        if let Some(rooms) = &self.rooms {
-            rooms.joined(topic);
-        }
         self.user = user;
         Join::ok()
     }

@@ -1,9 +1,8 @@
 //! The node's `/metrics` (Prometheus text, from `metrics-exporter-prometheus`) and `/presence`
 //! (a status page: plain server-rendered HTML that refreshes itself). See OBSERVABILITY.md.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -43,33 +42,11 @@ pub(crate) async fn upkeep(_: Registry) -> Result<(), BoxError> {
     }
 }
 
-/// How many room names the status page remembers (first come; later ones are not listed).
-const MAX_ROOMS: usize = 10_000;
-
-/// The rooms joined on this node since it started, for the status page's largest rooms.
-#[derive(Debug, Default)]
-pub(crate) struct Rooms(Mutex<BTreeSet<Arc<str>>>);
-
-impl Rooms {
-    pub(crate) fn joined(&self, topic: &str) {
-        let mut rooms = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if rooms.len() < MAX_ROOMS && !rooms.contains(topic) {
-            rooms.insert(Arc::from(topic));
-        }
-    }
-
-    fn all(&self) -> Vec<Arc<str>> {
-        let rooms = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        rooms.iter().cloned().collect()
-    }
-}
-
 /// What the status page reads.
 #[derive(Debug, Clone)]
 pub(crate) struct Status {
     pub(crate) registry: Registry,
     pub(crate) socket: PhoenixSocket,
-    pub(crate) rooms: Arc<Rooms>,
 }
 
 /// `GET /metrics`: the Prometheus text format.
@@ -149,21 +126,15 @@ pub(crate) fn presence_page(Data(status): Data<&Status>) -> Html<String> {
     page.push_str("</table>");
 
     page.push_str("<h2>Largest rooms</h2><table id=\"rooms\"><tr><th>room</th><th>users</th><th>presences</th></tr>");
-    let mut rooms: Vec<_> = match &presence {
-        Some(p) => status
-            .rooms
-            .all()
-            .into_iter()
-            .map(|room| (p.count(&room), room))
-            .filter(|(count, _)| count.metas > 0)
-            .collect(),
-        None => Vec::new(),
-    };
-    rooms.sort_by(|a, b| b.0.metas.cmp(&a.0.metas).then_with(|| a.1.cmp(&b.1)));
+    // Cluster-wide as this node sees it, rooms joined on other nodes included.
+    let rooms = presence
+        .as_ref()
+        .map(|p| p.tracker().largest_topics(10))
+        .unwrap_or_default();
     if rooms.is_empty() {
         page.push_str("<tr><td colspan=\"3\">none</td></tr>");
     }
-    for (count, room) in rooms.into_iter().take(10) {
+    for (room, count) in rooms {
         let _ = write!(
             page,
             "<tr data-room=\"{room}\"><td>{room}</td><td class=\"keys\">{}</td><td class=\"metas\">{}</td></tr>",

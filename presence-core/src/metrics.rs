@@ -56,6 +56,9 @@ pub(crate) const REDIS_RECEIVED_BYTES: &str = "presence_redis_bytes_received_tot
 pub(crate) const REDIS_DROPS: &str = "presence_redis_drops_total";
 /// Gauge, label `presence`: presences tracked by this node's presence module.
 pub(crate) const PRESENCES: &str = "presence_presences";
+/// Gauge, labels `presence`, `topic`: presences of each of the largest topics (opt-in:
+/// `PresenceOptions::topic_metrics`).
+pub(crate) const TOPIC_PRESENCES: &str = "presence_topic_presences";
 /// Counter, label `presence`: `presence_diff`s broadcast.
 pub(crate) const DIFFS: &str = "presence_diffs_broadcast_total";
 /// Histogram, label `presence`: seconds a `fetch` took.
@@ -229,6 +232,39 @@ impl PresenceMetrics {
             fetch_panics: counter!(FETCH_FAILURES, "presence" => presence, "failure" => "panic"),
             handle_metas_duration: histogram!(HANDLE_METAS_DURATION, "presence" => presence),
             handle_metas_panics: counter!(HANDLE_METAS_PANICS, "presence" => presence),
+        }
+    }
+}
+
+/// Sets the gauges of the `n` largest topics of `tracker` every `period`, for as long as it
+/// runs (its owner aborts it); a topic that leaves the `n` is set to 0 once, then forgotten.
+pub(crate) async fn refresh_topic_gauges(
+    presence: &'static str,
+    tracker: crate::Tracker,
+    n: usize,
+    period: std::time::Duration,
+) {
+    let mut exported: std::collections::HashMap<std::sync::Arc<str>, Gauge> =
+        std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let largest = tracker.largest_topics(n);
+        exported.retain(|topic, gauge| {
+            let kept = largest.iter().any(|(t, _)| t == topic);
+            if !kept {
+                gauge.set(0.0);
+            }
+            kept
+        });
+        for (topic, count) in largest {
+            exported
+                .entry(topic)
+                .or_insert_with_key(|topic| {
+                    gauge!(TOPIC_PRESENCES, "presence" => presence, "topic" => topic.to_string())
+                })
+                .set(count.metas as f64);
         }
     }
 }

@@ -211,6 +211,15 @@ test("the status page counts the joined clients and refreshes itself", { timeout
   assert.match(metrics, /^presence_sockets_open \d+/m);
   assert.match(metrics, /^presence_channels_joined\{route="room:\*"\} [1-9]/m);
   assert.match(metrics, /^presence_channel_joins_total\{route="room:\*",outcome="ok"\} [1-9]/m);
+  // The room among the ten largest, as a gauge of its own (refreshed every 10 s).
+  const gauge = new RegExp(`^presence_topic_presences\\{presence="RoomPresence",topic="room:${room}"\\} 2$`, "m");
+  const deadline = Date.now() + 15_000;
+  let text = metrics;
+  while (!gauge.test(text) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 500));
+    text = await (await fetch(new URL("/metrics", url))).text();
+  }
+  assert.match(text, gauge);
 
   // Erin leaves: the next refresh shows one user in the room.
   await erin.context.close();

@@ -10,11 +10,15 @@ mod redis_support;
 
 use std::time::Duration;
 
+use presence_core::presence::{
+    InitError, Presence, PresenceContext, PresenceHandle, PresenceOptions, TOPIC_METRICS_PERIOD,
+};
 use presence_core::pubsub::{LocalCluster, RedisAdapter, RedisOptions};
+use presence_core::registry::{Registry, RegistryError};
 use presence_core::{Owner, PubSub, Tracker, TrackerConfig};
 use recorder::TestRecorder;
 use redis_support::{DEADLINE, OwnRedis, eventually, unique};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(10);
 
@@ -131,6 +135,77 @@ async fn a_change_is_timed_from_its_node_to_its_merge_on_a_peer() {
         (0.0..=merged + 0.05).contains(&samples[0]),
         "{samples:?} against {merged} s seen"
     );
+}
+
+struct Room;
+
+impl Presence for Room {
+    type Meta = Value;
+    type Extra = ();
+    type State = ();
+    const NAME: &'static str = "Room";
+    fn pubsub(_: &Registry) -> Result<PubSub, RegistryError> {
+        Err(RegistryError::PresenceNotRunning("Room"))
+    }
+    fn run_init(&self, _: &PresenceContext) -> Result<(), InitError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_largest_topics_are_gauges_when_asked_for() {
+    let rec = TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&rec);
+    let topic = |t: &'static str| [("presence", "Room"), ("topic", t)];
+    let gauge = |t: &'static str| rec.gauge("presence_topic_presences", &topic(t));
+    let owners: Vec<Owner> = (0..6).map(|_| Owner::new()).collect();
+    let track = |p: &PresenceHandle<Room>, o: usize, t: &str| {
+        p.track(&owners[o], t, &format!("u{o}"), &json!({}))
+            .unwrap();
+    };
+
+    // Off by default: no topic is a gauge.
+    let plain = PresenceHandle::start(Room, PubSub::new("plain"), &PresenceOptions::new()).unwrap();
+    track(&plain, 0, "room:a");
+    tokio::time::sleep(TOPIC_METRICS_PERIOD * 2).await;
+    assert!(
+        !rec.names()
+            .iter()
+            .any(|n| n.contains("presence_topic_presences"))
+    );
+    drop(plain);
+
+    // The two largest of three rooms, refreshed every period.
+    let options = PresenceOptions::new().topic_metrics(2);
+    let p = PresenceHandle::start(Room, PubSub::new("node"), &options).unwrap();
+    for o in 0..3 {
+        track(&p, o, "room:a");
+    }
+    track(&p, 3, "room:b");
+    track(&p, 4, "room:b");
+    track(&p, 5, "room:c");
+    tokio::time::sleep(TOPIC_METRICS_PERIOD + Duration::from_millis(10)).await;
+    assert_eq!((gauge("room:a"), gauge("room:b")), (3.0, 2.0));
+    assert!(!rec.names().iter().any(|n| n.contains("room:c")));
+
+    // room:a empties: it drops out (set to 0), room:c comes in.
+    for (o, owner) in owners.iter().enumerate().take(3) {
+        p.untrack(owner, "room:a", &format!("u{o}"));
+    }
+    tokio::time::sleep(TOPIC_METRICS_PERIOD).await;
+    assert_eq!(
+        (gauge("room:a"), gauge("room:b"), gauge("room:c")),
+        (0.0, 2.0, 1.0)
+    );
+    // The refresh task goes with the presence: a change made after it through the tracker
+    // (kept alive here) no longer reaches the gauge.
+    let tracker = p.tracker().clone();
+    drop(p);
+    let extra = Owner::new();
+    tracker.track(&extra, "room:b", "late", json!({})).unwrap();
+    tokio::time::sleep(TOPIC_METRICS_PERIOD * 3).await;
+    assert_eq!(tracker.count("room:b").metas, 3);
+    assert_eq!(gauge("room:b"), 2.0);
 }
 
 #[tokio::test]

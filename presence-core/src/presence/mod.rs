@@ -413,7 +413,14 @@ pub struct PresenceOptions {
     /// `presence_state` listing. Default [`DEFAULT_DIFF_WINDOW`]; zero turns both off. See
     /// the [module docs](self), "Big rooms".
     pub diff_window: Option<Duration>,
+    /// How many of the largest topics to export as the gauge `presence_topic_presences`,
+    /// labelled by topic, every [`TOPIC_METRICS_PERIOD`]. Default 0 (none): each topic
+    /// exported is a time series of its own in the metrics backend.
+    pub topic_metrics: Option<usize>,
 }
+
+/// How often the largest topics' gauges are refreshed (see [`PresenceOptions::topic_metrics`]).
+pub const TOPIC_METRICS_PERIOD: Duration = Duration::from_secs(10);
 
 /// The default [`PresenceOptions::diff_window`].
 pub const DEFAULT_DIFF_WINDOW: Duration = Duration::from_millis(50);
@@ -472,6 +479,23 @@ impl PresenceOptions {
         self
     }
 
+    /// Exports the `n` largest topics' presences as the gauge `presence_topic_presences`
+    /// (labels `presence` and `topic`), refreshed every [`TOPIC_METRICS_PERIOD`]; a topic
+    /// that drops out of the `n` is set to 0 once. Needs a recorder installed (see
+    /// OBSERVABILITY.md); [`Tracker::largest_topics`] gives the same list on demand.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::presence::PresenceOptions;
+    /// let options = PresenceOptions::new().topic_metrics(10);
+    /// assert_eq!(options.topic_metrics, Some(10));
+    /// ```
+    pub fn topic_metrics(mut self, n: usize) -> Self {
+        self.topic_metrics = Some(n);
+        self
+    }
+
     /// The diff window these options give: `diff_window`, or [`DEFAULT_DIFF_WINDOW`].
     pub fn effective_diff_window(&self) -> Duration {
         self.diff_window.unwrap_or(DEFAULT_DIFF_WINDOW)
@@ -501,6 +525,7 @@ impl PresenceOptions {
                 .clone()
                 .or_else(|| base.max_delta_sizes.clone()),
             diff_window: self.diff_window.or(base.diff_window),
+            topic_metrics: self.topic_metrics.or(base.topic_metrics),
         }
     }
 
@@ -564,6 +589,8 @@ struct Shared<P: Presence> {
     in_flight: AtomicUsize,
     settled: Notify,
     broadcaster: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task that refreshes the largest topics' gauges, if they are exported.
+    topic_gauges: Mutex<Option<tokio::task::JoinHandle<()>>>,
     diff_window: Duration,
     states: batch::StateBatches,
     keys: keys::KeySubscribers,
@@ -574,6 +601,14 @@ impl<P: Presence> Drop for Shared<P> {
     fn drop(&mut self) {
         if let Some(task) = self
             .broadcaster
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+        if let Some(task) = self
+            .topic_gauges
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
@@ -730,6 +765,7 @@ impl<P: Presence> PresenceHandle<P> {
             in_flight: AtomicUsize::new(0),
             settled: Notify::new(),
             broadcaster: Mutex::new(None),
+            topic_gauges: Mutex::new(None),
             diff_window,
             states: batch::StateBatches::new(diff_window),
             keys: keys::KeySubscribers::default(),
@@ -746,6 +782,19 @@ impl<P: Presence> PresenceHandle<P> {
             .broadcaster
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        if let Some(n) = options.topic_metrics.filter(|&n| n > 0) {
+            // Owned by the presence: aborted when its last handle goes.
+            let task = runtime.spawn(crate::metrics::refresh_topic_gauges(
+                P::NAME,
+                tracker.clone(),
+                n,
+                TOPIC_METRICS_PERIOD,
+            ));
+            *shared
+                .topic_gauges
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
         Ok(PresenceHandle { shared, tracker })
     }
 

@@ -1183,9 +1183,54 @@ impl State {
     /// The number of keys and of rows of `topic` on live replicas: O(1) while no replica is
     /// down, a walk of the topic's rows otherwise.
     pub(crate) fn count(&self, topic: &str) -> (usize, usize) {
-        let Some(t) = self.find_topic(topic) else {
-            return (0, 0);
-        };
+        match self.find_topic(topic) {
+            Some(t) => self.count_at(t),
+            None => (0, 0),
+        }
+    }
+
+    /// The `n` topics with the most visible rows, largest first (ties by name), with their
+    /// `(keys, rows)` counts. One pass over the topics; a topic whose row count cannot beat
+    /// the smallest of the `n` kept so far is not counted.
+    pub(crate) fn largest_topics(&self, n: usize) -> Vec<(Arc<str>, (usize, usize))> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if n == 0 {
+            return Vec::new();
+        }
+        // (visible rows, name reversed, topic): the least is the fewest rows, then the last
+        // name, and is on top of the heap of `Reverse`s.
+        type Ranked<'a> = (usize, Reverse<&'a Arc<str>>, Tid);
+        let mut kept: BinaryHeap<Reverse<Ranked<'_>>> = BinaryHeap::with_capacity(n + 1);
+        for (t, topic) in self.topics.iter().enumerate() {
+            let Some(topic) = topic else { continue };
+            if kept.len() == n
+                && let Some(Reverse((rows, Reverse(name), _))) = kept.peek()
+                && (topic.rows.len(), Reverse(&topic.name)) <= (*rows, Reverse(*name))
+            {
+                // Its row count bounds its visible rows: it cannot make the cut.
+                continue;
+            }
+            let t = t as Tid;
+            let (_, rows) = self.count_at(t);
+            if rows == 0 {
+                continue;
+            }
+            kept.push(Reverse((rows, Reverse(&topic.name), t)));
+            if kept.len() > n {
+                kept.pop();
+            }
+        }
+        let mut out: Vec<_> = kept
+            .into_iter()
+            .map(|Reverse((_, Reverse(name), t))| (Arc::clone(name), self.count_at(t)))
+            .collect();
+        out.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
+    /// `(keys, rows)` of topic `t`, counting only visible rows.
+    fn count_at(&self, t: Tid) -> (usize, usize) {
         let topic = self.topic(t);
         if self.down == 0 {
             return (topic.keys.len(), topic.rows.len());
@@ -2307,6 +2352,78 @@ mod tests {
         assert!(b.list("t").is_empty());
         b.replica_up(&rr("a"));
         assert_eq!(b.merge_delta(&d).joins.len(), 1);
+    }
+
+    #[test]
+    fn the_largest_topics_count_visible_rows_only() {
+        let (mut a, mut b, _) = trio();
+        // b's own: "big" 3 rows (two keys), "mid" 2, "tie" 2; a's: "aonly" 4.
+        join(&mut b, 1, "big", "bob");
+        join(&mut b, 2, "big", "bob");
+        join(&mut b, 3, "big", "bea");
+        join(&mut b, 4, "mid", "bob");
+        join(&mut b, 5, "mid", "ben");
+        join(&mut b, 6, "tie", "bob");
+        join(&mut b, 7, "tie", "ben");
+        for (o, key) in [(1, "al"), (2, "amy"), (3, "ann"), (4, "ava")] {
+            join(&mut a, o, "aonly", key);
+        }
+        sync(&mut b, &a);
+        let names = |v: Vec<(Arc<str>, (usize, usize))>| -> Vec<(String, usize, usize)> {
+            v.into_iter()
+                .map(|(t, (k, m))| (t.to_string(), k, m))
+                .collect()
+        };
+        assert_eq!(
+            names(b.largest_topics(3)),
+            [
+                ("aonly".to_owned(), 4, 4),
+                ("big".to_owned(), 2, 3),
+                ("mid".to_owned(), 2, 2),
+            ],
+            "largest first, ties by name"
+        );
+        assert!(b.largest_topics(0).is_empty());
+        assert_eq!(b.largest_topics(10).len(), 4);
+        // a's rows are not listed while a is down.
+        b.replica_down(&rr("a"));
+        assert_eq!(
+            names(b.largest_topics(2)),
+            [("big".to_owned(), 2, 3), ("mid".to_owned(), 2, 2)]
+        );
+    }
+
+    #[test]
+    fn the_largest_topics_are_those_a_full_sort_gives() {
+        let mut s = State::new(rr("a"));
+        let mut x: u64 = 7;
+        let mut o = 0;
+        let mut names = Vec::new();
+        for t in 0..60 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let topic = format!("t{t}");
+            for _ in 0..(x >> 60) {
+                o += 1;
+                join(&mut s, o, &topic, &format!("k{o}"));
+            }
+            names.push(topic);
+        }
+        let mut all: Vec<(String, usize)> = names
+            .iter()
+            .map(|t| (t.clone(), s.count(t).1))
+            .filter(|(_, rows)| *rows > 0)
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for n in [1, 3, 10, 59, 100] {
+            let got: Vec<(String, usize)> = s
+                .largest_topics(n)
+                .into_iter()
+                .map(|(t, (_, rows))| (t.to_string(), rows))
+                .collect();
+            assert_eq!(got, all[..n.min(all.len())], "n = {n}");
+        }
     }
 
     #[test]
