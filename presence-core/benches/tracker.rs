@@ -104,6 +104,31 @@ fn ops(n: usize, topics: usize) {
     );
 }
 
+/// `largest_topics(10)` over `n` presences spread on `topics` topics (what a status page or
+/// the opt-in topic gauges cost per refresh).
+fn largest(n: usize, topics: usize) {
+    let tracker = Tracker::start("Bench", PubSub::new("a"), TrackerConfig::default()).unwrap();
+    let owners: Vec<Owner> = (0..n).map(|_| Owner::new()).collect();
+    for (i, owner) in owners.iter().enumerate() {
+        let topic = topic_of(i, topics);
+        tracker
+            .track(
+                owner,
+                &topic,
+                &format!("user{i}"),
+                json!({"status": "online"}),
+            )
+            .unwrap();
+    }
+    let runs = 20;
+    let t = Instant::now();
+    for _ in 0..runs {
+        black_box(tracker.largest_topics(10));
+    }
+    let each = t.elapsed() / runs;
+    println!("| {n} | {topics} | {:.0} µs |", each.as_secs_f64() * 1e6);
+}
+
 async fn converge(n: usize) {
     let cluster = LocalCluster::new();
     let config = TrackerConfig {
@@ -322,6 +347,12 @@ fn main() {
         println!("|---|---|---|---|---|---|---|");
         for (n, topics) in [(10_000, 1), (10_000, 1000), (100_000, 1), (100_000, 1000)] {
             ops(n, topics);
+        }
+    }
+    if want("largest") {
+        println!("\n| presences | topics | largest_topics(10) |\n|---|---|---|");
+        for (n, topics) in [(100_000, 1000), (100_000, 100_000)] {
+            largest(n, topics);
         }
     }
     if want("memory") {

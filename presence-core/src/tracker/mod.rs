@@ -564,7 +564,9 @@ impl Tracker {
 
     /// The `n` topics with the most presences, largest first (ties by name), with their
     /// counts: for an operator's view of the biggest rooms, without a metric per topic. Each
-    /// shard's topics are scanned once under its read lock (at 100k topics, a few ms).
+    /// shard's topics are scanned once under its read lock: about 1.4 ms for 100k topics of
+    /// one presence each, 5 µs for 1,000 topics of 100 (`cargo bench -p presence-core --bench
+    /// tracker -- largest`).
     ///
     /// # Examples
     ///
