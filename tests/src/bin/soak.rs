@@ -61,7 +61,9 @@
 //!    reads its `presence_state`; every node must list exactly the expected users (no ghost,
 //!    no loss), each with exactly one meta carrying the expected status (the observer's own
 //!    key is ignored). For a ghost or a missing user, the report gives that client's
-//!    memberships of the room (node slot, joined, ended and why). Retried every second until it holds, for at most
+//!    memberships of the room (node slot, joined, ended and why); and when there is a ghost,
+//!    once the clients are gone the nodes are stopped one at a time (SIGTERM) to see whose
+//!    stop makes the others drop it, which tells the node that held it as its own. Retried every second until it holds, for at most
 //!    max(60 s, 4 x permdown period) after the clients were quiet.
 //! 3. **client views**: with the same deadline, the presence list each client keeps from its
 //!    diffs equals the expected presence of each room it is in (same keys, one meta each,
@@ -508,6 +510,59 @@ fn listed(metas: &Metas) -> Listed {
         .filter(|(k, _)| !k.starts_with(OBSERVER))
         .map(|(k, m)| (k.clone(), m.values().cloned().collect()))
         .collect()
+}
+
+/// With every client gone, whatever a node still lists (the observer aside) is a ghost. Stops
+/// the nodes one at a time with SIGTERM, whose graceful permdown makes the others drop that
+/// node's presences at once, and reports after each which ghosts the others no longer list:
+/// the stopped node held them as its own. Ghosts still listed by the last node standing after
+/// the others stopped are its own, or a dead incarnation's that no node purged.
+async fn ghost_owners(cluster: &mut Cluster, rooms: u16) -> Vec<String> {
+    async fn ghosts(cluster: &Cluster, except: Option<usize>, rooms: u16) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (slot, proc) in cluster.procs.iter().enumerate() {
+            let Some(proc) = proc.as_ref().filter(|_| Some(slot) != except) else {
+                continue;
+            };
+            match node_presence(proc.addr, rooms).await {
+                Ok(lists) => {
+                    for (room, list) in lists {
+                        out.extend(list.keys().map(|key| format!("room:{room} {key}")));
+                    }
+                }
+                Err(e) => {
+                    out.insert(format!("({}: {e})", cluster.names[slot]));
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+    // Presence diffs of the clients' departure settle first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut out = vec![format!(
+        "with the clients gone, listed: {:?}",
+        ghosts(cluster, None, rooms).await
+    )];
+    for slot in 0..SLOTS.len() {
+        if cluster.procs[slot].is_none() {
+            continue;
+        }
+        let before = ghosts(cluster, Some(slot), rooms).await;
+        let name = cluster.names[slot].clone();
+        let incarnation = cluster.procs[slot].as_ref().map(|p| p.incarnation);
+        let how = cluster.stop_node(slot, "TERM").await;
+        // Stopped after the checks: the report counts it as running at the end, as it was.
+        if let Some(i) = incarnation {
+            cluster.incarnations[i].ended = None;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = ghosts(cluster, None, rooms).await;
+        let gone: Vec<&String> = before.iter().filter(|g| !after.contains(g)).collect();
+        out.push(format!(
+            "stopped {name} ({how}): no longer listed {gone:?}; still listed {after:?}"
+        ));
+    }
+    out
 }
 
 /// For each ghost or missing user a node listed (`room:<r>: ghost u<id> ...`), once: that
@@ -2269,6 +2324,16 @@ async fn drive(
     progress(run_start, "checking messages");
     let _ = phase_tx.send(Phase::Stop);
     clients.shutdown().await;
+    // `SOAK_PROBE_OWNERS=1` runs the probe without a ghost too (to try it).
+    let probe = std::env::var_os("SOAK_PROBE_OWNERS").is_some();
+    if probe || node_view.values().any(|problems| !problems.is_empty()) {
+        progress(
+            run_start,
+            "stopping the nodes one by one to find the ghosts' owners",
+        );
+        let owners = ghost_owners(cluster, args.rooms).await;
+        out.check("ghost owners (information)", true, owners);
+    }
     let mut book = std::mem::take(&mut *shared.book());
     let mc = check_messages(&mut book);
     let mut detail = vec![
