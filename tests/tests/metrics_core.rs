@@ -4,21 +4,20 @@
 //! own, installed on its current-thread runtime, so parallel tests never see each other's
 //! counts.
 
+mod plain_presence;
 #[path = "../../presence-poem/tests/common/recorder.rs"]
 mod recorder;
 mod redis_support;
 
 use std::time::Duration;
 
-use presence_core::presence::{
-    InitError, Presence, PresenceContext, PresenceHandle, PresenceOptions, TOPIC_METRICS_PERIOD,
-};
+use plain_presence::Room;
+use presence_core::presence::{PresenceHandle, PresenceOptions, TOPIC_METRICS_PERIOD};
 use presence_core::pubsub::{LocalCluster, RedisAdapter, RedisOptions};
-use presence_core::registry::{Registry, RegistryError};
 use presence_core::{Owner, PubSub, Tracker, TrackerConfig};
 use recorder::TestRecorder;
 use redis_support::{DEADLINE, OwnRedis, eventually, unique};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(10);
 
@@ -135,21 +134,6 @@ async fn a_change_is_timed_from_its_node_to_its_merge_on_a_peer() {
         (0.0..=merged + 0.05).contains(&samples[0]),
         "{samples:?} against {merged} s seen"
     );
-}
-
-struct Room;
-
-impl Presence for Room {
-    type Meta = Value;
-    type Extra = ();
-    type State = ();
-    const NAME: &'static str = "Room";
-    fn pubsub(_: &Registry) -> Result<PubSub, RegistryError> {
-        Err(RegistryError::PresenceNotRunning("Room"))
-    }
-    fn run_init(&self, _: &PresenceContext) -> Result<(), InitError> {
-        Ok(())
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,38 +3,22 @@
 //! `PRESENCE_REDIS_URL` is not set). Changes are made on the first node and observed on the
 //! last one, so with two nodes everything observed crossed the cluster.
 
+mod plain_presence;
 mod redis_support;
 
 use std::time::Duration;
 
-use presence_core::presence::{
-    InitError, KeyChange, KeyEvents, Presence, PresenceContext, PresenceHandle, PresenceOptions,
-};
+use plain_presence::Room;
+use presence_core::presence::{KeyChange, KeyEvents, PresenceHandle, PresenceOptions};
 use presence_core::pubsub::{LocalCluster, RedisAdapter, RedisOptions};
-use presence_core::registry::{Registry, RegistryError};
 use presence_core::tracker::PresenceCount;
 use presence_core::{Owner, PubSub};
 use redis_support::{redis_url, unique};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TOPIC: &str = "room:lobby";
 /// Generous: virtual time on the paused clock, real time over Redis.
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Room;
-
-impl Presence for Room {
-    type Meta = Value;
-    type Extra = ();
-    type State = ();
-    const NAME: &'static str = "Room";
-    fn pubsub(_: &Registry) -> Result<PubSub, RegistryError> {
-        Err(RegistryError::PresenceNotRunning("Room"))
-    }
-    fn run_init(&self, _: &PresenceContext) -> Result<(), InitError> {
-        Ok(())
-    }
-}
 
 fn options() -> PresenceOptions {
     PresenceOptions::new().broadcast_period(Duration::from_millis(100))

@@ -599,21 +599,14 @@ struct Shared<P: Presence> {
 
 impl<P: Presence> Drop for Shared<P> {
     fn drop(&mut self) {
-        if let Some(task) = self
-            .broadcaster
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
-        if let Some(task) = self
-            .topic_gauges
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
+        for task in [&mut self.broadcaster, &mut self.topic_gauges] {
+            if let Some(task) = task
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                task.abort();
+            }
         }
         self.keys.close();
     }
