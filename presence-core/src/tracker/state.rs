@@ -1201,6 +1201,8 @@ impl State {
         // (visible rows, name reversed, topic): the least is the fewest rows, then the last
         // name, and is on top of the heap of `Reverse`s.
         type Ranked<'a> = (usize, Reverse<&'a Arc<str>>, Tid);
+        // Never more than there are topics, whatever `n` is (`usize::MAX` means all of them).
+        let n = n.min(self.topics.len());
         let mut kept: BinaryHeap<Reverse<Ranked<'_>>> = BinaryHeap::with_capacity(n + 1);
         for (t, topic) in self.topics.iter().enumerate() {
             let Some(topic) = topic else { continue };
@@ -2385,6 +2387,11 @@ mod tests {
         );
         assert!(b.largest_topics(0).is_empty());
         assert_eq!(b.largest_topics(10).len(), 4);
+        assert_eq!(
+            b.largest_topics(usize::MAX).len(),
+            4,
+            "all, without a huge allocation"
+        );
         // a's rows are not listed while a is down.
         b.replica_down(&rr("a"));
         assert_eq!(
