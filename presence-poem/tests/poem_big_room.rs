@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -19,9 +18,8 @@ use presence_core::registry::Registry;
 use presence_core::{Owner, PubSub};
 use presence_poem::{Channel, ChannelContext, Join, PhoenixSocket, PresenceMiddleware};
 use serde_json::{Value, json};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, client_async};
 
 presence_core::pubsub_server!(AppPubSub);
 
@@ -94,17 +92,6 @@ async fn room(window: Duration, frames: usize, bytes: usize, small_buffers: bool
         presence,
         _registry: registry,
     }
-}
-
-/// A client with a small receive buffer (so that not reading backs up into the server).
-async fn small_client(addr: SocketAddr) -> Client {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream: TcpStream = socket.connect(addr).await.expect("connect");
-    let (ws, _) = client_async(url(addr, "vsn=2.0.0"), MaybeTlsStream::Plain(stream))
-        .await
-        .expect("handshake");
-    Client { ws, v2: true }
 }
 
 /// What a phoenix.js client shows: key to the refs of its metas (diffs before the state wait
@@ -294,7 +281,8 @@ async fn joiners_of_one_window_share_a_listing_and_each_sees_its_own_join() {
 async fn a_slow_reader_gets_merged_diffs_and_is_never_closed() {
     // No merging at the hub: every change is its own diff, far more than the 64-frame queue.
     let room = room(Duration::ZERO, 64, 8 << 20, true).await;
-    let (mut slow, mut view) = watcher(small_client(room.server.addr).await).await;
+    let (mut slow, mut view) =
+        watcher(Client::with_small_recv_buffer(room.server.addr).await).await;
     let pad = "x".repeat(1024);
     let mut owners = Vec::new();
     for i in 0..3000 {
@@ -343,7 +331,7 @@ async fn a_slow_reader_gets_merged_diffs_and_is_never_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_at_its_budget_and_its_neighbour_is_untouched() {
     let room = room(Duration::ZERO, 100_000, 512 << 10, true).await;
-    let (stuck, _) = watcher(small_client(room.server.addr).await).await;
+    let (stuck, _) = watcher(Client::with_small_recv_buffer(room.server.addr).await).await;
     let mut stuck = Some(stuck);
     let mut stuck_reader = None;
     let (mut neighbour, mut view) = watcher(Client::v2(room.server.addr).await).await;

@@ -9,7 +9,6 @@ use common::*;
 use presence_core::PubSub;
 use presence_core::pubsub::Message;
 use serde_json::json;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -86,16 +85,7 @@ async fn slow_client_is_closed_with_1013_and_others_keep_up() {
     let mut events = pubsub.subscribe(EVENTS);
 
     // A client with a tiny receive buffer that stops reading after joining.
-    let tcp = TcpSocket::new_v4().unwrap();
-    tcp.set_recv_buffer_size(4096).unwrap();
-    let stream = tcp.connect(server.addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(
-        url(server.addr, "vsn=2.0.0"),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .unwrap();
-    let mut slow = Client { ws, v2: true };
+    let mut slow = Client::with_small_recv_buffer(server.addr).await;
     slow.join_ok("room:slow", "1").await;
     let mut fast = Client::v2(server.addr).await;
     fast.join_ok("room:slow", "1").await;

@@ -13,7 +13,6 @@ use presence_core::pubsub::Message;
 use presence_poem::RateLimit;
 use recorder::TestRecorder;
 use serde_json::json;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -151,16 +150,7 @@ async fn a_slow_client_close_is_counted() {
 
     // A client with a tiny receive buffer that stops reading after joining (as in
     // poem_limits.rs).
-    let tcp = TcpSocket::new_v4().unwrap();
-    tcp.set_recv_buffer_size(4096).unwrap();
-    let stream = tcp.connect(server.addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(
-        url(server.addr, "vsn=2.0.0"),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .unwrap();
-    let mut slow = Client { ws, v2: true };
+    let mut slow = Client::with_small_recv_buffer(server.addr).await;
     slow.join_ok("room:slow", "1").await;
     let blob = Bytes::from(vec![7u8; 16 * 1024]);
     for sent in 0.. {

@@ -159,6 +159,21 @@ impl Client {
         Client { ws, v2: true }
     }
 
+    /// A V2 client with a 4 KiB TCP receive buffer: when it stops reading, what the server
+    /// sends backs up into the server's queue instead of the kernel's buffers.
+    pub async fn with_small_recv_buffer(addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            url(addr, "vsn=2.0.0"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("handshake");
+        Client { ws, v2: true }
+    }
+
     pub async fn send(
         &mut self,
         join_ref: Option<&str>,
