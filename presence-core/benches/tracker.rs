@@ -7,6 +7,9 @@
 //! its own, alternating without a metrics recorder and with the Prometheus recorder installed
 //! (rendered every 5 s, as a scrape would), to measure what the metrics cost.
 
+#[path = "support/procfs.rs"]
+mod procfs;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -22,16 +25,6 @@ static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::Syste
 /// Bytes requested from the allocator and not freed (without the allocator's own overhead).
 fn live_bytes() -> i64 {
     ALLOCATOR.allocated() as i64
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn per_sec(n: usize, d: Duration) -> String {
@@ -248,7 +241,7 @@ fn memory_child(n: usize, topics: usize) {
             .collect();
         let owners: Vec<Owner> = (0..n).map(|_| Owner::new()).collect();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let before = rss_bytes();
+        let before = procfs::rss_kib() * 1024;
         let live_before = live_bytes();
         // Each meta is taken out of the vector, which stays: its buffer (32 B per presence)
         // is part of the bench, and freeing it while measuring would be counted against
@@ -259,7 +252,7 @@ fn memory_child(n: usize, topics: usize) {
                 .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let after = rss_bytes();
+        let after = procfs::rss_kib() * 1024;
         let live = (live_bytes() - live_before) / n as i64;
         println!("{} {live}", after.saturating_sub(before) / n as u64);
         black_box((&tracker, &metas));
@@ -277,24 +270,6 @@ fn memory(n: usize, topics: usize) {
     let rss = figures.next().unwrap_or("?");
     let live = figures.next().unwrap_or("?");
     println!("| {n} | {topics} | {rss} B | {live} B |");
-}
-
-/// CPU time (user + system) this process has used, in milliseconds (from /proc/self/stat,
-/// in clock ticks of 10 ms). Less sensitive than wall time to the other load of a shared
-/// machine, for comparing two builds or configurations.
-fn cpu_ms() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start after its `)`.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) * 10
 }
 
 fn main() {
@@ -373,5 +348,5 @@ fn main() {
         println!("\n| burst | completed | wall time | rate |\n|---|---|---|---|");
         rt.block_on(burst(100_000));
     }
-    println!("\nProcess CPU time: {} ms.", cpu_ms());
+    println!("\nProcess CPU time: {} ms.", procfs::cpu_ms());
 }

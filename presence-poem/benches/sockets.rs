@@ -16,6 +16,9 @@
 //! without a metrics recorder and one with the Prometheus recorder installed (rendered every
 //! 5 s, as a scrape would), to measure what the metrics cost.
 
+#[path = "../../presence-core/benches/support/procfs.rs"]
+mod procfs;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -39,34 +42,6 @@ const CONNECT_CONCURRENCY: usize = 64;
 const TOPICS: usize = 100;
 /// Fan-out rounds per measurement.
 const ROUNDS: usize = 5;
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) this process has used, in milliseconds (from /proc/self/stat,
-/// in clock ticks of 10 ms). Less sensitive than wall time to the other load of a shared
-/// machine, for comparing two builds or configurations.
-fn cpu_ms() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start after its `)`.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) * 10
-}
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("server") {
@@ -233,9 +208,9 @@ mod server {
             });
             while let Some(line) = rx.recv().await {
                 if line.trim() == "rss" {
-                    println!("rss {}", super::rss_kib());
+                    println!("rss {}", crate::procfs::rss_kib());
                 } else if line.trim() == "cpu" {
-                    println!("cpu {}", super::cpu_ms());
+                    println!("cpu {}", crate::procfs::cpu_ms());
                 }
             }
         });
