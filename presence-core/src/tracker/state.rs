@@ -1198,9 +1198,10 @@ impl State {
         if n == 0 {
             return Vec::new();
         }
-        // (visible rows, name reversed, topic): the least is the fewest rows, then the last
-        // name, and is on top of the heap of `Reverse`s.
-        type Ranked<'a> = (usize, Reverse<&'a Arc<str>>, Tid);
+        // (visible rows, name reversed, keys): the least is the fewest rows, then the last
+        // name (names are unique, so keys never decide), and is on top of the heap of
+        // `Reverse`s.
+        type Ranked<'a> = (usize, Reverse<&'a Arc<str>>, usize);
         // Never more than there are topics, whatever `n` is (`usize::MAX` means all of them).
         let n = n.min(self.topics.len());
         let mut kept: BinaryHeap<Reverse<Ranked<'_>>> = BinaryHeap::with_capacity(n + 1);
@@ -1213,19 +1214,18 @@ impl State {
                 // Its row count bounds its visible rows: it cannot make the cut.
                 continue;
             }
-            let t = t as Tid;
-            let (_, rows) = self.count_at(t);
+            let (keys, rows) = self.count_at(t as Tid);
             if rows == 0 {
                 continue;
             }
-            kept.push(Reverse((rows, Reverse(&topic.name), t)));
+            kept.push(Reverse((rows, Reverse(&topic.name), keys)));
             if kept.len() > n {
                 kept.pop();
             }
         }
         let mut out: Vec<_> = kept
             .into_iter()
-            .map(|Reverse((_, Reverse(name), t))| (Arc::clone(name), self.count_at(t)))
+            .map(|Reverse((rows, Reverse(name), keys))| (Arc::clone(name), (keys, rows)))
             .collect();
         out.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
         out
