@@ -137,7 +137,7 @@ pub fn redis_envelope_seeds() -> Vec<Vec<u8>> {
 
 // ----- tracker replication -----
 
-/// The heartbeat period of [`timing`], in milliseconds.
+/// The period the harness ticks at, in milliseconds (against [`Timing::test_harness`]).
 const PERIOD: u64 = 100;
 
 /// The tracker's replication decoder (`TrackerMsg::decode`) feeding a live shard.

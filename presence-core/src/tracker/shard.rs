@@ -240,7 +240,7 @@ impl Shard {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Sends `out`; a heartbeat with a delta carries `since` (see [`Shard::part_since`]).
+    /// Sends `out`; a heartbeat with a delta carries `since` (see [`Shard::take_part`]).
     fn send(&self, pubsub: &PubSub, out: Vec<Outgoing>, since: Option<u64>) {
         if out.is_empty() || !pubsub.has_peers() {
             // A single node: nobody to tell, so nothing is encoded.

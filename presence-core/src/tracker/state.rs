@@ -462,7 +462,7 @@ struct Topic {
     /// many topics' vectors would otherwise cost more than the indexes.
     rows: Vec<Row>,
     /// Whether it is in [`State::touched`]: it may hold own rows newer than the last
-    /// [`State::take_delta`].
+    /// [`State::take_delta_part`].
     touched: bool,
 }
 
@@ -656,7 +656,7 @@ impl State {
     }
 
     /// Consumes the next own counter. The pending delta covers every own counter newer
-    /// than `fresh_from` (see [`State::take_delta`]).
+    /// than `fresh_from` (see [`State::take_delta_part`]).
     fn bump(&mut self) -> u64 {
         let me = &mut self.reps[ME as usize];
         let n = me.ctx.unwrap_or(0) + 1;
