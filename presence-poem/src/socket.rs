@@ -362,18 +362,13 @@ impl Drain {
     /// Counts a connection as open until the guard drops.
     pub(crate) fn enter(inner: &Arc<Inner>) -> (OpenGuard, DrainWatch) {
         inner.drain.open.send_modify(|n| *n += 1);
+        inner.metrics.open.increment(1.0);
         let watch = DrainWatch {
             draining: inner.drain.draining.subscribe(),
             released: inner.drain.released.subscribe(),
             inner: inner.clone(),
         };
-        (
-            {
-                inner.metrics.open.increment(1.0);
-                OpenGuard(inner.clone())
-            },
-            watch,
-        )
+        (OpenGuard(inner.clone()), watch)
     }
 }
 
