@@ -62,8 +62,14 @@ enum Op {
     Crash {
         node: usize,
     },
+    /// A graceful stop (SIGTERM): the node announces its permdown, then exits.
+    Leave {
+        node: usize,
+    },
+    /// A stopped node starts again, as a new incarnation of its name or under a new name.
     Restart {
         node: usize,
+        rename: bool,
     },
 }
 
@@ -82,7 +88,8 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
         1 => (0..40u8, 0..30u8, 0..4u8).prop_map(|(drop, dup, jitter)| Op::Faults { drop, dup, jitter }),
         4 => (1..12u8).prop_map(|ticks| Op::Advance { ticks }),
         1 => n.clone().prop_map(|node| Op::Crash { node }),
-        1 => n.prop_map(|node| Op::Restart { node }),
+        1 => n.clone().prop_map(|node| Op::Leave { node }),
+        1 => (n, any::<bool>()).prop_map(|(node, rename)| Op::Restart { node, rename }),
     ]
 }
 
@@ -307,8 +314,19 @@ impl Sim {
                 self.nodes[node].core = None;
                 self.nodes[node].live.clear();
             }
-            Op::Restart { node } => {
+            Op::Leave { node } => {
+                let Some(core) = self.nodes[node].core.take() else {
+                    return;
+                };
+                self.send(node, vec![core.graceful_permdown()]);
+                self.nodes[node].live.clear();
+            }
+            Op::Restart { node, rename } => {
                 if self.nodes[node].core.is_none() {
+                    if rename {
+                        let n = &mut self.nodes[node];
+                        n.name = Arc::from(format!("n{node}.{}", n.incarnation + 1));
+                    }
                     self.start(node);
                 }
             }
@@ -372,13 +390,10 @@ fn run(nodes: usize, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
             n.name
         );
         for (name, vsn, _) in core.replicas() {
-            let current = sim
-                .nodes
-                .iter()
-                .find(|m| &m.name == name)
-                .expect("a known node");
+            // A node that took a new name left its old one behind for good.
+            let current = sim.nodes.iter().find(|m| &m.name == name);
             prop_assert!(
-                current.core.is_some() && current.incarnation == vsn,
+                current.is_some_and(|m| m.core.is_some() && m.incarnation == vsn),
                 "{} still knows {}/{} which is gone",
                 n.name,
                 name,
@@ -462,7 +477,11 @@ fn clamp(op: Op, nodes: usize) -> Op {
         },
         Op::Partition { a, b } => Op::Partition { a: c(a), b: c(b) },
         Op::Crash { node } => Op::Crash { node: c(node) },
-        Op::Restart { node } => Op::Restart { node: c(node) },
+        Op::Leave { node } => Op::Leave { node: c(node) },
+        Op::Restart { node, rename } => Op::Restart {
+            node: c(node),
+            rename,
+        },
         other => other,
     }
 }
