@@ -137,9 +137,24 @@ pub struct Meta(Arc<MetaInner>);
 
 #[derive(PartialEq, Eq)]
 struct MetaInner {
-    fields: Map<String, Value>,
+    /// The user's top-level fields, sorted by name (the order a JSON object serializes in):
+    /// a slice rather than a `Map`, whose smallest tree node takes 640 bytes however few
+    /// fields it holds, and every node of the cluster keeps every presence's meta.
+    fields: Box<[(Box<str>, Value)]>,
     phx_ref: PhxRef,
     phx_ref_prev: Option<PhxRef>,
+}
+
+/// The fields of `map` without the references, in `map`'s (sorted) order.
+fn compact(map: Map<String, Value>) -> Box<[(Box<str>, Value)]> {
+    // Sized up front: collecting a filtered iterator would grow the buffer and then shrink it.
+    let mut fields = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        if k != "phx_ref" && k != "phx_ref_prev" {
+            fields.push((k.into_boxed_str(), v));
+        }
+    }
+    fields.into_boxed_slice()
 }
 
 impl Meta {
@@ -147,17 +162,11 @@ impl Meta {
     /// value is kept under the field `"value"`. Any `phx_ref`/`phx_ref_prev` fields in `value`
     /// are replaced by the given references.
     pub fn new(value: Value, phx_ref: PhxRef, phx_ref_prev: Option<PhxRef>) -> Self {
-        let mut fields = match value {
-            Value::Object(map) => map,
-            Value::Null => Map::new(),
-            other => {
-                let mut m = Map::new();
-                m.insert("value".to_owned(), other);
-                m
-            }
+        let fields = match value {
+            Value::Object(map) => compact(map),
+            Value::Null => Box::default(),
+            other => Box::new([(Box::from("value"), other)]),
         };
-        fields.remove("phx_ref");
-        fields.remove("phx_ref_prev");
         Meta(Arc::new(MetaInner {
             fields,
             phx_ref,
@@ -175,24 +184,44 @@ impl Meta {
         self.0.phx_ref_prev
     }
 
-    /// The user's fields, without `phx_ref` and `phx_ref_prev`.
-    pub fn fields(&self) -> &Map<String, Value> {
-        &self.0.fields
+    /// The user's fields, without `phx_ref` and `phx_ref_prev`, in name order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::{Meta, PhxRef};
+    /// use serde_json::json;
+    ///
+    /// let meta = Meta::new(json!({"status": "away", "device": "web"}), PhxRef::generate(), None);
+    /// let names: Vec<&str> = meta.fields().map(|(name, _)| name).collect();
+    /// assert_eq!(names, ["device", "status"]);
+    /// ```
+    pub fn fields(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> {
+        self.0.fields.iter().map(|(k, v)| (&**k, v))
     }
 
     /// One of the user's fields.
     pub fn get(&self, field: &str) -> Option<&Value> {
-        self.0.fields.get(field)
+        let fields = &self.0.fields;
+        let i = fields.binary_search_by(|(k, _)| (**k).cmp(field)).ok()?;
+        Some(&fields[i].1)
     }
 
     /// The user's fields as a JSON object (a copy), without the references.
     pub fn to_value(&self) -> Value {
-        Value::Object(self.0.fields.clone())
+        Value::Object(self.field_map())
+    }
+
+    /// The user's fields as a new map.
+    fn field_map(&self) -> Map<String, Value> {
+        self.fields()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect()
     }
 
     /// The full wire object, with `phx_ref` (and `phx_ref_prev`) included (a copy).
     pub fn to_wire_value(&self) -> Value {
-        let mut m = self.0.fields.clone();
+        let mut m = self.field_map();
         m.insert(
             "phx_ref".to_owned(),
             Value::String(self.phx_ref().to_string()),
@@ -214,7 +243,18 @@ impl fmt::Debug for Meta {
         f.debug_struct("Meta")
             .field("phx_ref", &self.0.phx_ref)
             .field("phx_ref_prev", &self.0.phx_ref_prev)
-            .field("fields", &self.0.fields)
+            .field("fields", &FieldsDebug(&self.0.fields))
+            .finish()
+    }
+}
+
+/// Shows the fields as a map, as `Map` did.
+struct FieldsDebug<'a>(&'a [(Box<str>, Value)]);
+
+impl fmt::Debug for FieldsDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v)))
             .finish()
     }
 }
@@ -223,7 +263,7 @@ impl Serialize for Meta {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let extra = 1 + usize::from(self.0.phx_ref_prev.is_some());
         let mut map = s.serialize_map(Some(self.0.fields.len() + extra))?;
-        for (k, v) in &self.0.fields {
+        for (k, v) in self.fields() {
             map.serialize_entry(k, v)?;
         }
         map.serialize_entry("phx_ref", &self.0.phx_ref)?;
@@ -247,7 +287,7 @@ impl<'de> Deserialize<'de> for Meta {
             Some(_) => return Err(D::Error::custom("phx_ref_prev must be a string")),
         };
         Ok(Meta(Arc::new(MetaInner {
-            fields,
+            fields: compact(fields),
             phx_ref,
             phx_ref_prev,
         })))
@@ -274,6 +314,25 @@ mod tests {
             assert!(seen.insert(r));
         }
         assert!("short".parse::<PhxRef>().is_err());
+    }
+
+    #[test]
+    fn fields_are_kept_in_name_order_and_found_by_name() {
+        let r = PhxRef::generate();
+        let meta = Meta::new(json!({"z": 1, "a": {"n": [1]}, "m": "x"}), r, None);
+        assert_eq!(meta.get("a"), Some(&json!({"n": [1]})));
+        assert_eq!(meta.get("m"), Some(&json!("x")));
+        assert_eq!(meta.get("z"), Some(&json!(1)));
+        assert_eq!(meta.get("b"), None);
+        assert_eq!(meta.fields().len(), 3);
+        assert_eq!(meta.to_value(), json!({"z": 1, "a": {"n": [1]}, "m": "x"}));
+        let text = serde_json::to_string(&meta).unwrap();
+        assert_eq!(
+            text,
+            format!(r#"{{"a":{{"n":[1]}},"m":"x","z":1,"phx_ref":"{r}"}}"#)
+        );
+        assert_eq!(Meta::new(json!(5), r, None).get("value"), Some(&json!(5)));
+        assert_eq!(Meta::new(json!(null), r, None).fields().len(), 0);
     }
 
     #[test]
