@@ -723,7 +723,9 @@ impl PhoenixSocketBuilder {
             spawn: Box::new(move |start| {
                 let factory = factory.clone();
                 let span = context::channel_span(&start);
-                tokio::spawn(context::run::<C, P>(move || factory(), start).instrument(span))
+                tokio::spawn(
+                    context::run::<C, P>(move || factory(), Box::new(start)).instrument(span),
+                )
             }),
         });
         self
