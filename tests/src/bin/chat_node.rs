@@ -36,8 +36,31 @@ fn report_heap(path: std::path::PathBuf) {
     });
 }
 
+/// Writes jemalloc's statistics (`malloc_stats_print`) to `<dir>/<node>-<secs>.txt` every
+/// 30 s, for the life of the process: which size classes hold the resident memory.
+#[cfg(feature = "jemalloc")]
+fn report_jemalloc(dir: std::path::PathBuf) {
+    let node = std::env::var("PRESENCE_NODE").unwrap_or_else(|_| "node".to_owned());
+    let start = std::time::Instant::now();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            let secs = start.elapsed().as_secs();
+            let path = dir.join(format!("{node}-{secs:04}.txt"));
+            if let Ok(file) = std::fs::File::create(path) {
+                let options = tikv_jemalloc_ctl::stats_print::Options::default();
+                let _ = tikv_jemalloc_ctl::stats_print::stats_print(file, options);
+            }
+        }
+    });
+}
+
 #[tokio::main]
 async fn main() {
+    #[cfg(feature = "jemalloc")]
+    if let Some(dir) = std::env::var_os("CHAT_NODE_JEMALLOC_STATS") {
+        report_jemalloc(dir.into());
+    }
     if std::env::var_os("CHAT_NODE_EXIT_WITH_STDIN").is_some() {
         // A plain thread: a pending blocking read never delays the process's exit.
         std::thread::spawn(|| {
