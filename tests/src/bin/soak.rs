@@ -60,8 +60,9 @@
 //! 2. **presence on every node**: a fresh observer socket joins every room on every node and
 //!    reads its `presence_state`; every node must list exactly the expected users (no ghost,
 //!    no loss), each with exactly one meta carrying the expected status (the observer's own
-//!    key is ignored). For a ghost or a missing user, the report gives that client's
-//!    memberships of the room (node slot, joined, ended and why); and when there is a ghost,
+//!    key is ignored). For a ghost, a missing user or a wrong meta, the report gives that
+//!    client's memberships of the room (node slot, joined, ended and why) and the statuses it
+//!    sent there (join or update, node slot, join_ref, reply); and when there is a ghost,
 //!    once the clients are gone the nodes are stopped one at a time (SIGTERM) to see whose
 //!    stop makes the others drop it, which tells the node that held it as its own. Retried every second until it holds, for at most
 //!    max(60 s, 4 x permdown period) after the clients were quiet.
@@ -391,6 +392,23 @@ struct Book {
     sockets_lost: BTreeMap<String, u64>,
     connect_failures: BTreeMap<String, u64>,
     heartbeat_timeouts: u64,
+    /// Every status a client sent (in a join or an update), for the report of a wrong meta.
+    statuses: Vec<StatusSent>,
+}
+
+/// A status a client sent to a room: in a join's params or in a `status` push.
+#[derive(Debug)]
+struct StatusSent {
+    room: u16,
+    client: u32,
+    slot: usize,
+    status: String,
+    /// `phx_join` or `status`.
+    event: &'static str,
+    join_ref: Option<String>,
+    sent: Instant,
+    /// The reply: when, and whether `ok`.
+    reply: Option<(Instant, bool)>,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: impl Into<String>) {
@@ -577,13 +595,16 @@ fn ghost_histories<'a>(
     let mut out = Vec::new();
     for problem in problems {
         let mut words = problem.split_whitespace();
-        let (Some(room), Some(kind), Some(user)) = (words.next(), words.next(), words.next())
+        let (Some(room), Some(second), Some(third)) = (words.next(), words.next(), words.next())
         else {
             continue;
         };
-        if kind != "ghost" && kind != "missing" {
-            continue;
-        }
+        // `ghost u<id> [...]`, `missing u<id>`, or `u<id>: metas [...], expected [...]`.
+        let (kind, user) = match (second, third) {
+            ("ghost" | "missing", user) => (second, user),
+            (user, "metas") => ("wrong meta of", user.trim_end_matches(':')),
+            _ => continue,
+        };
         let room_id = room
             .trim_start_matches("room:")
             .trim_end_matches(':')
@@ -614,6 +635,27 @@ fn ghost_histories<'a>(
                 history.join("; ")
             }
         ));
+        let statuses: Vec<String> = book
+            .statuses
+            .iter()
+            .filter(|s| s.room == room_id && s.client == client)
+            .map(|s| {
+                let reply = s.reply.map_or("no reply".to_owned(), |(t, ok)| {
+                    format!("{} +{:.2} s", if ok { "ok" } else { "error" }, at(t))
+                });
+                format!(
+                    "{} {} via slot {} join_ref {} +{:.2} s, {reply}",
+                    s.event,
+                    s.status,
+                    SLOTS[s.slot],
+                    s.join_ref.as_deref().unwrap_or("-"),
+                    at(s.sent)
+                )
+            })
+            .collect();
+        if !statuses.is_empty() {
+            out.push(format!("    statuses sent: {}", statuses.join("; ")));
+        }
     }
     out
 }
@@ -828,7 +870,8 @@ enum Pending {
     Join(u16),
     /// A leave, with the membership it ends when its reply arrives.
     Leave(Option<usize>),
-    Status,
+    /// A status update, with its record in [`Book::statuses`].
+    Status(usize),
     Msg(usize),
 }
 
@@ -891,8 +934,31 @@ impl Conn<'_> {
             .await
     }
 
+    /// Notes a status sent to `room`; returns its record's index.
+    fn record_status(
+        &self,
+        room: u16,
+        status: &str,
+        event: &'static str,
+        join_ref: Option<String>,
+    ) -> usize {
+        let mut book = self.shared.book();
+        book.statuses.push(StatusSent {
+            room,
+            client: self.id,
+            slot: self.slot,
+            status: status.to_owned(),
+            event,
+            join_ref,
+            sent: Instant::now(),
+            reply: None,
+        });
+        book.statuses.len() - 1
+    }
+
     async fn join(&mut self, room: u16) -> Result<(), End> {
         let status = lock(self.core).rooms[&room].status.clone();
+        self.record_status(room, &status, "phx_join", None);
         let user = format!("u{}", self.id);
         self.push(
             room,
@@ -986,8 +1052,15 @@ impl Conn<'_> {
                 .status
                 .clone_from(&status);
             self.shared.book().ops.statuses += 1;
+            let join_ref = lock(self.core).rooms[&room].join_ref.clone();
+            let record = self.record_status(room, &status, "status", join_ref);
             return self
-                .push(room, "status", json!({"status": status}), Pending::Status)
+                .push(
+                    room,
+                    "status",
+                    json!({"status": status}),
+                    Pending::Status(record),
+                )
                 .await;
         }
         let id = {
@@ -1065,11 +1138,12 @@ impl Conn<'_> {
                             bump(&mut book.reply_errors, format!("new_msg: {}", reason()));
                         }
                     }
-                    Pending::Status if !ok => {
-                        bump(
-                            &mut self.shared.book().reply_errors,
-                            format!("status: {}", reason()),
-                        );
+                    Pending::Status(record) => {
+                        let mut book = self.shared.book();
+                        book.statuses[record].reply = Some((now, ok));
+                        if !ok {
+                            bump(&mut book.reply_errors, format!("status: {}", reason()));
+                        }
                     }
                     Pending::Leave(membership) => {
                         lock(self.core).leaving.remove(&room);
@@ -1077,7 +1151,6 @@ impl Conn<'_> {
                             self.shared.book().end(m, "leave");
                         }
                     }
-                    Pending::Status => {}
                 }
             }
             "phx_error" | "phx_close" => {
@@ -2784,12 +2857,24 @@ mod tests {
             "room:3: missing u7".to_owned(),
             "room:1: u8: metas [], expected [\"s1\"]".to_owned(),
         ];
+        book.statuses.push(StatusSent {
+            room: 1,
+            client: 8,
+            slot: 2,
+            status: "s1".to_owned(),
+            event: "status",
+            join_ref: Some("3".to_owned()),
+            sent: t + s(20),
+            reply: Some((t + s(21), true)),
+        });
         let out = ghost_histories(&book, problems.iter(), t);
         assert_eq!(
             out,
             [
                 "  ghost u225 in room:1: its memberships: slot b +10.00 s to +40.00 s (socket lost)",
                 "  missing u7 in room:3: its memberships: none",
+                "  wrong meta of u8 in room:1: its memberships: none",
+                "    statuses sent: status s1 via slot c join_ref 3 +20.00 s, ok +21.00 s",
             ]
         );
     }
