@@ -54,9 +54,10 @@
 //! When `--duration-secs` is over, the clients stop operating (but still reconnect and rejoin
 //! as needed), then:
 //!
-//! 1. **quiet**: within 120 s every client is connected, has every room it wants joined and
-//!    no reply outstanding. The *expected presence* of a room is then the users whose join of
-//!    it was acknowledged on the socket they still hold, with the status they last set there.
+//! 1. **quiet**: within 120 s every client has seen the churn end (it starts no operation
+//!    after that), is connected, has every room it wants joined and no reply outstanding.
+//!    The *expected presence* of a room is then the users whose join of it was acknowledged
+//!    on the socket they still hold, with the status they last set there.
 //! 2. **presence on every node**: a fresh observer socket joins every room on every node and
 //!    reads its `presence_state`; every node must list exactly the expected users (no ghost,
 //!    no loss), each with exactly one meta carrying the expected status (the observer's own
@@ -723,11 +724,16 @@ struct ClientCore {
     slot: Option<usize>,
     /// Replies awaited (heartbeats aside).
     pending: usize,
+    /// Set by the client's task once it has seen the churn end: from then on it starts no
+    /// operation. Until then it may start one (its timer can fire in the same wake-up as the
+    /// phase change), which the expected presence, read once every client is quiet, would miss.
+    churn_seen_over: bool,
 }
 
 impl ClientCore {
     fn quiet(&self) -> bool {
-        self.slot.is_some()
+        self.churn_seen_over
+            && self.slot.is_some()
             && self.pending == 0
             && self
                 .rooms
@@ -1239,6 +1245,10 @@ impl Conn<'_> {
         let far = Instant::now() + Duration::from_secs(86_400);
         loop {
             let churning = *phase.borrow() == Phase::Churn;
+            if !churning {
+                // No operation starts after this (its branch is off from now on).
+                lock(self.core).churn_seen_over = true;
+            }
             let rejoin = self.next_rejoin();
             let step: Result<(), End> = tokio::select! {
                 message = self.ws.next() => match message {
@@ -2896,6 +2906,20 @@ mod tests {
             two.dedup();
             assert!((1..=2).contains(&two.len()));
         }
+    }
+
+    #[test]
+    fn a_client_is_quiet_only_once_it_has_seen_the_churn_end() {
+        let mut core = ClientCore {
+            slot: Some(0),
+            ..ClientCore::default()
+        };
+        // Connected, nothing pending, no room: quiet but for the churn's end, unseen.
+        assert!(!core.quiet());
+        core.churn_seen_over = true;
+        assert!(core.quiet());
+        core.pending = 1;
+        assert!(!core.quiet());
     }
 
     #[test]
