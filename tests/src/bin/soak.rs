@@ -584,8 +584,9 @@ async fn ghost_owners(cluster: &mut Cluster, rooms: u16) -> Vec<String> {
     out
 }
 
-/// For each ghost or missing user a node listed (`room:<r>: ghost u<id> ...`), once: that
-/// client's memberships of the room, to tell which node and which ending left it behind.
+/// For each ghost, missing user or wrong meta a node listed (`room:<r>: ghost u<id> ...`),
+/// once: that client's memberships of the room and the statuses it sent there, to tell which
+/// node and which ending or update left it behind.
 fn ghost_histories<'a>(
     book: &Book,
     problems: impl Iterator<Item = &'a String>,
@@ -873,7 +874,8 @@ enum End {
 
 #[derive(Debug)]
 enum Pending {
-    Join(u16),
+    /// A join, with the record of the status it carries in [`Book::statuses`].
+    Join(u16, usize),
     /// A leave, with the membership it ends when its reply arrives.
     Leave(Option<usize>),
     /// A status update, with its record in [`Book::statuses`].
@@ -921,7 +923,7 @@ impl Conn<'_> {
         p: Pending,
     ) -> Result<(), End> {
         let r = self.next_ref();
-        let join_ref = if let Pending::Join(_) = p {
+        let join_ref = if let Pending::Join(..) = p {
             let mut core = lock(self.core);
             let state = core.rooms.get_mut(&room).expect("a room of the client");
             state.join_ref = Some(r.clone());
@@ -934,20 +936,20 @@ impl Conn<'_> {
                 .get(&room)
                 .and_then(|s| s.join_ref.clone())
         };
+        if let Pending::Join(_, record) | Pending::Status(record) = p {
+            self.shared.book().statuses[record]
+                .join_ref
+                .clone_from(&join_ref);
+        }
         self.pending.insert(r.clone(), p);
         lock(self.core).pending = self.pending.len();
         self.send(json!([join_ref, r, topic(room), event, payload]))
             .await
     }
 
-    /// Notes a status sent to `room`; returns its record's index.
-    fn record_status(
-        &self,
-        room: u16,
-        status: &str,
-        event: &'static str,
-        join_ref: Option<String>,
-    ) -> usize {
+    /// Notes a status sent to `room`; returns its record's index (its join_ref and reply are
+    /// filled in by [`Conn::push`] and the reply).
+    fn record_status(&self, room: u16, status: &str, event: &'static str) -> usize {
         let mut book = self.shared.book();
         book.statuses.push(StatusSent {
             room,
@@ -955,7 +957,7 @@ impl Conn<'_> {
             slot: self.slot,
             status: status.to_owned(),
             event,
-            join_ref,
+            join_ref: None,
             sent: Instant::now(),
             reply: None,
         });
@@ -964,13 +966,13 @@ impl Conn<'_> {
 
     async fn join(&mut self, room: u16) -> Result<(), End> {
         let status = lock(self.core).rooms[&room].status.clone();
-        self.record_status(room, &status, "phx_join", None);
+        let record = self.record_status(room, &status, "phx_join");
         let user = format!("u{}", self.id);
         self.push(
             room,
             "phx_join",
             json!({"user": user, "status": status}),
-            Pending::Join(room),
+            Pending::Join(room, record),
         )
         .await
     }
@@ -1058,8 +1060,7 @@ impl Conn<'_> {
                 .status
                 .clone_from(&status);
             self.shared.book().ops.statuses += 1;
-            let join_ref = lock(self.core).rooms[&room].join_ref.clone();
-            let record = self.record_status(room, &status, "status", join_ref);
+            let record = self.record_status(room, &status, "status");
             return self
                 .push(
                     room,
@@ -1116,7 +1117,8 @@ impl Conn<'_> {
                         .to_owned()
                 };
                 match p {
-                    Pending::Join(room) => {
+                    Pending::Join(room, record) => {
+                        self.shared.book().statuses[record].reply = Some((now, ok));
                         let mut core = lock(self.core);
                         let Some(state) = core.rooms.get_mut(&room) else {
                             return;
