@@ -87,9 +87,14 @@
 //!    membership may receive a message twice (**duplicates**), nor one sent to another room
 //!    (**misrouted**). `GRACE` is [`GRACE`].
 //! 5. **RSS**: `VmRSS` of `/proc/<pid>/status` of every node process, sampled every 5 s.
-//!    For each incarnation still running at the end, its *baseline* is its first sample at
-//!    least 60 s after both the churn's start and its own start, taken before the churn ended;
-//!    its *final* figure is sampled once the presence checks are done, the clients still
+//!    For each incarnation still running at the end, its *baseline* is its slot's RSS after
+//!    the first minute: the first sample at least 60 s into the churn of the slot's first
+//!    incarnation, which started with the churn. A restarted incarnation is compared with
+//!    that figure too, since its own first minute holds its clients' reconnect ramp, not the
+//!    steady load. When the slot's first restart came within the first minute (runs under
+//!    6 minutes), the baseline is the incarnation's own first sample at least 60 s after both
+//!    the churn's start and its own start. A baseline is taken before the churn ended. The
+//!    *final* figure is sampled once the presence checks are done, the clients still
 //!    connected. The open file descriptors of each sample (about one per client socket) are
 //!    reported with it, as RSS follows the number of sockets a node holds, and so are the
 //!    file-backed part of RSS (`RssFile`: the binary's pages read so far) and the heap in
@@ -1583,6 +1588,55 @@ struct Incarnation {
 
 const SLOTS: [&str; 3] = ["a", "b", "c"];
 
+/// An RSS baseline: the sample, and the incarnation it was taken of.
+#[derive(Clone, Copy)]
+struct RssBaseline<'a> {
+    from: &'a Incarnation,
+    at: Instant,
+    kib: u64,
+}
+
+/// The RSS baseline `inc`'s final figure is compared with (check 5 of the module docs): its
+/// slot's RSS after the first minute of the churn, under the load that every later minute
+/// has. That is the first sample at least [`RSS_BASELINE_AFTER`] into the churn of the
+/// slot's first incarnation, which started with the churn, if it was still running then.
+/// An incarnation started by a restart is compared with it too: its own first minute holds
+/// the reconnect ramp (its clients come back over minutes, to the node with the fewest
+/// connections), not the steady load. When the slot's first restart came within the first
+/// minute (runs under 6 minutes), the baseline is the incarnation's own first sample at
+/// least that long into both the churn and its life. `None` when no such sample was taken
+/// before the churn ended.
+fn rss_baseline<'a>(
+    incarnations: &'a [Incarnation],
+    inc: &'a Incarnation,
+    churn_start: Instant,
+    churn_end: Instant,
+) -> Option<RssBaseline<'a>> {
+    let sample = |of: &'a Incarnation, from: Instant| {
+        of.rss
+            .iter()
+            .find(|(t, _, _)| *t >= from && *t <= churn_end)
+            .map(|(at, kib, _)| RssBaseline {
+                from: of,
+                at: *at,
+                kib: *kib,
+            })
+    };
+    let first_minute = churn_start + RSS_BASELINE_AFTER;
+    let slot_first = incarnations.iter().find(|i| i.slot == inc.slot)?;
+    let ran_the_first_minute = slot_first
+        .ended
+        .as_ref()
+        .is_none_or(|(ended, _)| *ended > first_minute);
+    if slot_first.started <= churn_start
+        && ran_the_first_minute
+        && let Some(b) = sample(slot_first, first_minute)
+    {
+        return Some(b);
+    }
+    sample(inc, inc.started.max(churn_start) + RSS_BASELINE_AFTER)
+}
+
 #[derive(Debug)]
 struct Cluster {
     args: Args,
@@ -2452,12 +2506,8 @@ async fn drive(
     let mut rss_detail = Vec::new();
     let mut rss_json = Vec::new();
     for inc in &cluster.incarnations {
-        let from = inc.started.max(churn_start) + RSS_BASELINE_AFTER;
-        let baseline = inc
-            .rss
-            .iter()
-            .find(|(t, _, _)| *t >= from && *t <= churn_end)
-            .map(|(_, k, _)| *k);
+        let base = rss_baseline(&cluster.incarnations, inc, churn_start, churn_end);
+        let baseline = base.map(|b| b.kib);
         let peak = inc.rss.iter().map(|(_, k, _)| *k).max();
         let (text, checked, passed) = match (inc.ended.as_ref(), baseline, inc.final_rss) {
             (Some((_, how)), _, _) => (
@@ -2470,12 +2520,10 @@ async fn drive(
                 let passed = growth <= RSS_GROWTH_PERCENT;
                 (
                     format!(
-                        "baseline {} MiB at +{:.0} s, final {} MiB ({growth:+.1} %), peak {} MiB",
+                        "baseline {} MiB ({} at +{:.0} s), final {} MiB ({growth:+.1} %), peak {} MiB",
                         mib(Some(b)),
-                        inc.rss
-                            .iter()
-                            .find(|(_, k, _)| *k == b)
-                            .map_or(0.0, |(t, _, _)| (*t - churn_start).as_secs_f64()),
+                        base.map_or("", |b| b.from.name.as_str()),
+                        base.map_or(0.0, |b| secs(b.at.saturating_duration_since(churn_start))),
                         mib(Some(f)),
                         mib(peak)
                     ),
@@ -2495,11 +2543,13 @@ async fn drive(
         rss_ok &= passed;
         let heap_at = |t: Instant| inc.heap.iter().find(|(h, _)| *h == t).map(|(_, k)| *k);
         let file_at = |t: Instant| inc.file.iter().find(|(h, _)| *h == t).map(|(_, k)| *k);
-        let heap_baseline = inc
-            .rss
-            .iter()
-            .find(|(t, _, _)| *t >= from && *t <= churn_end)
-            .and_then(|(t, _, _)| heap_at(*t));
+        let heap_baseline = base.and_then(|b| {
+            b.from
+                .heap
+                .iter()
+                .find(|(h, _)| *h == b.at)
+                .map(|(_, k)| *k)
+        });
         let heap_final = inc.heap.last().map(|(_, k)| *k);
         let heap_text = match (inc.ended.is_none(), heap_baseline, heap_final) {
             (true, Some(b), Some(f)) => format!(
@@ -2758,6 +2808,65 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn incarnation(
+        slot: usize,
+        name: &str,
+        started: Instant,
+        samples: &[(u64, u64)],
+    ) -> Incarnation {
+        Incarnation {
+            slot,
+            name: name.to_owned(),
+            pid: 0,
+            started,
+            ended: None,
+            rss: samples
+                .iter()
+                .map(|(s, kib)| (started + Duration::from_secs(*s), *kib, 0))
+                .collect(),
+            heap_file: PathBuf::new(),
+            heap: Vec::new(),
+            file: Vec::new(),
+            final_rss: None,
+        }
+    }
+
+    #[test]
+    fn restarted_nodes_are_compared_with_their_slots_first_minute() {
+        let t0 = Instant::now();
+        let churn = t0 + Duration::from_secs(2);
+        let end = churn + Duration::from_secs(600);
+        let mut b1 = incarnation(1, "b1", t0, &[(55, 900), (62, 1000), (90, 1100)]);
+        b1.ended = Some((churn + Duration::from_secs(100), "SIGTERM".to_owned()));
+        // The restart's own first minute is its clients' ramp: 700 KiB, not the steady 1000.
+        let b2 = incarnation(
+            1,
+            "b2",
+            churn + Duration::from_secs(100),
+            &[(61, 700), (200, 1050)],
+        );
+        let a1 = incarnation(0, "a1", t0, &[(62, 2000)]);
+        let incs = [a1, b1, b2];
+        let base = rss_baseline(&incs, &incs[2], churn, end).expect("a baseline");
+        assert_eq!((base.from.name.as_str(), base.kib), ("b1", 1000));
+        let own = rss_baseline(&incs, &incs[1], churn, end).expect("a baseline");
+        assert_eq!((own.from.name.as_str(), own.kib), ("b1", 1000));
+        assert_eq!(
+            rss_baseline(&incs, &incs[0], churn, end).map(|b| b.kib),
+            Some(2000)
+        );
+
+        // A slot restarted within the first minute has no steady first minute: the
+        // incarnation's own, a minute into its life.
+        let mut incs = incs;
+        incs[1].ended = Some((churn + Duration::from_secs(50), "SIGKILL".to_owned()));
+        let base = rss_baseline(&incs, &incs[2], churn, end).expect("a baseline");
+        assert_eq!((base.from.name.as_str(), base.kib), ("b2", 700));
+        // No sample before the churn's end: no baseline.
+        let base = rss_baseline(&incs, &incs[2], churn, churn + Duration::from_secs(150));
+        assert!(base.is_none());
+    }
 
     #[test]
     fn views_follow_phoenix_js() {
