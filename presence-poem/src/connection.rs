@@ -34,7 +34,7 @@ use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared
 use crate::metrics::{self, JoinOutcome as JoinMetric, SocketCounters};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
-use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit};
+use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit, Released};
 use crate::upgrade::WsStream;
 
 /// Capacity of the command queue from the connection to one channel task. The last slot is
@@ -471,8 +471,6 @@ impl Control {
             .as_deref()
             .map(|id| self.socket.hubs.pubsub().subscribe(id));
         let mut draining = self.draining.clone();
-        // This connection's place in the drain's batches, once it began.
-        let mut ticket = None;
         let idle = sleep(first_idle);
         tokio::pin!(idle);
         let mut handled: u32 = 0;
@@ -480,10 +478,16 @@ impl Control {
             tokio::select! {
                 biased;
                 _ = self.close.changed() => break,
-                () = draining.released(&mut ticket) => {
-                    tracing::debug!("closing websocket: the endpoint is draining");
-                    self.outbox().close(code::SERVICE_RESTART, "server shutting down");
-                }
+                why = draining.released() => match why {
+                    Released::Drain => {
+                        tracing::debug!("closing websocket: the endpoint is draining");
+                        self.outbox().close(code::SERVICE_RESTART, "server shutting down");
+                    }
+                    Released::Rebalance => {
+                        tracing::debug!("closing websocket: rebalancing the cluster's sockets");
+                        self.outbox().close(code::SERVICE_RESTART, "rebalancing");
+                    }
+                },
                 () = &mut idle => {
                     tracing::debug!("closing idle websocket");
                     // 1001, not 1000: phoenix.js does not reconnect after a 1000.

@@ -434,6 +434,14 @@
 //! clustered node then calls the tracker's `graceful_permdown` so peers drop its presences at
 //! once.
 //!
+//! # Rebalancing a cluster
+//!
+//! Websockets stay where they first connected. After a node restarts, the others keep the
+//! clients it had, and it gets only new connections. With
+//! [`rebalance`](PhoenixSocketBuilder::rebalance) on, every node publishes its socket count
+//! on the pub/sub, and a node well over the average closes its newest sockets with 1012, so
+//! that their clients reconnect through the load balancer ([`Rebalance`]).
+//!
 //! # Limits and close codes
 //!
 //! - 1000: the client closed;
@@ -442,7 +450,9 @@
 //! - 1007: an undecodable frame (invalid JSON, wrong shape, invalid UTF-8, a binary frame on V1);
 //! - 1009: a message over [`max_message_size`](PhoenixSocketBuilder::max_message_size) (1 MiB);
 //! - 1011: an internal error;
-//! - 1012: the endpoint is draining for a shutdown ([`PhoenixSocket::drain`]);
+//! - 1012: the endpoint is draining for a shutdown ([`PhoenixSocket::drain`]), or
+//!   rebalancing moves the socket to a less loaded node (reason `"rebalancing"`;
+//!   [`Rebalance`]);
 //! - 1008: a client that went on sending far over its
 //!   [message rate](PhoenixSocketBuilder::message_rate);
 //! - 1013: the outbound queue is full, in frames or bytes (a client that stopped reading).
@@ -494,6 +504,7 @@ mod origin;
 mod outbox;
 mod presence;
 mod protocol;
+mod rebalance;
 mod socket;
 mod status;
 mod token;
@@ -511,6 +522,7 @@ pub use listener::{DEFAULT_HANDSHAKE_TIMEOUT, HandshakeTimeout, TimedIo};
 pub use longpoll::{DEFAULT_LONGPOLL_MAX_SESSIONS, DEFAULT_LONGPOLL_WINDOW, LongPollConfig};
 pub use origin::{CheckOrigin, InvalidOrigin, OriginPattern};
 pub use presence::{PresenceData, PresenceEndpoint, PresenceMiddleware};
+pub use rebalance::{DEFAULT_REBALANCE_TOPIC, Rebalance};
 pub use socket::{
     ConnectError, ConnectInfo, Connected, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_JOIN_RATE, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_CHANNELS, DEFAULT_MAX_CONNECTIONS,

@@ -21,6 +21,8 @@ pub(crate) const SOCKET_CONNECTS: &str = "presence_socket_connects_total";
 pub(crate) const SOCKET_REFUSALS: &str = "presence_socket_refusals_total";
 /// Counter, label `code`: sockets closed, by close code.
 pub(crate) const SOCKET_CLOSES: &str = "presence_socket_closes_total";
+/// Counter: sockets asked to reconnect elsewhere by rebalancing (closed with 1012).
+pub(crate) const SOCKETS_REBALANCED: &str = "presence_sockets_rebalanced_total";
 /// Counter: sockets closed because their outbound queue was full (1013).
 pub(crate) const SOCKET_SLOW_CLOSES: &str = "presence_socket_slow_closes_total";
 /// Counter, label `limit` (`message`, `join`): client messages refused by a rate limit.
@@ -115,6 +117,10 @@ fn code_label(code: u16) -> &'static str {
 pub(crate) fn closed(code: u16, outbound_peak: usize) {
     counter!(SOCKET_CLOSES, "code" => code_label(code)).increment(1);
     histogram!(OUTBOUND_PEAK_BYTES).record(outbound_peak as f64);
+}
+
+pub(crate) fn rebalanced(sockets: usize) {
+    counter!(SOCKETS_REBALANCED).increment(sockets as u64);
 }
 
 pub(crate) fn slow_close() {

@@ -32,6 +32,7 @@ use crate::metrics;
 use crate::origin::CheckOrigin;
 use crate::outbox::Limits;
 use crate::protocol::Vsn;
+use crate::rebalance::Rebalance;
 use crate::status::{RecentClose, Status};
 use crate::upgrade::Upgrade;
 
@@ -278,6 +279,7 @@ pub(crate) struct Config {
     /// Batch size, interval, deadline.
     pub(crate) drain: (usize, Duration, Duration),
     pub(crate) trusted_proxies: Vec<(IpAddr, u8)>,
+    pub(crate) rebalance: Option<Rebalance>,
 }
 
 /// A token bucket's settings: `per_second` on average, bursts of up to `burst`.
@@ -316,35 +318,60 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<metrics::SocketCounters>,
 }
 
-/// The endpoint's drain state: whether it is draining, and how many connections are open.
+/// The endpoint's drain state: whether it is draining, how many connections are open, and
+/// which of them must close (a drain's batches, a rebalance's newest sockets).
 pub(crate) struct Drain {
     draining: watch::Sender<bool>,
     open: watch::Sender<usize>,
-    /// While draining: connections holding a ticket below this may close.
-    released: watch::Sender<u64>,
-    tickets: std::sync::atomic::AtomicU64,
+    /// Which connections must close, by their connect number.
+    release: watch::Sender<Release>,
+    /// The connect numbers of the open connections.
+    numbers: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    next: std::sync::atomic::AtomicU64,
+    /// Set once the rebalancer runs (it starts with the endpoint, or with its first
+    /// connection when the endpoint was built outside a runtime).
+    rebalancing: AtomicBool,
 }
 
-/// A connection's view of its endpoint's drain.
+/// Which connections must close: each has a number, given in the order they connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Release {
+    /// A drain's batches so far: numbers below this.
+    below: u64,
+    /// The last rebalance: numbers in `shed.0..=shed.1` (none when `shed.0 > shed.1`).
+    shed: (u64, u64),
+}
+
+/// Why a connection was told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// The endpoint drains: [`PhoenixSocket::drain`].
+    Drain,
+    /// Its node holds more than its share of the cluster's sockets: [`Rebalance`].
+    Rebalance,
+}
+
+/// A connection's view of its endpoint's drain and rebalancing.
 #[derive(Clone)]
 pub(crate) struct DrainWatch {
-    draining: watch::Receiver<bool>,
-    released: watch::Receiver<u64>,
-    inner: Arc<Inner>,
+    release: watch::Receiver<Release>,
+    number: u64,
 }
 
 impl DrainWatch {
-    /// Resolves when this connection's batch of the drain is released (never when the
-    /// endpoint is gone). `ticket` keeps the connection's place across calls.
-    pub(crate) async fn released(&mut self, ticket: &mut Option<u64>) {
-        if self.draining.wait_for(|d| *d).await.is_err() {
+    /// Resolves when this connection must close, and says why: its batch of a drain was
+    /// released, or a rebalance chose it. Never resolves once the endpoint is gone.
+    pub(crate) async fn released(&mut self) -> Released {
+        let n = self.number;
+        let chosen = |r: &Release| n < r.below || (r.shed.0 <= n && n <= r.shed.1);
+        let below = self.release.wait_for(chosen).await.map(|r| r.below);
+        let Ok(below) = below else {
             return std::future::pending().await;
-        }
-        let tickets = &self.inner.drain.tickets;
-        let mine = *ticket
-            .get_or_insert_with(|| tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        if self.released.wait_for(|r| *r > mine).await.is_err() {
-            std::future::pending::<()>().await;
+        };
+        if n < below {
+            Released::Drain
+        } else {
+            Released::Rebalance
         }
     }
 }
@@ -354,30 +381,100 @@ impl Drain {
         Drain {
             draining: watch::channel(false).0,
             open: watch::channel(0).0,
-            released: watch::channel(0).0,
-            tickets: std::sync::atomic::AtomicU64::new(0),
+            release: watch::channel(Release {
+                below: 0,
+                shed: (1, 0),
+            })
+            .0,
+            numbers: std::sync::Mutex::default(),
+            next: std::sync::atomic::AtomicU64::new(0),
+            rebalancing: AtomicBool::new(false),
         }
+    }
+
+    fn numbers(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        // The set stays consistent whatever panicked while it was held.
+        self.numbers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a connection as open until the guard drops.
     pub(crate) fn enter(inner: &Arc<Inner>) -> (OpenGuard, DrainWatch) {
-        inner.drain.open.send_modify(|n| *n += 1);
+        let drain = &inner.drain;
+        let number = drain
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drain.numbers().insert(number);
+        drain.open.send_modify(|n| *n += 1);
         inner.metrics.open.increment(1.0);
+        Drain::start_rebalancing(inner);
         let watch = DrainWatch {
-            draining: inner.drain.draining.subscribe(),
-            released: inner.drain.released.subscribe(),
-            inner: inner.clone(),
+            release: drain.release.subscribe(),
+            number,
         };
-        (OpenGuard(inner.clone()), watch)
+        (OpenGuard(inner.clone(), number), watch)
+    }
+
+    /// Starts the endpoint's rebalancer, if it is on and not yet started. Needs a runtime.
+    fn start_rebalancing(inner: &Arc<Inner>) {
+        if inner.config.rebalance.is_some()
+            && !inner
+                .drain
+                .rebalancing
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            crate::rebalance::start(inner);
+        }
+    }
+
+    /// Releases the next `batch` open connections, oldest first. Returns how many are still
+    /// open and not released.
+    fn release_batch(&self, batch: usize) -> usize {
+        let numbers = self.numbers();
+        let below = self.release.borrow().below;
+        let next = numbers.range(below..).nth(batch).copied();
+        self.release
+            .send_modify(|r| r.below = next.unwrap_or(u64::MAX));
+        next.map_or(0, |n| numbers.range(n..).count())
+    }
+
+    /// Tells the `count` newest open connections to close (a rebalance), and returns how
+    /// many that is: fewer when fewer are open.
+    pub(crate) fn shed_newest(&self, count: usize) -> usize {
+        if count == 0 {
+            return 0;
+        }
+        let numbers = self.numbers();
+        let (Some(&last), Some(&first)) =
+            (numbers.last(), numbers.iter().rev().take(count).next_back())
+        else {
+            return 0;
+        };
+        self.release.send_modify(|r| r.shed = (first, last));
+        numbers.range(first..).count()
+    }
+
+    /// The number of open connections.
+    pub(crate) fn open(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Whether the endpoint drains.
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 }
 
-/// One open connection, counted by [`PhoenixSocket::open_sockets`].
-pub(crate) struct OpenGuard(Arc<Inner>);
+/// One open connection (its endpoint, its connect number), counted by
+/// [`PhoenixSocket::open_sockets`].
+pub(crate) struct OpenGuard(Arc<Inner>, u64);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.drain.open.send_modify(|n| *n = n.saturating_sub(1));
+        let drain = &self.0.drain;
+        drain.numbers().remove(&self.1);
+        drain.open.send_modify(|n| *n = n.saturating_sub(1));
         self.0.metrics.open.decrement(1.0);
     }
 }
@@ -535,7 +632,7 @@ impl PhoenixSocket {
         let mut open = drain.open.subscribe();
         if !drain.draining.send_replace(true) {
             let started = tokio::time::Instant::now();
-            drain.released.send_replace(batch as u64);
+            drain.release_batch(batch);
             loop {
                 let next = tokio::time::sleep(interval);
                 tokio::select! {
@@ -544,13 +641,11 @@ impl PhoenixSocket {
                 }
                 if started.elapsed() >= deadline {
                     // The deadline: everyone else at once.
-                    drain.released.send_replace(u64::MAX);
+                    drain.release_batch(usize::MAX);
                     break;
                 }
-                drain
-                    .released
-                    .send_modify(|r| *r = r.saturating_add(batch as u64));
-                tracing::debug!(open = *open.borrow(), "draining: next batch released");
+                let left = drain.release_batch(batch);
+                tracing::debug!(open = *open.borrow(), left, "draining: next batch released");
             }
         }
         let _ = open.wait_for(|n| *n == 0).await;
@@ -680,6 +775,7 @@ impl PhoenixSocket {
                 drain: (10_000, Duration::from_secs(2), Duration::from_secs(30)),
                 trusted_proxies: Vec::new(),
                 websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
+                rebalance: None,
             },
         }
     }
@@ -825,6 +921,27 @@ impl PhoenixSocketBuilder {
         self
     }
 
+    /// Turns on rebalancing: this node publishes its number of sockets on the pub/sub, and
+    /// when it holds well over the cluster's average it asks its newest sockets to reconnect
+    /// (close code 1012), so that a node that comes back gets its share again. Every node of
+    /// the cluster must turn it on, with the same settings. See [`Rebalance`]. Off by
+    /// default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use presence_core::PubSub;
+    /// use presence_poem::{PhoenixSocket, Rebalance};
+    ///
+    /// let socket = PhoenixSocket::builder(PubSub::new("node-a"))
+    ///     .rebalance(Rebalance::new())
+    ///     .build();
+    /// ```
+    pub fn rebalance(mut self, rebalance: Rebalance) -> Self {
+        self.config.rebalance = Some(rebalance);
+        self
+    }
+
     /// Sets how [`drain`](PhoenixSocket::drain) closes sockets: `batch_size` at once, the next
     /// batch `interval` later, and every socket left once `deadline` has passed since the
     /// drain began (defaults, as Phoenix's drainer: 10,000, 2 s, 30 s).
@@ -957,7 +1074,7 @@ impl PhoenixSocketBuilder {
     /// With the long-poll transport on and no session key given, when the operating system
     /// gives no random bytes for one.
     pub fn build(self) -> PhoenixSocket {
-        PhoenixSocket {
+        let socket = PhoenixSocket {
             inner: Arc::new(Inner {
                 config: self.config,
                 routes: self.routes,
@@ -969,7 +1086,13 @@ impl PhoenixSocketBuilder {
                 status: Arc::default(),
                 metrics: Arc::new(metrics::SocketCounters::register()),
             }),
+        };
+        // The rebalancer starts now when there is a runtime to run it (a node that comes
+        // back empty must publish its count), or else with the first connection.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            Drain::start_rebalancing(&socket.inner);
         }
+        socket
     }
 }
 
