@@ -21,7 +21,8 @@
 //! `PRESENCE_MAX_SILENT_PERIODS` and `PRESENCE_DIFF_WINDOW_MS` (how long presence diffs of a
 //! busy room may be held and merged; 0 turns merging off), and the long-poll settings
 //! `PRESENCE_LONGPOLL_SECRET` (the session key every node of a cluster must share) and
-//! `PRESENCE_LONGPOLL_WINDOW_MS`.
+//! `PRESENCE_LONGPOLL_WINDOW_MS`, and `PRESENCE_REBALANCE_PERIOD_MS` (a cluster's
+//! rebalancing, below).
 //! Once it listens, [`run`] prints one machine-readable line on stdout,
 //! `LISTENING <ip>:<port>` (useful with `PORT=0`); logs go to stderr.
 //!
@@ -32,6 +33,11 @@
 //! `presence:<name>`), under its `PRESENCE_NODE` name, which must be unique there (by default
 //! it is generated). An unreachable Redis, or a name already in use, is an error at start.
 //! Presences and `new_msg` broadcasts then reach the clients of every node.
+//!
+//! The nodes rebalance their sockets ([`Rebalance`]): every 5 s (`PRESENCE_REBALANCE_PERIOD_MS`;
+//! 0 turns it off) each publishes how many it holds, and one well over the average asks its
+//! newest clients to reconnect (close code 1012), so that a node that restarted gets its share
+//! back instead of only the clients that happen to connect later.
 //!
 //! # Shutdown
 //!
@@ -63,7 +69,7 @@ use presence_core::tracker::TrackerConfig;
 use presence_core::{Presence, pubsub_server};
 use presence_poem::{
     Channel, ChannelContext, Connected, HandleIn, HandshakeTimeout, Join, LongPollConfig, Payload,
-    PhoenixSocket, PresenceMiddleware, StopReason,
+    PhoenixSocket, PresenceMiddleware, Rebalance, StopReason,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -118,6 +124,10 @@ pub struct ChatConfig {
     /// How long a long poll waits for messages (`PRESENCE_LONGPOLL_WINDOW_MS`, default 10 s);
     /// a session ends 1.5 windows after its client's last poll.
     pub longpoll_window: Option<Duration>,
+    /// How often the nodes of a cluster compare their socket counts to rebalance them
+    /// (`PRESENCE_REBALANCE_PERIOD_MS`, default 5 s; 0 turns rebalancing off). Only with
+    /// `redis_url`: a single node has nobody to rebalance with. See [`Rebalance`].
+    pub rebalance_period: Option<Duration>,
 }
 
 impl Default for ChatConfig {
@@ -131,6 +141,7 @@ impl Default for ChatConfig {
             pubsub_name: "chat".to_owned(),
             longpoll_secret: None,
             longpoll_window: None,
+            rebalance_period: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -213,6 +224,9 @@ impl ChatConfig {
             config.longpoll_secret = Some(secret);
         }
         config.longpoll_window = ms("PRESENCE_LONGPOLL_WINDOW_MS")?;
+        if let Some(period) = ms("PRESENCE_REBALANCE_PERIOD_MS")? {
+            config.rebalance_period = (!period.is_zero()).then_some(period);
+        }
         Ok(config)
     }
 }
@@ -261,15 +275,20 @@ fn index() -> Html<&'static str> {
 ///
 /// When the pub/sub is not running in `registry`.
 pub fn app(registry: &Registry) -> Result<impl poem::Endpoint + use<>, BoxError> {
-    Ok(app_and_socket(registry, LongPollConfig::new())?.0)
+    Ok(app_and_socket(registry, LongPollConfig::new(), None)?.0)
 }
 
 /// The routes, and their socket endpoint (to drain it at shutdown).
 fn app_and_socket(
     registry: &Registry,
     longpoll: LongPollConfig,
+    rebalance: Option<Rebalance>,
 ) -> Result<(impl poem::Endpoint + use<>, PhoenixSocket), BoxError> {
-    let socket = PhoenixSocket::builder_for(registry, &ChatPubSub)?
+    let mut socket = PhoenixSocket::builder_for(registry, &ChatPubSub)?;
+    if let Some(rebalance) = rebalance {
+        socket = socket.rebalance(rebalance);
+    }
+    let socket = socket
         .on_connect(|info| async move {
             tracing::info!(remote = %info.remote_addr, "connect");
             Ok(Connected::new())
@@ -571,6 +590,11 @@ impl ChatServer {
         if let Some(window) = config.longpoll_window {
             longpoll = longpoll.window(window);
         }
+        // Rebalancing needs peers: only in a cluster.
+        let rebalance = config
+            .rebalance_period
+            .filter(|_| config.redis_url.is_some())
+            .map(|period| Rebalance::new().period(period));
         let acceptor = TcpListener::bind(format!("{}:{}", config.host, config.port))
             .into_acceptor()
             .await?;
@@ -588,6 +612,7 @@ impl ChatServer {
             let mut stopped = stopped.clone();
             let built = built.clone();
             let longpoll = longpoll.clone();
+            let rebalance = rebalance.clone();
             async move {
                 if *stopped.borrow() {
                     // Restarted while shutting down: serve nothing.
@@ -597,7 +622,7 @@ impl ChatServer {
                     Some(a) => a,
                     None => TcpListener::bind(addr).into_acceptor().await?,
                 };
-                let (app, socket) = app_and_socket(&registry, longpoll)?;
+                let (app, socket) = app_and_socket(&registry, longpoll, rebalance)?;
                 built
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
