@@ -41,7 +41,10 @@ use crate::socket::Inner;
 /// The node's rebalancer starts when the endpoint is built inside a tokio runtime (or with
 /// its first connection otherwise), and stops when the endpoint and its clones are dropped.
 /// Every node of the cluster must rebalance on the same [`topic`](Self::topic), and endpoints
-/// sharing a pub/sub need topics of their own. Off by default: turn it on with
+/// sharing a pub/sub need topics of their own. No client may join the topic, whatever the
+/// channel routes (a channel's broadcasts could forge counts): an endpoint refuses joins to
+/// its own rebalancing topic and to [`DEFAULT_REBALANCE_TOPIC`], so a custom topic must not
+/// be one that a route of another endpoint on the same pub/sub matches. Off by default: turn it on with
 /// [`PhoenixSocketBuilder::rebalance`](crate::PhoenixSocketBuilder::rebalance).
 ///
 /// # Examples

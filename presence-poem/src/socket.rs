@@ -482,9 +482,18 @@ impl Drop for OpenGuard {
 impl Inner {
     /// The route of `topic`. Topics under the long-poll transport's own prefix (`phx:lp:`)
     /// have none, whatever the patterns: a catch-all route must not let a client join the
-    /// pub/sub topics that carry other sessions' requests and answers.
+    /// pub/sub topics that carry other sessions' requests and answers. Nor do the
+    /// rebalancing topics (this endpoint's, and the default one), whose counts a channel
+    /// broadcast could forge.
     pub(crate) fn route(&self, topic: &str) -> Option<&Route> {
-        if topic.starts_with(longpoll::TOPIC_PREFIX) {
+        if topic.starts_with(longpoll::TOPIC_PREFIX)
+            || topic == crate::rebalance::DEFAULT_REBALANCE_TOPIC
+            || self
+                .config
+                .rebalance
+                .as_ref()
+                .is_some_and(|r| *r.topic == *topic)
+        {
             return None;
         }
         self.routes.iter().find(|r| r.matches(topic))

@@ -97,3 +97,26 @@ async fn a_lone_node_keeps_its_sockets() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(a.open_sockets(), 6);
 }
+
+/// A catch-all route does not let a client join the rebalancing topic: a channel's
+/// broadcasts there would forge socket counts.
+#[tokio::test]
+async fn clients_cannot_join_the_rebalancing_topic() {
+    let pubsub = PubSub::new("a");
+    let socket = PhoenixSocket::builder(pubsub.clone())
+        .channel("*", TestChannel::default)
+        .rebalance(Rebalance::new().topic("ops:counts"))
+        .build();
+    let server = serve(pubsub, socket).await;
+    let mut c = Client::v2(server.addr).await;
+    for (i, topic) in ["ops:counts", presence_poem::DEFAULT_REBALANCE_TOPIC]
+        .into_iter()
+        .enumerate()
+    {
+        let reply = c.join(topic, &i.to_string(), serde_json::json!({})).await;
+        assert_eq!(reply.payload["status"], "error", "{reply:?}");
+        assert_eq!(reply.payload["response"]["reason"], "unmatched topic");
+    }
+    // Other topics still route.
+    c.join_ok("room:1", "9").await;
+}
