@@ -25,15 +25,16 @@ use crate::socket::Inner;
 /// pub/sub every [`period`](Self::period). A node holding more than the cluster's average by
 /// more than the [`tolerance`](Self::tolerance_percent) closes its newest sockets, down to
 /// the average and at most [`max_percent_per_period`](Self::max_percent_per_period) of its
-/// sockets at a time, then waits two periods (their clients reconnect, and the counts it
-/// compares next include them) before it closes more. The sockets close with close code
-/// **1012** ("service restart", reason `"rebalancing"`), as a drain does: phoenix.js
-/// reconnects at once, through the load balancer, and rejoins its channels. The newest go first: they are the ones a failure
-/// moved (long-lived sockets keep their connection), and their memory was allocated last,
-/// so it is returned whole rather than left as holes among the sockets that stay.
+/// sockets at a time, once it has found itself over at three periods in a row. The sockets
+/// close with close code **1012** ("service restart", reason `"rebalancing"`), as a drain
+/// does: phoenix.js reconnects at once, through the load balancer, and rejoins its channels.
+/// The next close waits three more periods, while those clients reconnect and the counts
+/// catch up. The newest go first: they are the ones a failure moved, and long-lived sockets
+/// keep their connection.
 ///
-/// A node counts a peer until it has not heard from it for three periods, and never counts
-/// a draining one ([`PhoenixSocket::drain`](crate::PhoenixSocket::drain)). A node with no
+/// A node counts a peer until it has not heard from it for two periods (so the three
+/// periods in a row keep it from acting on the last count of a peer that died), and never
+/// counts a draining one ([`PhoenixSocket::drain`](crate::PhoenixSocket::drain)). A node with no
 /// peer, or draining itself, closes nothing. How fast the cluster evens out depends on where
 /// the load balancer sends the reconnects: to the node with the fewest connections, within a
 /// few periods; at random, over a few more, since some come back.
@@ -162,6 +163,10 @@ impl Report {
     }
 }
 
+/// How many periods in a row a node must find itself over its share before it closes
+/// sockets: one more than the periods a dead peer's last count is kept.
+const OVER_TICKS: u32 = 3;
+
 /// Starts the endpoint's rebalancer. It runs until the endpoint is dropped (it holds only a
 /// weak reference) or its pub/sub closes the subscription.
 pub(crate) fn start(inner: &Arc<Inner>) {
@@ -173,33 +178,76 @@ pub(crate) fn start(inner: &Arc<Inner>) {
     tokio::spawn(run(config, pubsub, weak));
 }
 
+/// A node's view of the cluster's counts, and when to close sockets.
+struct Balancer {
+    config: Rebalance,
+    node: String,
+    /// Peers' counts, and when each was heard.
+    peers: HashMap<String, (usize, Instant)>,
+    /// Ticks in a row that found this node over its share. It closes sockets on the
+    /// [`OVER_TICKS`]th: a peer that died is still counted for up to two periods (its last
+    /// count), so the node does not act on it; and after closing, the next close waits as
+    /// many periods, while the clients reconnect and the peers publish counts that include
+    /// them.
+    over: u32,
+}
+
+impl Balancer {
+    fn new(config: Rebalance, node: String) -> Self {
+        Balancer {
+            config,
+            node,
+            peers: HashMap::new(),
+            over: 0,
+        }
+    }
+
+    /// Notes a peer's report (this node's own are ignored).
+    fn heard(&mut self, report: Report, now: Instant) {
+        if report.node == self.node {
+            return;
+        }
+        if report.draining {
+            self.peers.remove(&report.node);
+        } else {
+            self.peers.insert(report.node, (report.sockets, now));
+        }
+    }
+
+    /// A period's check, with this node's count: how many of its newest sockets to close
+    /// now.
+    fn tick(&mut self, own: usize, draining: bool, now: Instant) -> usize {
+        let stale = self.config.period * 2;
+        self.peers
+            .retain(|_, (_, heard)| now.saturating_duration_since(*heard) <= stale);
+        let excess = if draining {
+            0
+        } else {
+            (self.config).excess(own, self.peers.values().map(|(n, _)| *n))
+        };
+        self.over = if excess > 0 { self.over + 1 } else { 0 };
+        if self.over < OVER_TICKS {
+            return 0;
+        }
+        self.over = 0;
+        excess
+    }
+}
+
 async fn run(config: Rebalance, pubsub: PubSub, inner: Weak<Inner>) {
     let mut subscription = pubsub.subscribe(&config.topic);
     let node = pubsub.node_name().to_owned();
-    // Peers' counts, and when each was heard.
-    let mut peers: HashMap<String, (usize, Instant)> = HashMap::new();
-    // After closing sockets, a node waits two periods before it closes more: their clients
-    // reconnect, and the peers publish counts that include them.
-    let mut quiet_until = Instant::now();
     let mut tick = tokio::time::interval(config.period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let topic = config.topic.clone();
+    let mut balancer = Balancer::new(config, node.clone());
     loop {
         tokio::select! {
             message = subscription.recv() => match message {
-                Ok(message) => {
-                    let Some(report) = Report::parse(&message) else {
-                        tracing::debug!(topic = %config.topic, "ignoring a malformed socket count");
-                        continue;
-                    };
-                    if report.node == node {
-                        continue;
-                    }
-                    if report.draining {
-                        peers.remove(&report.node);
-                    } else {
-                        peers.insert(report.node, (report.sockets, Instant::now()));
-                    }
-                }
+                Ok(message) => match Report::parse(&message) {
+                    Some(report) => balancer.heard(report, Instant::now()),
+                    None => tracing::debug!(%topic, "ignoring a malformed socket count"),
+                },
                 Err(RecvError::Lagged(_)) => {}
                 Err(_) => return,
             },
@@ -211,22 +259,16 @@ async fn run(config: Rebalance, pubsub: PubSub, inner: Weak<Inner>) {
                     sockets: drain.open(),
                     draining: drain.is_draining(),
                 };
-                if let Err(error) = pubsub.broadcast(report.message(&config.topic)) {
+                if let Err(error) = pubsub.broadcast(report.message(&topic)) {
                     tracing::debug!(%error, "could not publish this node's socket count");
                 }
-                let stale = config.period * 3;
-                peers.retain(|_, (_, heard)| heard.elapsed() <= stale);
-                if report.draining || Instant::now() < quiet_until {
-                    continue;
-                }
-                let excess = config.excess(report.sockets, peers.values().map(|(n, _)| *n));
+                let excess = balancer.tick(report.sockets, report.draining, Instant::now());
                 if excess > 0 {
-                    quiet_until = Instant::now() + config.period * 2;
                     let closing = drain.shed_newest(excess);
                     metrics::rebalanced(closing);
                     tracing::info!(
                         sockets = report.sockets,
-                        peers = peers.len(),
+                        peers = balancer.peers.len(),
                         closing,
                         "rebalancing: asking the newest sockets to reconnect"
                     );
@@ -259,6 +301,55 @@ mod tests {
             .max_percent_per_period(100);
         assert_eq!(r.excess(140, [100, 100]), 0);
         assert_eq!(r.excess(210, [100, 100]), 73);
+    }
+
+    fn report(node: &str, sockets: usize, draining: bool) -> Report {
+        Report {
+            node: node.into(),
+            sockets,
+            draining,
+        }
+    }
+
+    #[test]
+    fn a_node_closes_sockets_after_three_periods_over_and_then_waits() {
+        let period = Duration::from_secs(5);
+        let mut b = Balancer::new(Rebalance::new().period(period), "a".into());
+        let mut now = Instant::now();
+        b.heard(report("a", 0, false), now);
+        assert!(b.peers.is_empty(), "its own report");
+        let mut closed = Vec::new();
+        for _ in 0..7 {
+            b.heard(report("b", 900, false), now);
+            b.heard(report("c", 0, false), now);
+            closed.push(b.tick(943, false, now));
+            now += period;
+        }
+        // Over at every tick: it closes at the third, then counts again from zero.
+        assert_eq!(closed, [0, 0, 95, 0, 0, 95, 0]);
+        // Draining: never, and the count starts over.
+        assert_eq!(b.tick(943, true, now), 0);
+        assert_eq!(b.over, 0);
+        // A draining peer is dropped at once.
+        b.heard(report("c", 0, true), now);
+        assert!(!b.peers.contains_key("c"));
+    }
+
+    #[test]
+    fn a_dead_peers_last_count_does_not_make_a_node_close_sockets() {
+        // Three nodes of 680; c dies just after publishing, and its clients reconnect to a
+        // and b. Until c's last count goes stale, a is over the average it makes.
+        let period = Duration::from_secs(5);
+        let mut b = Balancer::new(Rebalance::new().period(period), "a".into());
+        let start = Instant::now();
+        b.heard(report("c", 680, false), start);
+        let mut now = start + Duration::from_millis(10);
+        for _ in 0..6 {
+            b.heard(report("b", 1020, false), now);
+            assert_eq!(b.tick(1020, false, now), 0, "{:?}", now - start);
+            now += period;
+        }
+        assert!(!b.peers.contains_key("c"), "c is forgotten");
     }
 
     #[test]
