@@ -479,7 +479,7 @@
 //! # Memory
 //!
 //! The websocket uses a 512-byte read buffer and no write batching buffer (tungstenite's
-//! default is 128 KiB each): an idle joined socket costs about 7.2 KB, and 9.8 KB with one
+//! default is 128 KiB each): an idle joined socket costs about 7.3 KB, and 10 KB with one
 //! tracked presence (10,000 sockets, 100 per room). Phoenix clients send small frames; a
 //! larger message is read 512 bytes at a time (raise the buffer with
 //! [`PhoenixSocketBuilder::websocket_config`] for clients that send large payloads). The
