@@ -31,6 +31,9 @@
 //!   the same name; slot `c` gets a SIGTERM then a `kill -9`, both restarting it under a new
 //!   name. The four restarts and the Redis restart are spread evenly over the run (at 1/6,
 //!   2/6, ... 5/6 of `--duration-secs`). A restarted node starts 1 s after the old one exited.
+//!   The nodes rebalance their sockets as the chat example does in a cluster (every 5 s; a
+//!   node over the average closes its newest sockets with 1012); `--node-env
+//!   PRESENCE_REBALANCE_PERIOD_MS=0` turns it off.
 //! - **Clients**: `--clients` tasks, each a user `u<i>` with one websocket at a time to
 //!   `/socket/websocket?vsn=2.0.0`, speaking V2 frames as phoenix.js does: a heartbeat every
 //!   30 s (closing the socket when the previous one got no reply), a presence list per joined
