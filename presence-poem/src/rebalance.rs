@@ -82,7 +82,7 @@ impl Default for Rebalance {
 
 impl Rebalance {
     /// Rebalancing on [`DEFAULT_REBALANCE_TOPIC`], every 5 s, with a tolerance of 10 % above
-    /// the average, closing at most 10 % of a node's sockets per period.
+    /// the average, closing at most 10 % of a node's sockets at a time.
     pub fn new() -> Self {
         Rebalance {
             topic: DEFAULT_REBALANCE_TOPIC.into(),
@@ -110,8 +110,8 @@ impl Rebalance {
         self
     }
 
-    /// The most a node closes in one period, in percent of its sockets (1 to 100; at least
-    /// one socket).
+    /// The most a node closes at a time, in percent of its sockets (1 to 100; at least one
+    /// socket).
     pub fn max_percent_per_period(mut self, percent: u32) -> Self {
         self.max_per_period = percent.clamp(1, 100);
         self
@@ -119,9 +119,10 @@ impl Rebalance {
 
     /// How many of `own` sockets to close, given the fresh peers' counts.
     fn excess(&self, own: usize, peers: impl IntoIterator<Item = usize>) -> usize {
-        let (sum, nodes) = peers
-            .into_iter()
-            .fold((own, 1usize), |(sum, nodes), p| (sum + p, nodes + 1));
+        // Saturating: a forged or garbled count must not overflow.
+        let (sum, nodes) = peers.into_iter().fold((own, 1usize), |(sum, nodes), p| {
+            (sum.saturating_add(p), nodes + 1)
+        });
         if nodes == 1 {
             return 0;
         }
@@ -301,6 +302,8 @@ mod tests {
             .max_percent_per_period(100);
         assert_eq!(r.excess(140, [100, 100]), 0);
         assert_eq!(r.excess(210, [100, 100]), 73);
+        // Absurd counts neither overflow nor make a node close anything.
+        assert_eq!(r.excess(210, [usize::MAX, usize::MAX]), 0);
     }
 
     fn report(node: &str, sockets: usize, draining: bool) -> Report {
