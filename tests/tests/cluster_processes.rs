@@ -1,6 +1,7 @@
 //! The chat example as a cluster of OS processes over Redis: one presence list across nodes,
 //! a killed node's presences leaving after the down period, a SIGTERM'd node's at once, a
-//! Redis restart, and a node restarting under its old name.
+//! Redis restart, a node restarting under its old name, and a node that came back getting its
+//! share of the sockets (rebalancing).
 //!
 //! Needs `PRESENCE_REDIS_URL` (e.g. `redis://127.0.0.1:6379`); without it every test prints
 //! "skipped: PRESENCE_REDIS_URL not set". The Redis restart test starts its own `redis-server`
@@ -89,6 +90,11 @@ impl Cluster {
     async fn node(&self, name: &str) -> Node {
         Node::start(self, &format!("{}-{name}", self.name)).await
     }
+
+    /// Starts a node named `<cluster>-<name>` with extra environment.
+    async fn node_with(&self, name: &str, env: &[(&str, &str)]) -> Node {
+        Node::start_with(self, &format!("{}-{name}", self.name), env).await
+    }
 }
 
 /// A chat server process, killed (SIGKILL) when dropped.
@@ -103,6 +109,12 @@ struct Node {
 
 impl Node {
     async fn start(cluster: &Cluster, name: &str) -> Node {
+        Node::start_with(cluster, name, &[]).await
+    }
+
+    /// Rebalancing is off unless `env` turns it on: the other tests put their clients on
+    /// nodes unevenly on purpose.
+    async fn start_with(cluster: &Cluster, name: &str, env: &[(&str, &str)]) -> Node {
         let log = std::env::temp_dir().join(format!("chat_node-{name}.log"));
         let stderr = std::fs::File::create(&log).expect("a log file");
         let ms = |d: Duration| d.as_millis().to_string();
@@ -127,6 +139,8 @@ impl Node {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
             .env("CHAT_NODE_EXIT_WITH_STDIN", "1")
+            .env("PRESENCE_REBALANCE_PERIOD_MS", "0")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -796,4 +810,53 @@ async fn a_long_poll_client_alternating_between_nodes_gets_everything_once_in_or
     assert!(status == 200 || status == 204, "{status}");
     assert_eq!(ann.view.messages.len(), want);
     assert_eq!(ann.reply_refs.len(), sent.len() + 1);
+}
+
+/// Rebalancing over Redis: a node holding every socket sends its newest clients (1012) to a
+/// node that came back, down to the average, and keeps its oldest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_node_sends_its_newest_clients_to_a_node_that_came_back() {
+    let Some(url) = redis_url() else { return };
+    let cluster = Cluster::new(&url, "rebalance", FAST);
+    let fast = [("PRESENCE_REBALANCE_PERIOD_MS", "300")];
+    let a = cluster.node_with("a", &fast).await;
+    let mut on_a = Vec::new();
+    for i in 0..6 {
+        on_a.push(Client::join(&a, &format!("u{i}")).await);
+    }
+    let b = cluster.node_with("b", &fast).await;
+    // Each client a closes reconnects to b at once, as a least-connections balancer would
+    // send it, until each node has three.
+    let mut on_b = Vec::new();
+    let mut closed = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while closed.len() < 3 {
+        assert!(Instant::now() < deadline, "a closed only {closed:?}");
+        for (i, client) in on_a.iter().enumerate() {
+            if client.close_code().is_some() && !closed.contains(&i) {
+                assert_eq!(client.close_code(), Some(1012), "u{i}");
+                closed.push(i);
+                on_b.push(Client::join(&b, &format!("u{i}")).await);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The newest went, one round at a time (10 % of 6 rounds up to one); the three oldest
+    // stay, through more rounds than a close needs.
+    assert_eq!(closed, [5, 4, 3]);
+    stays(
+        "a keeps its three oldest clients",
+        Duration::from_secs(2),
+        || on_a[..3].iter().all(|c| c.close_code().is_none()),
+    )
+    .await;
+    let (_, metrics) = http(&a.addr, "GET", "/metrics", "").await;
+    assert!(
+        metrics.contains("presence_sockets_rebalanced_total 3"),
+        "{metrics}"
+    );
+    // Everyone is listed once, wherever they are.
+    let everyone = set(&["u0", "u1", "u2", "u3", "u4", "u5"]);
+    let all: Vec<&Client> = on_a[..3].iter().chain(on_b.iter()).collect();
+    converge(&all, &everyone).await;
 }
