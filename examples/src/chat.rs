@@ -21,7 +21,7 @@
 //! `PRESENCE_MAX_SILENT_PERIODS` and `PRESENCE_DIFF_WINDOW_MS` (how long presence diffs of a
 //! busy room may be held and merged; 0 turns merging off), and the long-poll settings
 //! `PRESENCE_LONGPOLL_SECRET` (the session key every node of a cluster must share) and
-//! `PRESENCE_LONGPOLL_WINDOW_MS`, and `PRESENCE_REBALANCE_PERIOD_MS` (a cluster's
+//! `PRESENCE_LONGPOLL_WINDOW_MS`; and `PRESENCE_REBALANCE_PERIOD_MS` (a cluster's
 //! rebalancing, below).
 //! Once it listens, [`run`] prints one machine-readable line on stdout,
 //! `LISTENING <ip>:<port>` (useful with `PORT=0`); logs go to stderr.
@@ -34,10 +34,11 @@
 //! it is generated). An unreachable Redis, or a name already in use, is an error at start.
 //! Presences and `new_msg` broadcasts then reach the clients of every node.
 //!
-//! The nodes rebalance their sockets ([`Rebalance`]): every 5 s (`PRESENCE_REBALANCE_PERIOD_MS`;
-//! 0 turns it off) each publishes how many it holds, and one well over the average asks its
-//! newest clients to reconnect (close code 1012), so that a node that restarted gets its share
-//! back instead of only the clients that happen to connect later.
+//! The nodes rebalance their sockets ([`Rebalance`]): every 5 s
+//! (`PRESENCE_REBALANCE_PERIOD_MS`; 0 turns it off) each publishes how many it holds, and one
+//! more than 10 % over the average for three rounds asks its newest clients to reconnect
+//! (close code 1012), so that a node that restarted gets its share back instead of only the
+//! clients that happen to connect later.
 //!
 //! # Shutdown
 //!
