@@ -224,7 +224,8 @@ impl Balancer {
         let excess = if draining {
             0
         } else {
-            (self.config).excess(own, self.peers.values().map(|(n, _)| *n))
+            self.config
+                .excess(own, self.peers.values().map(|(n, _)| *n))
         };
         self.over = if excess > 0 { self.over + 1 } else { 0 };
         if self.over < OVER_TICKS {

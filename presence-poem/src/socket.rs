@@ -662,13 +662,13 @@ impl PhoenixSocket {
 
     /// Whether [`drain`](Self::drain) was called.
     pub fn is_draining(&self) -> bool {
-        *self.inner.drain.draining.borrow()
+        self.inner.drain.is_draining()
     }
 
     /// The number of connections of this endpoint that are open: websockets upgraded and not
     /// yet ended, and long-poll sessions not yet expired or closed.
     pub fn open_sockets(&self) -> usize {
-        *self.inner.drain.open.borrow()
+        self.inner.drain.open()
     }
 
     /// The number of channels joined on this endpoint's sockets (joins still running are not
