@@ -1596,6 +1596,13 @@ struct Incarnation {
     later_rss: Option<u64>,
 }
 
+impl Incarnation {
+    /// The heap in use (KiB) read with the RSS sample taken at `t`.
+    fn heap_at(&self, t: Instant) -> Option<u64> {
+        self.heap.iter().find(|(h, _)| *h == t).map(|(_, k)| *k)
+    }
+}
+
 const SLOTS: [&str; 3] = ["a", "b", "c"];
 
 /// An RSS baseline: the sample, and the incarnation it was taken of.
@@ -2481,8 +2488,8 @@ async fn drive(
     out.check("client views", views.0 == 0, detail);
     // The final RSS, with the clients still connected (as at the baseline).
     cluster.sample_rss();
-    for proc in cluster.procs.iter().flatten() {
-        cluster.incarnations[proc.incarnation].final_rss = status_kib(proc.pid, "VmRSS:");
+    for (inc, kib) in cluster.rss_now() {
+        cluster.incarnations[inc].final_rss = kib;
     }
     // And once the observers' frames are gone and the allocator had time to return freed
     // pages (jemalloc's default decay is 10 s): reported beside the check, not checked.
@@ -2575,15 +2582,8 @@ async fn drive(
             ),
         };
         rss_ok &= passed;
-        let heap_at = |t: Instant| inc.heap.iter().find(|(h, _)| *h == t).map(|(_, k)| *k);
         let file_at = |t: Instant| inc.file.iter().find(|(h, _)| *h == t).map(|(_, k)| *k);
-        let heap_baseline = base.and_then(|b| {
-            b.from
-                .heap
-                .iter()
-                .find(|(h, _)| *h == b.at)
-                .map(|(_, k)| *k)
-        });
+        let heap_baseline = base.and_then(|b| b.from.heap_at(b.at));
         let heap_final = inc.heap.last().map(|(_, k)| *k);
         let heap_text = match (inc.ended.is_none(), heap_baseline, heap_final) {
             (true, Some(b), Some(f)) => format!(
@@ -2614,7 +2614,7 @@ async fn drive(
             let at = t.saturating_duration_since(churn_start).as_secs();
             if at >= minute * 60 || i + 1 == inc.rss.len() {
                 let since_churn = secs(t.saturating_duration_since(churn_start));
-                timeline.push((since_churn, *k, *f, heap_at(*t), file_at(*t)));
+                timeline.push((since_churn, *k, *f, inc.heap_at(*t), file_at(*t)));
                 minute = at / 60 + 1;
             }
         }
