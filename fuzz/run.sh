@@ -20,7 +20,7 @@ shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(phoenix_v1_json phoenix_v2_json phoenix_v2_binary pubsub_frame redis_envelope
-    tracker_replication macro_args)
+    redis_parts tracker_replication macro_args)
 fi
 runs="${RUNS:-0}"
 build=(-O -a -s none)

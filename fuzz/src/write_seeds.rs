@@ -44,7 +44,7 @@ const MACRO_ARGS: [&str; 9] = [
 fn write_seeds() -> std::io::Result<()> {
     let root = std::env::var_os("SEEDS_DIR").map_or_else(|| PathBuf::from("seeds"), PathBuf::from);
     let macro_args = MACRO_ARGS.iter().map(|s| s.as_bytes().to_vec()).collect();
-    let targets: [(&str, Vec<Vec<u8>>); 7] = [
+    let targets: [(&str, Vec<Vec<u8>>); 8] = [
         ("phoenix_v1_json", presence_poem::__fuzz::v1_json_seeds()),
         ("phoenix_v2_json", presence_poem::__fuzz::v2_json_seeds()),
         (
@@ -56,6 +56,7 @@ fn write_seeds() -> std::io::Result<()> {
             "redis_envelope",
             presence_core::__fuzz::redis_envelope_seeds(),
         ),
+        ("redis_parts", presence_core::__fuzz::redis_parts_seeds()),
         (
             "tracker_replication",
             presence_core::__fuzz::tracker_replication_seeds(),

@@ -115,10 +115,139 @@ pub fn redis_envelope(data: &[u8]) {
             instance_bytes = instance.to_be_bytes();
             (KIND_NAME_TAKEN, None, &instance_bytes[..])
         }
+        redis::Kind::Part { seq, index, count } => {
+            let part = redis::Part {
+                seq,
+                index,
+                count,
+                bytes: envelope.frame,
+            };
+            let again = redis::encode_part(envelope.instance, envelope.origin, &part);
+            assert_eq!(&again[..], data, "a part does not re-encode to itself");
+            return;
+        }
     };
     let again = redis::encode(kind, envelope.instance, envelope.origin, target, rest);
     assert_eq!(&again[..], data, "an envelope does not re-encode to itself");
     pubsub_frame(envelope.frame);
+}
+
+/// The reassembly of envelopes sent in parts (`pubsub::redis::Assembler`), as the subscriber
+/// runs it. The input is a sequence of Redis messages, each a 2-byte big-endian length and
+/// that many bytes. Each message that decodes as a part goes to one assembler, and each
+/// envelope it puts together is run through [`redis_envelope`].
+///
+/// Checks that an envelope comes out only after the whole run of its parts, in order, from
+/// index 0 to the last, with one number and one count; that its bytes are theirs end to end;
+/// and that a part that was refused or dropped is never part of one.
+#[cfg(feature = "redis")]
+pub fn redis_parts(mut data: &[u8]) {
+    use std::collections::HashMap;
+
+    use crate::pubsub::redis::{self, Assembled, Assembler};
+
+    let mut assembler = Assembler::default();
+    // Per sender, the parts accepted since the last envelope put together or dropped:
+    // (number, index, count, bytes).
+    type Run = Vec<(u64, u32, u32, Vec<u8>)>;
+    let mut runs: HashMap<(String, u64), Run> = HashMap::new();
+    while data.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([data[0], data[1]])).min(data.len() - 2);
+        let (message, rest) = data[2..].split_at(len);
+        data = rest;
+        let Ok(envelope) = redis::decode(message) else {
+            continue;
+        };
+        let redis::Kind::Part { seq, index, count } = envelope.kind else {
+            continue;
+        };
+        let part = redis::Part {
+            seq,
+            index,
+            count,
+            bytes: envelope.frame,
+        };
+        let key = (envelope.origin.to_owned(), envelope.instance);
+        match assembler.add(envelope.origin, envelope.instance, &part) {
+            Assembled::Malformed(_) => {}
+            Assembled::Lost(_) => {
+                // What was begun is dropped; a part numbered 0 begins again.
+                let run = runs.entry(key).or_default();
+                run.clear();
+                if index == 0 {
+                    run.push((seq, index, count, envelope.frame.to_vec()));
+                }
+            }
+            Assembled::Incomplete => {
+                let run = runs.entry(key).or_default();
+                if index == 0 {
+                    run.clear();
+                }
+                run.push((seq, index, count, envelope.frame.to_vec()));
+            }
+            Assembled::Whole(whole) => {
+                let mut run = runs.remove(&key).unwrap_or_default();
+                run.push((seq, index, count, envelope.frame.to_vec()));
+                assert_eq!(run.len(), count as usize, "an envelope came out early");
+                let mut expected = Vec::new();
+                for (i, (s, n, c, bytes)) in run.iter().enumerate() {
+                    assert_eq!((*s, *n as usize, *c), (seq, i, count), "parts out of order");
+                    expected.extend_from_slice(bytes);
+                }
+                assert_eq!(whole, expected, "an envelope is not its parts end to end");
+                redis_envelope(&whole);
+            }
+        }
+    }
+}
+
+/// Sequences of parts, as [`redis_parts`] reads them: two envelopes of two senders
+/// interleaved, and one with a part lost.
+#[cfg(feature = "redis")]
+pub fn redis_parts_seeds() -> Vec<Vec<u8>> {
+    use crate::pubsub::redis::{self, KIND_BROADCAST, KIND_DIRECT};
+
+    let frames = pubsub_frame_seeds();
+    let parts = |instance: u64, origin: &str, seq: u64, envelope: &[u8]| -> Vec<Vec<u8>> {
+        let size = envelope.len().div_ceil(3);
+        let count = envelope.len().div_ceil(size) as u32;
+        (0..count)
+            .zip(envelope.chunks(size))
+            .map(|(index, bytes)| {
+                let part = redis::Part {
+                    seq,
+                    index,
+                    count,
+                    bytes,
+                };
+                redis::encode_part(instance, origin, &part).to_vec()
+            })
+            .collect()
+    };
+    let sequence = |messages: &[&Vec<u8>]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            out.extend_from_slice(&(m.len() as u16).to_be_bytes());
+            out.extend_from_slice(m);
+        }
+        out
+    };
+    let a = parts(
+        7,
+        "node-a",
+        1,
+        &redis::encode(KIND_BROADCAST, 7, "node-a", None, &frames[0]),
+    );
+    let b = parts(
+        8,
+        "node-b",
+        4,
+        &redis::encode(KIND_DIRECT, 8, "node-b", Some("node-a"), &frames[3]),
+    );
+    vec![
+        sequence(&[&a[0], &b[0], &a[1], &b[1], &a[2], &b[2]]),
+        sequence(&[&a[0], &a[2], &b[0], &b[1], &b[2]]),
+    ]
 }
 
 /// Valid Redis envelopes of every kind, carrying valid pub/sub frames.

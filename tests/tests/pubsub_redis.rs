@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use presence_core::pubsub::{
-    Message, PubSub, RecvError, RedisAdapter, RedisAdapterError, RedisOptions, Subscription,
+    Message, Payload, PubSub, RecvError, RedisAdapter, RedisAdapterError, RedisOptions,
+    Subscription,
 };
 use serde_json::json;
 
@@ -208,6 +209,77 @@ async fn one_publish_per_broadcast_with_the_documented_envelope() {
     );
 }
 
+/// A message longer than 32 KiB crosses Redis as parts of at most 32 KiB, so that no Redis
+/// connection's buffers grow past that, and arrives whole: broadcast and direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_messages_cross_redis_in_parts_and_arrive_whole() {
+    const PART: usize = 32 * 1024;
+    let Some(url) = redis_url() else { return };
+    let (_, nodes) = cluster(&url, "parts").await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = client.get_async_pubsub().await.unwrap();
+    raw.subscribe(nodes[0].1.channel()).await.unwrap();
+    let mut b = nodes[1].0.subscribe("room");
+    let mut c = nodes[2].0.subscribe("room");
+
+    let body: String = (0..200_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let long = |event: &str| Message::json("room", event, json!({ "body": body }));
+    nodes[0].0.broadcast(long("long")).unwrap();
+    let c_name = nodes[2].0.node_name().to_owned();
+    nodes[0]
+        .0
+        .direct_broadcast(&c_name, long("direct"))
+        .unwrap();
+    nodes[0].0.broadcast(msg("room", SENTINEL)).unwrap();
+
+    let whole = |m: &Message, event: &str| {
+        assert_eq!(m.event(), event);
+        match m.payload() {
+            Payload::Json(v) => assert!(v["body"] == body.as_str(), "the body arrived whole"),
+            other => panic!("unexpected payload {other:?}"),
+        }
+    };
+    whole(&*recv(&mut b).await, "long");
+    assert_eq!(recv_num(&mut b).await, SENTINEL);
+    whole(&*recv(&mut c).await, "long");
+    whole(&*recv(&mut c).await, "direct");
+    assert_eq!(recv_num(&mut c).await, SENTINEL);
+
+    // On the channel: two runs of parts, numbered 0.., then the sentinel in one message.
+    let mut stream = raw.on_message();
+    let mut kinds = Vec::new();
+    loop {
+        let m = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("raw subscriber got the messages")
+            .unwrap();
+        let bytes = m.get_payload_bytes();
+        assert!(
+            bytes.len() <= PART + 64,
+            "a message of {} bytes",
+            bytes.len()
+        );
+        kinds.push(bytes[1]);
+        if bytes[1] != 4 {
+            break;
+        }
+    }
+    let parts = kinds.iter().filter(|&&k| k == 4).count();
+    assert!(parts >= 2 * 200_000 / PART, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&0), "{kinds:?}");
+    for (_, adapter) in &nodes {
+        let stats = adapter.stats();
+        assert!(stats.connected && stats.dropped == 0, "{stats:?}");
+    }
+    assert_eq!(
+        nodes[0].1.stats().published,
+        4,
+        "hello, two long messages and the sentinel"
+    );
+}
+
 /// Builds an envelope by hand, as documented in `presence_core::pubsub::RedisAdapter`.
 fn envelope(kind: u8, instance: u64, origin: &str, target: Option<&str>, rest: &[u8]) -> Vec<u8> {
     let mut v = vec![1, kind];
@@ -219,6 +291,15 @@ fn envelope(kind: u8, instance: u64, origin: &str, target: Option<&str>, rest: &
         v.extend_from_slice(t.as_bytes());
     }
     v.extend_from_slice(rest);
+    v
+}
+
+/// The rest of a part envelope (kind 4): the sender's number, index, count, then the bytes.
+fn part(seq: u64, index: u32, count: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut v = seq.to_be_bytes().to_vec();
+    v.extend_from_slice(&index.to_be_bytes());
+    v.extend_from_slice(&count.to_be_bytes());
+    v.extend_from_slice(bytes);
     v
 }
 
@@ -258,6 +339,12 @@ async fn malformed_messages_on_the_channel_are_ignored() {
         envelope(0, 1, &b_name, None, &good),     // "from b": not for b
         envelope(1, 1, "mallory", Some("nobody"), &good), // direct to someone else
         vec![0xff; 4096],
+        envelope(4, 1, "mallory", None, &[0; 15]), // truncated part header
+        envelope(4, 1, "mallory", None, &part(1, 1, 2, &good)), // a part without its first
+        envelope(4, 1, "mallory", None, &part(1, 0, 1, &good)), // one part of one
+        // Two parts making up a part: dropped.
+        envelope(4, 2, "mallory", None, &part(2, 0, 2, b"\x01\x04")),
+        envelope(4, 2, "mallory", None, &part(2, 1, 2, &[0; 40])),
     ];
     for g in &garbage {
         let () = redis::cmd("PUBLISH")
@@ -268,17 +355,27 @@ async fn malformed_messages_on_the_channel_are_ignored() {
             .map(drop)
             .unwrap();
     }
-    // A well-formed envelope from a raw client is delivered like any node's.
+    // A well-formed envelope from a raw client is delivered like any node's, in one message
+    // or in parts.
     let ok = envelope(0, 1, "mallory", None, &frame("room", "ev", "6"));
-    let () = redis::cmd("PUBLISH")
-        .arg(&channel)
-        .arg(&ok[..])
-        .query_async::<i64>(&mut conn)
-        .await
-        .map(drop)
-        .unwrap();
+    let ok7 = envelope(0, 1, "mallory", None, &frame("room", "ev", "7"));
+    let (head, tail) = ok7.split_at(5);
+    for m in [
+        ok,
+        envelope(4, 1, "mallory", None, &part(3, 0, 2, head)),
+        envelope(4, 1, "mallory", None, &part(3, 1, 2, tail)),
+    ] {
+        let () = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&m[..])
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .unwrap();
+    }
     nodes[0].0.broadcast(msg("room", SENTINEL)).unwrap();
     assert_eq!(recv_num(&mut b).await, 6);
+    assert_eq!(recv_num(&mut b).await, 7);
     assert_eq!(recv_num(&mut b).await, SENTINEL);
     assert_empty(&mut b);
     for (_, adapter) in &nodes {

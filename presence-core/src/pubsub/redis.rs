@@ -1,6 +1,7 @@
 //! The Redis pub/sub adapter (the `redis` feature); see [`RedisAdapter`].
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -25,8 +26,22 @@ pub(crate) const KIND_BROADCAST: u8 = 0;
 pub(crate) const KIND_DIRECT: u8 = 1;
 pub(crate) const KIND_HELLO: u8 = 2;
 pub(crate) const KIND_NAME_TAKEN: u8 = 3;
+/// One part of an envelope longer than [`MAX_MESSAGE`].
+pub(crate) const KIND_PART: u8 = 4;
 /// Most envelopes sent in one pipeline.
 const MAX_BATCH: usize = 64;
+/// The longest envelope published as one Redis message; a longer one (a tracker's state
+/// transfer) goes as consecutive parts of at most this many bytes. The Redis client's
+/// connections keep buffers as large as the largest message they carried, for their life, so
+/// a node publishing or receiving a 500 KB transfer once would otherwise hold twice that
+/// until it stops.
+pub(crate) const MAX_MESSAGE: usize = 32 * 1024;
+/// The bytes of envelopes one pipeline carries, past its first (for the same reason).
+const MAX_PIPELINE_BYTES: usize = 32 * 1024;
+/// Most parts of one envelope: 4,096 parts of 32 KiB, 128 MiB.
+const MAX_PARTS: u32 = 4096;
+/// Most envelopes being reassembled at once (one per sending node at a time).
+const MAX_PARTIALS: usize = 256;
 
 /// Settings of a [`RedisAdapter`].
 ///
@@ -198,17 +213,24 @@ pub struct RedisStats {
 /// | bytes | field |
 /// |---|---|
 /// | 1 | format version (`1`); other versions are ignored |
-/// | 1 | kind: `0` broadcast (every node but the origin), `1` direct (one node), `2` hello (name probe), `3` name taken |
+/// | 1 | kind: `0` broadcast (every node but the origin), `1` direct (one node), `2` hello (name probe), `3` name taken, `4` part |
 /// | 8 | the sender's instance id, random per [`RedisAdapter::connect`] |
 /// | 2 + n | the origin node name (length, UTF-8) |
 /// | 2 + n | direct only: the target node name |
 /// | 8 | name taken only: the instance id the answer is for |
-/// | rest | broadcast and direct: the pub/sub frame |
+/// | 8 + 4 + 4 | part only: the sender's number for the envelope in parts, this part's index, the number of parts |
+/// | rest | broadcast and direct: the pub/sub frame; part: the part's bytes |
 ///
 /// A node delivers a frame when it is a broadcast from another node name, or a direct message
 /// whose target is its own name. Anything else is ignored; malformed envelopes are logged and
 /// dropped. The format is not Phoenix's (Erlang terms), so Rust and BEAM nodes do not mix on one
 /// channel.
+///
+/// An envelope longer than 32 KiB (a tracker's state transfer) is published as parts of
+/// 32 KiB, one after the other, that its receivers put together again before reading it: the
+/// Redis client keeps buffers as large as the largest message each connection carried, for as
+/// long as the connection lives, so one 500 KB transfer would otherwise cost every node about
+/// 1 MB for good. A part lost to an outage drops its envelope, as an outage drops whole ones.
 ///
 /// # Unique node names
 ///
@@ -296,7 +318,94 @@ struct Shared {
     /// Times the subscription connection was lost: the publisher's connection, which only
     /// notices a dead server when it next publishes, is replaced too.
     subscriber_losses: AtomicU64,
+    /// Envelopes arriving in parts.
+    partials: Mutex<Assembler>,
     metrics: crate::metrics::RedisMetrics,
+}
+
+/// Puts envelopes that arrive in parts together again, one at a time per sender (node name
+/// and instance): a sender publishes the parts of one envelope one after the other, and Redis
+/// keeps them in order.
+#[derive(Debug, Default)]
+pub(crate) struct Assembler {
+    partials: HashMap<(Box<str>, u64), Partial>,
+}
+
+/// What adding a part did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Assembled {
+    /// More parts are due.
+    Incomplete,
+    /// The last part arrived: the whole envelope.
+    Whole(Vec<u8>),
+    /// The part makes no sense; it was dropped.
+    Malformed(&'static str),
+    /// A part was lost before this one: the envelope was dropped.
+    Lost(&'static str),
+}
+
+impl Assembler {
+    /// Adds one part of the envelope of `origin`'s `instance`.
+    pub(crate) fn add(&mut self, origin: &str, instance: u64, part: &Part<'_>) -> Assembled {
+        let &Part {
+            seq,
+            index,
+            count,
+            bytes,
+        } = part;
+        if !(2..=MAX_PARTS).contains(&count) || index >= count {
+            return Assembled::Malformed("part number out of range");
+        }
+        if bytes.is_empty() || bytes.len() > MAX_MESSAGE {
+            return Assembled::Malformed("part of the wrong length");
+        }
+        let key = (Box::from(origin), instance);
+        if index == 0 {
+            if self.partials.len() >= MAX_PARTIALS && !self.partials.contains_key(&key) {
+                return Assembled::Malformed("too many envelopes in parts at once");
+            }
+            let partial = Partial {
+                seq,
+                next: 1,
+                count,
+                bytes: bytes.to_vec(),
+            };
+            return match self.partials.insert(key, partial) {
+                Some(_) => Assembled::Lost("the previous envelope ended early"),
+                None => Assembled::Incomplete,
+            };
+        }
+        let Entry::Occupied(mut entry) = self.partials.entry(key) else {
+            return Assembled::Lost("its first part was lost");
+        };
+        let partial = entry.get_mut();
+        if (partial.seq, partial.next, partial.count) != (seq, index, count) {
+            entry.remove();
+            return Assembled::Lost("a part was lost");
+        }
+        partial.bytes.extend_from_slice(bytes);
+        partial.next += 1;
+        if partial.next < count {
+            return Assembled::Incomplete;
+        }
+        Assembled::Whole(entry.remove().bytes)
+    }
+
+    /// Drops every envelope begun (their remaining parts are lost).
+    pub(crate) fn clear(&mut self) {
+        self.partials = HashMap::new();
+    }
+}
+
+/// An envelope whose first parts arrived.
+#[derive(Debug)]
+struct Partial {
+    /// The sender's number for this envelope.
+    seq: u64,
+    /// The part expected next.
+    next: u32,
+    count: u32,
+    bytes: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -368,6 +477,7 @@ impl RedisAdapter {
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             subscriber_losses: AtomicU64::new(0),
+            partials: Mutex::new(Assembler::default()),
             metrics: crate::metrics::RedisMetrics::register(&options.channel()),
             options,
         });
@@ -597,6 +707,50 @@ impl Shared {
                 return;
             }
         };
+        if let Kind::Part { seq, index, count } = envelope.kind {
+            if envelope.origin == &*self.node_name() && envelope.instance == self.instance {
+                return; // our own, back from Redis
+            }
+            let part = Part {
+                seq,
+                index,
+                count,
+                bytes: envelope.frame,
+            };
+            let added = self
+                .partials
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(envelope.origin, envelope.instance, &part);
+            let whole = match added {
+                Assembled::Incomplete => return,
+                Assembled::Whole(whole) => whole,
+                Assembled::Malformed(why) => {
+                    tracing::warn!(channel = %self.channel, origin = envelope.origin, why, "malformed part on the redis channel dropped");
+                    return;
+                }
+                Assembled::Lost(why) => {
+                    // Redis went away, or the sender's pipeline failed, between two parts.
+                    tracing::debug!(channel = %self.channel, origin = envelope.origin, why, "an envelope in parts was dropped");
+                    return;
+                }
+            };
+            match decode(&whole) {
+                Ok(inner) if matches!(inner.kind, Kind::Part { .. }) => {
+                    tracing::warn!(channel = %self.channel, origin = envelope.origin, "an envelope in parts held another part; dropped");
+                }
+                Ok(inner) => self.handle(&inner),
+                Err(why) => {
+                    tracing::warn!(channel = %self.channel, why, len = whole.len(), "malformed message on the redis channel dropped");
+                }
+            }
+            return;
+        }
+        self.handle(&envelope);
+    }
+
+    /// Handles one whole envelope.
+    fn handle(&self, envelope: &Envelope<'_>) {
         let me = self.node_name();
         let mine = *envelope.origin == *me;
         let clash = mine && envelope.instance != self.instance;
@@ -653,6 +807,7 @@ impl Shared {
                     self.deliver(envelope.frame);
                 }
             }
+            Kind::Part { .. } => {} // taken apart by `receive`
         }
     }
 
@@ -684,6 +839,10 @@ async fn run_publisher(
     let mut seen_losses = 0;
     let mut backoff = Backoff::new(&shared.options);
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // What the batch is published as (see `split`), and the number of the last envelope sent
+    // in parts.
+    let mut messages = Vec::with_capacity(MAX_BATCH);
+    let mut seq = 0;
     loop {
         let Some(c) = conn.as_mut() else {
             let retry_at = Instant::now() + backoff.next();
@@ -730,32 +889,81 @@ async fn run_publisher(
                 }
             }
         }
-        let mut pipe = redis::pipe();
-        for envelope in &batch {
-            pipe.cmd("PUBLISH")
-                .arg(&shared.channel)
-                .arg(&envelope[..])
-                .ignore();
+        for envelope in batch.drain(..) {
+            split(&shared, &mut seq, envelope, &mut messages);
         }
-        match pipe.query_async::<()>(c).await {
-            Ok(()) => {
-                shared
-                    .published
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                shared.metrics.published.increment(batch.len() as u64);
-                let bytes: usize = batch.iter().map(Bytes::len).sum();
-                shared.metrics.published_bytes.increment(bytes as u64);
+        // Pipelines of at most MAX_PIPELINE_BYTES past their first message (see MAX_MESSAGE).
+        let mut sent = 0;
+        let mut failed = None;
+        while sent < messages.len() {
+            let mut pipe = redis::pipe();
+            let (mut end, mut bytes) = (sent, 0);
+            while end < messages.len()
+                && (end == sent || bytes + messages[end].0.len() <= MAX_PIPELINE_BYTES)
+            {
+                pipe.cmd("PUBLISH")
+                    .arg(&shared.channel)
+                    .arg(&messages[end].0[..])
+                    .ignore();
+                bytes += messages[end].0.len();
+                end += 1;
             }
-            Err(e) => {
-                shared
-                    .dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                shared.metrics.drops.increment(batch.len() as u64);
-                conn = None;
-                shared.set_link(true, false, &e);
+            if let Err(e) = pipe.query_async::<()>(c).await {
+                failed = Some(e);
+                break;
             }
+            let envelopes = whole_envelopes(&messages[sent..end]);
+            shared.published.fetch_add(envelopes, Ordering::Relaxed);
+            shared.metrics.published.increment(envelopes);
+            shared.metrics.published_bytes.increment(bytes as u64);
+            sent = end;
         }
-        batch.clear();
+        if let Some(e) = failed {
+            // Whatever was not sent is lost, and with it an envelope cut between its parts
+            // (its receivers drop the parts they got).
+            let lost = whole_envelopes(&messages[sent..]);
+            shared.dropped.fetch_add(lost, Ordering::Relaxed);
+            shared.metrics.drops.increment(lost);
+            conn = None;
+            shared.set_link(true, false, &e);
+        }
+        messages.clear();
+    }
+}
+
+/// How many envelopes end among `messages` (see [`split`]).
+fn whole_envelopes(messages: &[(Bytes, bool)]) -> u64 {
+    messages.iter().filter(|(_, last)| *last).count() as u64
+}
+
+/// Appends `envelope` to `out` as one message, or as parts of [`MAX_MESSAGE`] bytes if it is
+/// longer, numbered by `seq`; the flag marks the last message of each envelope. An envelope
+/// of more than [`MAX_PARTS`] parts is dropped.
+fn split(shared: &Shared, seq: &mut u64, envelope: Bytes, out: &mut Vec<(Bytes, bool)>) {
+    if envelope.len() <= MAX_MESSAGE {
+        out.push((envelope, true));
+        return;
+    }
+    let count = envelope.len().div_ceil(MAX_MESSAGE);
+    let Some(count) = u32::try_from(count).ok().filter(|&n| n <= MAX_PARTS) else {
+        tracing::warn!(channel = %shared.channel, len = envelope.len(), "a message too long for the redis channel was dropped");
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.drops.increment(1);
+        return;
+    };
+    *seq += 1;
+    let origin = shared.node_name();
+    for (index, bytes) in (0..count).zip(envelope.chunks(MAX_MESSAGE)) {
+        let part = Part {
+            seq: *seq,
+            index,
+            count,
+            bytes,
+        };
+        out.push((
+            encode_part(shared.instance, &origin, &part),
+            index + 1 == count,
+        ));
     }
 }
 
@@ -821,6 +1029,12 @@ async fn run_subscriber(shared: Arc<Shared>, first: (PubSubSink, PubSubStream)) 
             }
         };
         shared.subscriber_losses.fetch_add(1, Ordering::AcqRel);
+        // Parts published while this node is away are lost: the envelopes they began are.
+        shared
+            .partials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         shared.set_link(false, false, &why);
     }
 }
@@ -858,6 +1072,22 @@ pub(crate) enum Kind<'a> {
     Direct(&'a str),
     Hello,
     NameTaken(u64),
+    /// Part `index` of `count` of the sender's envelope number `seq`; the frame holds its
+    /// bytes.
+    Part {
+        seq: u64,
+        index: u32,
+        count: u32,
+    },
+}
+
+/// One part of an envelope, as received.
+#[derive(Debug)]
+pub(crate) struct Part<'a> {
+    pub(crate) seq: u64,
+    pub(crate) index: u32,
+    pub(crate) count: u32,
+    pub(crate) bytes: &'a [u8],
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -888,6 +1118,20 @@ pub(crate) fn encode(
     buf.freeze()
 }
 
+/// One part of a long envelope (see [`MAX_MESSAGE`]).
+pub(crate) fn encode_part(instance: u64, origin: &str, part: &Part<'_>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(28 + origin.len() + part.bytes.len());
+    buf.put_u8(VERSION);
+    buf.put_u8(KIND_PART);
+    buf.put_u64(instance);
+    put_str(&mut buf, origin);
+    buf.put_u64(part.seq);
+    buf.put_u32(part.index);
+    buf.put_u32(part.count);
+    buf.put_slice(part.bytes);
+    buf.freeze()
+}
+
 fn put_str(buf: &mut BytesMut, s: &str) {
     // Node names longer than 64 KiB are cut; `decode` then rejects the envelope.
     let len = s.len().min(u16::MAX as usize);
@@ -914,6 +1158,16 @@ pub(crate) fn decode(mut buf: &[u8]) -> Result<Envelope<'_>, &'static str> {
                 return Err("bad name-taken answer");
             }
             Kind::NameTaken(buf.get_u64())
+        }
+        KIND_PART => {
+            if buf.remaining() < 16 {
+                return Err("truncated part header");
+            }
+            Kind::Part {
+                seq: buf.get_u64(),
+                index: buf.get_u32(),
+                count: buf.get_u32(),
+            }
         }
         _ => return Err("unknown envelope kind"),
     };
@@ -982,6 +1236,172 @@ mod tests {
         assert_eq!(decode(&t).unwrap().kind, Kind::NameTaken(42));
         let h = encode(KIND_HELLO, 9, "a", None, &[]);
         assert_eq!(decode(&h).unwrap().kind, Kind::Hello);
+    }
+
+    /// `envelope` in parts of `size` bytes, as [`split`] publishes it in parts of
+    /// [`MAX_MESSAGE`].
+    fn parts_of(instance: u64, origin: &str, seq: u64, envelope: &[u8], size: usize) -> Vec<Bytes> {
+        let count = envelope.len().div_ceil(size) as u32;
+        (0..count)
+            .zip(envelope.chunks(size))
+            .map(|(index, bytes)| {
+                let part = Part {
+                    seq,
+                    index,
+                    count,
+                    bytes,
+                };
+                encode_part(instance, origin, &part)
+            })
+            .collect()
+    }
+
+    fn add(assembler: &mut Assembler, message: &[u8]) -> Assembled {
+        let e = decode(message).unwrap();
+        let Kind::Part { seq, index, count } = e.kind else {
+            panic!("not a part: {e:?}");
+        };
+        let part = Part {
+            seq,
+            index,
+            count,
+            bytes: e.frame,
+        };
+        assembler.add(e.origin, e.instance, &part)
+    }
+
+    #[test]
+    fn long_envelopes_are_put_together_again() {
+        let frame: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let whole = encode(KIND_BROADCAST, 7, "a", None, &frame);
+        let parts = parts_of(7, "a", 1, &whole, MAX_MESSAGE);
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| p.len() <= MAX_MESSAGE + 28 + 1));
+        // Another sender's parts in between do not mix with them.
+        let other = encode(KIND_DIRECT, 9, "b", Some("a"), &frame[..40_000]);
+        let others = parts_of(9, "b", 5, &other, MAX_MESSAGE);
+        let mut assembler = Assembler::default();
+        assert_eq!(add(&mut assembler, &parts[0]), Assembled::Incomplete);
+        assert_eq!(add(&mut assembler, &others[0]), Assembled::Incomplete);
+        assert_eq!(add(&mut assembler, &parts[1]), Assembled::Incomplete);
+        assert_eq!(
+            add(&mut assembler, &others[1]),
+            Assembled::Whole(other.to_vec())
+        );
+        assert_eq!(add(&mut assembler, &parts[2]), Assembled::Incomplete);
+        assert_eq!(
+            add(&mut assembler, &parts[3]),
+            Assembled::Whole(whole.to_vec())
+        );
+        assert!(assembler.partials.is_empty());
+        // The same sender's next instance (a restart) is another sender.
+        let again = parts_of(8, "a", 1, &whole, MAX_MESSAGE);
+        assert_eq!(add(&mut assembler, &parts[0]), Assembled::Incomplete);
+        assert_eq!(add(&mut assembler, &again[0]), Assembled::Incomplete);
+        assert_eq!(assembler.partials.len(), 2);
+    }
+
+    #[test]
+    fn a_lost_part_drops_its_envelope_only() {
+        let whole = encode(KIND_BROADCAST, 7, "a", None, &[1u8; 70_000]);
+        let first = parts_of(7, "a", 1, &whole, MAX_MESSAGE);
+        let second = parts_of(7, "a", 2, &whole, MAX_MESSAGE);
+        assert_eq!(first.len(), 3);
+        let mut assembler = Assembler::default();
+        // Part 1 lost: part 2 drops the envelope.
+        assert_eq!(add(&mut assembler, &first[0]), Assembled::Incomplete);
+        assert!(matches!(add(&mut assembler, &first[2]), Assembled::Lost(_)));
+        assert!(assembler.partials.is_empty());
+        // Part 0 lost: the others are dropped as they come.
+        assert!(matches!(add(&mut assembler, &first[1]), Assembled::Lost(_)));
+        assert!(matches!(add(&mut assembler, &first[2]), Assembled::Lost(_)));
+        // The sender's next envelope begins before the last one ended: the next one counts.
+        assert_eq!(add(&mut assembler, &first[0]), Assembled::Incomplete);
+        assert!(matches!(
+            add(&mut assembler, &second[0]),
+            Assembled::Lost(_)
+        ));
+        assert_eq!(add(&mut assembler, &second[1]), Assembled::Incomplete);
+        assert_eq!(
+            add(&mut assembler, &second[2]),
+            Assembled::Whole(whole.to_vec())
+        );
+        // A part of another envelope in the middle (same sender, another number).
+        assert_eq!(add(&mut assembler, &first[0]), Assembled::Incomplete);
+        assert!(matches!(
+            add(&mut assembler, &second[1]),
+            Assembled::Lost(_)
+        ));
+        assert!(assembler.partials.is_empty());
+        // An outage drops what was begun.
+        assert_eq!(add(&mut assembler, &first[0]), Assembled::Incomplete);
+        assembler.clear();
+        assert!(matches!(add(&mut assembler, &first[1]), Assembled::Lost(_)));
+    }
+
+    #[test]
+    fn malformed_parts_are_refused() {
+        let mut assembler = Assembler::default();
+        let long = vec![0u8; MAX_MESSAGE + 1];
+        for (index, count, bytes) in [
+            (0, 1, &b"x"[..]),
+            (2, 2, b"x"),
+            (0, 0, b"x"),
+            (0, MAX_PARTS + 1, b"x"),
+            (0, 3, b""),
+            (0, 3, &long[..]),
+        ] {
+            let part = Part {
+                seq: 1,
+                index,
+                count,
+                bytes,
+            };
+            let added = assembler.add("a", 1, &part);
+            assert!(
+                matches!(added, Assembled::Malformed(_)),
+                "{index}/{count}: {added:?}"
+            );
+        }
+        assert!(assembler.partials.is_empty());
+        // At most MAX_PARTIALS senders at once; those begun go on.
+        let first = |seq| Part {
+            seq,
+            index: 0,
+            count: 2,
+            bytes: b"x",
+        };
+        for n in 0..MAX_PARTIALS {
+            assert_eq!(
+                assembler.add(&format!("n{n}"), 1, &first(1)),
+                Assembled::Incomplete
+            );
+        }
+        assert!(matches!(
+            assembler.add("late", 1, &first(1)),
+            Assembled::Malformed(_)
+        ));
+        let last = Part {
+            seq: 1,
+            index: 1,
+            count: 2,
+            bytes: b"y",
+        };
+        assert_eq!(
+            assembler.add("n0", 1, &last),
+            Assembled::Whole(b"xy".to_vec())
+        );
+        // A truncated part header.
+        assert!(decode(&encode(KIND_PART, 1, "a", None, &[0; 15])).is_err());
+        let part = encode_part(1, "a", &last);
+        assert_eq!(
+            decode(&part).unwrap().kind,
+            Kind::Part {
+                seq: 1,
+                index: 1,
+                count: 2
+            }
+        );
     }
 
     #[test]
