@@ -203,8 +203,9 @@ pub struct RedisStats {
 /// phoenix_pubsub_redis.
 ///
 /// Every node of a cluster connects to the same Redis server and subscribes to one channel,
-/// `presence:<pubsub name>`. A broadcast is one `PUBLISH` of an [envelope](#envelope), whatever
-/// the number of nodes; each node decides from the envelope whether the frame is for it.
+/// `presence:<pubsub name>`. A broadcast is one `PUBLISH` of an [envelope](#envelope) (one per
+/// 32 KiB part of a longer one), whatever the number of nodes; each node decides from the
+/// envelope whether the frame is for it.
 ///
 /// # Envelope
 ///
