@@ -147,6 +147,7 @@ pub fn redis_parts(mut data: &[u8]) {
     use crate::pubsub::redis::{self, Assembled, Assembler};
 
     let mut assembler = Assembler::default();
+    let now = tokio::time::Instant::now();
     // Per sender, the parts accepted since the last envelope put together or dropped:
     // (number, index, count, bytes).
     type Run = Vec<(u64, u32, u32, Vec<u8>)>;
@@ -168,7 +169,7 @@ pub fn redis_parts(mut data: &[u8]) {
             bytes: envelope.frame,
         };
         let key = (envelope.origin.to_owned(), envelope.instance);
-        match assembler.add(envelope.origin, envelope.instance, &part) {
+        match assembler.add(envelope.origin, envelope.instance, &part, now) {
             Assembled::Malformed(_) => {}
             Assembled::Lost(_) => {
                 // What was begun is dropped; a part numbered 0 begins again.

@@ -42,6 +42,9 @@ const MAX_PIPELINE_BYTES: usize = 32 * 1024;
 const MAX_PARTS: u32 = 4096;
 /// Most envelopes being reassembled at once (one per sending node at a time).
 const MAX_PARTIALS: usize = 256;
+/// How long an envelope may take to arrive in full: one whose sender died between two parts
+/// is dropped after this (checked at each ping of the subscription).
+const PARTIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of a [`RedisAdapter`].
 ///
@@ -346,8 +349,14 @@ pub(crate) enum Assembled {
 }
 
 impl Assembler {
-    /// Adds one part of the envelope of `origin`'s `instance`.
-    pub(crate) fn add(&mut self, origin: &str, instance: u64, part: &Part<'_>) -> Assembled {
+    /// Adds one part of the envelope of `origin`'s `instance`, arrived at `now`.
+    pub(crate) fn add(
+        &mut self,
+        origin: &str,
+        instance: u64,
+        part: &Part<'_>,
+        now: Instant,
+    ) -> Assembled {
         let &Part {
             seq,
             index,
@@ -370,6 +379,7 @@ impl Assembler {
                 next: 1,
                 count,
                 bytes: bytes.to_vec(),
+                started: now,
             };
             return match self.partials.insert(key, partial) {
                 Some(_) => Assembled::Lost("the previous envelope ended early"),
@@ -396,6 +406,15 @@ impl Assembler {
     pub(crate) fn clear(&mut self) {
         self.partials = HashMap::new();
     }
+
+    /// Drops the envelopes begun [`PARTIAL_TIMEOUT`] or longer before `now` (their senders
+    /// died between two parts); how many.
+    pub(crate) fn expire(&mut self, now: Instant) -> usize {
+        let before = self.partials.len();
+        self.partials
+            .retain(|_, p| now.saturating_duration_since(p.started) < PARTIAL_TIMEOUT);
+        before - self.partials.len()
+    }
 }
 
 /// An envelope whose first parts arrived.
@@ -407,6 +426,8 @@ struct Partial {
     next: u32,
     count: u32,
     bytes: Vec<u8>,
+    /// When its first part arrived.
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -722,7 +743,7 @@ impl Shared {
                 .partials
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .add(envelope.origin, envelope.instance, &part);
+                .add(envelope.origin, envelope.instance, &part, Instant::now());
             let whole = match added {
                 Assembled::Incomplete => return,
                 Assembled::Whole(whole) => whole,
@@ -1020,6 +1041,14 @@ async fn run_subscriber(shared: Arc<Shared>, first: (PubSubSink, PubSubStream)) 
                     None => break "the subscription connection closed".to_owned(),
                 },
                 () = tokio::time::sleep_until(ping_at) => {
+                    let expired = shared
+                        .partials
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .expire(Instant::now());
+                    if expired > 0 {
+                        tracing::debug!(channel = %shared.channel, expired, "envelopes in parts whose senders stopped halfway were dropped");
+                    }
                     let ping = sink.ping::<redis::Value>();
                     match tokio::time::timeout(shared.options.connect_timeout, ping).await {
                         Ok(Ok(_)) => ping_at = Instant::now() + interval,
@@ -1268,7 +1297,7 @@ mod tests {
             count,
             bytes: e.frame,
         };
-        assembler.add(e.origin, e.instance, &part)
+        assembler.add(e.origin, e.instance, &part, Instant::now())
     }
 
     #[test]
@@ -1338,6 +1367,12 @@ mod tests {
         assert_eq!(add(&mut assembler, &first[0]), Assembled::Incomplete);
         assembler.clear();
         assert!(matches!(add(&mut assembler, &first[1]), Assembled::Lost(_)));
+        // So does its sender's death halfway, once PARTIAL_TIMEOUT has passed.
+        let start = Instant::now();
+        assert_eq!(add(&mut assembler, &first[0]), Assembled::Incomplete);
+        assert_eq!(assembler.expire(start + PARTIAL_TIMEOUT / 2), 0);
+        assert_eq!(assembler.expire(start + PARTIAL_TIMEOUT * 2), 1);
+        assert!(assembler.partials.is_empty());
     }
 
     #[test]
@@ -1358,7 +1393,7 @@ mod tests {
                 count,
                 bytes,
             };
-            let added = assembler.add("a", 1, &part);
+            let added = assembler.add("a", 1, &part, Instant::now());
             assert!(
                 matches!(added, Assembled::Malformed(_)),
                 "{index}/{count}: {added:?}"
@@ -1374,12 +1409,12 @@ mod tests {
         };
         for n in 0..MAX_PARTIALS {
             assert_eq!(
-                assembler.add(&format!("n{n}"), 1, &first(1)),
+                assembler.add(&format!("n{n}"), 1, &first(1), Instant::now()),
                 Assembled::Incomplete
             );
         }
         assert!(matches!(
-            assembler.add("late", 1, &first(1)),
+            assembler.add("late", 1, &first(1), Instant::now()),
             Assembled::Malformed(_)
         ));
         let last = Part {
@@ -1389,7 +1424,7 @@ mod tests {
             bytes: b"y",
         };
         assert_eq!(
-            assembler.add("n0", 1, &last),
+            assembler.add("n0", 1, &last, Instant::now()),
             Assembled::Whole(b"xy".to_vec())
         );
         // A truncated part header.
