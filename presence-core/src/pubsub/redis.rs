@@ -234,7 +234,8 @@ pub struct RedisStats {
 /// 32 KiB, one after the other, that its receivers put together again before reading it: the
 /// Redis client keeps buffers as large as the largest message each connection carried, for as
 /// long as the connection lives, so one 500 KB transfer would otherwise cost every node about
-/// 1 MB for good. A part lost to an outage drops its envelope, as an outage drops whole ones.
+/// 1 MB for good. A part lost to an outage drops its envelope, as an outage drops whole ones;
+/// the parts of a sender that stopped halfway are dropped after 30 s.
 ///
 /// # Unique node names
 ///
