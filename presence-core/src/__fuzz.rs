@@ -115,13 +115,8 @@ pub fn redis_envelope(data: &[u8]) {
             instance_bytes = instance.to_be_bytes();
             (KIND_NAME_TAKEN, None, &instance_bytes[..])
         }
-        redis::Kind::Part { seq, index, count } => {
-            let part = redis::Part {
-                seq,
-                index,
-                count,
-                bytes: envelope.frame,
-            };
+        redis::Kind::Part { .. } => {
+            let part = envelope.part().expect("a part");
             let again = redis::encode_part(envelope.instance, envelope.origin, &part);
             assert_eq!(&again[..], data, "a part does not re-encode to itself");
             return;
@@ -159,15 +154,10 @@ pub fn redis_parts(mut data: &[u8]) {
         let Ok(envelope) = redis::decode(message) else {
             continue;
         };
-        let redis::Kind::Part { seq, index, count } = envelope.kind else {
+        let Some(part) = envelope.part() else {
             continue;
         };
-        let part = redis::Part {
-            seq,
-            index,
-            count,
-            bytes: envelope.frame,
-        };
+        let (seq, index, count) = (part.seq, part.index, part.count);
         let key = (envelope.origin.to_owned(), envelope.instance);
         match assembler.add(envelope.origin, envelope.instance, &part, now) {
             Assembled::Malformed(_) => {}

@@ -44,6 +44,14 @@ async fn cluster(url: &str, test: &str) -> (String, Vec<(PubSub, RedisAdapter)>)
     (channel, nodes)
 }
 
+/// A plain Redis client subscribed to `channel`: it sees the envelopes as published.
+async fn raw_subscriber(url: &str, channel: &str) -> redis::aio::PubSub {
+    let client = redis::Client::open(url).unwrap();
+    let mut raw = client.get_async_pubsub().await.unwrap();
+    raw.subscribe(channel).await.unwrap();
+    raw
+}
+
 async fn recv(sub: &mut Subscription) -> Arc<Message> {
     tokio::time::timeout(DEADLINE, sub.recv())
         .await
@@ -171,9 +179,7 @@ async fn local_broadcast_stays_on_the_node() {
 async fn one_publish_per_broadcast_with_the_documented_envelope() {
     let Some(url) = redis_url() else { return };
     let (_, nodes) = cluster(&url, "once").await;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut raw = client.get_async_pubsub().await.unwrap();
-    raw.subscribe(nodes[0].1.channel()).await.unwrap();
+    let mut raw = raw_subscriber(&url, nodes[0].1.channel()).await;
     let mut b = nodes[1].0.subscribe("room");
 
     nodes[0]
@@ -216,9 +222,7 @@ async fn long_messages_cross_redis_in_parts_and_arrive_whole() {
     const PART: usize = 32 * 1024;
     let Some(url) = redis_url() else { return };
     let (_, nodes) = cluster(&url, "parts").await;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut raw = client.get_async_pubsub().await.unwrap();
-    raw.subscribe(nodes[0].1.channel()).await.unwrap();
+    let mut raw = raw_subscriber(&url, nodes[0].1.channel()).await;
     let mut b = nodes[1].0.subscribe("room");
     let mut c = nodes[2].0.subscribe("room");
 

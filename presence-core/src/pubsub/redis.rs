@@ -4,7 +4,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -723,53 +723,53 @@ impl Shared {
 
     /// Handles one message from the channel.
     fn receive(&self, payload: &[u8]) {
-        let envelope = match decode(payload) {
-            Ok(e) => e,
-            Err(why) => {
-                tracing::warn!(channel = %self.channel, why, len = payload.len(), "malformed message on the redis channel dropped");
+        let Some(envelope) = self.decode(payload) else {
+            return;
+        };
+        let Some(part) = envelope.part() else {
+            self.handle(&envelope);
+            return;
+        };
+        if envelope.origin == &*self.node_name() && envelope.instance == self.instance {
+            return; // our own, back from Redis
+        }
+        let added = self
+            .partials()
+            .add(envelope.origin, envelope.instance, &part, Instant::now());
+        let whole = match added {
+            Assembled::Incomplete => return,
+            Assembled::Whole(whole) => whole,
+            Assembled::Malformed(why) => {
+                tracing::warn!(channel = %self.channel, origin = envelope.origin, why, "malformed part on the redis channel dropped");
+                return;
+            }
+            Assembled::Lost(why) => {
+                // Redis went away, or the sender's pipeline failed, between two parts.
+                tracing::debug!(channel = %self.channel, origin = envelope.origin, why, "an envelope in parts was dropped");
                 return;
             }
         };
-        if let Kind::Part { seq, index, count } = envelope.kind {
-            if envelope.origin == &*self.node_name() && envelope.instance == self.instance {
-                return; // our own, back from Redis
+        match self.decode(&whole) {
+            Some(inner) if inner.part().is_some() => {
+                tracing::warn!(channel = %self.channel, origin = envelope.origin, "an envelope in parts held another part; dropped");
             }
-            let part = Part {
-                seq,
-                index,
-                count,
-                bytes: envelope.frame,
-            };
-            let added = self
-                .partials
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .add(envelope.origin, envelope.instance, &part, Instant::now());
-            let whole = match added {
-                Assembled::Incomplete => return,
-                Assembled::Whole(whole) => whole,
-                Assembled::Malformed(why) => {
-                    tracing::warn!(channel = %self.channel, origin = envelope.origin, why, "malformed part on the redis channel dropped");
-                    return;
-                }
-                Assembled::Lost(why) => {
-                    // Redis went away, or the sender's pipeline failed, between two parts.
-                    tracing::debug!(channel = %self.channel, origin = envelope.origin, why, "an envelope in parts was dropped");
-                    return;
-                }
-            };
-            match decode(&whole) {
-                Ok(inner) if matches!(inner.kind, Kind::Part { .. }) => {
-                    tracing::warn!(channel = %self.channel, origin = envelope.origin, "an envelope in parts held another part; dropped");
-                }
-                Ok(inner) => self.handle(&inner),
-                Err(why) => {
-                    tracing::warn!(channel = %self.channel, why, len = whole.len(), "malformed message on the redis channel dropped");
-                }
-            }
-            return;
+            Some(inner) => self.handle(&inner),
+            None => {}
         }
-        self.handle(&envelope);
+    }
+
+    /// `bytes` decoded as an envelope; `None`, logged, when they are not one.
+    fn decode<'a>(&self, bytes: &'a [u8]) -> Option<Envelope<'a>> {
+        decode(bytes)
+            .inspect_err(|why| {
+                tracing::warn!(channel = %self.channel, why, len = bytes.len(), "malformed message on the redis channel dropped");
+            })
+            .ok()
+    }
+
+    /// The envelopes arriving in parts.
+    fn partials(&self) -> MutexGuard<'_, Assembler> {
+        self.partials.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Handles one whole envelope.
@@ -1042,11 +1042,7 @@ async fn run_subscriber(shared: Arc<Shared>, first: (PubSubSink, PubSubStream)) 
                     None => break "the subscription connection closed".to_owned(),
                 },
                 () = tokio::time::sleep_until(ping_at) => {
-                    let expired = shared
-                        .partials
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .expire(Instant::now());
+                    let expired = shared.partials().expire(Instant::now());
                     if expired > 0 {
                         tracing::debug!(channel = %shared.channel, expired, "envelopes in parts whose senders stopped halfway were dropped");
                     }
@@ -1061,11 +1057,7 @@ async fn run_subscriber(shared: Arc<Shared>, first: (PubSubSink, PubSubStream)) 
         };
         shared.subscriber_losses.fetch_add(1, Ordering::AcqRel);
         // Parts published while this node is away are lost: the envelopes they began are.
-        shared
-            .partials
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        shared.partials().clear();
         shared.set_link(false, false, &why);
     }
 }
@@ -1127,6 +1119,21 @@ pub(crate) struct Envelope<'a> {
     pub(crate) instance: u64,
     pub(crate) origin: &'a str,
     pub(crate) frame: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// The part it is, if it is one.
+    pub(crate) fn part(&self) -> Option<Part<'a>> {
+        match self.kind {
+            Kind::Part { seq, index, count } => Some(Part {
+                seq,
+                index,
+                count,
+                bytes: self.frame,
+            }),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) fn encode(
@@ -1289,15 +1296,7 @@ mod tests {
 
     fn add(assembler: &mut Assembler, message: &[u8]) -> Assembled {
         let e = decode(message).unwrap();
-        let Kind::Part { seq, index, count } = e.kind else {
-            panic!("not a part: {e:?}");
-        };
-        let part = Part {
-            seq,
-            index,
-            count,
-            bytes: e.frame,
-        };
+        let part = e.part().unwrap_or_else(|| panic!("not a part: {e:?}"));
         assembler.add(e.origin, e.instance, &part, Instant::now())
     }
 
