@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::web::{Data, Html};
 use poem::{IntoResponse, Response, handler};
 use presence_core::presence::PresenceHandle;
@@ -15,12 +15,28 @@ use presence_poem::PhoenixSocket;
 
 use crate::chat::RoomPresence;
 
+/// Upper bounds of the buckets of the `*_seconds` histograms: 0.5 ms to 10 s.
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the buckets of the `*_bytes` histograms: 256 B to 64 MiB, by fours.
+const BYTES_BUCKETS: [f64; 10] = [
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+];
+
 /// The process's Prometheus recorder, installed by the first call. `None` when another
 /// recorder was installed first (a test's, say): `/metrics` then says so.
+///
+/// Every histogram is exported as a Prometheus histogram with fixed buckets, not as the
+/// exporter's default summary: a summary keeps a sketch per series and per 20-second window
+/// that grows with the spread of the values (up to 256 KiB each), which held 2 to 3 MB of a
+/// chat node's heap in the churn soak and moved with its outliers; buckets cost a few hundred
+/// bytes per series, and add up across nodes (OBSERVABILITY.md).
 pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+        .get_or_init(|| match recorder().install_recorder() {
             Ok(handle) => Some(handle),
             Err(error) => {
                 tracing::warn!(%error, "no Prometheus recorder: /metrics stays empty");
@@ -28,6 +44,15 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// The recorder's builder, with the buckets above.
+fn recorder() -> PrometheusBuilder {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), &BYTES_BUCKETS));
+    // Both lists are non-empty constants, the only way these calls can fail.
+    builder.unwrap_or_else(|_| PrometheusBuilder::new())
 }
 
 /// Drains the recorder's histograms now and then, so they stay bounded between scrapes. A

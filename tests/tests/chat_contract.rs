@@ -177,7 +177,7 @@ async fn join_tracks_and_pushes_state_then_status_and_messages() {
 #[tokio::test]
 async fn page_and_socket_are_served() {
     let server = server().await;
-    let page = reqwest_free_get(server.local_addr()).await;
+    let page = reqwest_free_get(server.local_addr(), "/").await;
     assert!(
         page.contains("<select id=\"status\""),
         "the page has a status selector"
@@ -201,13 +201,33 @@ async fn page_and_socket_are_served() {
     server.shutdown().await;
 }
 
-/// A plain HTTP/1.1 GET over a TCP stream (no HTTP client dependency needed).
-async fn reqwest_free_get(addr: std::net::SocketAddr) -> String {
+/// The chat's `/metrics` exports histograms with fixed buckets, not as summaries (whose
+/// sketches grow with the spread of the values).
+#[tokio::test]
+async fn metrics_histograms_have_buckets() {
+    let server = server().await;
+    let mut ws = connect(&server).await;
+    join(&mut ws, "1", "room:metrics", json!({"user": "ann"})).await;
+    let text = reqwest_free_get(server.local_addr(), "/metrics").await;
+    let bucket = "presence_channel_join_duration_seconds_bucket{route=\"room:*\",le=\"0.0005\"}";
+    assert!(text.contains(bucket), "{text}");
+    assert!(
+        text.contains(
+            "presence_channel_join_duration_seconds_bucket{route=\"room:*\",le=\"+Inf\"}"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("quantile="), "no summary: {text}");
+    server.shutdown().await;
+}
+
+/// A plain HTTP/1.1 GET of `path` over a TCP stream (no HTTP client dependency needed).
+async fn reqwest_free_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(
-            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();
