@@ -14,25 +14,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use futures_util::stream::SplitSink;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use poem::http::Extensions;
 use presence_core::Registry;
 use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde_json::{Value, json};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::StopReason;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared, Start};
 use crate::metrics::{self, JoinOutcome as JoinMetric, SocketCounters};
-use crate::outbox::{Close, Frames, Outbox, OutboxRx, code};
+use crate::outbox::{Close, Frames, Outbox, OutboxRx, Outgoing, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit, Released};
 use crate::upgrade::WsStream;
@@ -46,10 +42,12 @@ const YIELD_EVERY: u32 = 16;
 /// Frames written before one flush.
 const WRITE_BATCH: usize = 64;
 /// The largest websocket frame written: a longer message goes out as fragments of this size
-/// (RFC 6455, section 5.4; browsers and websocket libraries join them). tungstenite copies
-/// each frame into a write buffer whose capacity never shrinks, so this bounds what a socket
-/// keeps after the largest message it was sent (a big room's `presence_state`), for its life.
+/// (RFC 6455, section 5.4; browsers and websocket libraries join them), so that a client
+/// whose frames are bounded still receives a big room's `presence_state`.
 const FRAGMENT: usize = 2048;
+/// The bytes a write batch gathers before it writes them: a long message goes out in writes
+/// of about this size.
+const WRITE_CHUNK: usize = 16 * 1024;
 
 /// The span of one socket, with stable field names: `remote_addr` (the TCP peer), `socket_id`
 /// (the connect hook's id, if any) and `vsn`. Nothing from the query string or headers: they
@@ -92,14 +90,14 @@ pub(crate) fn run(
         registry: SocketRegistry::new(registry, &inner.no_registry_warned),
         status: inner.status.clone(),
     });
-    let (sink, stream) = stream.split();
+    let WsStream { reader, writer } = stream;
     let deadline = inner.config.shutdown_timeout;
     let control = Control::new(inner, socket, close.clone(), draining);
     let sent = control.inner.metrics.clone();
-    let writer = write_loop(sink, frames, close, outbox, deadline, sent);
+    let writer = write_loop(writer, frames, close, outbox, deadline, sent);
     let idle_timeout = control.inner.config.idle_timeout;
     let control = control.run(
-        stream,
+        reader,
         open,
         idle_timeout,
         idle_timeout,
@@ -167,60 +165,134 @@ pub(crate) fn session(
     }
 }
 
-/// Writes one message: one frame, or fragments of at most [`FRAGMENT`] bytes. The bytes are
-/// shared, not copied (a broadcast's encoding, a `presence_state`'s body): tungstenite's copy
-/// into its write buffer is the only one per socket.
-async fn feed(
-    sink: &mut SplitSink<WsStream, WsMessage>,
+/// Opcodes of the frames the writer sends (RFC 6455, section 5.2).
+mod op {
+    pub(super) const CONTINUATION: u8 = 0x0;
+    pub(super) const TEXT: u8 = 0x1;
+    pub(super) const BINARY: u8 = 0x2;
+    pub(super) const CLOSE: u8 = 0x8;
+    pub(super) const PONG: u8 = 0xA;
+}
+
+/// Appends the header of a frame of `len` bytes. A server's frames are not masked (RFC 6455,
+/// section 5.1), so the payload follows as it is.
+fn push_header(buf: &mut Vec<u8>, opcode: u8, fin: bool, len: usize) {
+    buf.push(if fin { 0x80 | opcode } else { opcode });
+    if len < 126 {
+        buf.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        buf.push(126);
+        buf.extend_from_slice(&len.to_be_bytes());
+    } else {
+        buf.push(127);
+        buf.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// The bytes of a write batch, and how many of them went out. The write loop keeps it across
+/// a close that cuts a batch short: the batch holds whole frames only (a long message's
+/// fragments are frames), so writing the rest before the close frame ends the stream on a
+/// frame boundary (a control frame may come between fragments, RFC 6455, section 5.4).
+#[derive(Debug, Default)]
+struct Batch {
+    buf: Vec<u8>,
+    written: usize,
+}
+
+impl Batch {
+    /// Writes what has not gone out yet, then empties the buffer (keeping its capacity).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: `written` counts every byte written.
+    async fn write_out<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> std::io::Result<()> {
+        while self.written < self.buf.len() {
+            let n = io.write(&self.buf[self.written..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.written += n;
+        }
+        self.buf.clear();
+        self.written = 0;
+        Ok(())
+    }
+}
+
+/// Appends one message: one frame, or fragments of at most [`FRAGMENT`] bytes, and writes the
+/// batch out whenever it holds [`WRITE_CHUNK`] bytes or more.
+async fn feed<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    batch: &mut Batch,
     out: Out,
     sent: &SocketCounters,
-) -> Result<(), WsError> {
+) -> std::io::Result<()> {
     let total = out.len();
     sent.frames_out.increment(1);
     sent.bytes_out.increment(total as u64);
     let (text, parts) = out.into_parts();
-    let mut opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
+    let mut opcode = if text { op::TEXT } else { op::BINARY };
     if total == 0 {
-        return sink
-            .feed(WsMessage::Frame(Frame::message(Bytes::new(), opcode, true)))
-            .await;
+        push_header(&mut batch.buf, opcode, true, 0);
+        return Ok(());
     }
-    let mut sent = 0;
-    for mut part in parts.into_iter().flatten() {
-        while !part.is_empty() {
-            let chunk = part.split_to(part.len().min(FRAGMENT));
-            sent += chunk.len();
-            let frame = Frame::message(chunk, opcode, sent == total);
-            sink.feed(WsMessage::Frame(frame)).await?;
-            opcode = OpCode::Data(Data::Continue);
+    let mut done = 0;
+    for part in parts.iter().flatten() {
+        for chunk in part.chunks(FRAGMENT) {
+            done += chunk.len();
+            push_header(&mut batch.buf, opcode, done == total, chunk.len());
+            batch.buf.extend_from_slice(chunk);
+            opcode = op::CONTINUATION;
+            if batch.buf.len() >= WRITE_CHUNK {
+                batch.write_out(io).await?;
+            }
         }
     }
     Ok(())
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WsStream, WsMessage>,
+/// Appends what the writer sends next: a queued message, or a pong.
+async fn put<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    batch: &mut Batch,
+    next: Outgoing,
+    sent: &SocketCounters,
+) -> std::io::Result<()> {
+    match next {
+        Outgoing::Frame(out) => feed(io, batch, out, sent).await,
+        Outgoing::Pong(payload) => {
+            push_header(&mut batch.buf, op::PONG, true, payload.len());
+            batch.buf.extend_from_slice(&payload);
+            Ok(())
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut io: W,
     frames: Frames,
     mut close: watch::Receiver<Option<Close>>,
     outbox: Outbox,
     deadline: std::time::Duration,
     sent: Arc<SocketCounters>,
 ) {
+    let mut batch = Batch::default();
     let requested = loop {
         tokio::select! {
             biased;
             _ = close.changed() => break *close.borrow(),
-            out = frames.recv() => {
+            next = frames.recv_ws() => {
                 // Boxed: only the idle state of this loop stays in every socket's task.
                 let write = Box::pin(async {
-                    feed(&mut sink, out, &sent).await?;
+                    put(&mut io, &mut batch, next, &sent).await?;
                     for _ in 1..WRITE_BATCH {
-                        match frames.try_recv() {
-                            Some(out) => feed(&mut sink, out, &sent).await?,
+                        match frames.try_recv_ws() {
+                            Some(next) => put(&mut io, &mut batch, next, &sent).await?,
                             None => break,
                         }
                     }
-                    sink.flush().await
+                    batch.write_out(&mut io).await?;
+                    io.flush().await
                 });
                 tokio::select! {
                     biased;
@@ -231,15 +303,19 @@ async fn write_loop(
                         break None;
                     }
                 }
+                // Written: no socket keeps a buffer between batches.
+                batch = Batch::default();
             }
         }
     };
-    Box::pin(close_sink(sink, requested, deadline)).await;
+    Box::pin(close_sink(io, batch, requested, deadline)).await;
 }
 
-/// Writes the close frame, if any, and closes the sink.
-async fn close_sink(
-    mut sink: SplitSink<WsStream, WsMessage>,
+/// Writes the rest of a batch cut short and the close frame, if one is to be sent (RFC 6455,
+/// section 5.5.1).
+async fn close_sink<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut batch: Batch,
     requested: Option<Close>,
     deadline: std::time::Duration,
 ) {
@@ -249,13 +325,29 @@ async fn close_sink(
         send_frame: true,
     }) = requested
     {
-        let frame = WsMessage::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: Utf8Bytes::from_static(reason),
-        }));
-        let _ = timeout(deadline, sink.send(frame)).await;
+        let frame = close_frame(code, reason);
+        let _ = timeout(deadline, async {
+            batch.write_out(&mut io).await?;
+            io.write_all(&frame).await?;
+            io.flush().await
+        })
+        .await;
     }
-    let _ = timeout(deadline, sink.close()).await;
+}
+
+/// A close frame with `code` and `reason`, cut to the 123 bytes a control frame has room for
+/// (at a character boundary).
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    push_header(&mut frame, op::CLOSE, true, 2 + reason.len());
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
 }
 
 /// A joined (or joining) channel, as the connection sees it.
@@ -571,16 +663,22 @@ impl Control {
         let decoded = match message {
             WsMessage::Text(text) => self.socket.vsn.decode(Raw::Text(text.as_str())),
             WsMessage::Binary(bytes) => self.socket.vsn.decode(Raw::Binary(bytes)),
-            WsMessage::Close(_) => {
-                // tungstenite answers the close frame; the writer flushes it.
+            WsMessage::Close(frame) => {
+                // Answered with the client's code (RFC 6455, section 5.5.1) by the writer:
+                // tungstenite's own answer goes nowhere (`upgrade::ReadOnly`).
+                let code = frame.as_ref().map_or(code::NORMAL, |f| u16::from(f.code));
                 self.outbox().request_close(Close {
-                    code: code::NORMAL,
+                    code,
                     reason: "",
-                    send_frame: false,
+                    send_frame: true,
                 });
                 return;
             }
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return,
+            WsMessage::Ping(payload) => {
+                self.outbox().pong(payload.clone());
+                return;
+            }
+            WsMessage::Pong(_) | WsMessage::Frame(_) => return,
         };
         match decoded {
             Ok(inbound) => {
@@ -1094,5 +1192,133 @@ impl Control {
                 () = sleep_until(deadline) => task.abort(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::io::Cursor;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+
+    /// A client's reading of `bytes`: every message, in order.
+    fn read_all(bytes: Vec<u8>) -> Vec<WsMessage> {
+        let config = WebSocketConfig::default().max_frame_size(Some(FRAGMENT));
+        let mut client = WebSocket::from_raw_socket(Cursor::new(bytes), Role::Client, Some(config));
+        let mut read = Vec::new();
+        loop {
+            match client.read() {
+                Ok(message) => read.push(message),
+                // The end of the bytes, or of a close handshake.
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+                | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => break,
+                Err(e) => panic!("the client cannot read the frames: {e}"),
+            }
+        }
+        read
+    }
+
+    /// Writes `outs` as one batch, as the write loop does, into bytes.
+    async fn written(outs: Vec<Outgoing>) -> Vec<u8> {
+        let sent = SocketCounters::register();
+        let mut io = Vec::new();
+        let mut batch = Batch::default();
+        for next in outs {
+            put(&mut io, &mut batch, next, &sent).await.unwrap();
+        }
+        batch.write_out(&mut io).await.unwrap();
+        io
+    }
+
+    #[tokio::test]
+    async fn a_client_reads_every_length_whole_and_in_order() {
+        let mut outs = Vec::new();
+        let mut expected = Vec::new();
+        // Every length class of the header (7, 16 and 64 bits), around each boundary, and
+        // past the fragment and the write chunk.
+        for len in [
+            0, 1, 125, 126, 127, 2047, 2048, 2049, 65535, 65536, 70_001, 200_000,
+        ] {
+            let text: String = "é✓abc".chars().cycle().take(len).collect();
+            outs.push(Outgoing::Frame(Out::Text(text.as_str().into())));
+            expected.push(WsMessage::text(text));
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            outs.push(Outgoing::Frame(Out::Binary(Bytes::from(bytes.clone()))));
+            expected.push(WsMessage::binary(bytes));
+        }
+        let body: Arc<str> = "{\"k\":\"".to_owned().repeat(1000).into();
+        let spliced = Vsn::V2.push_json(Some("1"), "room:1", "presence_state", &body);
+        let Ok(text) = spliced.clone().into_text() else {
+            panic!("a text frame")
+        };
+        outs.push(Outgoing::Frame(spliced));
+        expected.push(WsMessage::text(text));
+        outs.push(Outgoing::Pong(Bytes::from_static(b"ping")));
+        expected.push(WsMessage::Pong(Bytes::from_static(b"ping")));
+        let read = read_all(written(outs).await);
+        assert_eq!(read.len(), expected.len());
+        for (i, (read, expected)) in read.iter().zip(&expected).enumerate() {
+            assert!(read == expected, "message {i} differs");
+        }
+    }
+
+    #[tokio::test]
+    async fn long_messages_go_out_in_writes_of_a_chunk() {
+        /// Records the length of each write.
+        struct Writes(Vec<usize>);
+        impl AsyncWrite for Writes {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                self.0.push(buf.len());
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let sent = SocketCounters::register();
+        let mut io = Writes(Vec::new());
+        let mut batch = Batch::default();
+        let out = Out::Binary(Bytes::from(vec![7u8; 300_000]));
+        feed(&mut io, &mut batch, out, &sent).await.unwrap();
+        // 300,000 bytes in fragments of 2 KiB with 4-byte headers, written by the chunk; what
+        // is left waits for the end of the batch.
+        let total = 300_000 + 4 * 300_000usize.div_ceil(FRAGMENT);
+        assert_eq!(io.0.iter().sum::<usize>() + batch.buf.len(), total);
+        assert!(
+            io.0.iter()
+                .all(|&n| (WRITE_CHUNK..WRITE_CHUNK + FRAGMENT + 4).contains(&n))
+        );
+        assert!(batch.buf.len() < WRITE_CHUNK);
+    }
+
+    #[test]
+    fn close_frames_carry_the_code_and_a_reason_cut_to_fit() {
+        let read = read_all(close_frame(1012, "rebalancing"));
+        let [WsMessage::Close(Some(frame))] = &read[..] else {
+            panic!("one close frame: {read:?}")
+        };
+        assert_eq!(u16::from(frame.code), 1012);
+        assert_eq!(frame.reason.as_str(), "rebalancing");
+        // 200 bytes of two-byte characters: cut at 122 bytes, a character boundary.
+        let long = "é".repeat(100);
+        let frame = close_frame(1000, &long);
+        assert_eq!(frame.len(), 2 + 2 + 122);
+        let read = read_all(frame);
+        let [WsMessage::Close(Some(frame))] = &read[..] else {
+            panic!("one close frame: {read:?}")
+        };
+        assert_eq!(frame.reason.as_str(), "é".repeat(61));
     }
 }

@@ -487,9 +487,10 @@
 //!
 //! A message longer than 2 KiB (a big room's `presence_state`, a large reply) is written as
 //! websocket fragments of 2 KiB, which browsers and websocket libraries join into one
-//! message. tungstenite copies each frame into a write buffer that never shrinks, so written
-//! whole, one 900 KB `presence_state` would stay allocated in the socket until it closes.
-//! Encoded frames are shared between sockets and copied once per socket, into that buffer.
+//! message. Encoded frames are shared between sockets. A socket's writer copies the frames
+//! of one write batch into a buffer and writes it 16 KiB at a time, then frees it: no socket
+//! keeps a write buffer between batches (tungstenite, which reads the frames, would keep
+//! one as large as the largest frame it ever wrote).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 

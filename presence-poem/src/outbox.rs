@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use presence_core::presence::{PRESENCE_DIFF, merge_diff};
 use presence_core::pubsub::{Message, Payload};
 use serde_json::Value;
@@ -64,6 +65,15 @@ pub(crate) struct OutboxRx {
     pub(crate) close: watch::Receiver<Option<Close>>,
 }
 
+/// What a websocket's writer sends next.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A queued frame.
+    Frame(Out),
+    /// The answer to a ping, with its payload.
+    Pong(Bytes),
+}
+
 /// The writer's end of the queue.
 #[derive(Debug)]
 pub(crate) struct Frames {
@@ -89,6 +99,10 @@ struct Queue {
     open: Vec<(Arc<str>, u64)>,
     /// Set once the socket is closing: pushes are dropped.
     closed: bool,
+    /// The payload of the last ping read and not answered yet: a websocket's writer sends its
+    /// pong before the next frame. Only the last is answered (RFC 6455, section 5.5.3), so a
+    /// client's pings take no more room than one.
+    pong: Option<Bytes>,
     /// The most bytes queued at once (for the metrics).
     peak: usize,
 }
@@ -297,6 +311,18 @@ impl Outbox {
         }
     }
 
+    /// Answers a ping: the writer sends a pong with `payload` before its next frame.
+    pub(crate) fn pong(&self, payload: Bytes) {
+        {
+            let mut queue = self.queue();
+            if queue.closed {
+                return;
+            }
+            queue.pong = Some(payload);
+        }
+        self.shared.ready.notify_one();
+    }
+
     /// Asks the connection to close with `code`. The first request wins; returns whether this
     /// one did.
     pub(crate) fn close(&self, code: u16, reason: &'static str) -> bool {
@@ -323,6 +349,7 @@ impl Outbox {
             queue.items.clear();
             queue.open.clear();
             queue.bytes = 0;
+            queue.pong = None;
         }
         won
     }
@@ -353,11 +380,8 @@ fn merge_into(item: &mut Item, message: &Message, out: &Out) -> bool {
 }
 
 impl Frames {
-    /// The next frame, waiting for one.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe.
+    /// The next frame, waiting for one (for tests).
+    #[cfg(test)]
     pub(crate) async fn recv(&self) -> Out {
         loop {
             if let Some(out) = self.try_recv() {
@@ -382,6 +406,35 @@ impl Frames {
     /// calls [`wake`](Self::wake).
     pub(crate) async fn ready(&self) {
         self.shared.ready.notified().await;
+    }
+
+    /// The next thing a websocket's writer sends, waiting for one: a pong first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn recv_ws(&self) -> Outgoing {
+        loop {
+            if let Some(next) = self.try_recv_ws() {
+                return next;
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// The next thing a websocket's writer sends, if any: a pong first.
+    pub(crate) fn try_recv_ws(&self) -> Option<Outgoing> {
+        let pong = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pong
+            .take();
+        match pong {
+            Some(payload) => Some(Outgoing::Pong(payload)),
+            None => self.try_recv().map(Outgoing::Frame),
+        }
     }
 
     /// The next frame, if one is queued.

@@ -791,8 +791,8 @@ impl PhoenixSocket {
 }
 
 /// Small buffers: an idle socket should cost a few KiB, not tungstenite's default 128 KiB
-/// read buffer. A write buffer size of 0 makes tungstenite write each frame as it gets it,
-/// so its write buffer holds one frame at most (at most a 2 KiB fragment).
+/// read buffer. tungstenite only reads (the connection writes its own frames); a write buffer
+/// size of 0 keeps the little it writes on its own (answers that go nowhere) unbuffered.
 fn default_websocket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(512)
@@ -1046,9 +1046,9 @@ impl PhoenixSocketBuilder {
 
     /// Replaces the websocket configuration entirely (buffers and limits). The default uses a
     /// 512-byte read buffer (an idle socket holds it for its life; larger messages take
-    /// several reads), no write batching, and 1 MiB message and frame limits. Whatever the
-    /// configuration, messages longer than 2 KiB are written as fragments of 2 KiB (see the
-    /// crate docs, "Memory").
+    /// several reads), and 1 MiB message and frame limits. The socket writes its frames
+    /// itself, so the configuration's write settings have no effect: messages longer than
+    /// 2 KiB are written as fragments of 2 KiB (see the crate docs, "Memory").
     pub fn websocket_config(mut self, config: WebSocketConfig) -> Self {
         self.config.websocket = config;
         self

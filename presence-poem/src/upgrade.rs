@@ -1,13 +1,17 @@
 //! The websocket handshake (RFC 6455, section 4.2), done here rather than by poem's `WebSocket`
-//! extractor so that the connection holds tokio-tungstenite's stream itself: poem's wrapper
-//! sends whole messages only, and a message written whole stays in tungstenite's write buffer,
-//! whose capacity never shrinks. With the stream in hand, the connection writes large messages
-//! as fragments (see `connection::feed`), so no socket keeps a buffer the size of the
-//! largest `presence_state` it ever received.
+//! extractor so that the connection holds the upgraded stream itself: tungstenite reads its
+//! frames, and the connection writes its own (`connection::write_loop`). tungstenite copies
+//! every frame it writes into a buffer whose capacity never shrinks, so a socket would keep,
+//! for its life, room for the largest frame it was ever sent; the connection's writer instead
+//! gathers a batch of frames in a buffer it frees once the batch is written.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use poem::web::websocket::WebSocketConfig;
@@ -16,8 +20,48 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-/// The upgraded connection, as the connection task reads and writes it.
-pub(crate) type WsStream = WebSocketStream<Upgraded>;
+/// The upgraded connection: tungstenite's stream of the frames read, and the half the
+/// connection writes its frames to.
+pub(crate) struct WsStream {
+    pub(crate) reader: WsReader,
+    pub(crate) writer: WriteHalf<Upgraded>,
+}
+
+/// The frames read from an upgraded connection.
+pub(crate) type WsReader = WebSocketStream<ReadOnly<ReadHalf<Upgraded>>>;
+
+/// The read half of a stream, as tungstenite's stream: what tungstenite writes by itself (its
+/// answer to a ping or to a close frame) goes nowhere. The connection answers those: the
+/// control loop queues a pong for each ping, and the close handshake is the writer's.
+pub(crate) struct ReadOnly<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadOnly<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// The subprotocol phoenix.js may ask for; answered when asked, never required.
 const PROTOCOL: &str = "phoenix";
@@ -84,9 +128,12 @@ impl Upgrade {
         // captured (the pending upgrade, the config, `serve`) for the whole life of the
         // connection, in every socket's task. Each step here replaces the one before.
         let connection = self.on_upgrade.then(move |upgraded| match upgraded {
-            Ok(upgraded) => WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config))
-                .then(serve)
-                .left_future(),
+            Ok(upgraded) => {
+                let (read, writer) = tokio::io::split(upgraded);
+                WebSocketStream::from_raw_socket(ReadOnly(read), Role::Server, Some(config))
+                    .then(move |reader| serve(WsStream { reader, writer }))
+                    .left_future()
+            }
             Err(error) => {
                 tracing::debug!(%error, "websocket upgrade failed");
                 std::future::ready(()).right_future()
