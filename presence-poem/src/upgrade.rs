@@ -32,7 +32,7 @@ pub(crate) type WsReader = WebSocketStream<ReadOnly<ReadHalf<Upgraded>>>;
 
 /// The read half of a stream, as tungstenite's stream: what tungstenite writes by itself (its
 /// answer to a ping or to a close frame) goes nowhere. The connection answers those: the
-/// control loop queues a pong for each ping, and the close handshake is the writer's.
+/// control loop queues a pong for a ping (`Outbox::pong`), and the writer answers a close.
 pub(crate) struct ReadOnly<R>(R);
 
 impl<R: AsyncRead + Unpin> AsyncRead for ReadOnly<R> {
