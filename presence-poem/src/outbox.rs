@@ -88,6 +88,14 @@ struct Shared {
     vsn: Vsn,
 }
 
+impl Shared {
+    /// The queue, locked; a poisoned lock is used as it is, by the sender and the writer
+    /// alike.
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Item>,
@@ -203,10 +211,7 @@ impl Outbox {
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.queue()
     }
 
     /// Queues a frame without waiting. A full queue means the client does not keep up: the
@@ -424,13 +429,7 @@ impl Frames {
 
     /// The next thing a websocket's writer sends, if any: a pong first.
     pub(crate) fn try_recv_ws(&self) -> Option<Outgoing> {
-        let pong = self
-            .shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pong
-            .take();
+        let pong = self.shared.queue().pong.take();
         match pong {
             Some(payload) => Some(Outgoing::Pong(payload)),
             None => self.try_recv().map(Outgoing::Frame),
@@ -447,11 +446,7 @@ impl Frames {
     pub(crate) fn try_recv_within(&self, limit: usize) -> Option<Out> {
         loop {
             let item = {
-                let mut queue = self
-                    .shared
-                    .queue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut queue = self.shared.queue();
                 if queue.items.front()?.bytes() > limit {
                     return None;
                 }
