@@ -327,29 +327,26 @@ async fn close_sink<W: AsyncWrite + Unpin>(
         send_frame: true,
     }) = requested
     {
-        let frame = close_frame(code, reason);
+        push_close(&mut batch.buf, code, reason);
         let _ = timeout(deadline, async {
             batch.write_out(&mut io).await?;
-            io.write_all(&frame).await?;
             io.flush().await
         })
         .await;
     }
 }
 
-/// A close frame with `code` and `reason`, cut to the 123 bytes a control frame has room for
-/// (at a character boundary).
-fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+/// Appends a close frame with `code` and `reason`, cut to the 123 bytes a control frame has
+/// room for (at a character boundary).
+fn push_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let reason = &reason.as_bytes()[..end];
-    let mut frame = Vec::with_capacity(4 + reason.len());
-    push_header(&mut frame, op::CLOSE, true, 2 + reason.len());
-    frame.extend_from_slice(&code.to_be_bytes());
-    frame.extend_from_slice(reason);
-    frame
+    push_header(buf, op::CLOSE, true, 2 + reason.len());
+    buf.extend_from_slice(&code.to_be_bytes());
+    buf.extend_from_slice(reason);
 }
 
 /// A joined (or joining) channel, as the connection sees it.
@@ -1307,6 +1304,11 @@ mod tests {
 
     #[test]
     fn close_frames_carry_the_code_and_a_reason_cut_to_fit() {
+        let close_frame = |code, reason| {
+            let mut frame = Vec::new();
+            push_close(&mut frame, code, reason);
+            frame
+        };
         let read = read_all(close_frame(1012, "rebalancing"));
         let [WsMessage::Close(Some(frame))] = &read[..] else {
             panic!("one close frame: {read:?}")
