@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::StopReason;
+use crate::cmdq;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared, Start};
 use crate::metrics::{self, JoinOutcome as JoinMetric, SocketCounters};
 use crate::outbox::{Close, Frames, Outbox, OutboxRx, Outgoing, code};
@@ -353,7 +354,7 @@ fn push_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
 #[derive(Debug)]
 struct Joined {
     join_ref: Arc<str>,
-    tx: mpsc::Sender<Box<Cmd>>,
+    tx: cmdq::Sender<Box<Cmd>>,
     task: JoinHandle<()>,
     /// Set while the join runs. Boxed: most channels are joined, and this is per channel.
     pending: Option<Box<Pending>>,
@@ -847,8 +848,8 @@ impl Control {
         // Never waits: a read loop blocked on one channel would stop serving the whole socket.
         let (cmd, full) = match joined.tx.try_send(Box::new(cmd)) {
             Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(cmd)) => (cmd, true),
-            Err(mpsc::error::TrySendError::Closed(cmd)) => (cmd, false),
+            Err(cmdq::TrySendError::Full(cmd)) => (cmd, true),
+            Err(cmdq::TrySendError::Closed(cmd)) => (cmd, false),
         };
         let (event, reference) = match *cmd {
             Cmd::In {
@@ -1082,7 +1083,7 @@ impl Control {
             Payload::Json(value) => value,
             _ => Value::Null,
         };
-        let (tx, cmds) = mpsc::channel(CHANNEL_QUEUE);
+        let (tx, cmds) = cmdq::queue(CHANNEL_QUEUE);
         let (joined_tx, joined_rx) = oneshot::channel();
         let ctx = ChannelContext::new(
             Arc::from(topic.as_str()),

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::channel::{HandleIn, Info, IntoPayload, MAILBOX_CAPACITY, Mailbox, Reply, StopReason};
+use crate::cmdq;
 use crate::hub::{HubRegistration, Hubs};
 use crate::outbox::Outbox;
 use crate::protocol::{Out, Vsn, event};
@@ -434,10 +435,10 @@ pub(crate) struct Start {
     /// before the join reply; when the connection has given up on the join (join timeout,
     /// leave, duplicate join) the send fails and the task replies nothing and stops.
     pub(crate) joined: oneshot::Sender<bool>,
-    pub(crate) cmds: mpsc::Receiver<Box<Cmd>>,
+    pub(crate) cmds: cmdq::Receiver<Box<Cmd>>,
     /// This channel's own command queue, for its hub to stop it (weak: the channel stops when
     /// the connection drops its sender).
-    pub(crate) this: mpsc::WeakSender<Box<Cmd>>,
+    pub(crate) this: cmdq::WeakSender<Box<Cmd>>,
     /// The channel this join replaces (duplicate join), to wait for before joining.
     pub(crate) replaces: Option<Replaced>,
     /// The route's pattern, the `route` label of the channel metrics.
@@ -569,9 +570,9 @@ pub(crate) fn channel_span(start: &Start) -> tracing::Span {
 struct Running {
     ctx: ChannelContext,
     guard: CrashGuard,
-    cmds: mpsc::Receiver<Box<Cmd>>,
+    cmds: cmdq::Receiver<Box<Cmd>>,
     /// Taken by the hub registration.
-    this: Option<mpsc::WeakSender<Box<Cmd>>>,
+    this: Option<cmdq::WeakSender<Box<Cmd>>>,
     /// Taken when the join waits for it.
     replaces: Option<Replaced>,
     /// Taken when the join decodes them.
@@ -765,7 +766,7 @@ where
     };
     // From here on the connection sees this channel as gone.
     st.cmds.close();
-    while st.cmds.try_recv().is_ok() {}
+    while st.cmds.try_recv().is_some() {}
     st.ctx.registration = None;
     Box::pin(channel.terminate(reason, &mut st.ctx)).await;
     let last = match reason {

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
 use crate::StopReason;
+use crate::cmdq;
 use crate::context::Cmd;
 use crate::outbox::{DiffRun, Outbox};
 use crate::protocol::{Out, Vsn};
@@ -83,7 +84,7 @@ struct Target {
     vsn: Vsn,
     outbox: Outbox,
     /// The registered channel's command queue, to stop it when the hub lags.
-    channel: mpsc::WeakSender<Box<Cmd>>,
+    channel: cmdq::WeakSender<Box<Cmd>>,
     /// Counts only: the channel gets `presence_count` instead of `presence_diff`.
     counts: bool,
     /// While the channel joins: broadcasts are held here, sent once its join reply is queued.
@@ -158,7 +159,7 @@ impl Hubs {
         key: u64,
         vsn: Vsn,
         outbox: Outbox,
-        channel: mpsc::WeakSender<Box<Cmd>>,
+        channel: cmdq::WeakSender<Box<Cmd>>,
         holding: bool,
     ) -> HubRegistration {
         let hub = {
@@ -551,8 +552,8 @@ mod tests {
         bytes: 1 << 20,
     };
 
-    fn no_channel() -> mpsc::WeakSender<Box<Cmd>> {
-        mpsc::channel(1).0.downgrade()
+    fn no_channel() -> cmdq::WeakSender<Box<Cmd>> {
+        cmdq::WeakSender::default()
     }
 
     #[tokio::test]

@@ -495,6 +495,7 @@
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 mod channel;
+mod cmdq;
 mod connection;
 mod context;
 mod hub;
