@@ -20,7 +20,7 @@ use presence_core::Registry;
 use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde_json::{Value, json};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
@@ -29,7 +29,7 @@ use crate::StopReason;
 use crate::cmdq;
 use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared, Start};
 use crate::metrics::{self, JoinOutcome as JoinMetric, SocketCounters};
-use crate::outbox::{Close, Frames, Outbox, OutboxRx, Outgoing, code};
+use crate::outbox::{Close, CloseRx, Frames, Outbox, OutboxRx, Outgoing, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
 use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit, Released};
 use crate::upgrade::WsStream;
@@ -274,7 +274,7 @@ async fn put<W: AsyncWrite + Unpin>(
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     frames: Frames,
-    mut close: watch::Receiver<Option<Close>>,
+    close: CloseRx,
     outbox: Outbox,
     deadline: std::time::Duration,
     sent: Arc<SocketCounters>,
@@ -283,7 +283,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let requested = loop {
         tokio::select! {
             biased;
-            _ = close.changed() => break *close.borrow(),
+            requested = close.wait() => break requested,
             next = frames.recv_ws() => {
                 // Boxed: only the idle state of this loop stays in every socket's task.
                 let write = Box::pin(async {
@@ -299,7 +299,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 });
                 tokio::select! {
                     biased;
-                    _ = close.changed() => break *close.borrow(),
+                    requested = close.wait() => break requested,
                     written = write => if let Err(error) = written {
                         tracing::debug!(%error, "websocket write failed");
                         outbox.request_close(Close { code: code::INTERNAL, reason: "write failed", send_frame: false });
@@ -429,7 +429,7 @@ struct Control {
     channels: HashMap<String, Joined>,
     /// Tasks of channels that have stopped but may not have finished yet.
     dying: Vec<JoinHandle<()>>,
-    close: watch::Receiver<Option<Close>>,
+    close: CloseRx,
     /// Says when this connection's batch of a drain is released.
     draining: DrainWatch,
     /// Boxed: rarely touched compared with their size, and kept per socket.
@@ -521,7 +521,7 @@ impl Control {
     fn new(
         inner: Arc<Inner>,
         socket: Arc<SocketShared>,
-        close: watch::Receiver<Option<Close>>,
+        close: CloseRx,
         draining: DrainWatch,
     ) -> Self {
         let limits = Box::new(RateState {
@@ -569,7 +569,7 @@ impl Control {
         loop {
             tokio::select! {
                 biased;
-                _ = self.close.changed() => break,
+                _ = self.close.wait() => break,
                 why = draining.released() => match why {
                     Released::Drain => {
                         tracing::debug!("closing websocket: the endpoint is draining");
@@ -622,7 +622,7 @@ impl Control {
             }
         }
         drop(disconnect);
-        if let Some(close) = *self.close.borrow() {
+        if let Some(close) = self.close.get() {
             metrics::closed(close.code, self.outbox().peak_bytes());
             let id = self.socket.id.as_ref();
             self.socket.status.closed(close.code, close.reason, id);
@@ -636,7 +636,7 @@ impl Control {
         // close frame, so the closing handshake completes and the client sees our code.
         // Dropping the connection with unread data would reset it: the client would see 1006.
         let websocket = transport == Transport::WebSocket;
-        if websocket && self.close.borrow().is_some_and(|c| c.send_frame) {
+        if websocket && self.close.get().is_some_and(|c| c.send_frame) {
             Box::pin(finish_closing(stream)).await;
         }
     }

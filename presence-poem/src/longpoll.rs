@@ -27,12 +27,12 @@ use presence_core::PubSub;
 use presence_core::pubsub::{Message, Payload, RecvError, Subscription};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::connection::{self, SessionParts};
 use crate::metrics::SocketCounters;
-use crate::outbox::{Close, Frames};
+use crate::outbox::{CloseRx, Frames};
 use crate::protocol::{Raw, Vsn};
 use crate::socket::{Admitted, Inner, PhoenixSocket, Refusal};
 use crate::token::{TokenError, TokenSigner};
@@ -201,7 +201,7 @@ struct Claims {
 struct Session {
     vsn: Vsn,
     frames: Frames,
-    close: watch::Receiver<Option<Close>>,
+    close: CloseRx,
     input: mpsc::Sender<WsMessage>,
     /// The number of polls begun: a poll that is no longer the last gives up (answered 204).
     polls: AtomicU64,
@@ -267,7 +267,7 @@ impl Session {
     }
 
     fn is_closed(&self) -> bool {
-        self.close.borrow().is_some()
+        self.close.get().is_some()
     }
 
     /// What is queued, as frame texts, up to what is left of the budget after the answers
@@ -325,9 +325,8 @@ impl Session {
         self.touch();
         let deadline = tokio::time::sleep(window);
         tokio::pin!(deadline);
-        let mut close = self.close.clone();
         loop {
-            if close.borrow_and_update().is_some() {
+            if self.close.get().is_some() {
                 break Polled::Gone;
             }
             let superseded = self.superseded.notified();
@@ -349,7 +348,7 @@ impl Session {
                 () = self.frames.ready() => {}
                 () = &mut released => {}
                 () = &mut superseded => {}
-                changed = close.changed() => if changed.is_err() { break Polled::Gone },
+                _ = self.close.wait() => break Polled::Gone,
                 () = &mut deadline => break Polled::Empty,
             }
         }
@@ -866,14 +865,13 @@ async fn serve_routed(
     session: Arc<Session>,
     window: Duration,
 ) {
-    let mut close = session.close.clone();
     let mut in_flight = FuturesUnordered::new();
     loop {
-        if close.borrow_and_update().is_some() {
+        if session.close.get().is_some() {
             break;
         }
         tokio::select! {
-            changed = close.changed() => if changed.is_err() { break },
+            _ = session.close.wait() => break,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             request = routed.recv() => {
                 let request = match request {

@@ -19,9 +19,14 @@ use bytes::Bytes;
 use presence_core::presence::{PRESENCE_DIFF, merge_diff};
 use presence_core::pubsub::{Message, Payload};
 use serde_json::Value;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::protocol::{Out, Vsn};
+
+/// The most slots an empty queue keeps: the room a burst (a join's replies and
+/// `presence_state`, a storm of diffs) took is freed once the writer has taken it all, so
+/// a socket's idle queue stays small whatever its past.
+const KEPT_SLOTS: usize = 4;
 
 /// Close codes the server uses.
 pub(crate) mod code {
@@ -54,15 +59,66 @@ pub(crate) struct Limits {
 /// A handle to one socket's outbound queue. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
+    handle: Arc<Handle>,
+}
+
+/// What every [`Outbox`] clone shares: when the last goes, those waiting for the close
+/// ([`CloseRx::wait`]) are told that none can come.
+#[derive(Debug)]
+struct Handle {
     shared: Arc<Shared>,
-    close: Arc<watch::Sender<Option<Close>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.queue().senders_gone = true;
+        self.shared.closing.notify_waiters();
+    }
 }
 
 /// The receiving ends, owned by the connection.
 #[derive(Debug)]
 pub(crate) struct OutboxRx {
     pub(crate) frames: Frames,
-    pub(crate) close: watch::Receiver<Option<Close>>,
+    pub(crate) close: CloseRx,
+}
+
+/// Watches for the socket's close request. Cheap to clone.
+///
+/// Part of the queue's shared state rather than a `tokio::sync::watch` channel, which
+/// costs about 400 bytes per socket (its notifier is eight cache-padded parts).
+#[derive(Debug, Clone)]
+pub(crate) struct CloseRx {
+    shared: Arc<Shared>,
+}
+
+impl CloseRx {
+    /// The close requested, if any.
+    pub(crate) fn get(&self) -> Option<Close> {
+        self.shared.queue().close
+    }
+
+    /// Resolves once a close is requested (with it), or once every [`Outbox`] is gone and
+    /// none can be (with `None`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn wait(&self) -> Option<Close> {
+        loop {
+            let notified = self.shared.closing.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a close requested after it wakes this wait.
+            notified.as_mut().enable();
+            {
+                let queue = self.shared.queue();
+                if queue.close.is_some() || queue.senders_gone {
+                    return queue.close;
+                }
+            }
+            notified.await;
+        }
+    }
 }
 
 /// What a websocket's writer sends next.
@@ -84,6 +140,8 @@ pub(crate) struct Frames {
 struct Shared {
     queue: Mutex<Queue>,
     ready: Notify,
+    /// Notified when a close is requested and when the last [`Outbox`] goes.
+    closing: Notify,
     limits: Limits,
     vsn: Vsn,
 }
@@ -107,6 +165,10 @@ struct Queue {
     open: Vec<(Arc<str>, u64)>,
     /// Set once the socket is closing: pushes are dropped.
     closed: bool,
+    /// The close requested: the first request wins.
+    close: Option<Close>,
+    /// Set when the last [`Outbox`] is dropped.
+    senders_gone: bool,
     /// The payload of the last ping read and not answered yet: a websocket's writer sends its
     /// pong before the next frame. Only the last is answered (RFC 6455, section 5.5.3), so a
     /// client's pings take no more room than one.
@@ -134,8 +196,9 @@ enum Item {
 pub(crate) struct DiffRun {
     /// The first diff, as broadcast (shared with other sockets).
     first: Arc<Message>,
-    /// Set once a second diff was merged in.
-    merged: Option<Value>,
+    /// Set once a second diff was merged in. Boxed: only a slow client's diffs merge, and
+    /// every queued diff keeps room for it.
+    merged: Option<Box<Value>>,
 }
 
 impl DiffRun {
@@ -152,7 +215,7 @@ impl DiffRun {
         else {
             return false;
         };
-        let acc = self.merged.get_or_insert_with(|| first.clone());
+        let acc = self.merged.get_or_insert_with(|| Box::new(first.clone()));
         merge_diff(acc, next).is_ok()
     }
 
@@ -169,7 +232,7 @@ impl DiffRun {
             Some(merged) => {
                 let window = self.first.merge_window().unwrap_or_default();
                 Arc::new(
-                    Message::json(self.first.topic_arc().clone(), PRESENCE_DIFF, merged)
+                    Message::json(self.first.topic_arc().clone(), PRESENCE_DIFF, *merged)
                         .with_merge_window(window),
                 )
             }
@@ -191,27 +254,34 @@ impl Outbox {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
+            closing: Notify::new(),
             limits: Limits {
                 frames: limits.frames.max(1),
                 bytes: limits.bytes.max(1),
             },
             vsn,
         });
-        let (close_tx, close) = watch::channel(None);
         (
             Outbox {
-                shared: shared.clone(),
-                close: Arc::new(close_tx),
+                handle: Arc::new(Handle {
+                    shared: shared.clone(),
+                }),
             },
             OutboxRx {
-                frames: Frames { shared },
-                close,
+                frames: Frames {
+                    shared: shared.clone(),
+                },
+                close: CloseRx { shared },
             },
         )
     }
 
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.shared.queue()
+        self.shared().queue()
     }
 
     /// Queues a frame without waiting. A full queue means the client does not keep up: the
@@ -248,7 +318,7 @@ impl Outbox {
                 .map(|(_, seq)| (seq - first) as usize);
             // Merging makes this socket's diff its own (decoded, merged, encoded again): only
             // worth it once the client is behind; until then the shared frame is queued.
-            let limits = self.shared.limits;
+            let limits = self.shared().limits;
             let behind =
                 queue.items.len() >= (limits.frames / 4).max(1) || queue.bytes >= limits.bytes / 8;
             let merged =
@@ -257,7 +327,7 @@ impl Outbox {
                 crate::metrics::diff_coalesced_in_socket();
                 queue.bytes += out.len();
                 queue.peak = queue.peak.max(queue.bytes);
-                let over = queue.bytes > self.shared.limits.bytes;
+                let over = queue.bytes > self.shared().limits.bytes;
                 over.then_some("outbound queue over its byte budget")
             } else {
                 let seq = queue.first + queue.items.len() as u64;
@@ -282,7 +352,7 @@ impl Outbox {
         if queue.closed {
             return None;
         }
-        let limits = self.shared.limits;
+        let limits = self.shared().limits;
         let bytes = item.bytes();
         if !queue.items.is_empty() {
             if queue.items.len() >= limits.frames {
@@ -300,11 +370,11 @@ impl Outbox {
 
     fn after_push(&self, full: Option<&'static str>) {
         match full {
-            None => self.shared.ready.notify_one(),
+            None => self.shared().ready.notify_one(),
             Some(reason) => {
                 if self.close(code::TRY_AGAIN_LATER, reason) {
                     crate::metrics::slow_close();
-                    let limits = self.shared.limits;
+                    let limits = self.shared().limits;
                     tracing::warn!(
                         frames = limits.frames,
                         bytes = limits.bytes,
@@ -325,7 +395,7 @@ impl Outbox {
             }
             queue.pong = Some(payload);
         }
-        self.shared.ready.notify_one();
+        self.shared().ready.notify_one();
     }
 
     /// Asks the connection to close with `code`. The first request wins; returns whether this
@@ -339,24 +409,22 @@ impl Outbox {
     }
 
     pub(crate) fn request_close(&self, close: Close) -> bool {
-        let won = self.close.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(close);
-                true
-            } else {
-                false
-            }
-        });
-        if won {
-            // Nothing more will be written: free what is queued.
+        let dropped = {
             let mut queue = self.queue();
+            if queue.close.is_some() {
+                return false;
+            }
+            queue.close = Some(close);
+            // Nothing more will be written: free what is queued.
             queue.closed = true;
-            queue.items.clear();
             queue.open.clear();
             queue.bytes = 0;
             queue.pong = None;
-        }
-        won
+            std::mem::take(&mut queue.items)
+        };
+        drop(dropped);
+        self.shared().closing.notify_waiters();
+        true
     }
 
     /// The most bytes the queue held at once.
@@ -453,6 +521,10 @@ impl Frames {
                 let item = queue.items.pop_front()?;
                 queue.first += 1;
                 queue.bytes -= item.bytes().min(queue.bytes);
+                if queue.items.is_empty() && queue.items.capacity() > KEPT_SLOTS {
+                    // A burst is out: the room it took goes back to the allocator.
+                    queue.items = VecDeque::new();
+                }
                 item
             };
             // Encoded outside the lock: the hubs keep pushing meanwhile.
@@ -521,7 +593,7 @@ mod tests {
         );
         assert!(rx.frames.try_recv().is_none());
         assert_eq!(outbox.queued(), (0, 0));
-        assert!(rx.close.borrow().is_none());
+        assert!(rx.close.get().is_none());
     }
 
     #[test]
@@ -533,14 +605,14 @@ mod tests {
         let (outbox, rx) = Outbox::new(limits, Vsn::V2);
         outbox.send(Out::Text(Arc::from("y".repeat(500))));
         assert!(
-            rx.close.borrow().is_none(),
+            rx.close.get().is_none(),
             "one frame over the budget still goes out"
         );
         assert!(rx.frames.try_recv().is_some());
         for _ in 0..5 {
             outbox.send(Out::Text(Arc::from("z".repeat(30))));
         }
-        let close = rx.close.borrow().expect("closed");
+        let close = rx.close.get().expect("closed");
         assert_eq!(close.code, code::TRY_AGAIN_LATER);
         assert_eq!(outbox.queued(), (0, 0), "a closing socket's queue is freed");
         // Merged diffs count too.
@@ -549,9 +621,84 @@ mod tests {
             let m = diff(&format!("u{i}"), &format!("r{i}"));
             outbox.send_broadcast(encode(&m), &m);
         }
-        assert_eq!(
-            rx.close.borrow().map(|c| c.code),
-            Some(code::TRY_AGAIN_LATER)
+        assert_eq!(rx.close.get().map(|c| c.code), Some(code::TRY_AGAIN_LATER));
+    }
+
+    #[tokio::test]
+    async fn a_close_wakes_every_waiter_and_the_first_request_wins() {
+        let limits = Limits {
+            frames: 4,
+            bytes: 1 << 10,
+        };
+        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let close = rx.close.clone();
+                tokio::spawn(async move { close.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        let sender = outbox.clone();
+        assert!(sender.close(code::GOING_AWAY, "idle timeout"));
+        assert!(
+            !outbox.close(code::POLICY, "rate limited"),
+            "the first request wins"
         );
+        for waiter in waiters {
+            let close = waiter.await.unwrap().expect("a close");
+            assert_eq!(
+                (close.code, close.reason),
+                (code::GOING_AWAY, "idle timeout")
+            );
+        }
+        // Set already: a new wait resolves at once.
+        assert_eq!(
+            rx.close.wait().await.map(|c| c.code),
+            Some(code::GOING_AWAY)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_with_none_when_the_last_outbox_goes() {
+        let limits = Limits {
+            frames: 4,
+            bytes: 1 << 10,
+        };
+        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let close = rx.close.clone();
+        let waiter = tokio::spawn(async move { close.wait().await });
+        let second = outbox.clone();
+        drop(outbox);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a clone still lives");
+        drop(second);
+        assert_eq!(waiter.await.unwrap(), None);
+        assert_eq!(rx.close.get(), None);
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_the_room_of_a_burst() {
+        let limits = Limits {
+            frames: 100,
+            bytes: 1 << 20,
+        };
+        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        for i in 0..40 {
+            outbox.send(Out::Text(Arc::from(format!("f{i}"))));
+        }
+        assert!(outbox.queue().items.capacity() >= 40);
+        for i in 0..40 {
+            assert_eq!(
+                rx.frames.try_recv(),
+                Some(Out::Text(Arc::from(format!("f{i}"))))
+            );
+        }
+        assert!(outbox.queue().items.capacity() <= KEPT_SLOTS);
+        // A small queue keeps its room: no allocation per frame at a steady trickle.
+        outbox.send(Out::Text(Arc::from("a")));
+        let kept = outbox.queue().items.capacity();
+        assert!(rx.frames.try_recv().is_some());
+        assert_eq!(outbox.queue().items.capacity(), kept);
     }
 }
