@@ -271,47 +271,54 @@ async fn put<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its state (see Control::run)"
+)]
+fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     frames: Frames,
     close: CloseRx,
     outbox: Outbox,
     deadline: std::time::Duration,
     sent: Arc<SocketCounters>,
-) {
-    let mut batch = Batch::default();
-    let requested = loop {
-        tokio::select! {
-            biased;
-            requested = close.wait() => break requested,
-            next = frames.recv_ws() => {
-                // Boxed: only the idle state of this loop stays in every socket's task.
-                let write = Box::pin(async {
-                    put(&mut io, &mut batch, next, &sent).await?;
-                    for _ in 1..WRITE_BATCH {
-                        match frames.try_recv_ws() {
-                            Some(next) => put(&mut io, &mut batch, next, &sent).await?,
-                            None => break,
+) -> impl Future<Output = ()> + use<W> {
+    // An async block, for the reason given in `Control::run`.
+    async move {
+        let mut batch = Batch::default();
+        let requested = loop {
+            tokio::select! {
+                biased;
+                requested = close.wait() => break requested,
+                next = frames.recv_ws() => {
+                    // Boxed: only the idle state of this loop stays in every socket's task.
+                    let write = Box::pin(async {
+                        put(&mut io, &mut batch, next, &sent).await?;
+                        for _ in 1..WRITE_BATCH {
+                            match frames.try_recv_ws() {
+                                Some(next) => put(&mut io, &mut batch, next, &sent).await?,
+                                None => break,
+                            }
+                        }
+                        batch.write_out(&mut io).await?;
+                        io.flush().await
+                    });
+                    tokio::select! {
+                        biased;
+                        requested = close.wait() => break requested,
+                        written = write => if let Err(error) = written {
+                            tracing::debug!(%error, "websocket write failed");
+                            outbox.request_close(Close { code: code::INTERNAL, reason: "write failed", send_frame: false });
+                            break None;
                         }
                     }
-                    batch.write_out(&mut io).await?;
-                    io.flush().await
-                });
-                tokio::select! {
-                    biased;
-                    requested = close.wait() => break requested,
-                    written = write => if let Err(error) = written {
-                        tracing::debug!(%error, "websocket write failed");
-                        outbox.request_close(Close { code: code::INTERNAL, reason: "write failed", send_frame: false });
-                        break None;
-                    }
+                    // Written: no socket keeps a buffer between batches.
+                    batch = Batch::default();
                 }
-                // Written: no socket keeps a buffer between batches.
-                batch = Batch::default();
             }
-        }
-    };
-    Box::pin(close_sink(io, batch, requested, deadline)).await;
+        };
+        Box::pin(close_sink(io, batch, requested, deadline)).await;
+    }
 }
 
 /// Writes the rest of a batch cut short and the close frame, if one is to be sent (RFC 6455,
@@ -547,97 +554,110 @@ impl Control {
         &self.socket.outbox
     }
 
-    async fn run<S>(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its state"
+    )]
+    fn run<S>(
         mut self,
         mut stream: S,
         open: OpenGuard,
         first_idle: std::time::Duration,
         idle_timeout: std::time::Duration,
         transport: Transport,
-    ) where
+    ) -> impl Future<Output = ()> + use<S>
+    where
         S: futures_util::Stream<Item = Result<WsMessage, WsError>> + Unpin,
     {
-        let mut disconnect = self
-            .socket
-            .id
-            .as_deref()
-            .map(|id| self.socket.hubs.pubsub().subscribe(id));
-        let mut draining = self.draining.clone();
-        let idle = sleep(first_idle);
-        tokio::pin!(idle);
-        let mut handled: u32 = 0;
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.close.wait() => break,
-                why = draining.released() => match why {
-                    Released::Drain => {
-                        tracing::debug!("closing websocket: the endpoint is draining");
-                        self.outbox().close(code::SERVICE_RESTART, "server shutting down");
+        // An async block, not an `async fn`: an `async fn` keeps its arguments twice in its
+        // state, as they were passed and as the locals they are moved into (184 bytes here,
+        // in every socket's task).
+        async move {
+            let mut disconnect = self
+                .socket
+                .id
+                .as_deref()
+                .map(|id| self.socket.hubs.pubsub().subscribe(id));
+            let mut draining = self.draining.clone();
+            let idle = sleep(first_idle);
+            tokio::pin!(idle);
+            let mut handled: u32 = 0;
+            let mut pause = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = self.close.wait() => break,
+                    why = draining.released() => match why {
+                        Released::Drain => {
+                            tracing::debug!("closing websocket: the endpoint is draining");
+                            self.outbox().close(code::SERVICE_RESTART, "server shutting down");
+                        }
+                        Released::Rebalance => {
+                            tracing::debug!("closing websocket: rebalancing the cluster's sockets");
+                            self.outbox().close(code::SERVICE_RESTART, "rebalancing");
+                        }
+                    },
+                    () = &mut idle => {
+                        tracing::debug!("closing idle websocket");
+                        // 1001, not 1000: phoenix.js does not reconnect after a 1000.
+                        self.outbox().close(code::GOING_AWAY, "idle timeout");
                     }
-                    Released::Rebalance => {
-                        tracing::debug!("closing websocket: rebalancing the cluster's sockets");
-                        self.outbox().close(code::SERVICE_RESTART, "rebalancing");
+                    _ = next_disconnect(&mut disconnect) => {
+                        tracing::debug!(id = ?self.socket.id, "socket disconnected by broadcast");
+                        self.outbox().close(code::GOING_AWAY, "disconnected");
                     }
-                },
-                () = &mut idle => {
-                    tracing::debug!("closing idle websocket");
-                    // 1001, not 1000: phoenix.js does not reconnect after a 1000.
-                    self.outbox().close(code::GOING_AWAY, "idle timeout");
-                }
-                _ = next_disconnect(&mut disconnect) => {
-                    tracing::debug!(id = ?self.socket.id, "socket disconnected by broadcast");
-                    self.outbox().close(code::GOING_AWAY, "disconnected");
-                }
-                (topic, outcome) = poll_fn(|cx| poll_joins(&mut self.channels, cx)) => {
-                    self.join_ended(&topic, outcome);
-                }
-                frame = stream.next() => {
-                    idle.as_mut().reset(Instant::now() + idle_timeout);
-                    // A client whose frames are all buffered would keep this loop busy: let
-                    // the writer (and the other tasks of this thread) run now and then.
-                    handled += 1;
-                    if handled.is_multiple_of(YIELD_EVERY) {
-                        tokio::task::yield_now().await;
+                    (topic, outcome) = poll_fn(|cx| poll_joins(&mut self.channels, cx)) => {
+                        self.join_ended(&topic, outcome);
                     }
-                    match frame {
-                        Some(Ok(message)) => {
-                            // A long-poll session's pings are its polls resetting the idle
-                            // timer, not client messages.
-                            let keepalive = transport == Transport::LongPoll
-                                && matches!(message, WsMessage::Ping(_));
-                            if !keepalive {
-                                let counters = &self.inner.metrics;
-                                counters.frames_in.increment(1);
-                                counters.bytes_in.increment(message.len() as u64);
+                    frame = stream.next() => {
+                        idle.as_mut().reset(Instant::now() + idle_timeout);
+                        handled += 1;
+                        pause = handled.is_multiple_of(YIELD_EVERY);
+                        match frame {
+                            Some(Ok(message)) => {
+                                // A long-poll session's pings are its polls resetting the idle
+                                // timer, not client messages.
+                                let keepalive = transport == Transport::LongPoll
+                                    && matches!(message, WsMessage::Ping(_));
+                                if !keepalive {
+                                    let counters = &self.inner.metrics;
+                                    counters.frames_in.increment(1);
+                                    counters.bytes_in.increment(message.len() as u64);
+                                }
+                                self.handle_frame(&message);
                             }
-                            self.handle_frame(&message);
-                        }
-                        Some(Err(error)) => self.read_error(&error),
-                        None => {
-                            self.outbox().request_close(Close { code: code::NORMAL, reason: "", send_frame: false });
+                            Some(Err(error)) => self.read_error(&error),
+                            None => {
+                                self.outbox().request_close(Close { code: code::NORMAL, reason: "", send_frame: false });
+                            }
                         }
                     }
+                }
+                // A client whose frames are all buffered would keep this loop busy: let the
+                // writer (and the other tasks of this thread) run now and then. Outside the
+                // `select!`, so that its output is not kept in the task's state meanwhile.
+                if std::mem::take(&mut pause) {
+                    tokio::task::yield_now().await;
                 }
             }
-        }
-        drop(disconnect);
-        if let Some(close) = self.close.get() {
-            metrics::closed(close.code, self.outbox().peak_bytes());
-            let id = self.socket.id.as_ref();
-            self.socket.status.closed(close.code, close.reason, id);
-        }
-        // Boxed: its state is far larger than the idle loop's and would otherwise stay in
-        // every socket's task for its whole life.
-        Box::pin(self.shutdown()).await;
-        // A drain waits for the channels (their presences have left), not for the client.
-        drop(open);
-        // A close this side started: read (and drop) what the client still sends until its
-        // close frame, so the closing handshake completes and the client sees our code.
-        // Dropping the connection with unread data would reset it: the client would see 1006.
-        let websocket = transport == Transport::WebSocket;
-        if websocket && self.close.get().is_some_and(|c| c.send_frame) {
-            Box::pin(finish_closing(stream)).await;
+            drop(disconnect);
+            if let Some(close) = self.close.get() {
+                metrics::closed(close.code, self.outbox().peak_bytes());
+                let id = self.socket.id.as_ref();
+                self.socket.status.closed(close.code, close.reason, id);
+            }
+            // Boxed: its state is far larger than the idle loop's and would otherwise stay in
+            // every socket's task for its whole life.
+            Box::pin(self.shutdown()).await;
+            // A drain waits for the channels (their presences have left), not for the client.
+            drop(open);
+            // A close this side started: read (and drop) what the client still sends until its
+            // close frame, so the closing handshake completes and the client sees our code.
+            // Dropping the connection with unread data would reset it: the client would see 1006.
+            let websocket = transport == Transport::WebSocket;
+            if websocket && self.close.get().is_some_and(|c| c.send_frame) {
+                Box::pin(finish_closing(stream)).await;
+            }
         }
     }
 

@@ -363,15 +363,19 @@ impl DrainWatch {
     /// released, or a rebalance chose it. Never resolves once the endpoint is gone.
     pub(crate) async fn released(&mut self) -> Released {
         let n = self.number;
-        let chosen = |r: &Release| n < r.below || (r.shed.0 <= n && n <= r.shed.1);
-        let below = self.release.wait_for(chosen).await.map(|r| r.below);
-        let Ok(below) = below else {
-            return std::future::pending().await;
-        };
-        if n < below {
-            Released::Drain
-        } else {
-            Released::Rebalance
+        // `changed` rather than `wait_for`, whose future is twice the size: this one waits
+        // in every connection's task.
+        loop {
+            let release = *self.release.borrow_and_update();
+            if n < release.below {
+                return Released::Drain;
+            }
+            if release.shed.0 <= n && n <= release.shed.1 {
+                return Released::Rebalance;
+            }
+            if self.release.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 }
