@@ -497,11 +497,9 @@ impl Drop for Replaced {
     }
 }
 
-/// Reports a panic to the client: `join crashed` during join, `phx_error` afterwards.
+/// Reports a panic to the client: `join crashed` during join, `phx_error` afterwards (when
+/// the [`Running`] it is part of drops while the thread panics).
 struct CrashGuard {
-    socket: Arc<SocketShared>,
-    topic: Arc<str>,
-    join_ref: Arc<str>,
     reply_join_ref: Option<Arc<str>>,
     reference: Option<String>,
     joined: Option<oneshot::Sender<bool>>,
@@ -517,36 +515,37 @@ impl CrashGuard {
     }
 }
 
-impl Drop for CrashGuard {
+impl Drop for Running {
     fn drop(&mut self) {
-        if self.done || !std::thread::panicking() {
+        let (guard, ctx) = (&mut self.guard, &self.ctx);
+        if guard.done || !std::thread::panicking() {
             return; // finished, or aborted by the connection
         }
-        let vsn = self.socket.vsn;
-        let encoded = if self.joining {
-            if !self.settle(false) {
+        let vsn = ctx.socket.vsn;
+        let encoded = if guard.joining {
+            if !guard.settle(false) {
                 return;
             }
-            tracing::warn!(topic = %self.topic, "channel join crashed");
+            tracing::warn!(topic = %ctx.topic, "channel join crashed");
             vsn.reply(
-                self.reply_join_ref.as_deref(),
-                self.reference.as_deref(),
-                &self.topic,
+                guard.reply_join_ref.as_deref(),
+                guard.reference.as_deref(),
+                &ctx.topic,
                 "error",
                 &Payload::Json(json!({"reason": "join crashed"})),
             )
         } else {
-            tracing::warn!(topic = %self.topic, "channel crashed");
+            tracing::warn!(topic = %ctx.topic, "channel crashed");
             vsn.message(
-                Some(&self.join_ref),
-                Some(&self.join_ref),
-                &self.topic,
+                Some(&ctx.join_ref),
+                Some(&ctx.join_ref),
+                &ctx.topic,
                 event::ERROR,
                 &Payload::Json(json!({"reason": "channel_crash"})),
             )
         };
         if let Ok(out) = encoded {
-            self.socket.outbox.send(out);
+            ctx.socket.outbox.send(out);
         }
     }
 }
@@ -573,15 +572,14 @@ struct Running {
     cmds: cmdq::Receiver<Box<Cmd>>,
     /// Taken by the hub registration.
     this: Option<cmdq::WeakSender<Box<Cmd>>>,
-    /// Taken when the join waits for it.
-    replaces: Option<Replaced>,
-    /// Taken when the join decodes them.
-    params: Value,
+    /// Taken when the join waits for it. Boxed: only a duplicate join has one.
+    replaces: Option<Box<Replaced>>,
     route: Arc<str>,
 }
 
 impl Running {
-    fn new(start: Box<Start>) -> Box<Running> {
+    /// The running state, and the join's params (used once, so not kept).
+    fn new(start: Box<Start>) -> (Box<Running>, Value) {
         let Start {
             ctx,
             params,
@@ -594,24 +592,21 @@ impl Running {
             route,
         } = *start;
         let guard = CrashGuard {
-            socket: ctx.socket.clone(),
-            topic: ctx.topic.clone(),
-            join_ref: ctx.join_ref.clone(),
             reply_join_ref,
             reference,
             joined: Some(joined),
             joining: true,
             done: false,
         };
-        Box::new(Running {
+        let running = Box::new(Running {
             ctx,
             guard,
             cmds,
             this: Some(this),
-            replaces,
-            params,
+            replaces: replaces.map(Box::new),
             route,
-        })
+        });
+        (running, params)
     }
 
     /// Answers the join message (`ok` or `error`) with `response`.
@@ -633,7 +628,11 @@ type JoinedGuards = (crate::metrics::JoinedChannel, crate::status::ChannelGuard)
 /// Runs the join: the params' decoding, `make` (only for params that decode), `join`, its
 /// reply, and the work it deferred. `None` when the channel did not join (refused, or given up
 /// by the connection), and the task is to end.
-async fn join<C, P>(st: &mut Running, make: impl FnOnce() -> C) -> Option<(C, JoinedGuards)>
+async fn join<C, P>(
+    st: &mut Running,
+    params: Value,
+    make: impl FnOnce() -> C,
+) -> Option<(C, JoinedGuards)>
 where
     C: Channel<P>,
     P: DeserializeOwned + Send + 'static,
@@ -641,7 +640,7 @@ where
     if let Some(old) = st.replaces.take() {
         old.stopped(&st.ctx.socket, &st.ctx.topic).await;
     }
-    let params = match serde_json::from_value::<P>(std::mem::take(&mut st.params)) {
+    let params = match serde_json::from_value::<P>(params) {
         Ok(params) => params,
         Err(error) => {
             tracing::debug!(topic = %st.ctx.topic, %error, "join refused: invalid join params");
@@ -718,45 +717,79 @@ where
     }
 }
 
+/// Handles one command from the connection; the reason to stop, if it is one.
+async fn handle_cmd<C, P>(
+    channel: &mut C,
+    cmd: Box<Cmd>,
+    ctx: &mut ChannelContext,
+    join_ref: &Arc<str>,
+) -> Option<StopReason>
+where
+    C: Channel<P>,
+    P: DeserializeOwned + Send + 'static,
+{
+    match *cmd {
+        Cmd::Shutdown(reason) => Some(reason),
+        Cmd::Leave { reference } => {
+            let to = SocketRef {
+                join_ref: join_ref.clone(),
+                reference: reference.map(Arc::from),
+            };
+            ctx.reply(&to, Reply::ok(json!({})));
+            Some(StopReason::Left)
+        }
+        Cmd::In {
+            event,
+            reference,
+            payload,
+        } => {
+            let to = SocketRef {
+                join_ref: join_ref.clone(),
+                reference: reference.map(Arc::from),
+            };
+            ctx.current = Some(to.clone());
+            let outcome = channel.handle_in(&event, payload, ctx).await;
+            ctx.current = None;
+            match outcome {
+                HandleIn::Reply(reply) => {
+                    ctx.reply(&to, reply);
+                    None
+                }
+                HandleIn::NoReply => None,
+                HandleIn::Stop(reply) => {
+                    if let Some(reply) = reply {
+                        ctx.reply(&to, reply);
+                    }
+                    Some(StopReason::Stopped)
+                }
+            }
+        }
+    }
+}
+
 /// Runs one joined channel to its end. Spawned by the connection, which owns the task.
 pub(crate) async fn run<C, P>(make: impl FnOnce() -> C, start: Box<Start>)
 where
     C: Channel<P>,
     P: DeserializeOwned + Send + 'static,
 {
-    let mut st = Running::new(start);
-    let Some((mut channel, _joined)) = Box::pin(join::<C, P>(&mut st, make)).await else {
+    let (mut st, params) = Running::new(start);
+    let Some((mut channel, _joined)) = Box::pin(join::<C, P>(&mut st, params, make)).await else {
         st.guard.done = true;
         return;
     };
     let join_ref = st.ctx.join_ref.clone();
     let reason = loop {
         tokio::select! {
-            cmd = st.cmds.recv() => match cmd.map(|cmd| *cmd) {
-                None => break StopReason::Closed,
-                Some(Cmd::Shutdown(reason)) => break reason,
-                Some(Cmd::Leave { reference }) => {
-                    let to = SocketRef { join_ref: join_ref.clone(), reference: reference.map(Arc::from) };
-                    st.ctx.reply(&to, Reply::ok(json!({})));
-                    break StopReason::Left;
+            cmd = st.cmds.recv() => {
+                let Some(cmd) = cmd else { break StopReason::Closed };
+                // Boxed, command and all: what a command holds while `handle_in` runs would
+                // otherwise be room kept in every channel's task.
+                let handled = Box::pin(handle_cmd(&mut channel, cmd, &mut st.ctx, &join_ref));
+                if let Some(reason) = handled.await {
+                    break reason;
                 }
-                Some(Cmd::In { event, reference, payload }) => {
-                    let to = SocketRef { join_ref: join_ref.clone(), reference: reference.map(Arc::from) };
-                    st.ctx.current = Some(to.clone());
-                    let outcome = Box::pin(channel.handle_in(&event, payload, &mut st.ctx)).await;
-                    st.ctx.current = None;
-                    match outcome {
-                        HandleIn::Reply(reply) => st.ctx.reply(&to, reply),
-                        HandleIn::NoReply => {}
-                        HandleIn::Stop(reply) => {
-                            if let Some(reply) = reply {
-                                st.ctx.reply(&to, reply);
-                            }
-                            break StopReason::Stopped;
-                        }
-                    }
-                }
-            },
+            }
             info = st.ctx.next_info() => {
                 if Box::pin(channel.handle_info(info, &mut st.ctx)).await.is_break() {
                     break StopReason::Stopped;
