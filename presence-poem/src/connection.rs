@@ -31,7 +31,7 @@ use crate::context::{ChannelContext, Cmd, Replaced, SocketRegistry, SocketShared
 use crate::metrics::{self, JoinOutcome as JoinMetric, SocketCounters};
 use crate::outbox::{Close, CloseRx, Frames, Outbox, OutboxRx, Outgoing, code};
 use crate::protocol::{Inbound, Out, PHOENIX_TOPIC, Raw, Vsn, event};
-use crate::socket::{Drain, DrainWatch, Inner, OpenGuard, RateLimit, Released};
+use crate::socket::{Drain, Inner, OpenGuard, RateLimit};
 use crate::upgrade::WsStream;
 
 /// Capacity of the command queue from the connection to one channel task. The last slot is
@@ -79,9 +79,9 @@ pub(crate) fn run(
     id: Option<Arc<str>>,
     registry: Option<Registry>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // Counted as open (for a drain) until its channels have stopped.
-    let (open, draining) = Drain::enter(&inner);
     let (outbox, OutboxRx { frames, close }) = Outbox::new(inner.config.outbound, vsn);
+    // Counted as open (for a drain) until its channels have stopped.
+    let open = Drain::enter(&inner, &outbox);
     let socket = Arc::new(SocketShared {
         assigns,
         id,
@@ -93,7 +93,7 @@ pub(crate) fn run(
     });
     let WsStream { reader, writer } = stream;
     let deadline = inner.config.shutdown_timeout;
-    let control = Control::new(inner, socket, close.clone(), draining);
+    let control = Control::new(inner, socket, close.clone());
     let sent = control.inner.metrics.clone();
     let writer = write_loop(writer, frames, close, outbox, deadline, sent);
     let idle_timeout = control.inner.config.idle_timeout;
@@ -143,8 +143,8 @@ pub(crate) fn session(
     first_idle: std::time::Duration,
     idle_timeout: std::time::Duration,
 ) -> SessionParts<impl Future<Output = ()> + Send + 'static> {
-    let (open, draining) = Drain::enter(&inner);
     let (outbox, rx) = Outbox::new(inner.config.outbound, vsn);
+    let open = Drain::enter(&inner, &outbox);
     let socket = Arc::new(SocketShared {
         assigns,
         id,
@@ -154,7 +154,7 @@ pub(crate) fn session(
         registry: SocketRegistry::new(registry, &inner.no_registry_warned),
         status: inner.status.clone(),
     });
-    let control = Control::new(inner, socket, rx.close.clone(), draining);
+    let control = Control::new(inner, socket, rx.close.clone());
     let (input, mut messages) = mpsc::channel(SESSION_INPUT);
     let stream = futures_util::stream::poll_fn(move |cx| {
         messages
@@ -437,8 +437,6 @@ struct Control {
     /// Tasks of channels that have stopped but may not have finished yet.
     dying: Vec<JoinHandle<()>>,
     close: CloseRx,
-    /// Says when this connection's batch of a drain is released.
-    draining: DrainWatch,
     /// Boxed: rarely touched compared with their size, and kept per socket.
     limits: Box<RateState>,
 }
@@ -525,12 +523,7 @@ async fn next_disconnect(sub: &mut Option<Subscription>) -> Arc<Message> {
 
 impl Control {
     /// The control loop's state for a new socket of either transport, with full rate buckets.
-    fn new(
-        inner: Arc<Inner>,
-        socket: Arc<SocketShared>,
-        close: CloseRx,
-        draining: DrainWatch,
-    ) -> Self {
+    fn new(inner: Arc<Inner>, socket: Arc<SocketShared>, close: CloseRx) -> Self {
         let limits = Box::new(RateState {
             messages: Bucket::new(inner.config.message_rate),
             joins: Bucket::new(inner.config.join_rate),
@@ -545,7 +538,6 @@ impl Control {
             channels: HashMap::new(),
             dying: Vec::new(),
             close,
-            draining,
             limits,
         }
     }
@@ -578,7 +570,6 @@ impl Control {
                 .id
                 .as_deref()
                 .map(|id| self.socket.hubs.pubsub().subscribe(id));
-            let mut draining = self.draining.clone();
             let idle = sleep(first_idle);
             tokio::pin!(idle);
             let mut handled: u32 = 0;
@@ -587,16 +578,6 @@ impl Control {
                 tokio::select! {
                     biased;
                     _ = self.close.wait() => break,
-                    why = draining.released() => match why {
-                        Released::Drain => {
-                            tracing::debug!("closing websocket: the endpoint is draining");
-                            self.outbox().close(code::SERVICE_RESTART, "server shutting down");
-                        }
-                        Released::Rebalance => {
-                            tracing::debug!("closing websocket: rebalancing the cluster's sockets");
-                            self.outbox().close(code::SERVICE_RESTART, "rebalancing");
-                        }
-                    },
                     () = &mut idle => {
                         tracing::debug!("closing idle websocket");
                         // 1001, not 1000: phoenix.js does not reconnect after a 1000.

@@ -30,7 +30,7 @@ use crate::hub::Hubs;
 use crate::longpoll::{self, LongPoll, LongPollConfig};
 use crate::metrics;
 use crate::origin::CheckOrigin;
-use crate::outbox::Limits;
+use crate::outbox::{Limits, Outbox, code};
 use crate::protocol::Vsn;
 use crate::rebalance::Rebalance;
 use crate::status::{RecentClose, Status};
@@ -323,59 +323,47 @@ pub(crate) struct Inner {
 pub(crate) struct Drain {
     draining: watch::Sender<bool>,
     open: watch::Sender<usize>,
-    /// Which connections must close, by their connect number.
-    release: watch::Sender<Release>,
-    /// The connect numbers of the open connections.
-    numbers: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// The open connections. The endpoint closes them itself (a drain's batches, a
+    /// rebalance's newest sockets) rather than each connection watching for its turn: a
+    /// watch would be a future of 150 bytes waiting in every connection's task.
+    open_conns: std::sync::Mutex<Open>,
     next: std::sync::atomic::AtomicU64,
     /// Set once the rebalancer runs (it starts with the endpoint, or with its first
     /// connection when the endpoint was built outside a runtime).
     rebalancing: AtomicBool,
 }
 
-/// Which connections must close: each has a number, given in the order they connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Release {
-    /// A drain's batches so far: numbers below this.
+/// The open connections, by connect number (given in the order they connected), with the
+/// outbox through which each is told to close.
+#[derive(Default)]
+struct Open {
+    conns: std::collections::BTreeMap<u64, Outbox>,
+    /// A drain's batches so far: connections numbered below this are told to close,
+    /// including any that connects once every one was released.
     below: u64,
-    /// The last rebalance: numbers in `shed.0..=shed.1` (none when `shed.0 > shed.1`).
-    shed: (u64, u64),
 }
 
-/// Why a connection was told to close.
+/// Why the endpoint closes a connection itself (1012, phoenix.js reconnects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Released {
+enum Release {
     /// The endpoint drains: [`PhoenixSocket::drain`].
     Drain,
     /// Its node holds more than its share of the cluster's sockets: [`Rebalance`].
     Rebalance,
 }
 
-/// A connection's view of its endpoint's drain and rebalancing.
-#[derive(Clone)]
-pub(crate) struct DrainWatch {
-    release: watch::Receiver<Release>,
-    number: u64,
-}
-
-impl DrainWatch {
-    /// Resolves when this connection must close, and says why: its batch of a drain was
-    /// released, or a rebalance chose it. Never resolves once the endpoint is gone.
-    pub(crate) async fn released(&mut self) -> Released {
-        let n = self.number;
-        // `changed` rather than `wait_for`, whose future is twice the size: this one waits
-        // in every connection's task.
-        loop {
-            let release = *self.release.borrow_and_update();
-            if n < release.below {
-                return Released::Drain;
-            }
-            if release.shed.0 <= n && n <= release.shed.1 {
-                return Released::Rebalance;
-            }
-            if self.release.changed().await.is_err() {
-                return std::future::pending().await;
-            }
+impl Release {
+    /// Tells each of `outboxes` to close. Called without the registry's lock held.
+    fn close(self, outboxes: Vec<Outbox>) {
+        let (reason, why) = match self {
+            Release::Drain => ("server shutting down", "the endpoint is draining"),
+            Release::Rebalance => ("rebalancing", "rebalancing the cluster's sockets"),
+        };
+        if !outboxes.is_empty() {
+            tracing::debug!(count = outboxes.len(), "closing websockets: {why}");
+        }
+        for outbox in outboxes {
+            outbox.close(code::SERVICE_RESTART, reason);
         }
     }
 }
@@ -385,39 +373,38 @@ impl Drain {
         Drain {
             draining: watch::channel(false).0,
             open: watch::channel(0).0,
-            release: watch::channel(Release {
-                below: 0,
-                shed: (1, 0),
-            })
-            .0,
-            numbers: std::sync::Mutex::default(),
+            open_conns: std::sync::Mutex::default(),
             next: std::sync::atomic::AtomicU64::new(0),
             rebalancing: AtomicBool::new(false),
         }
     }
 
-    fn numbers(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
-        // The set stays consistent whatever panicked while it was held.
-        self.numbers
+    fn open_conns(&self) -> std::sync::MutexGuard<'_, Open> {
+        // The map stays consistent whatever panicked while it was held.
+        self.open_conns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts a connection as open until the guard drops.
-    pub(crate) fn enter(inner: &Arc<Inner>) -> (OpenGuard, DrainWatch) {
+    /// Counts a connection as open until the guard drops; a drain or a rebalance closes it
+    /// through `outbox`.
+    pub(crate) fn enter(inner: &Arc<Inner>, outbox: &Outbox) -> OpenGuard {
         let drain = &inner.drain;
         let number = drain
             .next
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        drain.numbers().insert(number);
+        let released = {
+            let mut open = drain.open_conns();
+            open.conns.insert(number, outbox.clone());
+            number < open.below
+        };
+        if released {
+            Release::Drain.close(vec![outbox.clone()]);
+        }
         drain.open.send_modify(|n| *n += 1);
         inner.metrics.open.increment(1.0);
         Drain::start_rebalancing(inner);
-        let watch = DrainWatch {
-            release: drain.release.subscribe(),
-            number,
-        };
-        (OpenGuard(inner.clone(), number), watch)
+        OpenGuard(inner.clone(), number)
     }
 
     /// Starts the endpoint's rebalancer, if it is on and not yet started. Needs a runtime.
@@ -435,12 +422,21 @@ impl Drain {
     /// Releases the next `batch` open connections, oldest first. Returns how many are still
     /// open and not released.
     fn release_batch(&self, batch: usize) -> usize {
-        let numbers = self.numbers();
-        let below = self.release.borrow().below;
-        let next = numbers.range(below..).nth(batch).copied();
-        self.release
-            .send_modify(|r| r.below = next.unwrap_or(u64::MAX));
-        next.map_or(0, |n| numbers.range(n..).count())
+        let (released, left) = {
+            let mut open = self.open_conns();
+            let below = open.below;
+            let next = open.conns.range(below..).nth(batch).map(|(n, _)| *n);
+            open.below = next.unwrap_or(u64::MAX);
+            let released: Vec<Outbox> = open
+                .conns
+                .range(below..open.below)
+                .map(|(_, outbox)| outbox.clone())
+                .collect();
+            let left = next.map_or(0, |n| open.conns.range(n..).count());
+            (released, left)
+        };
+        Release::Drain.close(released);
+        left
     }
 
     /// Tells the `count` newest open connections to close (a rebalance), and returns how
@@ -449,14 +445,14 @@ impl Drain {
         if count == 0 {
             return 0;
         }
-        let numbers = self.numbers();
-        let (Some(&last), Some(&first)) =
-            (numbers.last(), numbers.iter().rev().take(count).next_back())
-        else {
-            return 0;
+        let shed: Vec<Outbox> = {
+            let open = self.open_conns();
+            let newest = open.conns.values().rev().take(count);
+            newest.cloned().collect()
         };
-        self.release.send_modify(|r| r.shed = (first, last));
-        numbers.range(first..).count()
+        let closing = shed.len();
+        Release::Rebalance.close(shed);
+        closing
     }
 
     /// The number of open connections.
@@ -477,7 +473,9 @@ pub(crate) struct OpenGuard(Arc<Inner>, u64);
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         let drain = &self.0.drain;
-        drain.numbers().remove(&self.1);
+        let gone = drain.open_conns().conns.remove(&self.1);
+        // Dropped outside the lock.
+        drop(gone);
         drain.open.send_modify(|n| *n = n.saturating_sub(1));
         self.0.metrics.open.decrement(1.0);
     }
