@@ -563,17 +563,18 @@ mod tests {
             .unwrap()
     }
 
+    /// An outbox bounded at `frames` and `bytes`, speaking V2.
+    fn outbox_of(frames: usize, bytes: usize) -> (Outbox, OutboxRx) {
+        Outbox::new(Limits { frames, bytes }, Vsn::V2)
+    }
+
     fn text(out: Out) -> Value {
         serde_json::from_str(&out.into_text().unwrap()).unwrap()
     }
 
     #[test]
     fn queued_diffs_of_a_topic_merge_until_another_frame_comes() {
-        let limits = Limits {
-            frames: 4,
-            bytes: 1 << 20,
-        };
-        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = outbox_of(4, 1 << 20);
         for i in 0..10 {
             let m = diff(&format!("u{i}"), &format!("r{i}"));
             outbox.send_broadcast(encode(&m), &m);
@@ -598,11 +599,7 @@ mod tests {
 
     #[test]
     fn the_byte_budget_closes_with_1013_but_one_big_frame_fits_an_empty_queue() {
-        let limits = Limits {
-            frames: 100,
-            bytes: 100,
-        };
-        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = outbox_of(100, 100);
         outbox.send(Out::Text(Arc::from("y".repeat(500))));
         assert!(
             rx.close.get().is_none(),
@@ -616,7 +613,7 @@ mod tests {
         assert_eq!(close.code, code::TRY_AGAIN_LATER);
         assert_eq!(outbox.queued(), (0, 0), "a closing socket's queue is freed");
         // Merged diffs count too.
-        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = outbox_of(100, 100);
         for i in 0..10 {
             let m = diff(&format!("u{i}"), &format!("r{i}"));
             outbox.send_broadcast(encode(&m), &m);
@@ -626,11 +623,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_wakes_every_waiter_and_the_first_request_wins() {
-        let limits = Limits {
-            frames: 4,
-            bytes: 1 << 10,
-        };
-        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = outbox_of(4, 1 << 10);
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let close = rx.close.clone();
@@ -661,11 +654,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_ends_with_none_when_the_last_outbox_goes() {
-        let limits = Limits {
-            frames: 4,
-            bytes: 1 << 10,
-        };
-        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = outbox_of(4, 1 << 10);
         let close = rx.close.clone();
         let waiter = tokio::spawn(async move { close.wait().await });
         let second = outbox.clone();
@@ -679,11 +668,7 @@ mod tests {
 
     #[test]
     fn an_emptied_queue_gives_back_the_room_of_a_burst() {
-        let limits = Limits {
-            frames: 100,
-            bytes: 1 << 20,
-        };
-        let (outbox, rx) = Outbox::new(limits, Vsn::V2);
+        let (outbox, rx) = outbox_of(100, 1 << 20);
         for i in 0..40 {
             outbox.send(Out::Text(Arc::from(format!("f{i}"))));
         }
