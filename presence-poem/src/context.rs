@@ -517,10 +517,13 @@ impl CrashGuard {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let (guard, ctx) = (&mut self.guard, &self.ctx);
-        if guard.done || !std::thread::panicking() {
+        if self.guard.done || !std::thread::panicking() {
             return; // finished, or aborted by the connection
         }
+        // Off the topic's hub before the error goes out, as when the context dropped first:
+        // no broadcast of the topic reaches the client after its `phx_error`.
+        self.ctx.registration = None;
+        let (guard, ctx) = (&mut self.guard, &self.ctx);
         let vsn = ctx.socket.vsn;
         let encoded = if guard.joining {
             if !guard.settle(false) {
