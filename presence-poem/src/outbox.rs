@@ -73,6 +73,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.shared.queue().senders_gone = true;
         self.shared.closing.notify_waiters();
+        self.shared.ready.notify_one();
     }
 }
 
@@ -424,6 +425,8 @@ impl Outbox {
         };
         drop(dropped);
         self.shared().closing.notify_waiters();
+        // The writer waits for frames and for the close at once (`Frames::recv_ws`).
+        self.shared().ready.notify_one();
         true
     }
 
@@ -481,16 +484,25 @@ impl Frames {
         self.shared.ready.notified().await;
     }
 
-    /// The next thing a websocket's writer sends, waiting for one: a pong first.
+    /// The next thing a websocket's writer sends, waiting for one: a pong first. Once a
+    /// close is requested, `Err` with it before anything still queued (`Err(None)` once every
+    /// [`Outbox`] is gone), so the writer waits on one future rather than two.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe.
-    pub(crate) async fn recv_ws(&self) -> Outgoing {
+    pub(crate) async fn recv_ws(&self) -> Result<Outgoing, Option<Close>> {
         loop {
-            if let Some(next) = self.try_recv_ws() {
-                return next;
+            {
+                let queue = self.shared.queue();
+                if queue.close.is_some() || queue.senders_gone {
+                    return Err(queue.close);
+                }
             }
+            if let Some(next) = self.try_recv_ws() {
+                return Ok(next);
+            }
+            // A close requested from here on leaves a wake-up (`request_close`).
             self.shared.ready.notified().await;
         }
     }
@@ -685,5 +697,33 @@ mod tests {
         let kept = outbox.queue().items.capacity();
         assert!(rx.frames.try_recv().is_some());
         assert_eq!(outbox.queue().items.capacity(), kept);
+    }
+
+    #[tokio::test]
+    async fn the_writer_hears_of_a_close_before_what_is_still_queued() {
+        let (outbox, rx) = outbox_of(8, 1 << 10);
+        outbox.send(Out::Text(Arc::from("a")));
+        assert!(matches!(rx.frames.recv_ws().await, Ok(Outgoing::Frame(_))));
+        // A writer waiting for a frame is woken by the close.
+        let frames = rx.frames;
+        let writer = tokio::spawn(async move { frames.recv_ws().await.err() });
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished());
+        outbox.close(code::GOING_AWAY, "idle timeout");
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        let close = woken
+            .expect("woken")
+            .unwrap()
+            .expect("a close")
+            .expect("requested");
+        assert_eq!(close.code, code::GOING_AWAY);
+        // Once every outbox is gone, a waiting writer ends with no close.
+        let (outbox, rx) = outbox_of(8, 1 << 10);
+        let frames = rx.frames;
+        let writer = tokio::spawn(async move { frames.recv_ws().await.err() });
+        tokio::task::yield_now().await;
+        drop(outbox);
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        assert_eq!(woken.expect("woken").unwrap(), Some(None));
     }
 }
