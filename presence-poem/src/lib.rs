@@ -479,8 +479,8 @@
 //! # Memory
 //!
 //! The websocket uses a 512-byte read buffer and keeps no write buffer between writes
-//! (tungstenite's defaults are 128 KiB each): an idle joined socket costs about 5.3 KB, and
-//! 5.9 KB with one tracked presence (10,000 sockets, 100 per room). Phoenix clients send small frames; a
+//! (tungstenite's defaults are 128 KiB each): an idle joined socket costs about 5.2 KB, and
+//! 5.7 KB with one tracked presence (10,000 sockets, 100 per room). Phoenix clients send small frames; a
 //! larger message is read 512 bytes at a time (raise the buffer with
 //! [`PhoenixSocketBuilder::websocket_config`] for clients that send large payloads). The
 //! queues allocate as they fill.
