@@ -111,11 +111,8 @@ impl CloseRx {
             tokio::pin!(notified);
             // Registered before the check: a close requested after it wakes this wait.
             notified.as_mut().enable();
-            {
-                let queue = self.shared.queue();
-                if queue.close.is_some() || queue.senders_gone {
-                    return queue.close;
-                }
+            if let Some(close) = self.shared.queue().ended() {
+                return close;
             }
             notified.await;
         }
@@ -164,9 +161,7 @@ struct Queue {
     /// The queued diff each topic may still merge into: `(topic, sequence number)`. Any other
     /// frame clears it, so a merge never moves a diff past another frame.
     open: Vec<(Arc<str>, u64)>,
-    /// Set once the socket is closing: pushes are dropped.
-    closed: bool,
-    /// The close requested: the first request wins.
+    /// The close requested: the first request wins. Once set, pushes are dropped.
     close: Option<Close>,
     /// Set when the last [`Outbox`] is dropped.
     senders_gone: bool,
@@ -176,6 +171,14 @@ struct Queue {
     pong: Option<Bytes>,
     /// The most bytes queued at once (for the metrics).
     peak: usize,
+}
+
+impl Queue {
+    /// `Some` once nothing more will be written: with the close requested, or with `None`
+    /// when every [`Outbox`] went without one.
+    fn ended(&self) -> Option<Option<Close>> {
+        (self.close.is_some() || self.senders_gone).then_some(self.close)
+    }
 }
 
 #[derive(Debug)]
@@ -307,7 +310,7 @@ impl Outbox {
         }
         let full = {
             let mut queue = self.queue();
-            if queue.closed {
+            if queue.close.is_some() {
                 return;
             }
             let topic = message.topic_arc();
@@ -350,7 +353,7 @@ impl Outbox {
 
     /// Appends `item` unless that passes a bound; returns why the socket must close, if so.
     fn push(&self, queue: &mut Queue, item: Item) -> Option<&'static str> {
-        if queue.closed {
+        if queue.close.is_some() {
             return None;
         }
         let limits = self.shared().limits;
@@ -391,7 +394,7 @@ impl Outbox {
     pub(crate) fn pong(&self, payload: Bytes) {
         {
             let mut queue = self.queue();
-            if queue.closed {
+            if queue.close.is_some() {
                 return;
             }
             queue.pong = Some(payload);
@@ -417,7 +420,6 @@ impl Outbox {
             }
             queue.close = Some(close);
             // Nothing more will be written: free what is queued.
-            queue.closed = true;
             queue.open.clear();
             queue.bytes = 0;
             queue.pong = None;
@@ -494,13 +496,17 @@ impl Frames {
     pub(crate) async fn recv_ws(&self) -> Result<Outgoing, Option<Close>> {
         loop {
             {
-                let queue = self.shared.queue();
-                if queue.close.is_some() || queue.senders_gone {
-                    return Err(queue.close);
+                let mut queue = self.shared.queue();
+                if let Some(close) = queue.ended() {
+                    return Err(close);
+                }
+                // The pong under the same lock (`try_recv_ws` takes it on its own).
+                if let Some(payload) = queue.pong.take() {
+                    return Ok(Outgoing::Pong(payload));
                 }
             }
-            if let Some(next) = self.try_recv_ws() {
-                return Ok(next);
+            if let Some(out) = self.try_recv() {
+                return Ok(Outgoing::Frame(out));
             }
             // A close requested from here on leaves a wake-up (`request_close`).
             self.shared.ready.notified().await;
