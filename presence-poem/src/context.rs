@@ -725,7 +725,6 @@ async fn handle_cmd<C, P>(
     channel: &mut C,
     cmd: Box<Cmd>,
     ctx: &mut ChannelContext,
-    join_ref: &Arc<str>,
 ) -> Option<StopReason>
 where
     C: Channel<P>,
@@ -735,7 +734,7 @@ where
         Cmd::Shutdown(reason) => Some(reason),
         Cmd::Leave { reference } => {
             let to = SocketRef {
-                join_ref: join_ref.clone(),
+                join_ref: ctx.join_ref.clone(),
                 reference: reference.map(Arc::from),
             };
             ctx.reply(&to, Reply::ok(json!({})));
@@ -747,7 +746,7 @@ where
             payload,
         } => {
             let to = SocketRef {
-                join_ref: join_ref.clone(),
+                join_ref: ctx.join_ref.clone(),
                 reference: reference.map(Arc::from),
             };
             ctx.current = Some(to.clone());
@@ -781,14 +780,13 @@ where
         st.guard.done = true;
         return;
     };
-    let join_ref = st.ctx.join_ref.clone();
     let reason = loop {
         tokio::select! {
             cmd = st.cmds.recv() => {
                 let Some(cmd) = cmd else { break StopReason::Closed };
                 // Boxed, command and all: what a command holds while `handle_in` runs would
                 // otherwise be room kept in every channel's task.
-                let handled = Box::pin(handle_cmd(&mut channel, cmd, &mut st.ctx, &join_ref));
+                let handled = Box::pin(handle_cmd(&mut channel, cmd, &mut st.ctx));
                 if let Some(reason) = handled.await {
                     break reason;
                 }
@@ -814,8 +812,8 @@ where
     if let Some((event, payload)) = last {
         let vsn = st.ctx.socket.vsn;
         st.ctx.send_now(vsn.message(
-            Some(&join_ref),
-            Some(&join_ref),
+            Some(&st.ctx.join_ref),
+            Some(&st.ctx.join_ref),
             &st.ctx.topic,
             event,
             &Payload::Json(payload),
