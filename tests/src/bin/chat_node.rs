@@ -8,8 +8,8 @@
 //!
 //! With `CHAT_NODE_HEAP_FILE=<path>` it writes the bytes of heap in use to that file every
 //! second (the churn soak reads it beside RSS, to tell what the node holds from what the
-//! allocator keeps). It allocates with jemalloc, as the chat example does (the system
-//! allocator where jemalloc does not build, MSVC).
+//! allocator keeps). It allocates with jemalloc and its background thread, as the chat
+//! example does (the system allocator where jemalloc does not build, MSVC).
 
 /// The allocator, counting the bytes in use.
 #[cfg(target_env = "msvc")]
