@@ -97,11 +97,13 @@
 //!    steady load. When the slot's first restart came within the first minute (runs under
 //!    6 minutes), the baseline is the incarnation's own first sample at least 60 s after both
 //!    the churn's start and its own start. A baseline is taken before the churn ended. The
-//!    *final* figure is sampled once the presence checks are done, the clients still
-//!    connected. Two more figures are reported beside it, not checked: RSS when the clients
-//!    were quiet (before the presence check's observers read every room on every node), and
-//!    15 s after the final sample (once the allocator could return the pages the observers'
-//!    frames used). The open file descriptors of each sample (about one per client socket) are
+//!    *final* figure is sampled [`SETTLE_RSS`] (15 s) after the presence checks, the clients
+//!    still connected: the node's memory after the churn, once the allocator's background
+//!    thread has returned what was freed before (jemalloc returns freed pages after a 10 s
+//!    decay; without that wait the sample catches whatever the churn's last seconds and the
+//!    check's own observers freed). Two more figures are reported beside it, not checked: RSS
+//!    when the clients were quiet (before the presence check's observers read every room on
+//!    every node), and right after the presence checks. The open file descriptors of each sample (about one per client socket) are
 //!    reported with it, as RSS follows the number of sockets a node holds, and so are the
 //!    file-backed part of RSS (`RssFile`: the binary's pages read so far) and the heap in
 //!    use the node reports. The check fails
@@ -170,6 +172,9 @@ const RSS_EVERY: Duration = Duration::from_secs(5);
 const RSS_BASELINE_AFTER: Duration = Duration::from_secs(60);
 /// Allowed RSS growth from the baseline, in percent.
 const RSS_GROWTH_PERCENT: f64 = 10.0;
+/// How long after the presence checks the final RSS is sampled: longer than jemalloc's decay
+/// (10 s), after which its background thread has returned the pages freed before.
+const SETTLE_RSS: Duration = Duration::from_secs(15);
 /// Source addresses 127.0.0.2.. the clients connect from (ephemeral ports per address).
 const SOURCES: usize = 16;
 
@@ -1589,11 +1594,13 @@ struct Incarnation {
     /// (when, file-backed RSS in KiB: the binary's and libraries' pages read so far), read
     /// with each RSS sample.
     file: Vec<(Instant, u64)>,
+    /// The checked figure: VmRSS KiB [`SETTLE_RSS`] after the presence checks, the clients
+    /// still connected.
     final_rss: Option<u64>,
     /// Reported, not checked: VmRSS KiB when the clients were quiet (before the presence
-    /// check's observers), and 15 s after the final sample.
+    /// check's observers), and right after the presence checks.
     quiet_rss: Option<u64>,
-    later_rss: Option<u64>,
+    after_checks_rss: Option<u64>,
 }
 
 impl Incarnation {
@@ -1736,7 +1743,7 @@ impl Cluster {
             file: Vec::new(),
             final_rss: None,
             quiet_rss: None,
-            later_rss: None,
+            after_checks_rss: None,
         });
         self.procs[slot] = Some(Proc {
             child,
@@ -2486,16 +2493,16 @@ async fn drive(
     let mut detail = vec![format!("{} clients with a wrong list", views.0)];
     detail.extend(views.1.iter().cloned());
     out.check("client views", views.0 == 0, detail);
-    // The final RSS, with the clients still connected (as at the baseline).
+    // RSS right after the presence checks (reported), and the final figure once the
+    // allocator had time to return the pages freed before (checked), the clients still
+    // connected as at the baseline.
+    for (inc, kib) in cluster.rss_now() {
+        cluster.incarnations[inc].after_checks_rss = kib;
+    }
+    tokio::time::sleep(SETTLE_RSS).await;
     cluster.sample_rss();
     for (inc, kib) in cluster.rss_now() {
         cluster.incarnations[inc].final_rss = kib;
-    }
-    // And once the observers' frames are gone and the allocator had time to return freed
-    // pages (jemalloc's default decay is 10 s): reported beside the check, not checked.
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    for (inc, kib) in cluster.rss_now() {
-        cluster.incarnations[inc].later_rss = kib;
     }
     progress(run_start, "checking messages");
     let _ = phase_tx.send(Phase::Stop);
@@ -2558,15 +2565,15 @@ async fn drive(
                 (
                     format!(
                         "baseline {} MiB ({} at +{:.0} s), final {} MiB ({growth:+.1} %), peak {} MiB \
-                         (not checked: {} MiB when the clients were quiet, {} MiB 15 s after the \
-                         final sample)",
+                         (not checked: {} MiB when the clients were quiet, {} MiB right after the \
+                         presence checks)",
                         mib(Some(b)),
                         base.map_or("", |b| b.from.name.as_str()),
                         base.map_or(0.0, |b| secs(b.at.saturating_duration_since(churn_start))),
                         mib(Some(f)),
                         mib(peak),
                         mib(inc.quiet_rss),
-                        mib(inc.later_rss),
+                        mib(inc.after_checks_rss),
                     ),
                     true,
                     passed,
@@ -2640,7 +2647,7 @@ async fn drive(
             "started_s": secs(inc.started.saturating_duration_since(churn_start)),
             "ended": inc.ended.as_ref().map(|(_, h)| h.clone()),
             "baseline_kib": baseline, "final_kib": inc.final_rss, "peak_kib": peak,
-            "quiet_kib": inc.quiet_rss, "later_kib": inc.later_rss,
+            "quiet_kib": inc.quiet_rss, "after_checks_kib": inc.after_checks_rss,
             "checked": checked, "passed": passed,
         }));
     }
@@ -2865,7 +2872,7 @@ mod tests {
             file: Vec::new(),
             final_rss: None,
             quiet_rss: None,
-            later_rss: None,
+            after_checks_rss: None,
         }
     }
 
