@@ -242,6 +242,7 @@ impl Drop for Hub {
             let mut map = hubs.map.lock().unwrap_or_else(PoisonError::into_inner);
             if map.get(&self.topic).is_some_and(|w| w.strong_count() == 0) {
                 map.remove(&self.topic);
+                shrink_if_sparse(&mut map);
             }
         }
     }
@@ -327,12 +328,23 @@ impl HubRegistration {
 
 impl Drop for HubRegistration {
     fn drop(&mut self) {
-        self.hub
+        let mut targets = self
+            .hub
             .shared
             .targets
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+            .unwrap_or_else(PoisonError::into_inner);
+        targets.remove(&self.key);
+        shrink_if_sparse(&mut targets);
+    }
+}
+
+/// Lets a table that emptied after a spike (a reconnect storm's channels) give its memory
+/// back: once it is below a quarter of its capacity, down to twice its length. Amortized:
+/// each shrink follows at least as many removals as the entries it keeps.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -584,6 +596,45 @@ mod tests {
         assert!(Arc::ptr_eq(a, b));
         drop(regs);
         assert_eq!(hubs.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn tables_shrink_after_a_spike() {
+        let pubsub = PubSub::new("n");
+        let hubs = Hubs::new(pubsub.clone());
+        // A storm: 2,000 channels on one topic, and 200 topics of one channel each.
+        let mut regs: Vec<_> = (0..2_000)
+            .map(|i| {
+                let (outbox, _rx) = Outbox::new(LIMITS, Vsn::V2);
+                hubs.register("room", i, Vsn::V2, outbox, no_channel(), false)
+            })
+            .collect();
+        let mut others: Vec<_> = (0..200)
+            .map(|i| {
+                let (outbox, _rx) = Outbox::new(LIMITS, Vsn::V2);
+                hubs.register(&format!("t{i}"), i, Vsn::V2, outbox, no_channel(), false)
+            })
+            .collect();
+        let targets = |regs: &[HubRegistration]| {
+            let map = regs[0].hub.shared.targets.read().unwrap();
+            (map.len(), map.capacity())
+        };
+        assert!(targets(&regs).1 >= 2_000);
+        // It ebbs to 50 channels and 2 other topics.
+        regs.truncate(50);
+        others.truncate(2);
+        let (len, capacity) = targets(&regs);
+        assert_eq!(len, 50);
+        assert!(
+            capacity <= 4 * 50,
+            "a topic's table shrinks: capacity {capacity}"
+        );
+        let topics = hubs.inner.map.lock().unwrap().capacity();
+        assert_eq!(hubs.len(), 1 + others.len());
+        assert!(
+            topics <= 64,
+            "the table of topics shrinks: capacity {topics}"
+        );
     }
 
     #[tokio::test]
