@@ -103,12 +103,12 @@
 //!    decay; without that wait the sample catches whatever the churn's last seconds and the
 //!    check's own observers freed). Two more figures are reported beside it, not checked: RSS
 //!    when the clients were quiet (before the presence check's observers read every room on
-//!    every node), and right after the presence checks. The open file descriptors of each sample (about one per client socket) are
-//!    reported with it, as RSS follows the number of sockets a node holds, and so are the
-//!    file-backed part of RSS (`RssFile`: the binary's pages read so far) and the heap in
-//!    use the node reports. The check fails
-//!    when the final figure exceeds the baseline by more than 10 % (growth; a drop is reported
-//!    but is no failure). Incarnations without a baseline (they started less than a minute before
+//!    every node), and right after the presence checks. The open file descriptors of each
+//!    sample (about one per client socket) are reported with it, as RSS follows the number of
+//!    sockets a node holds, and so are the file-backed part of RSS (`RssFile`: the binary's
+//!    pages read so far) and the heap in use the node reports. The check fails when the final
+//!    figure exceeds the baseline by more than 10 % (growth; a drop is reported but is no
+//!    failure). Incarnations without a baseline (they started less than a minute before
 //!    the churn ended, or the run is shorter than a minute) are reported, not checked.
 //!
 //! # Output and exit status
