@@ -15,8 +15,8 @@
 /// jemalloc, not the system allocator: in the churn soak, whose node restarts send thousands
 /// of clients reconnecting at once, glibc's malloc let the nodes' RSS end 22 to 43 % above
 /// their first minute, jemalloc 2 to 8 %, on the same run (RELIABILITY.md, "Churn soak").
-/// Its background thread (the `background_threads` feature, in Cargo.toml) returns freed
-/// pages on time, also when the server goes quiet: 15 s after the churn, at most 2.3 % above.
+/// Its background thread, started in `main`, returns freed pages on time, also when the
+/// server goes quiet: 15 s after the churn, at most 2.3 % above.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -24,6 +24,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() {
     presence_examples::chat::init_tracing();
+    #[cfg(not(target_env = "msvc"))]
+    presence_examples::chat::start_jemalloc_background_thread();
     let config = match presence_examples::chat::ChatConfig::from_env() {
         Ok(config) => config,
         Err(e) => {

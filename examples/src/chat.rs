@@ -255,6 +255,27 @@ fn fit_silent_periods(options: PresenceOptions) -> PresenceOptions {
     }
 }
 
+/// Starts jemalloc's background thread, which returns freed pages to the system on time, also
+/// when the server goes quiet (without it jemalloc returns them only as it allocates, so a
+/// server that goes quiet after a reconnect storm keeps them). Call it once at start-up, after
+/// [`init_tracing`], from a binary whose global allocator is `tikv_jemallocator::Jemalloc`.
+/// Where jemalloc has no background thread (macOS, for one) it logs so and changes nothing.
+/// A `background_thread` setting in jemalloc's own `_RJEM_MALLOC_CONF` (e.g.
+/// `background_thread:false`) is left to stand.
+#[cfg(not(target_env = "msvc"))]
+pub fn start_jemalloc_background_thread() {
+    if std::env::var("_RJEM_MALLOC_CONF").is_ok_and(|conf| conf.contains("background_thread")) {
+        return;
+    }
+    match tikv_jemalloc_ctl::background_thread::write(true) {
+        Ok(()) => tracing::debug!("jemalloc's background thread is on"),
+        Err(e) => tracing::info!(
+            error = %e,
+            "jemalloc has no background thread here; freed pages return as the server allocates"
+        ),
+    }
+}
+
 /// Installs a log subscriber writing to stderr: `RUST_LOG`, or info by default.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

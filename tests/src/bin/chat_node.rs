@@ -79,6 +79,8 @@ async fn main() {
         report_heap(path.into());
     }
     presence_examples::chat::init_tracing();
+    #[cfg(not(target_env = "msvc"))]
+    presence_examples::chat::start_jemalloc_background_thread();
     let config = match presence_examples::chat::ChatConfig::from_env() {
         Ok(config) => config,
         Err(e) => {
