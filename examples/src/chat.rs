@@ -264,7 +264,7 @@ fn fit_silent_periods(options: PresenceOptions) -> PresenceOptions {
 /// `background_thread:false`) is left to stand.
 #[cfg(not(target_env = "msvc"))]
 pub fn start_jemalloc_background_thread() {
-    if std::env::var("_RJEM_MALLOC_CONF").is_ok_and(|conf| conf.contains("background_thread")) {
+    if std::env::var("_RJEM_MALLOC_CONF").is_ok_and(|conf| sets_background_thread(&conf)) {
         return;
     }
     match tikv_jemalloc_ctl::background_thread::write(true) {
@@ -274,6 +274,13 @@ pub fn start_jemalloc_background_thread() {
             "jemalloc has no background thread here; freed pages return as the server allocates"
         ),
     }
+}
+
+/// Whether jemalloc's `conf` string (`key:value,key:value`) sets `background_thread`.
+#[cfg(not(target_env = "msvc"))]
+fn sets_background_thread(conf: &str) -> bool {
+    conf.split(',')
+        .any(|option| option.split(':').next().map(str::trim) == Some("background_thread"))
 }
 
 /// Installs a log subscriber writing to stderr: `RUST_LOG`, or info by default.
@@ -797,6 +804,18 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(not(target_env = "msvc"))]
+    #[test]
+    fn a_background_thread_setting_is_found_among_the_options() {
+        assert!(sets_background_thread("background_thread:false"));
+        assert!(sets_background_thread("narenas:1, background_thread:true"));
+        assert!(!sets_background_thread("max_background_threads:1"));
+        assert!(!sets_background_thread(
+            "dirty_decay_ms:1000,stats_print:true"
+        ));
+        assert!(!sets_background_thread(""));
+    }
 
     #[test]
     fn a_short_down_period_lowers_the_silent_periods() {

@@ -1787,10 +1787,14 @@ impl Cluster {
             .collect()
     }
 
-    fn sample_rss(&mut self) {
+    /// Samples every running node's RSS (with its open fds, file-backed RSS and heap in use)
+    /// into its incarnation's timeline; returns (incarnation, VmRSS KiB) of each sample.
+    fn sample_rss(&mut self) -> Vec<(usize, u64)> {
         let now = Instant::now();
+        let mut sampled = Vec::new();
         for proc in self.procs.iter().flatten() {
             if let Some(kib) = status_kib(proc.pid, "VmRSS:") {
+                sampled.push((proc.incarnation, kib));
                 let fds =
                     std::fs::read_dir(format!("/proc/{}/fd", proc.pid)).map_or(0, Iterator::count);
                 let inc = &mut self.incarnations[proc.incarnation];
@@ -1804,6 +1808,7 @@ impl Cluster {
                 }
             }
         }
+        sampled
     }
 
     /// Waits until every node is subscribed to the cluster's Redis channel.
@@ -2496,13 +2501,12 @@ async fn drive(
     // RSS right after the presence checks (reported), and the final figure once the
     // allocator had time to return the pages freed before (checked), the clients still
     // connected as at the baseline.
-    for (inc, kib) in cluster.rss_now() {
-        cluster.incarnations[inc].after_checks_rss = kib;
+    for (inc, kib) in cluster.sample_rss() {
+        cluster.incarnations[inc].after_checks_rss = Some(kib);
     }
     tokio::time::sleep(SETTLE_RSS).await;
-    cluster.sample_rss();
-    for (inc, kib) in cluster.rss_now() {
-        cluster.incarnations[inc].final_rss = kib;
+    for (inc, kib) in cluster.sample_rss() {
+        cluster.incarnations[inc].final_rss = Some(kib);
     }
     progress(run_start, "checking messages");
     let _ = phase_tx.send(Phase::Stop);
