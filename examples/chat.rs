@@ -16,7 +16,7 @@
 /// of clients reconnecting at once, glibc's malloc let the nodes' RSS end 22 to 43 % above
 /// their first minute, jemalloc 2 to 8 %, on the same run (RELIABILITY.md, "Churn soak").
 /// Its background thread, started in `main`, returns freed pages on time, also when the
-/// server goes quiet: 15 s after the churn, at most 2.3 % above.
+/// server goes quiet: sampled once quiet after the churn, at most 2.3 % above.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
