@@ -72,8 +72,7 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.shared.queue().senders_gone = true;
-        self.shared.closing.notify_waiters();
-        self.shared.ready.notify_one();
+        self.shared.wake_ended();
     }
 }
 
@@ -149,6 +148,14 @@ impl Shared {
     /// alike.
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes all that wait for the queue's end, once [`Queue::ended`] became `Some`: the
+    /// close's waiters ([`CloseRx::wait`]) and the writer, which waits for frames and the end
+    /// at once ([`Frames::recv_ws`]).
+    fn wake_ended(&self) {
+        self.closing.notify_waiters();
+        self.ready.notify_one();
     }
 }
 
@@ -426,9 +433,7 @@ impl Outbox {
             std::mem::take(&mut queue.items)
         };
         drop(dropped);
-        self.shared().closing.notify_waiters();
-        // The writer waits for frames and for the close at once (`Frames::recv_ws`).
-        self.shared().ready.notify_one();
+        self.shared().wake_ended();
         true
     }
 
